@@ -1,0 +1,148 @@
+"""AC/DC: Alternating Compressed/DeCompressed training (Peste et al., NeurIPS 2021).
+
+Faithful to the official configs (``configs/neurips/iht_*``), see RECIPES.md:
+
+- dense warm-up, then phases alternating compressed (sparse) / decompressed (dense),
+  starting and ending compressed, then a longer final decompressed phase and a
+  final compressed phase;
+- each compressed phase starts with a one-shot global magnitude top-k to the target;
+  during it the mask multiplies the weight gradients and is re-applied after every
+  optimizer step;
+- each decompressed phase sets all masks to ones (pruned weights restart from zero)
+  and zeroes the SGD momentum buffers at its first step;
+- the run yields the sparse model (end of training) and the dense model of the
+  sparse-dense pair (end of the last decompressed phase).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method, zero_momentum
+from acdc_bench.sparsity import mask_overlap
+
+#: Official schedules: (epochs, warm-up, phase length, final dense, final sparse).
+PRESETS: dict[str, dict[str, int]] = {
+    "imagenet-100": dict(schedule_epochs=100, warmup_epochs=10, phase_epochs=5, final_dense_epochs=10, final_sparse_epochs=15),
+    "imagenet-150": dict(schedule_epochs=150, warmup_epochs=10, phase_epochs=5, final_dense_epochs=10, final_sparse_epochs=15),
+    "imagenet-200": dict(schedule_epochs=200, warmup_epochs=10, phase_epochs=5, final_dense_epochs=10, final_sparse_epochs=15),
+    "cifar100-200": dict(schedule_epochs=200, warmup_epochs=10, phase_epochs=20, final_dense_epochs=20, final_sparse_epochs=30),
+}
+
+
+@dataclass
+class AcdcConfig(MaskedConfig):
+    """AC/DC options. Lengths are in epochs and written for ``schedule_epochs`` total epochs;
+    a run with a different number of epochs scales them (the number of phases stays)."""
+
+    preset: str | None = None
+    schedule_epochs: int | None = None
+    warmup_epochs: int = 10
+    phase_epochs: int = 5
+    final_dense_epochs: int = 10
+    final_sparse_epochs: int = 15
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ValueError(f"AC/DC preset '{self.preset}' is unknown; allowed: {', '.join(PRESETS)}")
+            for key, value in PRESETS[self.preset].items():
+                setattr(self, key, value)
+
+
+def acdc_phases(
+    epochs: int,
+    warmup_epochs: int,
+    phase_epochs: int,
+    final_dense_epochs: int,
+    final_sparse_epochs: int,
+    schedule_epochs: int | None = None,
+) -> list[str]:
+    """Phase (``dense``/``sparse``) of every epoch of an AC/DC run."""
+    lengths = [warmup_epochs, phase_epochs, final_dense_epochs, final_sparse_epochs]
+    if min(lengths) < 0 or phase_epochs < 1 or final_sparse_epochs < 1:
+        raise ValueError(f"AC/DC schedule lengths must be >= 0 (phase and final sparse >= 1), got {lengths}")
+    base_epochs = schedule_epochs or epochs
+    alternating = base_epochs - warmup_epochs - final_dense_epochs - final_sparse_epochs
+    if alternating < phase_epochs or alternating % phase_epochs or (alternating // phase_epochs) % 2 == 0:
+        raise ValueError(
+            f"AC/DC schedule does not fit {base_epochs} epochs: after warm-up {warmup_epochs}, "
+            f"final dense {final_dense_epochs} and final sparse {final_sparse_epochs}, the "
+            f"{alternating} alternating epochs must be an odd number (>= 1) of {phase_epochs}-epoch "
+            f"phases (starting and ending compressed); adjust the lengths or use a preset"
+        )
+    n_phases = alternating // phase_epochs
+    if epochs != base_epochs:
+        scale = epochs / base_epochs
+        warmup_epochs = round(warmup_epochs * scale)
+        phase_epochs = max(1, round(phase_epochs * scale))
+        final_dense_epochs = round(final_dense_epochs * scale)
+        final_sparse_epochs = epochs - warmup_epochs - n_phases * phase_epochs - final_dense_epochs
+        if final_sparse_epochs < 1:
+            raise ValueError(
+                f"AC/DC schedule written for {base_epochs} epochs cannot be scaled to {epochs} epochs; "
+                f"give explicit lengths (methods.acdc.*_epochs) for this run length"
+            )
+    phases = ["dense"] * warmup_epochs
+    for index in range(n_phases):
+        phases += ["sparse" if index % 2 == 0 else "dense"] * phase_epochs
+    phases += ["dense"] * final_dense_epochs + ["sparse"] * final_sparse_epochs
+    return phases
+
+
+@register_method("acdc")
+class ACDC(MaskedMethod):
+    """AC/DC with a parameterised phase schedule (see :data:`PRESETS`)."""
+
+    Config: ClassVar[type] = AcdcConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        schedule = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.endswith("epochs")}
+        self.phases = acdc_phases(self.epochs, **schedule)
+        self.previous_sparse_masks = None
+        self.last_overlap: float | None = None
+
+    def phase(self, epoch: int) -> str:
+        return self.phases[epoch]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        previous = self.phases[epoch - 1] if epoch > 0 else "dense"
+        current = self.phases[epoch]
+        self.last_overlap = None
+        if current == "sparse" and previous == "dense":
+            self.prune_by_magnitude(self.target_sparsity)
+            kept = [m.clone() for m in self.masks.masks]
+            if self.previous_sparse_masks is not None:
+                self.last_overlap = mask_overlap(self.previous_sparse_masks, kept)
+            self.previous_sparse_masks = kept
+        elif current == "dense" and previous == "sparse":
+            self.masks.fill_ones()
+            self.masking = False
+            if self.optimizer is not None:
+                zero_momentum(self.optimizer)
+
+    def on_epoch_end(self, epoch: int) -> dict:
+        return {"mask_overlap": self.last_overlap}
+
+    def planned_densities(self, epoch: int) -> list[float]:
+        if self.phases[epoch] == "dense":
+            return [1.0] * len(self.layers)
+        if not hasattr(self, "_planned_sparse"):
+            self._planned_sparse = self.distribution_densities(self.target_sparsity)
+        return self._planned_sparse
+
+    def dense_pair_epoch(self) -> int | None:
+        last_dense = [e for e, p in enumerate(self.phases) if p == "dense"]
+        return last_dense[-1] if last_dense else None
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["previous_sparse_masks"] = self.previous_sparse_masks
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.previous_sparse_masks = state.get("previous_sparse_masks")

@@ -1,0 +1,256 @@
+"""Suites: loading and validating suite YAML files, command-line overrides, run configs and run ids."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+
+REQUIRED = object()
+
+#: Every top-level key of a suite, with its default (REQUIRED: the suite must give it).
+SUITE_DEFAULTS: dict[str, Any] = {
+    "suite": None,
+    "description": "",
+    "dataset": REQUIRED,
+    "data_root": None,
+    "num_workers": 0,
+    "train_subset": None,
+    "model": REQUIRED,
+    "epochs": REQUIRED,
+    "batch_size": REQUIRED,
+    "optimizer": REQUIRED,
+    "lr_schedule": REQUIRED,
+    "label_smoothing": 0.0,
+    "amp": "none",
+    "channels_last": False,
+    "compile": False,
+    "budget": {"mode": "paper", "reference": "acdc"},
+    "reproduce": {"methods": ["dense", "acdc"], "sparsities": [0.9], "seeds": [0]},
+    "methods": {},
+    "plugins": [],
+    "wandb": False,
+    "resources": {},
+}
+
+OPTIMIZER_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay"}
+LR_SCHEDULE_KEYS = {"name", "warmup_epochs", "milestones", "gamma"}
+LR_SCHEDULES = ("cosine", "step", "constant")
+AMP_MODES = ("none", "bf16", "fp16")
+BUDGET_MODES = ("paper", "matched")
+
+#: Keys that do not change what a run computes; they are left out of the run id.
+NON_RESULT_KEYS = {"description", "data_root", "num_workers", "reproduce", "methods", "wandb", "resources", "plugins", "budget"}
+
+
+class ConfigError(ValueError):
+    """A suite or override that cannot be used; the message names the file, key and allowed values."""
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def resolve_suite_path(suite: str | Path) -> Path:
+    """A shipped suite by name, or a user's suite file by path."""
+    path = Path(suite)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    shipped = SUITES_DIR / f"{suite}.yaml"
+    if shipped.exists():
+        return shipped
+    raise ConfigError(
+        f"suite '{suite}' is neither a shipped suite ({', '.join(suite_names())}) nor an existing YAML file"
+    )
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value (e.g. optimizer.lr=0.1)")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(suite: dict, overrides: list[str], where: str) -> dict:
+    """Apply ``key.path=value`` overrides; a key that the suite schema lacks is an error."""
+    suite = copy.deepcopy(suite)
+    for text in overrides or []:
+        path, value = _parse_override(text)
+        if path[0] not in SUITE_DEFAULTS:
+            raise ConfigError(f"{where}: --set {text}: unknown key '{path[0]}'; allowed: {', '.join(SUITE_DEFAULTS)}")
+        node = suite
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{where}: --set {text}: '{part}' is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return suite
+
+
+def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
+    """Load, override and validate a suite; returns the suite dict with defaults filled in."""
+    path = resolve_suite_path(suite)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a suite file must be a YAML mapping of keys to values")
+    unknown = sorted(set(raw) - set(SUITE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SUITE_DEFAULTS)}")
+    data = copy.deepcopy(SUITE_DEFAULTS)
+    data.update(raw)
+    data = apply_overrides(data, overrides or [], str(path))
+    data.setdefault("suite", path.stem)
+    if data["suite"] is None:
+        data["suite"] = path.stem
+    validate_suite(data, str(path))
+    data["_path"] = str(path)
+    return data
+
+
+def _require(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {message}")
+
+
+def check_sparsity(value: Any, where: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0
+    _require(ok, where, f"sparsity {value!r} must be a number in [0, 1) (e.g. 0.9 for 90%)")
+    return float(value)
+
+
+def validate_suite(data: dict, where: str) -> None:
+    """Check every field; the error names the file, the key and the allowed values."""
+    from acdc_bench.data import DATASETS
+    from acdc_bench.methods import get_method, load_plugins, make_config, method_names
+    from acdc_bench.models import model_names
+
+    for key, default in SUITE_DEFAULTS.items():
+        _require(data.get(key) is not REQUIRED, where, f"key '{key}' is required")
+    _require(data["dataset"] in DATASETS, where, f"dataset '{data['dataset']}' is unknown; allowed: {', '.join(DATASETS)}")
+    _require(data["model"] in model_names(), where, f"model '{data['model']}' is unknown; allowed: {', '.join(model_names())}")
+    for key in ("epochs", "batch_size"):
+        _require(isinstance(data[key], int) and data[key] > 0, where, f"{key} must be a positive integer, got {data[key]!r}")
+    optimizer = data["optimizer"]
+    _require(isinstance(optimizer, dict), where, "optimizer must be a mapping")
+    bad = sorted(set(optimizer) - OPTIMIZER_KEYS)
+    _require(not bad, where, f"optimizer: unknown key(s) {bad}; allowed: {', '.join(sorted(OPTIMIZER_KEYS))}")
+    _require(optimizer.get("name", "sgd") == "sgd", where, "optimizer.name must be 'sgd' (the papers' optimizer)")
+    _require(isinstance(optimizer.get("lr"), (int, float)) and optimizer["lr"] > 0, where, "optimizer.lr must be a positive number")
+    schedule = data["lr_schedule"]
+    _require(isinstance(schedule, dict), where, "lr_schedule must be a mapping")
+    bad = sorted(set(schedule) - LR_SCHEDULE_KEYS)
+    _require(not bad, where, f"lr_schedule: unknown key(s) {bad}; allowed: {', '.join(sorted(LR_SCHEDULE_KEYS))}")
+    _require(schedule.get("name") in LR_SCHEDULES, where, f"lr_schedule.name {schedule.get('name')!r} is unknown; allowed: {', '.join(LR_SCHEDULES)}")
+    _require(data["amp"] in AMP_MODES, where, f"amp '{data['amp']}' is unknown; allowed: {', '.join(AMP_MODES)}")
+    budget = data["budget"]
+    _require(isinstance(budget, dict) and budget.get("mode") in BUDGET_MODES, where,
+             f"budget.mode must be one of {', '.join(BUDGET_MODES)}, got {budget!r}")
+    load_plugins(data.get("plugins") or [])
+    methods = data["methods"] or {}
+    _require(isinstance(methods, dict), where, "methods must be a mapping of method name to its options")
+    for name, options in methods.items():
+        _require(name in method_names(), where, f"methods: method '{name}' is unknown; allowed: {', '.join(method_names())}")
+        try:
+            make_config(get_method(name), options)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{where}: methods.{name}: {error}") from error
+    reproduce = data["reproduce"]
+    _require(isinstance(reproduce, dict), where, "reproduce must be a mapping with methods, sparsities, seeds")
+    bad = sorted(set(reproduce) - {"methods", "sparsities", "seeds"})
+    _require(not bad, where, f"reproduce: unknown key(s) {bad}; allowed: methods, sparsities, seeds")
+    for name in reproduce.get("methods", []):
+        _require(name in method_names(), where, f"reproduce.methods: method '{name}' is unknown; allowed: {', '.join(method_names())}")
+    for value in reproduce.get("sparsities", []):
+        check_sparsity(value, f"{where}: reproduce.sparsities")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_config(
+    suite: dict,
+    method: str,
+    sparsity: float,
+    seed: int = 0,
+    epochs: int | None = None,
+    budget: dict | None = None,
+    train_steps: int | None = None,
+) -> dict:
+    """The resolved configuration of one run (what ``config.yaml`` holds)."""
+    from acdc_bench.methods import get_method, make_config
+
+    where = suite.get("_path", suite["suite"])
+    method_cls = get_method(method)
+    sparsity = check_sparsity(sparsity, f"{where}: --sparsity")
+    if method == "dense":
+        sparsity = 0.0
+    options = (suite.get("methods") or {}).get(method) or {}
+    try:
+        method_config = make_config(method_cls, options)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{where}: methods.{method}: {error}") from error
+    import dataclasses
+
+    config = {key: copy.deepcopy(value) for key, value in suite.items() if not key.startswith("_") and key not in ("methods", "reproduce")}
+    config["suite_epochs"] = suite["epochs"]
+    config["epochs"] = int(epochs) if epochs is not None else suite["epochs"]
+    if config["epochs"] <= 0:
+        raise ConfigError(f"{where}: --epochs must be positive, got {epochs}")
+    config["train_steps"] = int(train_steps) if train_steps else None
+    config["method"] = method
+    config["method_config"] = dataclasses.asdict(method_config)
+    config["sparsity"] = sparsity
+    config["seed"] = int(seed)
+    config["budget"] = budget or {"mode": "paper", "reference_training_flops": None}
+    config["run_id"] = run_id(config)
+    return config
+
+
+def run_id(config: dict) -> str:
+    """Readable prefix plus a hash of everything that changes what the run computes."""
+    keyed = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS and k != "run_id"}
+    keyed["budget_mode"] = (config.get("budget") or {}).get("mode", "paper")
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    sparsity = f"{config['sparsity']:g}"
+    length = f"st{config['train_steps']}" if config.get("train_steps") else f"e{config['epochs']}"
+    return f"{config['method']}-s{sparsity}-seed{config['seed']}-{length}-{digest}"
+
+
+def lr_at_epoch(config: dict, epoch: int) -> float:
+    """Learning rate of ``epoch`` (from 0), stepped once per epoch as the official codes do.
+
+    ``cosine``: linear warm-up lr (e+1)/W for e < W, then lr (1 + cos(pi (e-W)/(E-W))) / 2.
+    ``step``: lr x gamma^(milestones passed); milestones are written for the suite's
+    length and scale with a run of another length. ``constant``: lr.
+    """
+    schedule = config["lr_schedule"]
+    base = float(config["optimizer"]["lr"])
+    epochs = config["epochs"]
+    warmup = int(schedule.get("warmup_epochs", 0) or 0)
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    name = schedule["name"]
+    if name == "cosine":
+        return base * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup))) / 2
+    if name == "step":
+        scale = epochs / config.get("suite_epochs", epochs)
+        milestones = [round(m * scale) for m in schedule.get("milestones", [])]
+        return base * float(schedule.get("gamma", 0.1)) ** sum(epoch >= m for m in milestones)
+    return base
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

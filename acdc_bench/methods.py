@@ -1,0 +1,294 @@
+"""The public method interface, the method registry, and the dense and masked base methods.
+
+A sparse-training method is a small class with hooks the training loop calls:
+
+    on_epoch_start(epoch)            phase changes, one-shot pruning, schedule bookkeeping
+    on_step_start(step)              per-step mask updates (e.g. gradual pruning)
+    before_optimizer_step(step)      masks gradients; return False to skip the optimizer step
+    after_optimizer_step(step)       re-applies masks to the weights
+    on_epoch_end(epoch) -> dict      extra per-epoch metrics (e.g. mask overlap)
+    step_training_flops(step)        training FLOPs per example of the step just taken
+
+plus ``phase(epoch)`` and ``planned_densities(epoch)`` for planning, and
+``state_dict``/``load_state_dict`` so that a run resumes exactly. Register a class
+with ``@register_method("name")``; a user's package registers its own methods the
+same way (imported through a suite's ``plugins`` list, ``--plugin``, or the
+``acdc_bench.methods`` entry-point group) without editing this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from acdc_bench.flops import LayerFlops
+from acdc_bench.sparsity import (
+    DISTRIBUTIONS,
+    MaskSet,
+    PrunableLayer,
+    check_names_exist,
+    global_magnitude_masks,
+    layer_densities,
+    magnitude_mask,
+)
+
+_REGISTRY: dict[str, type["SparsityMethod"]] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_method(name: str):
+    """Class decorator: make a :class:`SparsityMethod` available under ``name`` in configs."""
+
+    def decorator(cls: type[SparsityMethod]) -> type[SparsityMethod]:
+        if not (isinstance(cls, type) and issubclass(cls, SparsityMethod)):
+            raise TypeError(f"@register_method('{name}') needs a SparsityMethod subclass, got {cls!r}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"method name '{name}' is already registered by {existing.__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def load_plugins(modules: Sequence[str] = ()) -> None:
+    """Import the built-in baselines, entry-point plugins and ``modules`` so they register."""
+    global _ENTRY_POINTS_LOADED
+    importlib.import_module("acdc_bench.acdc")
+    try:
+        importlib.import_module("baselines")
+    except ModuleNotFoundError:
+        pass
+    if not _ENTRY_POINTS_LOADED:
+        for entry in entry_points(group="acdc_bench.methods"):
+            entry.load()
+        _ENTRY_POINTS_LOADED = True
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"plugin module '{module}' could not be imported: {error}") from error
+
+
+def method_names() -> list[str]:
+    load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type["SparsityMethod"]:
+    load_plugins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method '{name}'; allowed: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_config(method_cls: type["SparsityMethod"], values: dict | None, where: str = "") -> Any:
+    """Build ``method_cls.Config`` from a dict; unknown keys are an error naming the allowed ones."""
+    values = dict(values or {})
+    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(
+            f"{where}unknown key(s) {unknown} for method '{method_cls.name}'; "
+            f"allowed: {', '.join(sorted(fields)) or '(none)'}"
+        )
+    config = method_cls.Config(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+@dataclass
+class NoConfig:
+    pass
+
+
+class SparsityMethod:
+    """Base class of every method. Override only the hooks you need."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        target_sparsity: float,
+        epochs: int,
+        steps_per_epoch: int,
+        total_steps: int | None = None,
+    ):
+        self.config = config
+        self.target_sparsity = target_sparsity
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        #: Optimizer steps of the whole run (the last epoch may be partial under a matched budget).
+        self.total_steps = total_steps or epochs * steps_per_epoch
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.layers: list[PrunableLayer] = []
+        self.flops: LayerFlops | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        layers: Sequence[PrunableLayer],
+        flops: LayerFlops,
+    ) -> None:
+        """Attach to the model (before any training; also called before loading a checkpoint)."""
+        self.model, self.optimizer, self.layers, self.flops = model, optimizer, list(layers), flops
+
+    def param_groups(self, model: nn.Module, optimizer_kwargs: dict) -> list[dict] | None:
+        """Optional custom optimizer parameter groups (STR puts its thresholds in their own)."""
+        return None
+
+    # ------------------------------------------------------------------ hooks
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def on_step_start(self, step: int) -> None:
+        pass
+
+    def before_optimizer_step(self, step: int) -> bool:
+        return True
+
+    def after_optimizer_step(self, step: int) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int) -> dict:
+        return {}
+
+    def step_training_flops(self, step: int) -> int | torch.Tensor:
+        """Training FLOPs per example of the step just taken: 3 x forward FLOPs in force."""
+        return 3 * self.flops.dense_forward
+
+    # ------------------------------------------------------------------ planning and results
+    def phase(self, epoch: int) -> str:
+        return "dense"
+
+    def planned_densities(self, epoch: int) -> list[float]:
+        """Per-layer densities expected to be in force during ``epoch`` (used by ``plan``)."""
+        return [1.0] * len(self.layers)
+
+    def planned_training_flops_per_example(self, epoch: int) -> float:
+        """Estimated training FLOPs per example in ``epoch``; default 3 x planned forward FLOPs."""
+        return 3 * self.flops.sparse_forward_from_densities(self.planned_densities(epoch))
+
+    def dense_pair_epoch(self) -> int | None:
+        """Epoch at whose end the dense model of a sparse-dense pair is saved (None: no pair)."""
+        return None
+
+    def finalize(self) -> None:
+        """Turn the trained model into plain dense tensors holding exact zeros (STR bakes here)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@register_method("dense")
+class Dense(SparsityMethod):
+    """Dense training: no masks; the reference for every FLOP multiplier."""
+
+    def dense_pair_epoch(self) -> int | None:
+        return self.epochs - 1
+
+
+@dataclass
+class MaskedConfig:
+    """Options shared by the mask-based methods."""
+
+    distribution: str = "global"
+    keep_dense: list[str] = dataclasses.field(default_factory=list)
+    include: list[str] = dataclasses.field(default_factory=list)
+    exclude: list[str] = dataclasses.field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"distribution '{self.distribution}' is unknown; allowed: {', '.join(DISTRIBUTIONS)}"
+            )
+        if self.distribution == "global" and self.keep_dense:
+            raise ValueError("keep_dense applies to 'uniform' or 'erk'; with 'global' use exclude")
+
+
+class MaskedMethod(SparsityMethod):
+    """A method whose sparsity is a boolean mask per prunable weight.
+
+    While ``masking`` is on, the mask multiplies the gradients before the optimizer
+    step and is re-applied to the weights after it; training FLOPs per example are
+    3 x the forward FLOPs of the masks in force.
+    """
+
+    Config: ClassVar[type] = MaskedConfig
+
+    def setup(self, model, optimizer, layers, flops) -> None:
+        super().setup(model, optimizer, layers, flops)
+        check_names_exist(self.layers, self.config.keep_dense, "keep_dense")
+        self.masks = MaskSet(self.layers)
+        self.masking = False
+
+    def prune_by_magnitude(self, sparsity: float) -> None:
+        """Masks from the current magnitudes with the configured distribution; weights re-masked."""
+        weights = [layer.weight for layer in self.layers]
+        if self.config.distribution == "global":
+            masks = global_magnitude_masks(weights, sparsity)
+        else:
+            densities = layer_densities(self.config.distribution, self.layers, sparsity, self.config.keep_dense)
+            masks = [magnitude_mask(w, d) for w, d in zip(weights, densities)]
+        self.masks.set(masks)
+        self.masks.apply_to_weights()
+        self.masking = True
+
+    def distribution_densities(self, sparsity: float) -> list[float]:
+        """Expected per-layer densities at ``sparsity``; for ``global``, from the current magnitudes."""
+        if self.config.distribution == "global":
+            masks = global_magnitude_masks([layer.weight for layer in self.layers], sparsity)
+            return [float(m.float().mean()) for m in masks]
+        return layer_densities(self.config.distribution, self.layers, sparsity, self.config.keep_dense)
+
+    def before_optimizer_step(self, step: int) -> bool:
+        if self.masking:
+            self.masks.apply_to_grads()
+        return True
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.masking:
+            self.masks.apply_to_weights()
+
+    def step_training_flops(self, step: int) -> int:
+        return 3 * self.flops.sparse_forward(self.masks.nonzeros)
+
+    def phase(self, epoch: int) -> str:
+        return "sparse"
+
+    def state_dict(self) -> dict:
+        return {"masks": self.masks.state_dict(), "masking": self.masking}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks.load_state_dict(state["masks"])
+        self.masking = bool(state["masking"])
+
+
+def zero_momentum(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor] | None = None) -> None:
+    """Zero the SGD momentum buffers of ``params`` (all parameters when None)."""
+    wanted = None if params is None else {id(p) for p in params}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if wanted is not None and id(param) not in wanted:
+                continue
+            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.zero_()

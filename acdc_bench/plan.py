@@ -1,0 +1,134 @@
+"""Planning without training: per-epoch phases, lr and sparsity, estimated training FLOPs, matched budgets."""
+
+from __future__ import annotations
+
+import math
+
+from acdc_bench.config import lr_at_epoch, run_config
+from acdc_bench.flops import measure_layer_flops
+from acdc_bench.methods import get_method, make_config
+from acdc_bench.models import build_model, model_spec
+from acdc_bench.sparsity import prunable_layers
+
+#: Training-set sizes of the shipped datasets (examples per epoch).
+TRAIN_SIZES = {"fashion-mnist": 60_000, "cifar100": 50_000, "imagenet": 1_281_167}
+
+MATCH_TOLERANCE = 0.02
+
+
+def train_size(config: dict) -> int:
+    size = TRAIN_SIZES[config["dataset"]]
+    return min(size, config["train_subset"]) if config.get("train_subset") else size
+
+
+class Planner:
+    """A method attached to a freshly initialised model of the run's architecture (no data, no training).
+
+    The model, its prunable layers and their FLOPs are measured once; :meth:`for_length`
+    re-plans the same method for another run length cheaply (used by budget matching).
+    """
+
+    def __init__(self, config: dict):
+        import torch
+
+        torch.manual_seed(int(config["seed"]))
+        self.config = config
+        self.model = build_model(config["model"])
+        self.method_cls = get_method(config["method"])
+        self.method_config = make_config(self.method_cls, config.get("method_config"))
+        self.layers = prunable_layers(
+            self.model, getattr(self.method_config, "include", ()) or (), getattr(self.method_config, "exclude", ()) or ()
+        )
+        self.flops = measure_layer_flops(self.model, self.layers, model_spec(config["model"]).input_shape)
+        self.train_size = train_size(config)
+        self.steps_per_epoch = math.ceil(self.train_size / config["batch_size"])
+        self.for_length(config.get("train_steps") or int(config["epochs"]) * self.steps_per_epoch)
+
+    def for_length(self, total_steps: int) -> "Planner":
+        """Re-plan for a run of ``total_steps`` optimizer steps (the last epoch may be partial)."""
+        self.total_steps = int(total_steps)
+        self.epochs_count = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.method = self.method_cls(
+            self.method_config,
+            target_sparsity=float(self.config["sparsity"]),
+            epochs=self.epochs_count,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+        self.method.setup(self.model, None, self.layers, self.flops)
+        return self
+
+    @property
+    def dense_training_flops(self) -> int:
+        """Dense training of the suite's own length: the denominator of every training multiplier."""
+        return 3 * self.flops.dense_forward * self.train_size * int(self.config.get("suite_epochs", self.config["epochs"]))
+
+    def epoch_examples(self, epoch: int) -> int:
+        steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+        return self.train_size if steps == self.steps_per_epoch else steps * self.config["batch_size"]
+
+    def epochs(self) -> list[dict]:
+        rows = []
+        total = self.flops.dense_forward
+        config = dict(self.config, epochs=self.epochs_count)
+        for epoch in range(self.epochs_count):
+            densities = self.method.planned_densities(epoch)
+            kept = sum(d * layer.numel for d, layer in zip(densities, self.layers))
+            per_example = self.method.planned_training_flops_per_example(epoch)
+            rows.append({
+                "epoch": epoch,
+                "phase": self.method.phase(epoch),
+                "target_sparsity": 1.0 - kept / sum(layer.numel for layer in self.layers),
+                "lr": lr_at_epoch(config, epoch),
+                "forward_flops_multiplier": self.flops.sparse_forward_from_densities(densities) / total,
+                "training_flops": per_example * self.epoch_examples(epoch),
+            })
+        return rows
+
+    def estimated_training_flops(self) -> float:
+        return sum(row["training_flops"] for row in self.epochs())
+
+
+def plan(config: dict) -> dict:
+    """The ``plan`` command's data for one run configuration."""
+    planner = Planner(config)
+    rows = planner.epochs()
+    total = sum(row["training_flops"] for row in rows)
+    return {
+        "suite": config["suite"],
+        "method": config["method"],
+        "sparsity": config["sparsity"],
+        "epochs": planner.epochs_count,
+        "train_steps": planner.total_steps,
+        "suite_epochs": config.get("suite_epochs", config["epochs"]),
+        "steps_per_epoch": planner.steps_per_epoch,
+        "dense_forward_flops": planner.flops.dense_forward,
+        "estimated_training_flops": total,
+        "dense_training_flops": planner.dense_training_flops,
+        "estimated_training_flops_multiplier": total / planner.dense_training_flops,
+        "budget": config.get("budget"),
+        "rows": rows,
+    }
+
+
+def solve_matched_steps(planner: Planner, reference_training_flops: float) -> tuple[int, float]:
+    """Number of training steps whose estimated FLOPs come closest to ``reference_training_flops``.
+
+    The estimated cost grows with the run length, so a bisection over whole steps
+    (the lr, pruning and update schedules all stretch with the length) finds it.
+    """
+    def cost(steps: int) -> float:
+        return planner.for_length(steps).estimated_training_flops()
+
+    low, high = 1, planner.steps_per_epoch * max(1, int(planner.config["suite_epochs"]))
+    limit = 50 * high
+    while cost(high) < reference_training_flops and high < limit:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if cost(middle) < reference_training_flops:
+            low = middle
+        else:
+            high = middle
+    best = min((low, high), key=lambda steps: abs(cost(steps) - reference_training_flops))
+    return best, cost(best)

@@ -1,0 +1,117 @@
+"""nox sessions of acdc_bench. Every session shares one environment, ``.venv`` beside this file.
+
+torch (a multi-GB CUDA build) is installed into it once, not once per session: each
+session checks what is there and installs only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("ACDC_BENCH_VENV", ROOT / ".venv"))
+PYTHON = VENV / "bin" / "python"
+TORCH = {"torch": "2.14.1", "torchvision": "0.29.1"}
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _installed_torch() -> dict:
+    probe = "import torch, torchvision; print(torch.__version__, torchvision.__version__)"
+    result = subprocess.run([str(PYTHON), "-c", probe], capture_output=True, text=True)
+    if result.returncode:
+        return {}
+    versions = [v.split("+")[0] for v in result.stdout.split()]
+    return dict(zip(TORCH, versions))
+
+
+def _fashion_mnist(session: nox.Session) -> None:
+    if FASHION_MNIST.exists() or os.environ.get("ACDC_BENCH_DATA"):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        session.log("installing the Debian package dataset-fashion-mnist (the default suite's data)")
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "dataset-fashion-mnist", external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    else:
+        session.warn(f"{FASHION_MNIST} is missing: run `sudo apt-get install dataset-fashion-mnist` "
+                     "or set ACDC_BENCH_DATA to a folder holding the Fashion-MNIST IDX files")
+
+
+def environment(session: nox.Session) -> str:
+    """Create or update the shared environment; returns its python."""
+    if not PYTHON.exists():
+        session.log(f"creating the shared environment {VENV}")
+        session.run(sys.executable, "-m", "venv", str(VENV), external=True)
+        session.run(str(PYTHON), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
+    if _installed_torch() != TORCH:
+        session.log("installing torch and torchvision once into the shared environment")
+        session.run(str(PYTHON), "-m", "pip", "install", *(f"{k}=={v}" for k, v in TORCH.items()), external=True)
+    stamp = VENV / ".acdc-bench-installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        session.run(str(PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", external=True)
+        stamp.write_text(digest)
+    _fashion_mnist(session)
+    session.env.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
+    return str(PYTHON)
+
+
+def _cli(session: nox.Session, *args: str) -> None:
+    session.run(environment(session), "-m", "acdc_bench", *args, external=True)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (and the benchmarks once each in smoke mode)."""
+    python = environment(session)
+    session.run(python, "-m", "pytest", "-q", *session.posargs, external=True)
+
+
+@nox.session
+def reproduce(session: nox.Session) -> None:
+    """Reproduce a suite end to end (default: fashion-mnist): runs, comparison, leaderboard, plots.
+
+    Options after ``--`` go to ``acdc-bench reproduce`` (see ``acdc-bench reproduce --help``).
+    """
+    _cli(session, "reproduce", *session.posargs)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Print and write the comparison table of a suite's finished runs."""
+    _cli(session, "compare", *session.posargs)
+
+
+@nox.session
+def leaderboard(session: nox.Session) -> None:
+    """Export leaderboards/<suite>.csv (+ Markdown) and the plots from a suite's runs."""
+    _cli(session, "leaderboard", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Performance benchmarks (pytest-benchmark); ``-- --short`` for the CI-sized run."""
+    python = environment(session)
+    short = "--short" in session.posargs
+    args = [a for a in session.posargs if a != "--short"]
+    env = {"ACDC_BENCH_SHORT": "1"} if short else {}
+    session.run(python, "-m", "pytest", "benchmarks", "--benchmark-enable", "--benchmark-only",
+                "--benchmark-autosave", "--benchmark-columns=min,median,mean,rounds", *args,
+                external=True, env=env)
+
+
+@nox.session
+def bench_gpu(session: nox.Session) -> None:
+    """ResNet50 training throughput (images/s) per method on a GPU; ``-- --smoke`` on CPU."""
+    python = environment(session)
+    session.run(python, "-m", "acdc_bench.gpu_bench", *session.posargs, external=True)
