@@ -205,8 +205,15 @@ def run_config(
     import dataclasses
 
     config = {key: copy.deepcopy(value) for key, value in suite.items() if not key.startswith("_") and key not in ("methods", "reproduce")}
-    config["suite_epochs"] = suite["epochs"]
-    config["epochs"] = int(epochs) if epochs is not None else suite["epochs"]
+    # The dense reference of every training multiplier: the suite's length, or an explicit
+    # --epochs (a shorter or longer suite); a matched budget or a method's own multiplier
+    # (RigL 5x) changes the run's length but not its reference.
+    config["suite_epochs"] = int(epochs) if epochs is not None and not train_steps else suite["epochs"]
+    multiplier = getattr(method_config, "epochs_multiplier", None)
+    config["variant"] = f"{multiplier:g}x" if multiplier is not None else ""
+    if epochs is None:
+        epochs = max(1, round(suite["epochs"] * (multiplier or 1)))
+    config["epochs"] = int(epochs)
     if config["epochs"] <= 0:
         raise ConfigError(f"{where}: --epochs must be positive, got {epochs}")
     config["train_steps"] = int(train_steps) if train_steps else None

@@ -2,6 +2,9 @@
 
 A sparse-training method is a small class with hooks the training loop calls:
 
+    setup(model, layers, flops)      attach before the optimizer exists (may add parameters)
+    param_groups(model, kwargs)      optional optimizer parameter groups
+    bind_optimizer(optimizer)        the optimizer, once built
     on_epoch_start(epoch)            phase changes, one-shot pruning, schedule bookkeeping
     on_step_start(step)              per-step mask updates (e.g. gradual pruning)
     before_optimizer_step(step)      masks gradients; return False to skip the optimizer step
@@ -138,19 +141,17 @@ class SparsityMethod:
         self.flops: LayerFlops | None = None
 
     # ------------------------------------------------------------------ set-up
-    def setup(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer | None,
-        layers: Sequence[PrunableLayer],
-        flops: LayerFlops,
-    ) -> None:
-        """Attach to the model (before any training; also called before loading a checkpoint)."""
-        self.model, self.optimizer, self.layers, self.flops = model, optimizer, list(layers), flops
+    def setup(self, model: nn.Module, layers: Sequence[PrunableLayer], flops: LayerFlops) -> None:
+        """Attach to the model before the optimizer exists (a method may add parameters here)."""
+        self.model, self.layers, self.flops = model, list(layers), flops
 
     def param_groups(self, model: nn.Module, optimizer_kwargs: dict) -> list[dict] | None:
         """Optional custom optimizer parameter groups (STR puts its thresholds in their own)."""
         return None
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once the optimizer is built (and before a checkpoint is loaded)."""
+        self.optimizer = optimizer
 
     # ------------------------------------------------------------------ hooks
     def on_epoch_start(self, epoch: int) -> None:
@@ -234,8 +235,8 @@ class MaskedMethod(SparsityMethod):
 
     Config: ClassVar[type] = MaskedConfig
 
-    def setup(self, model, optimizer, layers, flops) -> None:
-        super().setup(model, optimizer, layers, flops)
+    def setup(self, model, layers, flops) -> None:
+        super().setup(model, layers, flops)
         check_names_exist(self.layers, self.config.keep_dense, "keep_dense")
         self.masks = MaskSet(self.layers)
         self.masking = False

@@ -55,7 +55,7 @@ class Planner:
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
         )
-        self.method.setup(self.model, None, self.layers, self.flops)
+        self.method.setup(self.model, self.layers, self.flops)
         return self
 
     @property

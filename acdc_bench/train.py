@@ -195,9 +195,10 @@ def train(
         nesterov=bool(optimizer_options.get("nesterov", False)),
         weight_decay=float(optimizer_options.get("weight_decay", 0.0)),
     )
+    method.setup(model, layers, flops)
     groups = method.param_groups(model, kwargs) or [{"params": list(model.parameters())}]
     optimizer = torch.optim.SGD(groups, **kwargs)
-    method.setup(model, optimizer, layers, flops)
+    method.bind_optimizer(optimizer)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.get("amp", "none")) if device.type == "cuda" else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=float(config.get("label_smoothing", 0.0)))

@@ -1,0 +1,163 @@
+"""Running a whole suite: which runs, in what order, in this process or as Slurm jobs through submitit.
+
+Runs are ordered so that every budget reference (AC/DC by default) and the dense
+baseline finish before the runs whose budget is matched to them. Each run is its
+own folder; a finished run is skipped and an interrupted one resumes, whether it
+runs here or in a (requeued) cluster job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    sparsity: float
+    seed: int
+    budget: str  # "paper" or "matched"
+
+
+def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=None) -> list[list[RunSpec]]:
+    """Waves of runs: wave 0 holds the dense runs and the budget references, wave 1 the rest."""
+    from acdc_bench.config import check_sparsity
+    from acdc_bench.methods import get_method
+
+    plan = suite["reproduce"]
+    methods = methods or plan.get("methods") or ["dense", "acdc"]
+    sparsities = [check_sparsity(s, "--sparsities") for s in (sparsities or plan.get("sparsities") or [0.9])]
+    seeds = seeds or plan.get("seeds") or [0]
+    budget = budget or suite["budget"]["mode"]
+    reference = suite["budget"].get("reference", "acdc")
+    for method in methods:
+        get_method(method)  # a clear error for an unknown name before anything runs
+    first, second = [], []
+    for seed in seeds:
+        if "dense" in methods:
+            first.append(RunSpec("dense", 0.0, seed, budget))
+        for sparsity in sparsities:
+            for method in methods:
+                if method == "dense":
+                    continue
+                wave = first if (method == reference or budget == "paper") else second
+                wave.append(RunSpec(method, sparsity, seed, budget))
+    return [wave for wave in (first, second) if wave]
+
+
+def _config(suite: dict, spec: RunSpec, out: Path) -> dict:
+    from acdc_bench.budget import resolve_budget
+
+    return resolve_budget(suite, spec.method, spec.sparsity, spec.seed, spec.budget, None, out)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
+    if args.launcher == "local":
+        run_local(suite, waves, out, args)
+    else:
+        run_submitit(suite, waves, out, args)
+
+
+def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
+    """Every run in this process, in order, with overall progress and an estimate of the time left."""
+    from acdc_bench.tracking import Tracker
+    from acdc_bench.train import read_result, train
+
+    specs = [spec for wave in waves for spec in wave]
+    started = time.perf_counter()
+    trained_time, trained = 0.0, 0
+    for index, spec in enumerate(specs, 1):
+        config = _config(suite, spec, out)
+        remaining = len(specs) - index
+        if read_result(out / config["run_id"]) is not None:
+            print(f"[{index}/{len(specs)}] {config['run_id']}: finished already")
+            continue
+        eta = f", about {_duration(trained_time / trained * (remaining + 1))} left" if trained else ""
+        print(f"[{index}/{len(specs)}] {spec.method} sparsity {spec.sparsity:g} seed {spec.seed} "
+              f"({index - 1} done, {remaining + 1} to go, {_duration(time.perf_counter() - started)} elapsed{eta})",
+              flush=True)
+        run_started = time.perf_counter()
+        tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
+        train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
+        trained_time += time.perf_counter() - run_started
+        trained += 1
+    print(f"all {len(specs)} runs of suite {suite['suite']} finished in {_duration(time.perf_counter() - started)} -> {out}")
+
+
+class RunJob:
+    """One run as a picklable submitit job; on preemption or timeout it requeues itself and resumes."""
+
+    def __init__(self, config: dict, out: str, data_root: str | None):
+        self.config, self.out, self.data_root = config, out, data_root
+
+    def __call__(self) -> dict:
+        import os
+
+        from acdc_bench.train import train
+
+        if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export()
+        return train(self.config, self.out, data_root=self.data_root, progress=False)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        # train() resumes from the run folder's last checkpoint: resubmitting the same job is enough.
+        return submitit.helpers.DelayedSubmission(RunJob(self.config, self.out, self.data_root))
+
+
+def _executor(suite: dict, out: Path, args):
+    try:
+        import submitit
+    except ImportError as error:
+        raise ValueError("--launcher slurm needs submitit: pip install 'acdc-bench[slurm]'") from error
+    folder = out / "submitit" / "%j"
+    if args.launcher == "submitit-local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=args.timeout_min or 60)
+        return executor
+    resources = dict(suite.get("resources") or {})
+    gpus = args.gpus_per_node or resources.get("gpus_per_node", 1)
+    executor = submitit.AutoExecutor(folder=folder)
+    parameters = dict(
+        nodes=args.nodes or resources.get("nodes", 1),
+        gpus_per_node=gpus,
+        tasks_per_node=gpus,
+        cpus_per_task=resources.get("cpus_per_task", 8),
+        timeout_min=args.timeout_min or resources.get("timeout_min", 1440),
+        slurm_signal_delay_s=120,
+        name=f"acdc-{suite['suite']}",
+    )
+    if args.slurm_partition or resources.get("partition"):
+        parameters["slurm_partition"] = args.slurm_partition or resources["partition"]
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
+    """Each run as its own job; a wave is submitted once the wave before it (the budget references) is done."""
+    from acdc_bench.train import read_result
+
+    executor = _executor(suite, out, args)
+    for number, wave in enumerate(waves, 1):
+        jobs = []
+        for spec in wave:
+            config = _config(suite, spec, out)
+            if read_result(out / config["run_id"]) is not None:
+                print(f"wave {number}: {config['run_id']} finished already")
+                continue
+            job = executor.submit(RunJob(config, str(out), args.data_root))
+            print(f"wave {number}: submitted {config['run_id']} as job {job.job_id}")
+            jobs.append((config["run_id"], job))
+        for run_id, job in jobs:
+            job.result()  # raises with the job's own traceback if it failed
+            print(f"wave {number}: {run_id} (job {job.job_id}) finished")

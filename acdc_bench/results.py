@@ -1,0 +1,336 @@
+"""Read run folders and the published reference table into pandas frames.
+
+A run folder is any folder holding ``config.yaml`` or ``result.json``. A
+training run writes ``config.yaml`` first, appends one row per finished epoch
+to ``metrics.csv`` and writes ``result.json`` atomically, last. So:
+
+- ``finished``: ``result.json`` parses and carries every required key;
+- ``incomplete``: no ``result.json`` yet (still running, interrupted, or
+  crashed); ``resumable`` tells whether a ``checkpoint.pt`` is there;
+- ``corrupt``: ``result.json`` is unreadable, not an object, misses keys or
+  holds the wrong types; ``error`` says why.
+
+:func:`load_runs` lists every run folder, whatever its state, and never raises
+on a bad folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+RUNNING_MARKER = "RUNNING"
+
+#: Keys every ``result.json`` of schema version 1 carries.
+RESULT_REQUIRED_KEYS = (
+    "schema_version", "run_id", "suite", "dataset", "model", "method", "variant",
+    "distribution", "target_sparsity", "actual_sparsity", "layer_densities",
+    "top1", "top1_dense", "training_flops", "dense_training_flops",
+    "training_flops_multiplier", "inference_flops", "dense_inference_flops",
+    "inference_flops_multiplier", "epochs", "seed", "budget", "wall_time_s",
+    "versions",
+)
+#: Result keys that must hold a finite number.
+RESULT_NUMBER_KEYS = ("target_sparsity", "actual_sparsity", "top1", "epochs", "seed")
+#: Result keys that must hold a number or null.
+RESULT_OPTIONAL_NUMBER_KEYS = (
+    "top1_dense", "training_flops", "dense_training_flops", "training_flops_multiplier",
+    "inference_flops", "dense_inference_flops", "inference_flops_multiplier", "wall_time_s",
+)
+#: Result keys that hold a mapping.
+RESULT_DICT_KEYS = ("layer_densities", "budget", "versions")
+BUDGET_KEYS = ("mode", "reference_training_flops", "achieved_ratio")
+
+#: Columns of :func:`load_runs`, in order; flattened extras follow before the status columns.
+RUN_COLUMNS = [
+    "run_id", "suite", "dataset", "model", "method", "variant", "distribution",
+    "target_sparsity", "actual_sparsity", "top1", "top1_dense", "seed", "epochs",
+    "training_flops", "dense_training_flops", "training_flops_multiplier",
+    "inference_flops", "dense_inference_flops", "inference_flops_multiplier",
+    "budget_mode", "budget_reference_training_flops", "budget_achieved_ratio",
+    "wall_time_s", "schema_version", "layer_densities",
+]
+STATUS_COLUMNS = ["epochs_completed", "resumable", "run_dir", "status", "error"]
+NUMERIC_RUN_COLUMNS = [
+    "target_sparsity", "actual_sparsity", "top1", "top1_dense", "seed", "epochs",
+    "training_flops", "dense_training_flops", "training_flops_multiplier",
+    "inference_flops", "dense_inference_flops", "inference_flops_multiplier",
+    "budget_reference_training_flops", "budget_achieved_ratio", "wall_time_s",
+    "schema_version", "epochs_completed",
+]
+
+METRICS_COLUMNS = [
+    "epoch", "phase", "lr", "train_loss", "train_top1", "test_loss", "top1",
+    "sparsity", "training_flops", "mask_overlap", "wall_time_s",
+]
+
+REFERENCE_COLUMNS = [
+    "source_id", "dataset", "model", "method", "variant", "distribution",
+    "target_sparsity", "reported_sparsity", "top1", "top1_std", "train_flops_mult",
+    "inference_flops_mult", "epochs", "status", "note", "source",
+]
+REFERENCE_NUMERIC_COLUMNS = [
+    "target_sparsity", "reported_sparsity", "top1", "top1_std", "train_flops_mult",
+    "inference_flops_mult", "epochs",
+]
+REFERENCE_STATUSES = ("verified", "reported", "unverified")
+DEFAULT_REFERENCE_PATH = Path(__file__).resolve().parents[1] / "leaderboards" / "reference" / "published.csv"
+
+# Config keys copied into the row of a run that has no usable result.json.
+_CONFIG_FIELDS = {
+    "run_id": "run_id", "suite": "suite", "dataset": "dataset", "model": "model",
+    "method": "method", "variant": "variant", "distribution": "distribution",
+    "sparsity": "target_sparsity", "seed": "seed", "epochs": "epochs",
+}
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def find_run_dirs(root: str | os.PathLike) -> list[Path]:
+    """Return the run folders at any depth below ``root`` (``root`` itself included).
+
+    The walk does not descend into a run folder (its ``wandb/`` tree holds
+    ``config.yaml`` files of its own) nor into hidden folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        log.warning("results root %s is not a folder; skipped", root)
+        return []
+    run_dirs = []
+    for folder, subfolders, files in os.walk(root):
+        if CONFIG_FILE in files or RESULT_FILE in files:
+            run_dirs.append(Path(folder))
+            subfolders.clear()
+        else:
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+    return sorted(run_dirs)
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into ``parent_child`` keys, keeping ``layer_densities`` whole."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "layer_densities":
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_result(result: Any) -> list[str]:
+    """Return the problems that make ``result`` (parsed result.json) unusable; empty if none."""
+    if not isinstance(result, dict):
+        return [f"result.json holds a {type(result).__name__}, not an object"]
+    problems = []
+    missing = [key for key in RESULT_REQUIRED_KEYS if key not in result]
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    version = result.get("schema_version")
+    if "schema_version" in result and version != RESULT_SCHEMA_VERSION:
+        problems.append(f"unsupported schema_version {version!r} (expected {RESULT_SCHEMA_VERSION})")
+    for key in RESULT_NUMBER_KEYS:
+        if key in result and not (_is_number(result[key]) and math.isfinite(result[key])):
+            problems.append(f"{key} is {result[key]!r}, not a finite number")
+    for key in RESULT_OPTIONAL_NUMBER_KEYS:
+        if key in result and result[key] is not None and not _is_number(result[key]):
+            problems.append(f"{key} is {result[key]!r}, not a number or null")
+    for key in RESULT_DICT_KEYS:
+        if key in result and not isinstance(result[key], dict):
+            problems.append(f"{key} is {type(result[key]).__name__}, not an object")
+    budget = result.get("budget")
+    if isinstance(budget, dict):
+        missing_budget = [key for key in BUDGET_KEYS if key not in budget]
+        if missing_budget:
+            problems.append(f"budget misses keys: {', '.join(missing_budget)}")
+    return problems
+
+
+def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """Return the run's config fields usable as row values, and a read error if any."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return {}, None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        return {}, f"config.yaml unreadable: {error}"
+    if not isinstance(config, dict):
+        return {}, "config.yaml is not a mapping"
+    fields: dict[str, Any] = {}
+    for config_key, column in _CONFIG_FIELDS.items():
+        value = config.get(config_key)
+        if isinstance(value, dict):  # e.g. ``method: {name: acdc, ...}``
+            value = value.get("name")
+        if value is not None and not isinstance(value, (list, dict)):
+            fields[column] = value
+    return fields, None
+
+
+def _epochs_completed(run_dir: Path) -> float:
+    """Number of epochs with a row in metrics.csv (NaN when there is none or it is unreadable)."""
+    try:
+        metrics = load_metrics(run_dir)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return math.nan
+    return float(len(metrics)) if len(metrics) else math.nan
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    """Return one row of :func:`load_runs` for ``run_dir``; never raises on bad content."""
+    row: dict[str, Any] = {}
+    resumable = (run_dir / CHECKPOINT_FILE).exists()
+    config_fields, config_error = _read_config(run_dir)
+    result_path = run_dir / RESULT_FILE
+    if result_path.exists():
+        try:
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+            problems = validate_result(result)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            result, problems = None, [f"result.json unreadable: {error}"]
+        if isinstance(result, dict):  # a corrupt result keeps what it has, never counts as finished
+            row.update(_flatten(result))
+        if not problems:
+            row.update(run_dir=str(run_dir), resumable=resumable, status="finished", error="",
+                       epochs_completed=float(result["epochs"]))
+            return row
+        status, reasons = "corrupt", problems
+    else:
+        status, reasons = "incomplete", ["no result.json"]
+        if (run_dir / RUNNING_MARKER).exists():
+            reasons.append("RUNNING marker present")
+        reasons.append("checkpoint.pt present (resumable)" if resumable else "no checkpoint.pt")
+        if not (run_dir / METRICS_FILE).exists():
+            reasons.append("no metrics.csv")
+    if config_error:
+        reasons.append(config_error)
+    for column, value in config_fields.items():
+        row.setdefault(column, value)
+    row.setdefault("run_id", run_dir.name)
+    row.update(run_dir=str(run_dir), resumable=resumable, status=status, error="; ".join(reasons),
+               epochs_completed=_epochs_completed(run_dir))
+    return row
+
+
+def load_runs(*roots: str | os.PathLike) -> pd.DataFrame:
+    """Walk ``roots`` (default ``runs``) into one row per run folder.
+
+    Columns: :data:`RUN_COLUMNS` (result.json flattened: ``budget.mode`` becomes
+    ``budget_mode``, ``versions.torch`` becomes ``versions_torch``;
+    ``layer_densities`` stays a dict), any further flattened keys, then
+    ``epochs_completed``, ``resumable``, ``run_dir``, ``status`` (``finished``,
+    ``incomplete``, ``corrupt``) and ``error`` (why a run is not finished, empty
+    otherwise). Unfinished and corrupt runs keep the fields their config.yaml
+    gives (``sparsity`` as ``target_sparsity``). A folder reached from two
+    roots is listed once.
+    """
+    roots = roots or ("runs",)
+    seen: set[Path] = set()
+    rows = []
+    for root in roots:
+        for run_dir in find_run_dirs(root):
+            resolved = run_dir.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            try:
+                rows.append(_read_run(run_dir))
+            except Exception as error:  # a bad folder must never hide the others
+                log.exception("could not read run folder %s", run_dir)
+                rows.append({"run_dir": str(run_dir), "run_id": run_dir.name,
+                             "status": "corrupt", "error": f"unreadable run folder: {error!r}"})
+    extra_columns = sorted({key for row in rows for key in row} - set(RUN_COLUMNS) - set(STATUS_COLUMNS))
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS + extra_columns + STATUS_COLUMNS)
+    for column in NUMERIC_RUN_COLUMNS:
+        runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("float64")
+    for column in ("variant", "distribution", "error"):
+        runs[column] = runs[column].fillna("").astype(str)
+    runs["resumable"] = runs["resumable"].fillna(False).astype(bool)
+    counts = runs["status"].value_counts().to_dict()
+    log.info("loaded %d run folders from %s: %s", len(runs), ", ".join(map(str, roots)), counts)
+    return runs
+
+
+def load_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Read ``<run_dir>/metrics.csv`` (one row per finished epoch).
+
+    Returns an empty frame with :data:`METRICS_COLUMNS` when the file is
+    missing or empty. Numeric columns are float (``mask_overlap`` is NaN where
+    empty); a truncated last line (run killed mid-write) is dropped. Raises
+    ``pandas.errors.ParserError`` for a file that is not CSV.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame({column: pd.Series(dtype="float64") for column in METRICS_COLUMNS})
+    metrics = pd.read_csv(path, on_bad_lines="skip")
+    for column in METRICS_COLUMNS:
+        if column not in metrics.columns:
+            metrics[column] = math.nan
+    for column in metrics.columns:
+        if column != "phase":
+            metrics[column] = pd.to_numeric(metrics[column], errors="coerce").astype("float64")
+    metrics["phase"] = metrics["phase"].fillna("").astype(str)
+    metrics = metrics.dropna(subset=["epoch"]).reset_index(drop=True)
+    return metrics
+
+
+def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read the published reference table (default: ``leaderboards/reference/published.csv``).
+
+    Text columns come back as strings ('' where empty), numeric ones as float
+    (NaN where not published). Raises ``ValueError`` when a column is missing
+    or a status is not one of :data:`REFERENCE_STATUSES`.
+    """
+    path = Path(path) if path is not None else DEFAULT_REFERENCE_PATH
+    reference = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [column for column in REFERENCE_COLUMNS if column not in reference.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    for column in reference.columns:
+        reference[column] = reference[column].astype(str).str.strip()
+    for column in REFERENCE_NUMERIC_COLUMNS:
+        values = reference[column].replace("", math.nan)
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        bad = numbers.isna() & values.notna()
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2
+            raise ValueError(f"{path}:{line}: {column} {values[bad].iloc[0]!r} is not a number")
+        reference[column] = numbers
+    bad_status = ~reference["status"].isin(REFERENCE_STATUSES)
+    if bad_status.any():
+        line = int(bad_status.to_numpy().nonzero()[0][0]) + 2
+        raise ValueError(f"{path}:{line}: status {reference['status'][bad_status].iloc[0]!r} "
+                         f"not in {REFERENCE_STATUSES}")
+    return reference

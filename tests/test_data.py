@@ -1,0 +1,374 @@
+"""Datasets: real Fashion-MNIST, CIFAR-100 pickles and an ImageFolder tree written
+from real images, deterministic sharded order, and helpful errors."""
+
+import gzip
+import pickle
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from acdc_bench.data import (DATA_ROOT_ENV, DATASETS, DataError, load_data, read_idx)
+
+FASHION_ROOT = Path(DATASETS["fashion-mnist"].default_root)
+HAVE_FASHION = (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file()
+needs_fashion = pytest.mark.skipif(
+    not HAVE_FASHION, reason=f"Fashion-MNIST not installed at {FASHION_ROOT} "
+    "(apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(autouse=True)
+def no_data_env(monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+
+
+# ---------------------------------------------------------------- test data writers
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor as an IDX file (gzip when the name ends in .gz)."""
+    header = struct.pack(">HBB", 0, 0x08, array.dim()) + struct.pack(
+        f">{array.dim()}I", *array.shape)
+    raw = header + array.to(torch.uint8).contiguous().numpy().tobytes()
+    path.write_bytes(gzip.compress(raw, compresslevel=1) if path.suffix == ".gz" else raw)
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """128 real Fashion-MNIST training images (N, 28, 28) uint8 with labels.
+
+    Without the installed data, smooth synthetic images (random low-frequency
+    patterns) stand in.
+    """
+    if HAVE_FASHION:
+        images = read_idx(FASHION_ROOT / "train-images-idx3-ubyte.gz", 3)[:128].clone()
+        labels = read_idx(FASHION_ROOT / "train-labels-idx1-ubyte.gz", 1)[:128].clone()
+        return images, labels.long()
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(128, 1, 4, 4, generator=generator)
+    images = F.interpolate(coarse, size=(28, 28), mode="bicubic", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0]
+    return images, torch.arange(128) % 10
+
+
+def rgb(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 28, 28) grey uint8 -> (N, 3, size, size) uint8 by resizing and tiling."""
+    resized = F.interpolate(images[:, None].float(), size=(size, size), mode="bilinear",
+                            align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
+
+
+@pytest.fixture
+def small_fashion_root(tmp_path, sample_images) -> Path:
+    """IDX files with 101 training and 30 test examples (gzip and plain names mixed)."""
+    images, labels = sample_images
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images[:101])
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels[:101])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images[101:128])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[101:128])
+    return tmp_path
+
+
+class Py2Str(bytes):
+    """A Python 2 ``str``: the real CIFAR pickles were written by Python 2."""
+
+
+class Py2Pickler(pickle._Pickler):
+    """Pickles :class:`Py2Str` with the BINSTRING opcodes of Python 2, so that
+    ``pickle.load(encoding='bytes')`` gives ``b'data'`` keys (as documented on
+    the CIFAR page) and ``encoding='latin1'`` gives ``'data'`` (as torchvision
+    reads them), exactly like the real files."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + bytes(obj))
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + bytes(obj))
+        self.memoize(obj)
+
+    dispatch[Py2Str] = save_py2_str
+
+
+def write_py2_pickle(path: Path, obj) -> None:
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+@pytest.fixture
+def cifar_root(tmp_path, sample_images) -> Path:
+    images, labels = sample_images
+    pixels = rgb(images, 32).reshape(len(images), 3072).numpy()  # R, G, B planes per row
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for split, rows in (("train", slice(0, 96)), ("test", slice(96, 128))):
+        n = len(pixels[rows])
+        write_py2_pickle(folder / split, {
+            Py2Str(b"data"): np.ascontiguousarray(pixels[rows]),
+            Py2Str(b"fine_labels"): labels[rows].tolist(),
+            Py2Str(b"coarse_labels"): (labels[rows] // 5).tolist(),
+            Py2Str(b"filenames"): [Py2Str(b"img_%d.png" % i) for i in range(n)],
+            Py2Str(b"batch_label"): Py2Str(split.encode()),
+        })
+    write_py2_pickle(folder / "meta", {
+        Py2Str(b"fine_label_names"): [Py2Str(b"class_%d" % i) for i in range(100)],
+        Py2Str(b"coarse_label_names"): [Py2Str(b"super_%d" % i) for i in range(20)],
+    })
+    return tmp_path
+
+
+@pytest.fixture
+def imagenet_root(tmp_path, sample_images) -> Path:
+    """train/ with 3 JPEGs per class and val/ with 2, two classes, 96x96 RGB."""
+    images = rgb(sample_images[0][:10], 96).permute(0, 2, 3, 1).numpy()
+    counter = iter(range(10))
+    for split, per_class in (("train", 3), ("val", 2)):
+        for wnid in ("n01440764", "n01443537"):
+            folder = tmp_path / split / wnid
+            folder.mkdir(parents=True)
+            for j in range(per_class):
+                i = next(counter)
+                Image.fromarray(images[i]).save(folder / f"{wnid}_{i}.JPEG", quality=90)
+    return tmp_path
+
+
+def collect(batches):
+    inputs, targets = zip(*batches)
+    return list(inputs), list(targets)
+
+
+# --------------------------------------------------------------------- Fashion-MNIST
+
+
+def epoch_seconds(data, epoch: int) -> float:
+    """Wall time of iterating one training epoch, as a training loop would.
+
+    Measured with one intra-op thread: on a CPU shared with other processes,
+    OpenMP threads waiting for a busy core would otherwise dominate the time.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        for _ in data.train_batches(epoch):
+            pass
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_fashion
+def test_real_fashion_mnist():
+    data = load_data("fashion-mnist", root=None, batch_size=256, seed=0)
+    assert (data.train_size, data.test_size) == (60000, 10000)
+    assert (data.num_classes, data.input_shape) == (10, (1, 28, 28))
+    assert data.steps_per_epoch == 235
+    inputs, targets = collect(data.train_batches(0))
+    assert len(inputs) == 235 and inputs[0].shape == (256, 1, 28, 28)
+    assert inputs[-1].shape[0] == 60000 - 234 * 256
+    assert sorted(torch.cat(targets).bincount().tolist()) == [6000] * 10
+    assert inputs[0].dtype == torch.float32
+    assert abs(data.train_inputs.mean().item()) < 0.01  # normalised
+    assert abs(data.train_inputs.std().item() - 1) < 0.02
+    elapsed = min(epoch_seconds(data, epoch) for epoch in range(3))
+    assert elapsed < 0.5, f"one in-memory epoch took {elapsed:.3f} s (target < 0.1 s)"
+    test_targets = torch.cat([t for _, t in data.test_batches()])
+    assert len(test_targets) == 10000 and 0 <= test_targets.min() <= test_targets.max() <= 9
+
+
+def test_idx_files_round_trip(small_fashion_root, sample_images):
+    data = load_data("fashion-mnist", root=small_fashion_root, batch_size=32, seed=1)
+    assert (data.train_size, data.test_size) == (101, 27)
+    inputs, targets = collect(data.test_batches())  # test order is dataset order
+    expected = (sample_images[0][101:128].float() / 255 - 0.2860) / 0.3530
+    torch.testing.assert_close(torch.cat(inputs)[:, 0], expected)
+    assert torch.equal(torch.cat(targets), sample_images[1][101:128])
+
+
+def test_train_subset(small_fashion_root):
+    data = load_data("fashion-mnist", root=small_fashion_root, batch_size=8, seed=0,
+                     train_subset=20)
+    assert data.train_size == 20 and data.steps_per_epoch == 3
+    assert sorted(data.epoch_indices(0).tolist()) == list(range(20))
+
+
+# ---------------------------------------------------------------------- determinism
+
+
+def test_order_depends_only_on_seed_and_epoch(small_fashion_root):
+    def epoch(seed, number):
+        data = load_data("fashion-mnist", root=small_fashion_root, batch_size=16, seed=seed)
+        torch.manual_seed(number * 7 + 123)  # global RNG state must not matter
+        return torch.cat(collect(data.train_batches(number))[0])
+
+    first = epoch(0, 3)
+    assert torch.equal(first, epoch(0, 3))
+    assert not torch.equal(first, epoch(0, 4))
+    assert not torch.equal(first, epoch(1, 3))
+
+
+def test_ranks_get_disjoint_shards_and_equal_steps(small_fashion_root):
+    ranks = [load_data("fashion-mnist", root=small_fashion_root, batch_size=10, seed=5,
+                       rank=r, world_size=2) for r in range(2)]
+    # 101 examples: 51 per rank after wrap-around padding, 5 per step, 11 steps.
+    assert [d.steps_per_epoch for d in ranks] == [11, 11]
+    assert [d.train_size for d in ranks] == [101, 101]
+    indices = [d.epoch_indices(2) for d in ranks]
+    assert [len(i) for i in indices] == [51, 51]
+    together = torch.cat(indices).tolist()
+    assert set(together) == set(range(101)) and len(together) == 102  # one wrapped
+    assert len(set(indices[0].tolist()) & set(indices[1].tolist())) <= 1
+    assert len(set(indices[0].tolist())) == 51  # no repeat within a rank
+    for data, idx in zip(ranks, indices):
+        inputs, _ = collect(data.train_batches(2))
+        assert len(inputs) == 11 and {len(x) for x in inputs[:-1]} == {5}
+        torch.testing.assert_close(torch.cat(inputs), data.train_inputs[idx])
+    sharded = [torch.cat(collect(d.test_batches(shard=True))[1]) for d in ranks]
+    assert sum(len(s) for s in sharded) == ranks[0].test_size
+
+
+def test_exact_disjoint_shards_when_divisible(small_fashion_root):
+    ranks = [load_data("fashion-mnist", root=small_fashion_root, batch_size=4, seed=0,
+                       rank=r, world_size=4, train_subset=100) for r in range(4)]
+    shards = [set(d.epoch_indices(9).tolist()) for d in ranks]
+    assert set.union(*shards) == set(range(100)) and sum(map(len, shards)) == 100
+
+
+def test_global_batch_must_divide(small_fashion_root):
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        load_data("fashion-mnist", root=small_fashion_root, batch_size=10, seed=0,
+                  rank=0, world_size=3)
+
+
+# ------------------------------------------------------------------------- CIFAR-100
+
+
+def test_cifar_fixture_is_in_the_real_format(cifar_root):
+    with open(cifar_root / "cifar-100-python" / "train", "rb") as f:
+        entry = pickle.load(f, encoding="bytes")
+    assert {b"data", b"fine_labels", b"coarse_labels", b"filenames"} <= set(entry)
+    assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape == (96, 3072)
+
+
+def test_cifar100_loads_and_iterates(cifar_root, sample_images):
+    data = load_data("cifar100", root=cifar_root, batch_size=32, seed=0)
+    assert (data.num_classes, data.input_shape) == (100, (3, 32, 32))
+    assert (data.train_size, data.test_size, data.steps_per_epoch) == (96, 32, 3)
+    inputs, targets = collect(data.train_batches(0))
+    assert [x.shape for x in inputs] == [(32, 3, 32, 32)] * 3
+    assert sorted(torch.cat(targets).tolist()) == sorted(sample_images[1][:96].tolist())
+    test_inputs, test_targets = collect(data.test_batches())
+    assert torch.equal(torch.cat(test_targets), sample_images[1][96:128])
+    # Test images are un-augmented: normalised pixels of the stored image.
+    stored = rgb(sample_images[0][96:97], 32)[0].float() / 255
+    mean = torch.tensor([0.5071, 0.4865, 0.4409])[:, None, None]
+    std = torch.tensor([0.2673, 0.2564, 0.2762])[:, None, None]
+    torch.testing.assert_close(test_inputs[0][0], (stored - mean) / std)
+
+
+def test_cifar100_workers_reproduce_augmentation(cifar_root):
+    def epoch(num_workers):
+        data = load_data("cifar100", root=cifar_root, batch_size=32, seed=3,
+                         num_workers=num_workers, train_subset=64)
+        return collect(data.train_batches(1))
+
+    inputs_a, targets_a = epoch(2)
+    inputs_b, targets_b = epoch(2)
+    assert torch.equal(torch.cat(inputs_a), torch.cat(inputs_b))  # same crops and flips
+    _, targets_serial = epoch(0)
+    assert torch.equal(torch.cat(targets_a), torch.cat(targets_serial))  # same order
+
+
+def test_cifar100_found_through_environment(cifar_root, tmp_path, monkeypatch):
+    (tmp_path / "cifar100").mkdir()
+    (cifar_root / "cifar-100-python").rename(tmp_path / "cifar100" / "cifar-100-python")
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
+    data = load_data("cifar100", root=None, batch_size=32, seed=0)
+    assert data.train_size == 96
+
+
+def test_cifar100_malformed_pickle(cifar_root):
+    train = cifar_root / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:1000])
+    with pytest.raises(DataError) as info:
+        load_data("cifar100", root=cifar_root, batch_size=32, seed=0)
+    message = str(info.value)
+    assert str(cifar_root) in message and "cifar-100-python/meta" in message
+
+
+# -------------------------------------------------------------------------- ImageNet
+
+
+def test_imagenet_folder_loads_and_iterates(imagenet_root):
+    data = load_data("imagenet", root=imagenet_root, batch_size=4, seed=0)
+    assert (data.num_classes, data.input_shape) == (2, (3, 224, 224))
+    assert (data.train_size, data.test_size, data.steps_per_epoch) == (6, 4, 2)
+    inputs, targets = collect(data.train_batches(0))
+    assert [tuple(x.shape) for x in inputs] == [(4, 3, 224, 224), (2, 3, 224, 224)]
+    assert sorted(torch.cat(targets).tolist()) == [0, 0, 0, 1, 1, 1]
+    test_inputs, test_targets = collect(data.test_batches())
+    assert torch.cat(test_targets).tolist() == [0, 0, 1, 1]
+    assert test_inputs[0].shape == (4, 3, 224, 224)
+
+
+def test_imagenet_without_images(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(DataError) as info:
+        load_data("imagenet", root=tmp_path, batch_size=4, seed=0)
+    assert str(tmp_path) in str(info.value) and "<root>/val/<wnid>/*.JPEG" in str(info.value)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("dataset, layout_fragment, hint", [
+    ("fashion-mnist", "train-images-idx3-ubyte", "apt-get install dataset-fashion-mnist"),
+    ("cifar100", "cifar-100-python/train", "--download"),
+    ("imagenet", "<root>/train/<wnid>/*.JPEG", "ACDC_BENCH_DATA"),
+])
+def test_missing_root(tmp_path, dataset, layout_fragment, hint):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError) as info:
+        load_data(dataset, root=missing, batch_size=4, seed=0)
+    message = str(info.value)
+    for fragment in (dataset, str(missing), layout_fragment, hint, "--data-root"):
+        assert fragment in message
+
+
+def test_empty_dir(tmp_path):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte") as info:
+        load_data("fashion-mnist", root=tmp_path, batch_size=4, seed=0)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_no_location_for_cifar():
+    with pytest.raises(DataError, match="no data root given"):
+        load_data("cifar100", root=None, batch_size=4, seed=0)
+
+
+@pytest.mark.parametrize("corrupt", ["truncate_gzip", "truncate_data", "bad_magic"])
+def test_malformed_idx(small_fashion_root, corrupt):
+    path = small_fashion_root / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    if corrupt == "truncate_gzip":
+        path.write_bytes(path.read_bytes()[:200])
+    elif corrupt == "truncate_data":
+        path.write_bytes(gzip.compress(raw[:-10]))
+    else:
+        path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + raw[4:]))
+    with pytest.raises(DataError) as info:
+        load_data("fashion-mnist", root=small_fashion_root, batch_size=4, seed=0)
+    message = str(info.value)
+    assert str(path) in message and "t10k-images-idx3-ubyte" in message
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="cifar100, fashion-mnist, imagenet"):
+        load_data("mnist", root=None, batch_size=4, seed=0)

@@ -1,0 +1,310 @@
+"""Tests of the reporting layer: run loading, comparison, leaderboard, plots, tracking."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from acdc_bench.compare import compare_table, format_compare, match_published, write_compare
+from acdc_bench.leaderboard import (
+    LEADERBOARD_COLUMNS, build_leaderboard, export_leaderboard, read_leaderboard, validate_leaderboard,
+)
+from acdc_bench.plots import plot_all
+from acdc_bench.results import REFERENCE_STATUSES, load_metrics, load_reference, load_runs
+from acdc_bench import tracking
+from acdc_bench.tracking import Tracker
+
+SUITE = "smoke"
+EPOCHS = 6
+# (method, seed) -> top-1 of the finished runs at 90% sparsity.
+TOP1 = {("acdc", 0): 88.0, ("acdc", 1): 89.0, ("gmp", 0): 86.0, ("gmp", 1): 86.5}
+
+
+def _config(method: str, seed: int, sparsity: float = 0.9, dataset: str = "fashion-mnist",
+            model: str = "lenet-300-100") -> dict:
+    return {"suite": SUITE, "dataset": dataset, "model": model, "method": method,
+            "sparsity": sparsity, "seed": seed, "epochs": EPOCHS}
+
+
+def _metrics(method: str) -> pd.DataFrame:
+    """Six epochs; AC/DC alternates dense (0-1), sparse (2-3), dense (4), sparse (5)."""
+    phases = ["dense", "dense", "sparse", "sparse", "dense", "sparse"] if method == "acdc" else \
+        ["dense", "sparse", "sparse", "sparse", "sparse", "sparse"]
+    sparsity = [0.9 if phase == "sparse" else 0.0 for phase in phases]
+    per_epoch_flops = [3e9 * (1 - 0.8 * value) for value in sparsity]
+    overlap = [math.nan] * EPOCHS
+    if method == "acdc":
+        overlap[5] = 0.83
+    return pd.DataFrame({
+        "epoch": range(EPOCHS), "phase": phases, "lr": 0.1, "train_loss": 0.5, "train_top1": 80.0,
+        "test_loss": 0.4, "top1": 85.0, "sparsity": sparsity,
+        "training_flops": pd.Series(per_epoch_flops).cumsum(), "mask_overlap": overlap,
+        "wall_time_s": [10.0 * (epoch + 1) for epoch in range(EPOCHS)],
+    })
+
+
+def _result(method: str, seed: int, top1: float, *, dataset: str = "fashion-mnist",
+            model: str = "lenet-300-100", sparsity: float = 0.9) -> dict:
+    return {
+        "schema_version": 1, "run_id": f"{method}-s{sparsity}-seed{seed}", "suite": SUITE, "dataset": dataset,
+        "model": model, "method": method, "variant": "", "distribution": "global",
+        "target_sparsity": sparsity, "actual_sparsity": sparsity - 0.0001,
+        "layer_densities": {"fc1.weight": 0.08, "fc2.weight": 0.15}, "top1": top1, "top1_dense": 89.5,
+        "training_flops": 1.0e10, "dense_training_flops": 1.8e10, "training_flops_multiplier": 0.55,
+        "inference_flops": 1.0e5, "dense_inference_flops": 5.3e5, "inference_flops_multiplier": 0.19,
+        "epochs": EPOCHS, "seed": seed,
+        "budget": {"mode": "paper", "reference_training_flops": None, "achieved_ratio": None},
+        "wall_time_s": 60.0, "versions": {"torch": "2.x", "acdc_bench": "0.1"},
+    }
+
+
+def _write_run(root: Path, name: str, config: dict, *, result=None, metrics: pd.DataFrame | None = None,
+               checkpoint: bool = False) -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is not None:
+        metrics.to_csv(run_dir / "metrics.csv", index=False)
+    if checkpoint:
+        (run_dir / "checkpoint.pt").write_bytes(b"\0")
+        (run_dir / "RUNNING").touch()
+    if isinstance(result, dict):
+        (run_dir / "result.json").write_text(json.dumps(result))
+    elif isinstance(result, str):
+        (run_dir / "result.json").write_text(result)
+    return run_dir
+
+
+@pytest.fixture
+def run_root(tmp_path: Path) -> Path:
+    """Four finished runs (2 methods x 2 seeds at 90%), one incomplete, one corrupt, one missing keys."""
+    root = tmp_path / "runs"
+    for (method, seed), top1 in TOP1.items():
+        run_dir = _write_run(root / SUITE, f"{method}-seed{seed}", _config(method, seed),
+                             result=_result(method, seed, top1), metrics=_metrics(method))
+        # W&B leaves config.yaml files inside a run folder: they must not count as runs.
+        (run_dir / "wandb" / "offline-run-x" / "files").mkdir(parents=True)
+        (run_dir / "wandb" / "offline-run-x" / "files" / "config.yaml").write_text("a: 1\n")
+    _write_run(root / SUITE, "rigl-seed0", _config("rigl", 0), metrics=_metrics("rigl").head(3), checkpoint=True)
+    truncated_json = '{"schema_version": 1, "top1": '
+    _write_run(root / SUITE / "nested" / "deeper", "str-seed0", _config("str", 0), result=truncated_json)
+    missing = _result("rigl", 1, 80.0)
+    del missing["top1"], missing["budget"]
+    _write_run(root / SUITE, "rigl-seed1", _config("rigl", 1), result=missing)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    return load_reference()
+
+
+def test_load_runs_statuses(run_root: Path):
+    runs = load_runs(run_root, run_root / SUITE)  # overlapping roots: each folder once
+    assert len(runs) == 7
+    status = dict(zip(runs["run_dir"].map(lambda path: Path(path).name), runs["status"]))
+    assert status == {"acdc-seed0": "finished", "acdc-seed1": "finished", "gmp-seed0": "finished",
+                      "gmp-seed1": "finished", "rigl-seed0": "incomplete", "str-seed0": "corrupt",
+                      "rigl-seed1": "corrupt"}
+    by_name = runs.set_index(runs["run_dir"].map(lambda path: Path(path).name))
+    assert by_name.at["rigl-seed0", "resumable"]
+    assert by_name.at["rigl-seed0", "epochs_completed"] == 3
+    assert by_name.at["rigl-seed0", "target_sparsity"] == 0.9  # from config.yaml
+    assert "unreadable" in by_name.at["str-seed0", "error"]
+    assert "top1" in by_name.at["rigl-seed1", "error"] and "budget" in by_name.at["rigl-seed1", "error"]
+    assert by_name.at["acdc-seed0", "error"] == ""
+    assert by_name.at["acdc-seed0", "budget_mode"] == "paper"
+    assert by_name.at["acdc-seed0", "versions_torch"] == "2.x"
+    assert by_name.at["acdc-seed0", "layer_densities"] == {"fc1.weight": 0.08, "fc2.weight": 0.15}
+
+
+def test_load_runs_empty_and_missing_roots(tmp_path: Path):
+    runs = load_runs(tmp_path, tmp_path / "does-not-exist")
+    assert runs.empty and {"status", "error", "run_dir", "top1"} <= set(runs.columns)
+
+
+def test_load_metrics(run_root: Path):
+    metrics = load_metrics(run_root / SUITE / "acdc-seed0")
+    assert list(metrics["phase"]) == ["dense", "dense", "sparse", "sparse", "dense", "sparse"]
+    assert metrics["mask_overlap"].notna().sum() == 1
+    assert load_metrics(run_root / SUITE / "str-seed0").empty  # no metrics.csv
+
+
+def test_compare_table_numbers(run_root: Path, reference: pd.DataFrame):
+    table = compare_table(load_runs(run_root), reference, suite=SUITE)
+    assert list(table["method"]) == ["acdc", "gmp"]
+    acdc, gmp = table.iloc[0], table.iloc[1]
+    assert acdc["top1_mean"] == pytest.approx(88.5)
+    assert acdc["top1_std"] == pytest.approx(statistics.stdev([88.0, 89.0]))  # 0.7071
+    assert gmp["top1_mean"] == pytest.approx(86.25)
+    assert gmp["top1_std"] == pytest.approx(statistics.stdev([86.0, 86.5]))  # 0.3536
+    assert list(table["seeds"]) == [2, 2]
+    assert acdc["delta_vs_acdc"] == pytest.approx(0.0)
+    assert gmp["delta_vs_acdc"] == pytest.approx(86.25 - 88.5)
+    assert acdc["actual_sparsity"] == pytest.approx(0.8999)
+    assert acdc["training_flops_multiplier"] == pytest.approx(0.55)
+    assert acdc["top1_dense_mean"] == pytest.approx(89.5)
+    assert math.isnan(acdc["published_top1"])  # nothing published for Fashion-MNIST
+    text = format_compare(table)
+    assert "target sparsity 90.0%" in text and "88.50 ± 0.71" in text
+
+
+def test_compare_single_seed_and_missing_acdc(tmp_path: Path, reference: pd.DataFrame):
+    _write_run(tmp_path, "gmp", _config("gmp", 0, 0.8), result=_result("gmp", 0, 70.0, sparsity=0.8))
+    table = compare_table(load_runs(tmp_path), reference)
+    assert table.iloc[0]["seeds"] == 1
+    assert math.isnan(table.iloc[0]["top1_std"]) and math.isnan(table.iloc[0]["delta_vs_acdc"])
+
+
+def test_published_match_imagenet_resnet50_acdc(tmp_path: Path, reference: pd.DataFrame):
+    for seed, top1 in ((0, 74.0), (1, 74.5)):
+        _write_run(tmp_path, f"acdc-{seed}", _config("acdc", seed, dataset="imagenet", model="resnet50"),
+                   result=_result("acdc", seed, top1, dataset="imagenet", model="resnet50"))
+    table = compare_table(load_runs(tmp_path), reference)
+    row = table.iloc[0]
+    # verified README checkpoint (global) preferred over the reported 75.64 and the recalled table
+    assert row["published_top1"] == pytest.approx(75.03)
+    assert row["published_source"] == "acdc-readme" and row["published_status"] == "verified"
+    assert row["published_distribution"] == "global"
+    assert row["delta_vs_published"] == pytest.approx(74.25 - 75.03)
+    out = write_compare(table, tmp_path / "report")
+    assert {path.name for path in out} == {"compare.md", "compare.csv"}
+    assert "acdc-readme" in (tmp_path / "report" / "compare.md").read_text()
+    assert len(pd.read_csv(tmp_path / "report" / "compare.csv")) == 1
+
+
+def test_match_published_prefers_variant_then_status(reference: pd.DataFrame):
+    rigl = match_published(reference, dataset="imagenet", model="resnet50", method="rigl", target_sparsity=0.9,
+                           variant="", distribution="erk")
+    assert (rigl["variant"], rigl["distribution"], rigl["top1"]) == ("1x", "ERK", 73.07)
+    rigl_5x = match_published(reference, dataset="imagenet", model="resnet50", method="rigl",
+                              target_sparsity=0.9, variant="5x", distribution="uniform")
+    assert rigl_5x["top1"] == pytest.approx(75.73)
+    assert match_published(reference, dataset="imagenet", model="resnet50", method="acdc",
+                           target_sparsity=0.42) is None
+
+
+def test_reference_csv_rows_have_source_and_status(reference: pd.DataFrame):
+    assert len(reference) > 0
+    assert (reference["source"].str.strip() != "").all()
+    assert reference["status"].isin(REFERENCE_STATUSES).all()
+    assert reference["top1"].between(0, 100).all()
+    known = reference["target_sparsity"].dropna()
+    assert ((known >= 0) & (known < 1)).all()
+
+
+def test_leaderboard_builds_validates_and_exports(tmp_path: Path, reference: pd.DataFrame):
+    for method, top1 in (("acdc", 74.0), ("gmp", 73.0)):
+        _write_run(tmp_path / "runs", method, _config(method, 0, dataset="imagenet", model="resnet50"),
+                   result=_result(method, 0, top1, dataset="imagenet", model="resnet50"))
+    board = build_leaderboard(load_runs(tmp_path / "runs"), reference, SUITE)
+    assert list(board.columns) == LEADERBOARD_COLUMNS
+    validate_leaderboard(board)
+    ours = board[board["source"] == "acdc_bench"]
+    assert set(ours["method"]) == {"AC/DC", "GMP"} and (ours["seeds"] == 1).all()
+    published = board[board["source"] != "acdc_bench"]
+    assert len(published) > 0 and set(published["dataset"]) == {"ImageNet"}
+    assert not published["source"].str.contains("acdc_bench").any()
+    paths = export_leaderboard(board, tmp_path / "leaderboards" / "imagenet.csv")
+    assert [path.suffix for path in paths] == [".csv", ".md"] and all(path.stat().st_size for path in paths)
+    assert len(read_leaderboard(paths[0])) == len(board)
+
+
+def test_leaderboard_validation_names_the_problem(tmp_path: Path, reference: pd.DataFrame):
+    _write_run(tmp_path, "acdc", _config("acdc", 0), result=_result("acdc", 0, 88.0))
+    board = build_leaderboard(load_runs(tmp_path), reference, SUITE)
+    broken = board.copy()
+    broken.loc[0, "value"] = 150.0
+    with pytest.raises(ValueError, match=r"row 0 .*'value' is 150.0, outside \[0, 100\]"):
+        validate_leaderboard(broken)
+    broken = board.copy()
+    broken.loc[0, "source"] = ""
+    with pytest.raises(ValueError, match=r"row 0 .*'source' is empty"):
+        validate_leaderboard(broken)
+    with pytest.raises(ValueError, match=r"missing \['source'\]"):
+        validate_leaderboard(board.drop(columns=["source"]))
+    broken = board.copy()
+    broken.loc[0, "sparsity"] = 1.0
+    with pytest.raises(ValueError, match="sparsity"):
+        export_leaderboard(broken, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_plots_write_png_and_svg(run_root: Path, tmp_path: Path, reference: pd.DataFrame):
+    paths = plot_all(load_runs(run_root), reference, tmp_path / "plots", SUITE)
+    stems = {path.stem for path in paths}
+    pair = "fashion-mnist_lenet-300-100"
+    assert stems == {f"top1_vs_sparsity_{pair}", f"top1_vs_training_flops_{pair}", "trajectories", "acdc_mask_overlap"}
+    assert {path.suffix for path in paths} == {".png", ".svg"}
+    assert all(path.exists() and path.stat().st_size > 0 for path in paths)
+
+
+def test_plots_with_published_points_and_nothing_to_plot(tmp_path: Path, reference: pd.DataFrame):
+    _write_run(tmp_path / "runs", "acdc", _config("acdc", 0, dataset="imagenet", model="resnet50"),
+               result=_result("acdc", 0, 74.0, dataset="imagenet", model="resnet50"))
+    paths = plot_all(load_runs(tmp_path / "runs"), reference, tmp_path / "plots", SUITE)
+    assert any(path.name == "top1_vs_sparsity_imagenet_resnet50.svg" for path in paths)
+    assert plot_all(load_runs(tmp_path / "empty"), reference, tmp_path / "none", SUITE) == []
+
+
+def test_tracker_disabled_does_nothing(tmp_path: Path):
+    tracker = Tracker(enabled=False)
+    tracker.start(tmp_path / "run", {"method": "acdc"}, name="run")
+    tracker.log_epoch({"epoch": 0, "top1": 50.0})
+    tracker.log_result({"top1": 50.0})
+    tracker.finish()
+    assert not tracker.active and not (tmp_path / "run").exists()
+    ranked = Tracker(enabled=True, rank=1)
+    ranked.start(tmp_path / "rank1", {}, name="rank1")
+    assert not ranked.active and not (tmp_path / "rank1").exists()
+
+
+def test_tracker_offline_writes_under_run_dir(tmp_path: Path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "result.json").write_text(json.dumps({"top1": 70.0}))
+    with Tracker(enabled=True) as tracker:
+        tracker.start(run_dir, {"method": "acdc", "sparsity": 0.9}, name="acdc-test")
+        assert tracker.active
+        tracker.log_epoch({"epoch": 0, "phase": "dense", "top1": 50.0, "mask_overlap": float("nan")})
+        tracker.log_result({"top1": 70.0, "budget": {"mode": "paper"}}, files=[run_dir / "result.json"])
+    assert not tracker.active
+    wandb_files = [path for path in (run_dir / "wandb").rglob("*") if path.is_file()]
+    assert wandb_files, "expected W&B offline files under run_dir/wandb"
+    assert any(path.suffix == ".wandb" for path in wandb_files)
+
+
+def test_tracker_defaults_to_offline_when_wandb_mode_unset(tmp_path: Path, monkeypatch, caplog):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with caplog.at_level("INFO", logger="acdc_bench.tracking"), Tracker(enabled=True) as tracker:
+        tracker.start(tmp_path / "run", {"method": "acdc"}, name="unset-mode")
+        assert tracker.active
+    assert "WANDB_MODE is unset" in caplog.text
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_tracker_without_wandb_warns_once_and_continues(tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
+    monkeypatch.setattr(tracking, "_warned_missing_wandb", False)
+    with pytest.warns(RuntimeWarning, match="wandb cannot be imported"):
+        Tracker(enabled=True).start(tmp_path / "a", {}, name="a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second tracker must not warn again
+        second = Tracker(enabled=True)
+        second.start(tmp_path / "b", {}, name="b")
+        second.log_epoch({"epoch": 0, "top1": 1.0})
+        second.finish()
+    assert not second.active
