@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from acdc_bench.results import atomic_write_text
+from acdc_bench.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,184 @@
+"""GMP: gradual magnitude pruning (Zhu and Gupta 2017), as run on ImageNet by Gale et al. 2019.
+
+Faithful to RECIPES.md:
+
+- the target sparsity at step t follows the cubic schedule
+  ``s_t = s_f (1 - (1 - p)^3)`` with ``p = clip((t - t0) / (t1 - t0), 0, 1)``
+  (``s_i = 0``): dense before ``t0``, the final target from ``t1`` on;
+- between ``t0`` and ``t1`` the mask is recomputed from the current magnitudes every
+  ``frequency`` steps (``t0``, ``t0 + f``, ...) and once more at ``t1`` exactly, so the
+  final target is reached at ``t1`` whatever ``f``; no update after ``t1``;
+- pruned weights get no gradient and stay zero (the mask multiplies the gradients
+  and is re-applied after every optimizer step, :class:`MaskedMethod`);
+- per-layer (``uniform``) magnitude top-k by default: Gale et al.'s standard runs
+  prune every layer; ``global`` (one threshold) and ``keep_dense`` are supported.
+
+Defaults are Gale et al.'s best ImageNet ResNet50 grid point scaled to the run:
+pruning starts at step 40k of ~128k (``start_fraction`` 0.3125), the mask is updated
+every 2000 of 128k steps, and it ends at 78% of training (``end_fraction``; the RigL
+FLOP notebook models GMP as pruning from 31% to 78% of training).
+"""
+
+from __future__ import annotations
+
+import bisect
+import weakref
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
+
+#: Gale et al.'s ImageNet ResNet50 runs: ~128k steps (batch 1024, ~102 epochs), mask update every 2000.
+GALE_TOTAL_STEPS = 128_000
+GALE_FREQUENCY = 2_000
+
+
+@dataclass
+class GmpConfig(MaskedConfig):
+    """GMP options: when pruning starts and ends (fractions of the run's steps) and how often."""
+
+    distribution: str = "uniform"
+    start_fraction: float = 40_000 / GALE_TOTAL_STEPS  # 0.3125
+    end_fraction: float = 0.78
+    #: Steps between mask updates; None: Gale's 2000 of 128k steps scaled to the run.
+    frequency: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.start_fraction < self.end_fraction <= 1.0:
+            raise ValueError(
+                f"GMP needs 0 <= start_fraction < end_fraction <= 1, got "
+                f"start_fraction={self.start_fraction}, end_fraction={self.end_fraction}"
+            )
+        if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
+            raise ValueError(f"GMP frequency must be a positive integer number of steps or null, got {self.frequency!r}")
+
+
+def cubic_sparsity(step: int, final_sparsity: float, start_step: int, end_step: int, initial_sparsity: float = 0.0) -> float:
+    """Zhu and Gupta's schedule: s_f + (s_i - s_f) (1 - p)^3, p = clip((t - t0) / (t1 - t0), 0, 1)."""
+    p = min(1.0, max(0.0, (step - start_step) / (end_step - start_step)))
+    return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
+
+
+# Sorted magnitudes of a model's weights for planning 'global' GMP cheaply, keyed by the first
+# weight; an entry is reused only while no weight has been modified in place since (tensor versions).
+_SORTED_MAGNITUDES: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+
+
+@register_method("gmp")
+class GMP(MaskedMethod):
+    """Gradual magnitude pruning with the cubic schedule, mask updated every ``frequency`` steps."""
+
+    Config: ClassVar[type] = GmpConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        total = self.total_steps
+        self.start_step = int(round(config.start_fraction * total))
+        self.end_step = max(self.start_step + 1, int(round(config.end_fraction * total)))
+        self.frequency = int(config.frequency or max(1, round(total * GALE_FREQUENCY / GALE_TOTAL_STEPS)))
+        self._density_cache: dict[float, list[float]] = {}
+
+    # ------------------------------------------------------------------ schedule
+    def sparsity_at(self, step: int) -> float:
+        """The cubic schedule's target at ``step`` (continuous in ``step``)."""
+        return cubic_sparsity(step, self.target_sparsity, self.start_step, self.end_step)
+
+    def is_update_step(self, step: int) -> bool:
+        """Mask updates: t0, t0 + f, t0 + 2f, ... below t1, and t1 itself."""
+        if step < self.start_step or step > self.end_step:
+            return False
+        return step == self.end_step or (step - self.start_step) % self.frequency == 0
+
+    def update_steps(self) -> list[int]:
+        steps = list(range(self.start_step, self.end_step, self.frequency))
+        return steps + [self.end_step]
+
+    def last_update_step(self, step: int) -> int | None:
+        """The latest mask update at or before ``step`` (None: still dense)."""
+        if step < self.start_step:
+            return None
+        if step >= self.end_step:
+            return self.end_step
+        return self.start_step + (step - self.start_step) // self.frequency * self.frequency
+
+    def sparsity_in_force(self, step: int) -> float:
+        """Sparsity of the mask the forward pass of ``step`` uses (piecewise constant)."""
+        last = self.last_update_step(step)
+        return 0.0 if last is None else self.sparsity_at(last)
+
+    # ------------------------------------------------------------------ hooks
+    def on_step_start(self, step: int) -> None:
+        if self.is_update_step(step):
+            self.prune_by_magnitude(self.sparsity_at(step))
+
+    # ------------------------------------------------------------------ planning
+    def _densities(self, sparsity: float) -> list[float]:
+        """Per-layer densities at ``sparsity`` with the configured distribution."""
+        key = round(sparsity, 12)
+        cached = self._density_cache.get(key)
+        if cached is not None:
+            return cached
+        if sparsity <= 0.0:
+            densities = [1.0] * len(self.layers)
+        elif self.config.distribution == "global":
+            densities = self._global_densities(sparsity)
+        else:
+            densities = self.distribution_densities(sparsity)
+        self._density_cache[key] = densities
+        return densities
+
+    def _global_densities(self, sparsity: float) -> list[float]:
+        """One threshold over all current magnitudes (searchsorted on cached sorted copies)."""
+        weights = [layer.weight for layer in self.layers]
+        versions = tuple((id(w), w._version) for w in weights)
+        entry = _SORTED_MAGNITUDES.get(weights[0])
+        if entry is None or entry[0] != versions:
+            per_layer = [w.detach().abs().flatten().float().sort().values.cpu() for w in weights]
+            entry = (versions, per_layer, torch.cat(per_layer).sort().values)
+            _SORTED_MAGNITUDES[weights[0]] = entry
+        _, per_layer, everything = entry
+        prune = int(round(sparsity * everything.numel()))
+        if prune <= 0:
+            return [1.0] * len(weights)
+        threshold = everything[prune - 1]
+        return [1.0 - int(torch.searchsorted(s, threshold, right=True)) / s.numel() for s in per_layer]
+
+    def _forward_flops_at(self, step: int) -> float:
+        return self.flops.sparse_forward_from_densities(self._densities(self.sparsity_in_force(step)))
+
+    def planned_densities(self, epoch: int) -> list[float]:
+        """Densities in force at the middle step of ``epoch`` (the schedule's mask there)."""
+        first = epoch * self.steps_per_epoch
+        last = min(self.total_steps, first + self.steps_per_epoch) - 1
+        middle = (first + last) // 2
+        return self._densities(self.sparsity_in_force(middle))
+
+    def planned_training_flops_per_example(self, epoch: int) -> float:
+        """3 x forward FLOPs of the mask in force, averaged exactly over the epoch's steps."""
+        first = epoch * self.steps_per_epoch
+        stop = min(self.total_steps, first + self.steps_per_epoch)
+        if stop <= first:
+            return 3 * self._forward_flops_at(first)
+        updates = self.update_steps()
+        # Segment starts: the epoch's first step and every mask update inside the epoch.
+        starts = [first] + updates[bisect.bisect_right(updates, first): bisect.bisect_left(updates, stop)]
+        total = 0.0
+        for begin, end in zip(starts, starts[1:] + [stop]):
+            total += (end - begin) * self._forward_flops_at(begin)
+        return 3 * total / (stop - first)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["schedule"] = {"start_step": self.start_step, "end_step": self.end_step, "frequency": self.frequency}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        saved = state.get("schedule")
+        mine = {"start_step": self.start_step, "end_step": self.end_step, "frequency": self.frequency}
+        if saved is not None and saved != mine:
+            raise ValueError(f"GMP checkpoint was written for schedule {saved}, this run has {mine}")

@@ -1,0 +1,199 @@
+"""RigL: Rigging the Lottery (Evci et al., ICML 2020).
+
+Faithful to RECIPES.md and the official code (``google-research/rigl``):
+
+- random initial masks with fixed per-layer densities, ERK (all layers sparse, the
+  default) or uniform (``keep_dense``, e.g. ``conv1``: RigL keeps the first layer
+  dense); drawn from a ``torch.Generator`` seeded with ``mask_seed``, so every
+  data-parallel rank draws the same masks; the weights are masked at set-up;
+- every ``update_interval`` (dT) steps while ``step < T_end`` (``end_fraction`` of the
+  run) and ``step > 0``, per layer: drop the ``k = floor(alpha_t n_active)`` active
+  weights of smallest magnitude, then grow ``k`` positions that are inactive after
+  the drop with the largest magnitude of the dense gradient of the current batch
+  (the raw ``.grad`` before masking), ``alpha_t = alpha/2 (1 + cos(pi t / T_end))``;
+- a new connection (inactive before the update) starts at 0 with its momentum reset
+  to 0; a weight dropped and regrown in the same update keeps its value and momentum
+  (the official code re-initialises only ``old mask == 0 and new mask == 1``);
+- the optimizer step is skipped on an update step; per-layer non-zeros never change;
+- ties (equal magnitudes or gradients) are broken by position (stable sorts), so the
+  masks are the same on every rank given the same weights and all-reduced gradients;
+- ``epochs_multiplier`` (1x, 2x, 5x) scales the number of steps, the lr schedule and
+  T_end (through the harness: :func:`acdc_bench.config.run_config`); dT stays fixed.
+
+Training FLOPs per example (RigL's appendix): ``3 f_S`` on a normal step and
+``2 f_S + f_D`` on an update step (dense gradient, no weight update), which amortises
+to ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` before T_end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
+from acdc_bench.sparsity import layer_densities
+
+
+@dataclass
+class RiglConfig(MaskedConfig):
+    """RigL options (paper defaults: ERK, dT = 100, alpha = 0.3 cosine-annealed, T_end = 75%)."""
+
+    distribution: str = "erk"
+    update_interval: int = 100
+    alpha: float = 0.3
+    end_fraction: float = 0.75
+    mask_seed: int = 0
+    #: Training-length variant: 1x, 2x, 5x of the suite's epochs (steps, lr schedule and T_end scale).
+    epochs_multiplier: float = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.distribution == "global":
+            raise ValueError("RigL needs fixed per-layer densities: distribution 'erk' or 'uniform', not 'global'")
+        if not isinstance(self.update_interval, int) or self.update_interval < 1:
+            raise ValueError(f"RigL update_interval must be a positive integer, got {self.update_interval!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"RigL alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.end_fraction <= 1.0:
+            raise ValueError(f"RigL end_fraction must be in [0, 1], got {self.end_fraction}")
+        if not self.epochs_multiplier > 0:
+            raise ValueError(f"RigL epochs_multiplier must be positive, got {self.epochs_multiplier}")
+
+
+def cosine_drop_fraction(step: int, alpha: float, end_step: int) -> float:
+    """alpha_t = alpha / 2 (1 + cos(pi t / T_end)); 0 from T_end on."""
+    if step >= end_step:
+        return 0.0
+    return alpha / 2 * (1 + math.cos(math.pi * step / end_step))
+
+
+def random_mask(shape: torch.Size, nonzeros: int, generator: torch.Generator) -> torch.Tensor:
+    """Boolean mask of ``shape`` with exactly ``nonzeros`` True positions drawn uniformly (on CPU)."""
+    numel = math.prod(shape)
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[torch.randperm(numel, generator=generator)[:nonzeros]] = True
+    return mask.view(shape)
+
+
+@register_method("rigl")
+class RigL(MaskedMethod):
+    """RigL with drop/grow mask updates every ``update_interval`` steps until ``end_fraction``."""
+
+    Config: ClassVar[type] = RiglConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.end_step = int(round(config.end_fraction * self.total_steps))
+        self.last_update: dict | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, model, layers, flops) -> None:
+        super().setup(model, layers, flops)
+        self.densities = layer_densities(self.config.distribution, self.layers, self.target_sparsity,
+                                         self.config.keep_dense)
+        generator = torch.Generator().manual_seed(int(self.config.mask_seed))
+        masks = []
+        for layer, density in zip(self.layers, self.densities):
+            keep = int(round(density * layer.numel))
+            masks.append(random_mask(layer.weight.shape, keep, generator))
+        self.masks.set(masks)
+        self.masks.apply_to_weights()
+        self.masking = True
+        self._refresh_flops()
+
+    def _refresh_flops(self) -> None:
+        self.sparse_forward = self.flops.sparse_forward(self.masks.nonzeros)
+
+    # ------------------------------------------------------------------ schedule
+    def drop_fraction(self, step: int) -> float:
+        return cosine_drop_fraction(step, self.config.alpha, self.end_step)
+
+    def is_update_step(self, step: int) -> bool:
+        return 0 < step < self.end_step and step % self.config.update_interval == 0
+
+    def update_steps_between(self, first: int, stop: int) -> int:
+        """Number of update steps in ``[first, stop)``."""
+        stop = min(stop, self.end_step)
+        if stop <= max(first, 1):
+            return 0
+        interval = self.config.update_interval
+        start = max(first, 1)
+        return (stop - 1) // interval - (start - 1) // interval
+
+    # ------------------------------------------------------------------ hooks
+    def before_optimizer_step(self, step: int) -> bool:
+        if self.is_update_step(step):
+            self.update_masks(step)
+            return False
+        return super().before_optimizer_step(step)
+
+    @torch.no_grad()
+    def update_masks(self, step: int) -> None:
+        """Drop the smallest-magnitude active weights and grow where the dense gradient is largest."""
+        alpha_t = self.drop_fraction(step)
+        counts = []
+        for index, layer in enumerate(self.layers):
+            weight, grad = layer.weight, layer.weight.grad
+            n_active = self.masks.nonzeros[index]
+            k = int(math.floor(alpha_t * n_active))
+            if grad is None or k == 0 or n_active == layer.numel:
+                counts.append(0)
+                continue
+            mask = self.masks.masks[index]
+            old = mask.flatten()
+            flat_weight = weight.detach().flatten()
+            # Drop: the k active weights of smallest |w| (ties: lower index first).
+            drop_scores = torch.where(old, flat_weight.abs(), torch.full_like(flat_weight, math.inf))
+            dropped = torch.sort(drop_scores, stable=True).indices[:k]
+            after_drop = old.clone()
+            after_drop[dropped] = False
+            # Grow: the k positions inactive after the drop with largest |grad| (ties: lower index first).
+            grow_scores = torch.nan_to_num(grad.detach().flatten().float().abs(), nan=0.0, posinf=torch.finfo(torch.float32).max)
+            grow_scores = grow_scores.masked_fill(after_drop, -math.inf)
+            grown = torch.sort(grow_scores, descending=True, stable=True).indices[:k]
+            new = after_drop.clone()
+            new[grown] = True
+            new_connections = new & ~old
+            removed = old & ~new
+            flat_weight.masked_fill_(new_connections | removed, 0.0)
+            if self.optimizer is not None:
+                buffer = self.optimizer.state.get(weight, {}).get("momentum_buffer")
+                if buffer is not None:
+                    buffer.view(-1).masked_fill_(new_connections, 0.0)
+            mask.copy_(new.view_as(mask))
+            counts.append(k)
+        # Per-layer non-zeros are unchanged by construction: no recount (no host sync).
+        self.last_update = {"step": step, "alpha_t": alpha_t, "k": counts}
+
+    # ------------------------------------------------------------------ FLOPs and planning
+    def step_training_flops(self, step: int) -> int:
+        """2 f_S + f_D on an update step (dense gradient, no weight update), else 3 f_S."""
+        if self.is_update_step(step):
+            return 2 * self.sparse_forward + self.flops.dense_forward
+        return 3 * self.sparse_forward
+
+    def planned_densities(self, epoch: int) -> list[float]:
+        return list(self.densities)
+
+    def planned_training_flops_per_example(self, epoch: int) -> float:
+        """Exact mean of :meth:`step_training_flops` over the epoch's steps (the meter's value).
+
+        Before T_end this is ``((dT - 1) 3 f_S + 2 f_S + f_D) / dT`` per example, within
+        0.1% of the paper's amortised ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``; after T_end
+        it is ``3 f_S``; an epoch that straddles T_end gets the exact mix.
+        """
+        f_s = self.flops.sparse_forward_from_densities(self.densities)
+        f_d = self.flops.dense_forward
+        first = epoch * self.steps_per_epoch
+        stop = min(self.total_steps, first + self.steps_per_epoch)
+        steps = max(1, stop - first)
+        updates = self.update_steps_between(first, stop)
+        return ((steps - updates) * 3 * f_s + updates * (2 * f_s + f_d)) / steps
+
+    # ------------------------------------------------------------------ state
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._refresh_flops()

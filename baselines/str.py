@@ -1,0 +1,197 @@
+"""STR: Soft Threshold weight Reparameterization (Kusupati et al., ICML 2020).
+
+Faithful to RECIPES.md and the official code (``RAIVNLab/STR``, ``STRConv`` with
+``sparse_function: sigmoid``):
+
+- every prunable layer (all convs and the fc by default) holds one learnable scalar
+  ``s``; its effective weight is ``sign(W) relu(|W| - sigmoid(s))``, recomputed at every
+  forward pass (here a :mod:`torch.nn.utils.parametrize` parametrization of
+  ``weight``, registered at set-up; the raw ``W`` stays the same ``nn.Parameter``);
+- there is no explicit target: the weight decay ``lambda`` (``lam``) and the initial
+  ``s`` (``s_init``) decide the final sparsity. Values per target sparsity go in
+  ``targets: {sparsity: {s_init, lam}}``; the run's target picks its entry;
+- weight decay: the thresholds decay with ``lam``. The official code uses ``lam`` as
+  the weight decay of *every* parameter (``--wd``; ``--st-decay`` and
+  ``--no-bn-decay`` unset in the shipped configs), and the weights' decay is part of
+  how STR reaches its sparsity, so that is the default here (``decay_all: true``);
+  ``decay_all: false`` keeps the suite's ``optimizer.weight_decay`` for the other
+  parameters and uses ``lam`` for the thresholds only;
+- at the end (:meth:`finalize`) the parametrizations are removed, leaving plain
+  weights holding exact zeros; the thresholds are dropped.
+
+Training FLOPs per example: 3 x the sparse forward FLOPs of the effective weights of
+each step, counted on the device (no host sync) before the optimizer step, i.e. from
+the weights that step's forward pass used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from acdc_bench.methods import SparsityMethod, register_method
+
+#: Official ImageNet ResNet50 config (``configs/largescale/resnet50-str.yaml``, 90.23% sparse).
+RESNET50_S_INIT = -3200.0
+RESNET50_LAMBDA = 2.251757813e-5
+
+
+def soft_threshold(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """sign(W) relu(|W| - sigmoid(s))."""
+    return torch.sign(weight) * torch.relu(weight.abs() - torch.sigmoid(s))
+
+
+class SoftThreshold(nn.Module):
+    """The STR parametrization of one weight: holds the layer's learnable threshold ``s``."""
+
+    def __init__(self, s_init: float, device=None, dtype=None):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(float(s_init), device=device, dtype=dtype))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return soft_threshold(weight, self.s)
+
+    def extra_repr(self) -> str:
+        return f"s={float(self.s.detach()):.4g}"
+
+
+@dataclass
+class StrConfig:
+    """STR options. ``s_init``/``lam`` are used unless ``targets`` has an entry for the run's sparsity."""
+
+    s_init: float = RESNET50_S_INIT
+    lam: float = RESNET50_LAMBDA
+    #: Per target sparsity: ``{0.9: {s_init: ..., lam: ...}}``.
+    targets: dict = dataclasses.field(default_factory=dict)
+    #: True: ``lam`` is the weight decay of every parameter (official STR); False: of the thresholds only.
+    decay_all: bool = True
+    #: Planning estimate: density assumed to fall linearly from 1 to 1 - target between these fractions of the run.
+    plan_ramp: list = dataclasses.field(default_factory=lambda: [0.0, 1.0])
+    include: list = dataclasses.field(default_factory=list)
+    exclude: list = dataclasses.field(default_factory=list)
+
+    def validate(self) -> None:
+        for key, value in (self.targets or {}).items():
+            try:
+                sparsity = float(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"STR targets: key {key!r} must be a target sparsity such as 0.9") from None
+            if not 0.0 <= sparsity < 1.0:
+                raise ValueError(f"STR targets: sparsity {key!r} must be in [0, 1)")
+            if not isinstance(value, dict) or set(value) - {"s_init", "lam"}:
+                raise ValueError(f"STR targets[{key!r}] must be a mapping with keys s_init and/or lam, got {value!r}")
+        if not self.lam >= 0:
+            raise ValueError(f"STR lam (weight decay) must be >= 0, got {self.lam}")
+        if len(self.plan_ramp) != 2 or not 0.0 <= self.plan_ramp[0] <= self.plan_ramp[1] <= 1.0:
+            raise ValueError(f"STR plan_ramp must be [start, end] fractions with 0 <= start <= end <= 1, got {self.plan_ramp}")
+
+    def resolve(self, target_sparsity: float) -> tuple[float, float]:
+        """(s_init, lam) for ``target_sparsity``: its ``targets`` entry (key within 1e-9), else the defaults."""
+        for key, value in (self.targets or {}).items():
+            if abs(float(key) - target_sparsity) <= 1e-9:
+                return float(value.get("s_init", self.s_init)), float(value.get("lam", self.lam))
+        return float(self.s_init), float(self.lam)
+
+
+def _str_parametrization(module: nn.Module) -> SoftThreshold | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    found = [p for p in module.parametrizations["weight"] if isinstance(p, SoftThreshold)]
+    if not found:
+        raise ValueError(f"{type(module).__name__}.weight is already parametrized by something other than STR")
+    return found[0]
+
+
+@register_method("str")
+class STR(SparsityMethod):
+    """Soft threshold reparameterization with one learnable threshold per prunable layer."""
+
+    Config: ClassVar[type] = StrConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.s_init, self.lam = config.resolve(self.target_sparsity)
+        self.thresholds: list[SoftThreshold] = []
+        self._per_weight: torch.Tensor | None = None
+        self._step_nonzeros: torch.Tensor | None = None
+        self.finalized = False
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, model, layers, flops) -> None:
+        """Register the STR parametrization on every prunable weight (once: a second call reuses it)."""
+        super().setup(model, layers, flops)
+        self.thresholds = []
+        for layer in self.layers:
+            existing = _str_parametrization(layer.module)
+            if existing is None:
+                weight = layer.module.weight
+                existing = SoftThreshold(self.s_init, device=weight.device, dtype=weight.dtype)
+                parametrize.register_parametrization(layer.module, "weight", existing)
+            self.thresholds.append(existing)
+
+    def param_groups(self, model: nn.Module, optimizer_kwargs: dict) -> list[dict]:
+        """Thresholds in their own group with weight decay ``lam``; the rest with ``lam`` (decay_all) or the suite's."""
+        thresholds = [t.s for t in self.thresholds]
+        ids = {id(p) for p in thresholds}
+        others = [p for p in model.parameters() if id(p) not in ids]
+        other_decay = self.lam if self.config.decay_all else float(optimizer_kwargs.get("weight_decay", 0.0))
+        return [
+            {"params": others, "weight_decay": other_decay},
+            {"params": thresholds, "weight_decay": self.lam},
+        ]
+
+    # ------------------------------------------------------------------ hooks
+    @torch.no_grad()
+    def effective_nonzeros(self) -> torch.Tensor:
+        """Non-zeros of each layer's effective weight, as an int64 device tensor (no host sync)."""
+        return torch.stack([torch.count_nonzero(layer.module.weight) for layer in self.layers])
+
+    def before_optimizer_step(self, step: int) -> bool:
+        # The weights are still those this step's forward pass used.
+        self._step_nonzeros = self.effective_nonzeros()
+        return True
+
+    def step_training_flops(self, step: int) -> torch.Tensor:
+        nonzeros = self._step_nonzeros if self._step_nonzeros is not None else self.effective_nonzeros()
+        self._step_nonzeros = None
+        if self._per_weight is None or self._per_weight.device != nonzeros.device:
+            self._per_weight = torch.tensor(self.flops.per_weight, dtype=torch.int64, device=nonzeros.device)
+        return 3 * (nonzeros * self._per_weight).sum()
+
+    def thresholds_values(self) -> dict[str, float]:
+        """Each layer's threshold sigmoid(s) (one host sync; for logging)."""
+        values = torch.stack([torch.sigmoid(t.s.detach()) for t in self.thresholds]).tolist()
+        return {layer.name: v for layer, v in zip(self.layers, values)}
+
+    def phase(self, epoch: int) -> str:
+        return "sparse"
+
+    # ------------------------------------------------------------------ planning
+    def planned_densities(self, epoch: int) -> list[float]:
+        """An estimate (STR's trajectory is learned): density falling linearly from 1 to
+        1 - target over ``plan_ramp`` of the run, taken at the middle of ``epoch``; the same in
+        every layer. Under a matched budget the result reports the achieved ratio."""
+        middle = (epoch + 0.5) * self.steps_per_epoch
+        fraction = min(1.0, middle / max(1, self.total_steps))
+        start, end = self.config.plan_ramp
+        if fraction <= start:
+            progress = 0.0
+        elif fraction >= end or end == start:
+            progress = 1.0
+        else:
+            progress = (fraction - start) / (end - start)
+        return [1.0 - self.target_sparsity * progress] * len(self.layers)
+
+    # ------------------------------------------------------------------ the result
+    def finalize(self) -> None:
+        """Bake the thresholds into plain weights holding exact zeros; the thresholds are dropped."""
+        for layer in self.layers:
+            if _str_parametrization(layer.module) is not None:
+                parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
+        self.thresholds = []
+        self.finalized = True
