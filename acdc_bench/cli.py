@@ -18,7 +18,8 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_suite_arguments(parser)
-    parser.add_argument("--method", required=True, help="registered method name (dense, acdc, gmp, rigl, str, ...)")
+    parser.add_argument("--method", required=True,
+                        help="registered method name (dense, acdc, gmp, rigl, str, ...); plan also takes 'all'")
     parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="run length (default: the suite's)")
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="per-epoch phase, lr and sparsity, and the estimated training FLOPs")
     _add_run_arguments(plan)
     plan.add_argument("--budget", choices=["paper", "matched"], default=None)
+    plan.add_argument("--out", default=None, help="run folders holding finished budget references (default: runs/<suite>)")
     plan.add_argument("--json", action="store_true")
 
     flops = commands.add_parser("flops", help="dense and sparse forward FLOPs of a model per layer")
@@ -82,8 +84,10 @@ def cmd_plan(args) -> int:
 
     suite = _suite(args)
     suite["plugins"] = list(suite.get("plugins") or []) + args.plugin
-    config = _budgeted_config(args, suite, None)
-    report = plan(config)
+    out = Path(args.out) if args.out else Path("runs") / suite["suite"]
+    if args.method == "all":
+        return _plan_all(args, suite, out)
+    report = plan(_budgeted_config(args, suite, out))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -99,6 +103,27 @@ def cmd_plan(args) -> int:
     if budget.get("mode") == "matched":
         print(f"budget matched to {budget.get('reference')} ({budget.get('reference_training_flops'):.4g} FLOPs, "
               f"{budget.get('reference_source')})")
+    return 0
+
+
+def _plan_all(args, suite: dict, out: Path) -> int:
+    """One line per method of the suite's reproduction: run length and estimated cost under the budget."""
+    from acdc_bench.plan import plan
+
+    reports = []
+    for method in suite["reproduce"].get("methods") or ["dense", "acdc"]:
+        args.method = method
+        reports.append(plan(_budgeted_config(args, suite, out)))
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in reports], indent=2))
+        return 0
+    print(f"suite {suite['suite']}  sparsity {args.sparsity:g}  budget {args.budget or suite['budget']['mode']}")
+    print(f"{'method':<8} {'epochs':>6} {'steps':>7} {'est. train FLOPs x':>18} {'vs budget':>9}  budget source")
+    for r in reports:
+        budget = r.get("budget") or {}
+        ratio = f"{r['estimated_training_flops'] / budget['reference_training_flops']:.3f}" if budget.get("reference_training_flops") else "-"
+        print(f"{r['method']:<8} {r['epochs']:>6} {r['train_steps']:>7} {r['estimated_training_flops_multiplier']:>18.3f} "
+              f"{ratio:>9}  {budget.get('reference_source') or budget.get('note') or 'own recipe length'}")
     return 0
 
 

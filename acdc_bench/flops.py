@@ -8,6 +8,8 @@ non-zeros x (dense FLOPs per weight).
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,24 +28,30 @@ class LayerFlops:
     numels: tuple[int, ...]
     dense: tuple[int, ...]  # forward FLOPs per example, per layer
 
-    @property
+    # The fields are frozen, so the derived values are computed once (cached_property writes the
+    # instance __dict__ directly, which a frozen dataclass allows): methods read them every step.
+    @functools.cached_property
     def dense_forward(self) -> int:
         return sum(self.dense)
 
-    @property
+    @functools.cached_property
     def per_weight(self) -> tuple[int, ...]:
         return tuple(f // n for f, n in zip(self.dense, self.numels))
 
     def sparse_forward(self, nonzeros: Sequence[int]) -> int:
         """Forward FLOPs per example with ``nonzeros`` weights kept in each layer."""
-        return sum(n * w for n, w in zip(nonzeros, self.per_weight))
+        return sum(map(operator.mul, nonzeros, self.per_weight))
 
     def sparse_forward_from_densities(self, densities: Sequence[float]) -> float:
         return sum(d * f for d, f in zip(densities, self.dense))
 
     def sparse_forward_tensor(self, nonzeros: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`sparse_forward` for a device tensor of counts (no host sync)."""
-        per_weight = torch.tensor(self.per_weight, dtype=torch.int64, device=nonzeros.device)
+        cache = self.__dict__.setdefault("_per_weight_tensors", {})
+        per_weight = cache.get(nonzeros.device)
+        if per_weight is None:
+            per_weight = cache[nonzeros.device] = torch.tensor(self.per_weight, dtype=torch.int64,
+                                                               device=nonzeros.device)
         return (nonzeros.to(torch.int64) * per_weight).sum()
 
 
@@ -109,7 +117,15 @@ class TrainingFlopMeter:
         self.examples = 0
 
     def add(self, flops_per_example: int | torch.Tensor, examples: int) -> None:
-        self._total = self._total + flops_per_example * examples
+        total = self._total
+        if (isinstance(total, torch.Tensor) and isinstance(flops_per_example, torch.Tensor)
+                and total.dtype == flops_per_example.dtype == torch.int64
+                and total.device == flops_per_example.device and not flops_per_example.requires_grad):
+            # One in-place kernel instead of a multiply and an add (the total is this meter's
+            # own tensor, created by the expression below); int64 arithmetic: the same sum.
+            total.add_(flops_per_example, alpha=examples)
+        else:
+            self._total = total + flops_per_example * examples
         self.steps += 1
         self.examples += examples
 

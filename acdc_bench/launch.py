@@ -105,7 +105,10 @@ class RunJob:
         if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
             import submitit
 
-            submitit.helpers.TorchDistributedEnvironment().export()
+            # One task per GPU. Keep CUDA_VISIBLE_DEVICES as Slurm set it: train() picks GPU LOCAL_RANK
+            # when the task sees the whole node, GPU 0 when Slurm binds one GPU per task. (export()'s
+            # default would hide all but one GPU, and cuda:LOCAL_RANK would not exist for LOCAL_RANK > 0.)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         return train(self.config, self.out, data_root=self.data_root, progress=False)
 
     def checkpoint(self, *args, **kwargs):
@@ -158,6 +161,14 @@ def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
             job = executor.submit(RunJob(config, str(out), args.data_root))
             print(f"wave {number}: submitted {config['run_id']} as job {job.job_id}")
             jobs.append((config["run_id"], job))
+        failed = []
         for run_id, job in jobs:
-            job.result()  # raises with the job's own traceback if it failed
+            try:
+                job.results()  # every task's result (a multi-GPU job has one task per GPU); waits through requeues
+            except Exception as error:  # noqa: BLE001 - wait for the whole wave, then report every failure
+                print(f"wave {number}: {run_id} (job {job.job_id}) FAILED: {error}")
+                failed.append(f"{run_id} (job {job.job_id}, logs in {job.paths.folder})")
+                continue
             print(f"wave {number}: {run_id} (job {job.job_id}) finished")
+        if failed:
+            raise RuntimeError(f"wave {number}: {len(failed)} job(s) failed: " + "; ".join(failed))

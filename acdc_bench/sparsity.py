@@ -143,16 +143,50 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
     """Boolean mask keeping exactly ``round(density * numel)`` largest-magnitude entries."""
     scores = weight.detach().abs().flatten()
     prune = _prune_count(scores.numel(), density)
-    return _mask_from_scores(scores, prune).view_as(weight)
+    return _mask_from_scores(scores, prune, magnitudes=True).view_as(weight)
 
 
-def _mask_from_scores(scores: torch.Tensor, prune: int) -> torch.Tensor:
-    """Keep all but the ``prune`` smallest scores; ties at the threshold are pruned in index order."""
+#: The selection passes run over 1/8 slices of the scores (at least 2^20 elements): few
+#: enough parallel regions to stay fast on a busy machine, temporaries of 1/32 of the buffer.
+_SLICES = 8
+_SLICE_MIN = 1 << 20
+#: Below this size ``torch.kthvalue`` (which copies its input) is as fast and its copies are small.
+_SELECT_MIN = 1 << 16
+#: Size of the strided sample that brackets the threshold.
+_SAMPLE = 1 << 17
+
+
+def _slice_size(n: int) -> int:
+    return max(_SLICE_MIN, -(-n // _SLICES))
+
+
+def _count(mask: torch.Tensor) -> int:
+    """True entries of a slice-sized bool tensor (a uint8 sum: ~4x faster than ``bool.sum()`` on CPU)."""
+    return int(mask.view(torch.uint8).sum(dtype=torch.int32))
+
+
+def _mask_from_scores(scores: torch.Tensor, prune: int, *, magnitudes: bool = False) -> torch.Tensor:
+    """Keep all but the ``prune`` smallest scores; ties at the threshold are pruned in index order.
+
+    ``magnitudes=True`` says the scores are ``abs()`` values (non-negative): a contiguous
+    fp32 tensor of them then takes an exact selection that allocates no full-size
+    temporary (:func:`_select_magnitude`) instead of ``torch.kthvalue`` (which copies the
+    scores and allocates full-size int64 indices), with the same result.
+    """
     keep = torch.ones_like(scores, dtype=torch.bool)
     if prune <= 0:
         return keep
     if prune >= scores.numel():
-        return ~keep
+        return keep.fill_(False)
+    if (magnitudes and scores.dtype == torch.float32 and scores.dim() == 1
+            and scores.is_contiguous() and scores.numel() >= _SELECT_MIN):
+        selected = _select_magnitude(scores, prune)
+        if selected is not None:
+            threshold, below, ties = selected
+            torch.gt(scores, threshold, out=keep)
+            if ties > prune - below:
+                _keep_ties_after(scores, keep, threshold, prune - below)
+            return keep
     threshold = torch.kthvalue(scores, prune).values
     torch.gt(scores, threshold, out=keep)
     # Entries equal to the threshold: prune just enough of them (first in index order).
@@ -162,16 +196,123 @@ def _mask_from_scores(scores: torch.Tensor, prune: int) -> torch.Tensor:
     return keep
 
 
+def _select_magnitude(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int] | None:
+    """The ``k``-th smallest of non-negative fp32 ``scores`` (1-based), exactly as ``kthvalue``.
+
+    Returns (threshold as a 0-d fp32 tensor, count of scores below it, count equal to it),
+    or None when the threshold is NaN (the caller then takes the ``kthvalue`` path).
+    The fp32 bit patterns of non-negative floats, read as int32, sort like the floats
+    (with NaN above +inf, as ``kthvalue`` sorts it), so the selection runs on an int32
+    view: no copy of the scores. A strided sample brackets the threshold, one pass counts
+    the scores below the bracket and gathers those inside it (a small fraction), and a
+    ``kthvalue`` of the gathered ones gives the threshold; if the bracket misses, an exact
+    two-pass radix selection over 16-bit digits does. Every temporary is slice-sized (1/8 of the scores).
+    """
+    bits = scores.view(torch.int32)
+    found = _select_bracketed(bits, k)
+    if found is None:
+        found = _select_radix(bits, k)
+    key, below, ties = found
+    if key > 0x7F800000:  # NaN
+        return None
+    threshold = torch.tensor(key, dtype=torch.int32, device=scores.device).view(torch.float32)
+    return threshold, below, ties
+
+
+def _select_bracketed(bits: torch.Tensor, k: int) -> tuple[int, int, int] | None:
+    n = bits.numel()
+    stride = max(1, n // _SAMPLE)
+    while math.gcd(stride, 2 * 3 * 5 * 7) != 1 and stride > 1:  # avoid aliasing with layer shapes
+        stride += 1
+    sample = bits[::stride].sort().values
+    s = sample.numel()
+    centre = (k - 0.5) / n * s
+    q = k / n
+    margin = 5.0 * math.sqrt(s * q * (1.0 - q)) + 16.0
+    lo_index, hi_index = math.floor(centre - margin), math.ceil(centre + margin)
+    lo = int(sample[lo_index]) if lo_index >= 0 else None
+    hi = int(sample[hi_index]) if hi_index < s else None
+    if lo is None and hi is None:
+        return None
+    budget = max(n // 16, 1 << 16)
+    below, gathered, pieces = 0, 0, []
+    step = _slice_size(bits.numel())
+    for start in range(0, n, step):
+        chunk = bits[start : start + step]
+        if lo is None:
+            inside = chunk <= hi
+        else:
+            inside = chunk >= lo
+            below += chunk.numel() - _count(inside)
+            if hi is not None:
+                inside.logical_and_(chunk <= hi)
+        piece = chunk[inside]
+        gathered += piece.numel()
+        if gathered > budget:
+            return None
+        pieces.append(piece)
+    if not below < k <= below + gathered:
+        return None
+    candidates = torch.cat(pieces)
+    key = torch.kthvalue(candidates, k - below).values
+    return int(key), below + _count(candidates < key), _count(candidates == key)
+
+
+def _select_radix(bits: torch.Tensor, k: int) -> tuple[int, int, int]:
+    """Exact selection from two histograms of 16-bit digits (sign bit clear: high digit < 2^15)."""
+    step = _slice_size(bits.numel())
+    high = torch.zeros(1 << 15, dtype=torch.int64, device=bits.device)
+    for start in range(0, bits.numel(), step):
+        high += torch.bincount(bits[start : start + step] >> 16, minlength=1 << 15)
+    cumulative = high.cumsum(0)
+    digit = int(torch.searchsorted(cumulative, k))
+    below = int(cumulative[digit - 1]) if digit else 0
+    low = torch.zeros(1 << 16, dtype=torch.int64, device=bits.device)
+    for start in range(0, bits.numel(), step):
+        chunk = bits[start : start + step]
+        inside = chunk[(chunk >> 16) == digit]
+        if inside.numel():
+            low += torch.bincount(inside & 0xFFFF, minlength=1 << 16)
+    cumulative = low.cumsum(0)
+    rest = int(torch.searchsorted(cumulative, k - below))
+    below += int(cumulative[rest - 1]) if rest else 0
+    return (digit << 16) | rest, below, int(low[rest])
+
+
+def _keep_ties_after(scores: torch.Tensor, keep: torch.Tensor, threshold: torch.Tensor, skip: int) -> None:
+    """Set ``keep`` at the scores equal to ``threshold``, except the first ``skip`` in index order."""
+    step = _slice_size(scores.numel())
+    seen = 0
+    for start in range(0, scores.numel(), step):
+        equal = scores[start : start + step] == threshold
+        part = keep[start : start + step]
+        if seen >= skip:
+            part.logical_or_(equal)
+            continue
+        count = _count(equal)
+        if seen + count > skip:
+            part[equal.nonzero().flatten()[skip - seen :]] = True
+        seen += count
+
+
 def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
     """One magnitude threshold over all ``weights`` together: exactly ``round(sparsity*N)`` pruned.
 
-    Uses one concatenated fp32 buffer of all magnitudes (the only full-size temporary)
-    and one ``torch.kthvalue`` for the threshold.
+    Fills one fp32 buffer with all magnitudes (the only full-size temporary: no
+    per-layer copies, no copy or index buffer for the selection) and selects the
+    threshold exactly (:func:`_mask_from_scores`); the masks are views of one bool buffer.
     """
     sizes = [w.numel() for w in weights]
-    scores = torch.cat([w.detach().abs().flatten().float() for w in weights])
+    device = weights[0].device if weights else torch.device("cpu")
+    scores = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+    for w, part in zip(weights, torch.split(scores, sizes)):
+        flat = w.detach().reshape(-1)
+        if flat.dtype == torch.float32 and flat.device == device:
+            torch.abs(flat, out=part)
+        else:
+            part.copy_(flat).abs_()  # abs is exact in any float format: same as abs-then-float
     prune = int(round(sparsity * scores.numel()))
-    keep = _mask_from_scores(scores, prune)
+    keep = _mask_from_scores(scores, prune, magnitudes=True)
     return [m.view_as(w) for m, w in zip(torch.split(keep, sizes), weights)]
 
 
@@ -190,6 +331,8 @@ class MaskSet:
         self.layers = list(layers)
         self.masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in self.layers]
         self.nonzeros = [layer.numel for layer in self.layers]
+        self._factor_masks: list[torch.Tensor] = []
+        self._factor_views: list[torch.Tensor] = []
 
     @property
     def weights(self) -> list[nn.Parameter]:
@@ -208,16 +351,35 @@ class MaskSet:
     def refresh_counts(self) -> None:
         self.nonzeros = [int(c) for c in torch.stack([m.sum() for m in self.masks]).tolist()]
 
+    def _factors(self) -> list[torch.Tensor]:
+        """The masks as uint8 views (no copy): the same 0/1 factors as the bool masks.
+
+        A float tensor times a bool tensor takes PyTorch's slow casting loop (~6x the
+        cost of a same-dtype multiply on CPU); times a uint8 tensor it takes the
+        vectorised one, with bit-identical results. Views share the masks' storage, so
+        in-place mask updates (RigL) are seen; the list is rebuilt when a mask is replaced.
+        """
+        masks = self.masks
+        cached = self._factor_masks
+        if len(cached) != len(masks) or any(a is not b for a, b in zip(cached, masks)):
+            self._factor_masks = list(masks)
+            self._factor_views = [m.view(torch.uint8) if m.dtype == torch.bool else m for m in masks]
+        return self._factor_views
+
     @torch.no_grad()
     def apply_to_weights(self) -> None:
-        torch._foreach_mul_(self.weights, self.masks)
+        torch._foreach_mul_(self.weights, self._factors())
 
     @torch.no_grad()
     def apply_to_grads(self) -> None:
-        grads = [w.grad for w in self.weights if w.grad is not None]
-        masks = [m for w, m in zip(self.weights, self.masks) if w.grad is not None]
+        grads, factors = [], []
+        for layer, factor in zip(self.layers, self._factors()):
+            grad = layer.weight.grad
+            if grad is not None:
+                grads.append(grad)
+                factors.append(factor)
         if grads:
-            torch._foreach_mul_(grads, masks)
+            torch._foreach_mul_(grads, factors)
 
     def densities(self) -> list[float]:
         return [n / layer.numel for n, layer in zip(self.nonzeros, self.layers)]

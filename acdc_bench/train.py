@@ -17,7 +17,7 @@ from torch import nn
 
 from acdc_bench import __version__
 from acdc_bench.config import dump_yaml, lr_at_epoch
-from acdc_bench.data import load_data
+from acdc_bench.data import epoch_seed, load_data
 from acdc_bench.flops import TrainingFlopMeter, measure_layer_flops
 from acdc_bench.io import (
     atomic_torch_save,
@@ -49,21 +49,72 @@ def _progress(iterable, total: int, description: str, enabled: bool):
 
 
 def distributed_context() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise.
+
+    Data parallelism: one run on ``WORLD_SIZE`` processes (``torchrun --nproc-per-node N``,
+    or a multi-task Slurm job through submitit), DDP over NCCL (GPU) or gloo (CPU). The
+    global batch and the learning rate are the suite's whatever N (each rank gets
+    ``batch_size / N`` examples per step); only rank 0 writes the run folder.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return 0, 1, 0
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            # Before the group exists, so NCCL's communicators (and barrier()) use this rank's GPU, not GPU 0.
+            torch.cuda.set_device(_cuda_index(local_rank))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     return rank, world_size, local_rank
 
 
+#: Debug hook: when set to a folder, every rank writes ``<folder>/rank<k>-epoch<e>.pt`` at the end
+#: of every epoch and ``<folder>/rank<k>.pt`` at the end of the run (model state dict, the
+#: method's state with its masks, the epoch's metrics), so that a test can check that all
+#: data-parallel ranks hold identical weights and masks. Nothing is written when unset.
+DUMP_RANK_STATE_ENV = "ACDC_BENCH_DUMP_RANK_STATE"
+
+
+def _dump_rank_state(name: str, rank: int, payload: dict) -> None:
+    folder = os.environ.get(DUMP_RANK_STATE_ENV)
+    if folder:
+        atomic_torch_save(payload, Path(folder) / f"rank{rank}{name}.pt")
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP broadcasts them at the start of every forward pass, so after the last training
+    step of an epoch each rank holds the statistics of its own shard; evaluation (sharded,
+    on the unwrapped model) and checkpoints need one model, the one DDP would use next.
+    """
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def configure_cuda(device: torch.device) -> None:
+    """Speed settings for CUDA training (also used by ``acdc_bench.gpu_bench``).
+
+    cuDNN autotuning picks the fastest convolution algorithms for the run's fixed input
+    shapes (the first steps pay for the search). Numerics stay PyTorch's defaults (cuDNN
+    convolutions may use TF32, fp32 matmuls do not).
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _cuda_index(local_rank: int) -> int:
+    """This rank's GPU: ``local_rank`` when every task sees all of the node's GPUs, 0 when the
+    scheduler binds one GPU per task (CUDA_VISIBLE_DEVICES holding just it)."""
+    return local_rank % torch.cuda.device_count()
+
+
 def pick_device(local_rank: int = 0) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        index = _cuda_index(local_rank)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
@@ -82,7 +133,12 @@ def versions() -> dict:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype, world_size: int) -> tuple[float, float]:
-    """Top-1 (%) and mean cross-entropy over the test set, without gradients."""
+    """Top-1 (%) and mean cross-entropy over the test set, without gradients.
+
+    With ``world_size > 1`` pass this rank's share (``Data.test_batches(shard=True)``) and the
+    unwrapped model (a DDP forward would run collectives per batch, and shards differ in
+    length by one): the counts are summed over ranks, so each example is evaluated once.
+    """
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -105,6 +161,33 @@ def _autocast(device: torch.device, amp_dtype):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def train_step(model: nn.Module, method, optimizer, scaler, criterion, meter: TrainingFlopMeter,
+               inputs: torch.Tensor, targets: torch.Tensor, step: int, examples: int,
+               amp_dtype=None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step through the method's hooks; the loss and outputs, detached, on the device.
+
+    ``examples`` is the step's number of training examples over all ranks (for the FLOP
+    meter). Nothing here reads a device value on the host (no ``.item()``): with bf16 or
+    fp32 a dense, AC/DC or GMP step between mask updates queues its kernels without a
+    sync (fp16's GradScaler reads its inf check once per step). ``acdc_bench.gpu_bench``
+    times exactly this function.
+    """
+    method.on_step_start(step)
+    if channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with _autocast(inputs.device, amp_dtype):
+        outputs = model(inputs)
+        loss = criterion(outputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if method.before_optimizer_step(step):
+        scaler.step(optimizer)
+        scaler.update()
+    method.after_optimizer_step(step)
+    meter.add(method.step_training_flops(step), examples)
+    return loss.detach(), outputs.detach()
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -155,6 +238,7 @@ def train(
     rank, world_size, local_rank = distributed_context()
     is_main = rank == 0
     device = pick_device(local_rank)
+    configure_cuda(device)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
@@ -180,7 +264,8 @@ def train(
         model, getattr(method_config, "include", ()) or (), getattr(method_config, "exclude", ()) or ()
     )
     flops = measure_layer_flops(model, layers, data.input_shape)
-    if config.get("channels_last") and device.type == "cuda":
+    channels_last = bool(config.get("channels_last")) and device.type == "cuda"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = data.steps_per_epoch
     total_steps = int(config.get("train_steps") or int(config["epochs"]) * steps_per_epoch)
@@ -221,7 +306,7 @@ def train(
     train_model = model
     if world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.get("compile"):
         train_model = torch.compile(train_model)
@@ -234,6 +319,13 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         method.on_epoch_start(epoch)
+        if world_size > 1:
+            # Dropout and augmentation drawn from torch's global RNG: a different stream on every
+            # rank (the same one would give every shard the same dropout masks and crops), fixed
+            # by (seed, epoch, rank) so that a resumed epoch repeats exactly. Everything before
+            # (initialisation, method set-up) used the common seed; method hooks that need
+            # randomness use their own generators (e.g. RigL's mask_seed), so masks stay equal.
+            torch.manual_seed(epoch_seed(seed, epoch, rank, "train-rng"))
         train_model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -244,24 +336,24 @@ def train(
             step = epoch * steps_per_epoch + index
             if step >= total_steps:
                 break
-            method.on_step_start(step)
-            if config.get("channels_last") and device.type == "cuda" and inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp_dtype):
-                outputs = train_model(inputs)
-                loss = criterion(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if method.before_optimizer_step(step):
-                scaler.step(optimizer)
-                scaler.update()
-            method.after_optimizer_step(step)
-            meter.add(method.step_training_flops(step), targets.shape[0] * world_size)
-            loss_sum += loss.detach().double() * targets.shape[0]
-            correct += (outputs.detach().argmax(1) == targets).sum()
+            # The global step covers positions [index * B, (index + 1) * B) of the epoch's
+            # permutation padded to a multiple of the world size: count its real examples (the
+            # padding repeats up to world_size - 1 examples in the last step), so the FLOPs and
+            # examples metered do not depend on the number of ranks.
+            examples = min(data.batch_size, data.train_size - index * data.batch_size)
+            loss, outputs = train_step(train_model, method, optimizer, scaler, criterion, meter, inputs, targets,
+                                       step, examples, amp_dtype, channels_last)
+            loss_sum += loss.double() * targets.shape[0]
+            correct += (outputs.argmax(1) == targets).sum()
             seen += targets.shape[0]
         extra = method.on_epoch_end(epoch)
-        top1, test_loss = evaluate(model, data.test_batches(), device, amp_dtype, world_size)
+        seen_tensor = torch.tensor(seen, device=device, dtype=torch.int64)
+        if world_size > 1:
+            _broadcast_buffers(model)
+            for tensor in (loss_sum, correct, seen_tensor):  # train metrics over all ranks' shards
+                dist.all_reduce(tensor)
+        seen = int(seen_tensor)
+        top1, test_loss = evaluate(model, data.test_batches(shard=True), device, amp_dtype, world_size)
         sparsity, _ = weight_sparsity(layers)
         row = {
             "epoch": epoch,
@@ -277,6 +369,7 @@ def train(
             "wall_time_s": time.perf_counter() - started,
         }
         state["rows"].append(row)
+        _dump_rank_state(f"-epoch{epoch}", rank, {"model": model.state_dict(), "method": method.state_dict(), "row": row})
         if is_main:
             log(f"[{config['run_id']}] epoch {epoch + 1}/{epochs} {row['phase']:>6} lr {lr:.4g} "
                 f"loss {row['train_loss']:.4f} top-1 {top1:.2f}% sparsity {sparsity:.4f} "
@@ -307,6 +400,8 @@ def train(
     method.finalize()
     result = _result(config, model, method, layers, flops, meter, data, state, device, amp_dtype, world_size,
                      time.perf_counter() - started)
+    _dump_rank_state("", rank, {"model": model.state_dict(), "method": method.state_dict(),
+                                "result": {k: result[k] for k in ("top1", "actual_sparsity", "training_flops")}})
     if is_main:
         atomic_torch_save(model.state_dict(), run_dir / "model_final.pt")
         atomic_write_json(run_dir / RESULT, result)
@@ -322,7 +417,7 @@ def train(
 
 
 def _result(config, model, method, layers, flops, meter, data, state, device, amp_dtype, world_size, wall_time) -> dict:
-    top1, _ = evaluate(model, data.test_batches(), device, amp_dtype, world_size)
+    top1, _ = evaluate(model, data.test_batches(shard=True), device, amp_dtype, world_size)
     actual_sparsity, densities = weight_sparsity(layers)
     nonzeros = [round(densities[layer.name] * layer.numel) for layer in layers]
     inference_flops = flops.sparse_forward(nonzeros)

@@ -22,7 +22,6 @@ FLOP notebook models GMP as pruning from 31% to 78% of training).
 from __future__ import annotations
 
 import bisect
-import weakref
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -62,9 +61,10 @@ def cubic_sparsity(step: int, final_sparsity: float, start_step: int, end_step: 
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
 
 
-# Sorted magnitudes of a model's weights for planning 'global' GMP cheaply, keyed by the first
-# weight; an entry is reused only while no weight has been modified in place since (tensor versions).
-_SORTED_MAGNITUDES: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+# Planning 'global' GMP: the sorted magnitudes of all prunable weights, kept for one set of weights
+# (the budget solver re-plans the same untouched model many times). The key holds each weight's
+# id, shape and in-place version counter, so trained or other weights are never served stale values.
+_SORTED_MAGNITUDES: dict = {}
 
 
 @register_method("gmp")
@@ -77,7 +77,8 @@ class GMP(MaskedMethod):
         super().__init__(config, **kwargs)
         total = self.total_steps
         self.start_step = int(round(config.start_fraction * total))
-        self.end_step = max(self.start_step + 1, int(round(config.end_fraction * total)))
+        # t1 is the last step at the latest, so that the final target is always reached.
+        self.end_step = max(self.start_step + 1, min(total - 1, int(round(config.end_fraction * total))))
         self.frequency = int(config.frequency or max(1, round(total * GALE_FREQUENCY / GALE_TOTAL_STEPS)))
         self._density_cache: dict[float, list[float]] = {}
 
@@ -131,20 +132,20 @@ class GMP(MaskedMethod):
         return densities
 
     def _global_densities(self, sparsity: float) -> list[float]:
-        """One threshold over all current magnitudes (searchsorted on cached sorted copies)."""
-        weights = [layer.weight for layer in self.layers]
-        versions = tuple((id(w), w._version) for w in weights)
-        entry = _SORTED_MAGNITUDES.get(weights[0])
-        if entry is None or entry[0] != versions:
-            per_layer = [w.detach().abs().flatten().float().sort().values.cpu() for w in weights]
-            entry = (versions, per_layer, torch.cat(per_layer).sort().values)
-            _SORTED_MAGNITUDES[weights[0]] = entry
-        _, per_layer, everything = entry
+        """One threshold over all current magnitudes (the k-th of their cached sorted copy)."""
+        weights = [layer.weight.detach() for layer in self.layers]
+        key = tuple((id(w), w._version, tuple(w.shape)) for w in (layer.weight for layer in self.layers))
+        everything = _SORTED_MAGNITUDES.get(key)
+        if everything is None:
+            everything = torch.cat([w.abs().flatten().float() for w in weights]).sort().values
+            _SORTED_MAGNITUDES.clear()
+            _SORTED_MAGNITUDES[key] = everything
         prune = int(round(sparsity * everything.numel()))
         if prune <= 0:
             return [1.0] * len(weights)
         threshold = everything[prune - 1]
-        return [1.0 - int(torch.searchsorted(s, threshold, right=True)) / s.numel() for s in per_layer]
+        pruned = torch.stack([(w.abs().float() <= threshold).sum() for w in weights]).tolist()
+        return [1.0 - n / w.numel() for n, w in zip(pruned, weights)]
 
     def _forward_flops_at(self, step: int) -> float:
         return self.flops.sparse_forward_from_densities(self._densities(self.sparsity_in_force(step)))

@@ -143,27 +143,31 @@ class RigL(MaskedMethod):
                 counts.append(0)
                 continue
             mask = self.masks.masks[index]
-            old = mask.flatten()
-            flat_weight = weight.detach().flatten()
+            # Scores in logical (row-major) order: reshape copies a channels_last tensor, so the
+            # selection is done on flat copies and written back with full-shape boolean masks.
+            old = mask.reshape(-1)
+            magnitudes = weight.detach().reshape(-1).abs()
             # Drop: the k active weights of smallest |w| (ties: lower index first).
-            drop_scores = torch.where(old, flat_weight.abs(), torch.full_like(flat_weight, math.inf))
+            drop_scores = magnitudes.masked_fill(~old, math.inf)
             dropped = torch.sort(drop_scores, stable=True).indices[:k]
             after_drop = old.clone()
             after_drop[dropped] = False
             # Grow: the k positions inactive after the drop with largest |grad| (ties: lower index first).
-            grow_scores = torch.nan_to_num(grad.detach().flatten().float().abs(), nan=0.0, posinf=torch.finfo(torch.float32).max)
+            grow_scores = torch.nan_to_num(grad.detach().reshape(-1).float().abs(), nan=0.0,
+                                           posinf=torch.finfo(torch.float32).max)
             grow_scores = grow_scores.masked_fill(after_drop, -math.inf)
             grown = torch.sort(grow_scores, descending=True, stable=True).indices[:k]
             new = after_drop.clone()
             new[grown] = True
-            new_connections = new & ~old
-            removed = old & ~new
-            flat_weight.masked_fill_(new_connections | removed, 0.0)
+            new = new.view(weight.shape)
+            new_connections = new & ~mask
+            removed = mask & ~new
+            weight.detach().masked_fill_(new_connections | removed, 0.0)
             if self.optimizer is not None:
                 buffer = self.optimizer.state.get(weight, {}).get("momentum_buffer")
                 if buffer is not None:
-                    buffer.view(-1).masked_fill_(new_connections, 0.0)
-            mask.copy_(new.view_as(mask))
+                    buffer.masked_fill_(new_connections, 0.0)
+            mask.copy_(new)
             counts.append(k)
         # Per-layer non-zeros are unchanged by construction: no recount (no host sync).
         self.last_update = {"step": step, "alpha_t": alpha_t, "k": counts}
