@@ -56,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _suite(args) -> dict:
-    return load_suite(args.suite, args.overrides)
+    """The suite with its plugins and the command line's ``--plugin`` modules imported."""
+    from acdc_bench.methods import load_plugins
+
+    suite = load_suite(args.suite, args.overrides)
+    suite["plugins"] = list(suite.get("plugins") or []) + list(getattr(args, "plugin", []) or [])
+    load_plugins(suite["plugins"])
+    return suite
 
 
 def _budgeted_config(args, suite: dict, out: Path | None) -> dict:
@@ -71,7 +77,6 @@ def cmd_run(args) -> int:
     from acdc_bench.tracking import Tracker
 
     suite = _suite(args)
-    suite["plugins"] = list(suite.get("plugins") or []) + args.plugin
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
     config = _budgeted_config(args, suite, out)
     tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
@@ -83,7 +88,6 @@ def cmd_plan(args) -> int:
     from acdc_bench.plan import plan
 
     suite = _suite(args)
-    suite["plugins"] = list(suite.get("plugins") or []) + args.plugin
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
     if args.method == "all":
         return _plan_all(args, suite, out)

@@ -100,12 +100,11 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from acdc_bench.config import load_suite
+    from acdc_bench.cli import _suite
     from acdc_bench.launch import plan_runs, run_all
     from acdc_bench.results import load_reference, load_runs
 
-    suite = load_suite(args.suite, args.overrides)
-    suite["plugins"] = list(suite.get("plugins") or []) + args.plugin
+    suite = _suite(args)
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
     runs = plan_runs(
         suite,

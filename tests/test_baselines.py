@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import textwrap
 from pathlib import Path
 
@@ -633,9 +632,6 @@ def test_method_written_outside_the_repository(tmp_path, monkeypatch):
 
 
 @needs_fashion
-@pytest.mark.xfail(strict=True, reason="acdc_bench.cli cmd_run/cmd_plan resolve the method (run_config -> "
-                   "get_method) before the --plugin modules are imported (only train() imports them); fix: "
-                   "load_plugins(suite['plugins']) right after adding args.plugin. Remove this mark then.")
 def test_method_written_outside_the_repository_via_plugin_flag_alone(tmp_path, monkeypatch):
     result = _run_plugin_through_cli(tmp_path, monkeypatch, "my-random-static-cli", preimport=False)
     assert result["method"] == "my-random-static-cli"
