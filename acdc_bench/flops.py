@@ -120,7 +120,8 @@ class TrainingFlopMeter:
         total = self._total
         if (isinstance(total, torch.Tensor) and isinstance(flops_per_example, torch.Tensor)
                 and total.dtype == flops_per_example.dtype == torch.int64
-                and total.device == flops_per_example.device and not flops_per_example.requires_grad):
+                and total.shape == flops_per_example.shape and total.device == flops_per_example.device
+                and not (total.requires_grad or flops_per_example.requires_grad)):
             # One in-place kernel instead of a multiply and an add (the total is this meter's
             # own tensor, created by the expression below); int64 arithmetic: the same sum.
             total.add_(flops_per_example, alpha=examples)

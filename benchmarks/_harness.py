@@ -87,7 +87,7 @@ def workloads(short: bool = SHORT) -> list[Workload]:
         ]
     return [
         Workload("default-suite", "fashion-mnist", default["batch_size"], None, rounds=200, warmup=20),
-        Workload("resnet50", "imagenet-resnet50", 32, None, rounds=3, warmup=1),
+        Workload("resnet50", "imagenet-resnet50", 32, None, rounds=5, warmup=1),
     ]
 
 
@@ -99,6 +99,13 @@ def _with_rounds(items: list[Workload]) -> list[Workload]:
 
 
 WORKLOADS = {w.key: w for w in _with_rounds(workloads())}
+
+
+def use_short_workloads() -> None:
+    """Switch this session to the short workloads (the dict is updated in place)."""
+    global SHORT
+    SHORT = True
+    WORKLOADS.update({w.key: w for w in _with_rounds(workloads(short=True))})
 
 #: Scenario -> the registered method it runs (None: the plain PyTorch step, the reference).
 SCENARIOS: dict[str, str | None] = {
@@ -195,7 +202,8 @@ class Stepper:
     ``paired=True`` also builds a plain dense model of the same architecture, batch and
     optimizer: :meth:`time_reference` (the benchmark's untimed set-up of each round) times
     one plain dense step on it right before each timed method step, so that every round
-    gives a ratio measured under the same machine load.
+    gives a ratio measured under the same machine load (against the mean of the dense
+    steps just before and just after it).
     """
 
     def __init__(self, workload: Workload, scenario: str, seed: int = 0, paired: bool = False):
@@ -218,6 +226,7 @@ class Stepper:
                       weight_decay=float(options.get("weight_decay", 0.0)))
         self.meter = TrainingFlopMeter()
         self.hook_times: list[float] = []
+        self.meter_times: list[float] = []  # the meter's share of hook_times
         method_name = SCENARIOS[scenario]
         self.method = None
         self.step_index = 0
@@ -264,8 +273,11 @@ class Stepper:
             self.optimizer.step()
         start = clock()
         method.after_optimizer_step(step)
+        metering = clock()
         self.meter.add(method.step_training_flops(step), self.batch)
-        self.hook_times.append(hooks + clock() - start)
+        end = clock()
+        self.meter_times.append(end - metering)
+        self.hook_times.append(hooks + end - start)
 
     @property
     def step(self) -> Callable[[], None]:
@@ -282,7 +294,11 @@ class Stepper:
         return self.hook_times[skip:] or self.hook_times
 
     def measured_reference_times(self, skip: int) -> list[float]:
-        return self.reference_times[skip:]
+        """Per timed round, the mean of the dense steps timed right before and right after it
+        (the next round's set-up, or one last :meth:`time_reference` after the benchmark):
+        a load that drifts during a round, or an order effect, cancels out."""
+        times = self.reference_times[skip:]
+        return [(a + b) / 2 for a, b in zip(times, times[1:])]
 
     def meter_step(self) -> None:
         """What the FLOP meter costs per step: the method's per-step FLOPs and ``meter.add``."""
@@ -442,7 +458,14 @@ def summary_rows() -> list[dict]:
                 continue
             fraction = rec.min / ref.min if ref else None
             rec.extra_info["fraction_of_dense_step"] = fraction
-            rows.append(_row("meter", workload, scenario, fraction, METER_TARGET, kind="fraction", seconds=rec.min))
+            in_step = None
+            stepped = steps.get(scenario)
+            if stepped is not None and stepped.values.get("meter_in_step_median") is not None:
+                dense = stepped.reference_median or (ref.median if ref else None)
+                in_step = stepped.values["meter_in_step_median"] / dense if dense else None
+            rec.extra_info["in_step_fraction_of_dense_step"] = in_step
+            rows.append(_row("meter", workload, scenario, fraction, METER_TARGET, kind="fraction", seconds=rec.min,
+                             in_step_fraction=in_step))
         data = RESULTS.get(("data", workload, "loader"))
         if data is not None:
             per_batch = data.values["seconds_per_batch"]
@@ -507,6 +530,8 @@ def markdown_table(rows: list[dict]) -> str:
             what = f"{what} ({row['elements'] / 1e6:.1f}M weights, {row['seconds'] * 1e3:.0f} ms)"
         hooks = row.get("hooks_fraction")
         hooks_text = f"{100 * hooks:.2f}% of a dense step" if hooks is not None else "-"
+        if row.get("in_step_fraction") is not None:
+            hooks_text = f"inside real steps (cold caches): {100 * row['in_step_fraction']:.4f}%"
         minima = row.get("ratio_of_minima")
         minima_text = f"{minima:.3f}x" if minima is not None else "-"
         workload = WORKLOADS[row["workload"]].label if row["workload"] in WORKLOADS else row["workload"]

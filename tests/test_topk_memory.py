@@ -172,8 +172,11 @@ def test_global_masks_peak_memory_is_one_buffer_beyond_the_masks():
     assert buffers <= 1.25, buffers  # one fp32 buffer plus slice-sized temporaries (kthvalue alone: 3)
 
 
-def test_mask_application_matches_bool_multiplication():
-    """The uint8 views multiply exactly like the bool masks (NaN and -0.0 included)."""
+@pytest.mark.parametrize("float_copies", [True, False], ids=["float-copies", "uint8-views"])
+def test_mask_application_matches_bool_multiplication(float_copies, monkeypatch):
+    """The multipliers give exactly the bool masks' products (NaN and -0.0 included)."""
+    if not float_copies:
+        monkeypatch.setattr(sparsity, "_FLOAT_FACTORS_MAX", 0)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.Linear(40, 3))
     layers = prunable_layers(model)
@@ -190,6 +193,7 @@ def test_mask_application_matches_bool_multiplication():
     masks.apply_to_grads()
     assert all(torch.equal(layer.weight.grad.view(torch.int32), want.view(torch.int32))
                for layer, want in zip(layers, expected))
+    assert masks._factor_copies == float_copies
     # An in-place mask update (as RigL's) is seen; a replaced mask list too.
     with torch.no_grad():
         for layer in layers:
@@ -197,6 +201,9 @@ def test_mask_application_matches_bool_multiplication():
     masks.masks[1].fill_(False)
     masks.apply_to_weights()
     assert int(torch.count_nonzero(layers[1].weight)) == 0
+    masks.masks[0][:, :10] = False  # through an index (a view of the mask)
+    masks.apply_to_weights()
+    assert int(torch.count_nonzero(layers[0].weight[:, :10])) == 0
     masks.fill_ones()
     masks.set([torch.zeros_like(m) for m in masks.masks])
     masks.apply_to_weights()
