@@ -165,7 +165,8 @@ def test_sigkill_and_resume_ends_with_identical_weights_and_metrics(tmp_path):
     process = subprocess.Popen(_cli(killed), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
-        runs = [p for p in killed.glob("*") if (p / "checkpoint.pt").exists()]
+        # the checkpoint is written just before metrics.csv: wait for both
+        runs = [p for p in killed.glob("*") if (p / "checkpoint.pt").exists() and (p / "metrics.csv").exists()]
         if runs and len(_metrics_without_time(runs[0])) >= 2:
             break
         time.sleep(0.05)
