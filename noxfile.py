@@ -75,6 +75,10 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (and the benchmarks once each in smoke mode)."""
     python = environment(session)
     session.run(python, "-m", "pytest", "-q", *session.posargs, external=True)
+    if not session.posargs:
+        # every benchmark once, CI-sized (the timed run is `nox -s bench`)
+        session.run(python, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
+                    external=True, env={"ACDC_BENCH_SHORT": "1"})
 
 
 @nox.session
