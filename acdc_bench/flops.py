@@ -38,6 +38,10 @@ class LayerFlops:
     def per_weight(self) -> tuple[int, ...]:
         return tuple(f // n for f, n in zip(self.dense, self.numels))
 
+    def dense_training_flops(self, examples_per_epoch: int, epochs: int) -> int:
+        """Dense training of ``epochs`` epochs: the denominator of every training multiplier."""
+        return 3 * self.dense_forward * examples_per_epoch * epochs
+
     def sparse_forward(self, nonzeros: Sequence[int]) -> int:
         """Forward FLOPs per example with ``nonzeros`` weights kept in each layer."""
         return sum(map(operator.mul, nonzeros, self.per_weight))

@@ -61,7 +61,7 @@ class Planner:
     @property
     def dense_training_flops(self) -> int:
         """Dense training of the suite's own length: the denominator of every training multiplier."""
-        return 3 * self.flops.dense_forward * self.train_size * int(self.config.get("suite_epochs", self.config["epochs"]))
+        return self.flops.dense_training_flops(self.train_size, int(self.config.get("suite_epochs", self.config["epochs"])))
 
     def epoch_examples(self, epoch: int) -> int:
         steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)

@@ -421,7 +421,7 @@ def _result(config, model, method, layers, flops, meter, data, state, device, am
     actual_sparsity, densities = weight_sparsity(layers)
     nonzeros = [round(densities[layer.name] * layer.numel) for layer in layers]
     inference_flops = flops.sparse_forward(nonzeros)
-    dense_training_flops = 3 * flops.dense_forward * data.train_size * int(config.get("suite_epochs", config["epochs"]))
+    dense_training_flops = flops.dense_training_flops(data.train_size, int(config.get("suite_epochs", config["epochs"])))
     budget = dict(config.get("budget") or {})
     reference = budget.get("reference_training_flops")
     budget["achieved_ratio"] = meter.total / reference if reference else None
