@@ -5,6 +5,10 @@ pruning and update schedules) is solved so that its estimated training FLOPs equ
 the reference's: the finished reference run's measured FLOPs when it exists in the
 output folder, else the reference's own estimate. The run records the budget it ran
 under, and its result the achieved ratio of measured FLOPs to that budget.
+
+Methods whose cost and final sparsity emerge from training (``calibration_option``
+set: STR) are calibrated by running instead (:mod:`acdc_bench.calibrate`): the
+config returned is the chain's next run, or its accepted (or last) finished run.
 """
 
 from __future__ import annotations
@@ -60,5 +64,63 @@ def resolve_budget(
         "estimated_training_flops": estimate,
         "estimated_ratio": estimate / budget_flops,
     }
+    if getattr(planner.method_cls, "calibration_option", None):
+        return _calibrated(suite, method, sparsity, seed, budget, planner, steps, out)
     epochs_needed = math.ceil(steps / planner.steps_per_epoch)
     return run_config(suite, method, sparsity, seed, epochs=epochs_needed, budget=budget, train_steps=steps)
+
+
+def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: dict, planner, steps: int,
+                out: Path | None) -> dict:
+    """The calibration chain of an emergent-cost method, re-derived from the finished runs in ``out``.
+
+    Run 0 is the suite's recipe at the planner's length ``steps``; each finished run that
+    misses the tolerances proposes the next (steps, option value). Returns the first
+    run not finished yet, else the accepted run, else the last of ``max_runs``.
+    """
+    from acdc_bench.calibrate import Observation, next_point, within_tolerance
+    from acdc_bench.config import CALIBRATION_DEFAULTS
+    from acdc_bench.methods import make_config
+    from acdc_bench.plan import MATCH_TOLERANCE
+    from acdc_bench.train import read_result
+
+    settings = {**CALIBRATION_DEFAULTS, **(suite["budget"].get("calibration") or {})}
+    method_cls = planner.method_cls
+    options = dict((suite.get("methods") or {}).get(method) or {})
+    method_config = make_config(method_cls, options)
+    jacobian = method_cls.calibration_jacobian(method_config)
+    value = method_cls.calibration_value(method_config, sparsity)
+    budget_flops = budget["reference_training_flops"]
+    observations: list[Observation] = []
+    estimate = budget["estimated_training_flops"]
+    for iteration in range(settings["max_runs"]):
+        run_budget = dict(budget, estimated_training_flops=estimate, estimated_ratio=estimate / budget_flops)
+        run_budget["calibration"] = {
+            "option": method_cls.calibration_option,
+            "value": value,
+            "iteration": iteration,
+            "max_runs": settings["max_runs"],
+            "sparsity_tolerance": settings["sparsity_tolerance"],
+            "flops_tolerance": MATCH_TOLERANCE,
+            "previous_run": observations[-1].run_id if observations else None,
+        }
+        run_options = options if iteration == 0 else method_cls.with_calibration_value(options, sparsity, value)
+        config = run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
+                            budget=run_budget, train_steps=steps, method_options=run_options)
+        result = read_result(Path(out) / config["run_id"]) if out is not None else None
+        if result is None:
+            return config
+        try:
+            measured = float(result["training_flops"]), float(result["actual_sparsity"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{Path(out) / config['run_id'] / 'result.json'} has no usable training_flops and "
+                             f"actual_sparsity, so the {method} budget calibration cannot go on; delete that run "
+                             f"folder to run it again") from None
+        observation = Observation(steps, value, *measured, config["run_id"])
+        if within_tolerance(observation, budget_flops, sparsity, MATCH_TOLERANCE, settings["sparsity_tolerance"]):
+            return config
+        observations.append(observation)
+        if iteration + 1 < settings["max_runs"]:
+            steps, value, estimate = next_point(observations, budget_flops, sparsity, jacobian,
+                                                min_steps=planner.steps_per_epoch)
+    return config

@@ -79,9 +79,16 @@ def cmd_run(args) -> int:
     suite = _suite(args)
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
     config = _budgeted_config(args, suite, out)
-    tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
-    train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
-    return 0
+    while True:  # a matched STR run is a calibration chain: each finished run may call for the next
+        tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
+        train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
+        following = _budgeted_config(args, suite, out)
+        if following["run_id"] == config["run_id"]:
+            return 0
+        calibration = following["budget"]["calibration"]
+        print(f"budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
+              f"{following['train_steps']} steps, {calibration['option']}={calibration['value']:.4g}", flush=True)
+        config = following
 
 
 def cmd_plan(args) -> int:
@@ -107,6 +114,13 @@ def cmd_plan(args) -> int:
     if budget.get("mode") == "matched":
         print(f"budget matched to {budget.get('reference')} ({budget.get('reference_training_flops'):.4g} FLOPs, "
               f"{budget.get('reference_source')})")
+    calibration = budget.get("calibration")
+    if calibration:
+        print(f"budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
+              f"{report['train_steps']} steps, {calibration['option']}={calibration['value']:.4g}, "
+              f"estimated {budget['estimated_ratio']:.3f}x the budget"
+              + (f" (Broyden step from run {calibration['previous_run']})" if calibration["previous_run"] else
+                 " (the suite's recipe; the rows above are the planning ramp, the run measures its own cost)"))
     return 0
 
 
@@ -125,9 +139,16 @@ def _plan_all(args, suite: dict, out: Path) -> int:
     print(f"{'method':<8} {'epochs':>6} {'steps':>7} {'est. train FLOPs x':>18} {'vs budget':>9}  budget source")
     for r in reports:
         budget = r.get("budget") or {}
-        ratio = f"{r['estimated_training_flops'] / budget['reference_training_flops']:.3f}" if budget.get("reference_training_flops") else "-"
-        print(f"{r['method']:<8} {r['epochs']:>6} {r['train_steps']:>7} {r['estimated_training_flops_multiplier']:>18.3f} "
-              f"{ratio:>9}  {budget.get('reference_source') or budget.get('note') or 'own recipe length'}")
+        # A calibrated (STR) run's estimate is the calibration model's, not the planning ramp's.
+        estimate = budget.get("estimated_training_flops") or r["estimated_training_flops"]
+        ratio = f"{estimate / budget['reference_training_flops']:.3f}" if budget.get("reference_training_flops") else "-"
+        source = budget.get("reference_source") or budget.get("note") or "own recipe length"
+        if budget.get("calibration"):
+            calibration = budget["calibration"]
+            source += (f"; calibration run {calibration['iteration'] + 1}/{calibration['max_runs']}, "
+                       f"{calibration['option']}={calibration['value']:.4g}")
+        print(f"{r['method']:<8} {r['epochs']:>6} {r['train_steps']:>7} {estimate / r['dense_training_flops']:>18.3f} "
+              f"{ratio:>9}  {source}")
     return 0
 
 

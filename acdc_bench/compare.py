@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from acdc_bench.io import atomic_write_text
+from acdc_bench.results import drop_superseded
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     citation; and ``distribution``, ``epochs``, ``run_ids`` (';'-joined).
     Sorted by suite, dataset, model, sparsity, method, variant.
     """
-    finished = runs[runs["status"] == "finished"].copy() if "status" in runs else runs.iloc[0:0].copy()
+    finished = drop_superseded(runs[runs["status"] == "finished"]).copy() if "status" in runs else runs.iloc[0:0].copy()
     if suite is not None:
         finished = finished[finished["suite"] == suite]
     if finished.empty:

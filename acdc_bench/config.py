@@ -45,6 +45,12 @@ LR_SCHEDULE_KEYS = {"name", "warmup_epochs", "milestones", "gamma"}
 LR_SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 BUDGET_MODES = ("paper", "matched")
+BUDGET_KEYS = {"mode", "reference", "calibration"}
+#: Matched budgets of emergent-cost methods (STR, see acdc_bench.calibrate): at most ``max_runs``
+#: runs per cell; a run is accepted when its sparsity is within ``sparsity_tolerance`` of the target
+#: (and its training FLOPs within plan.MATCH_TOLERANCE of the budget). 0.5 pp rather than the 2 pp
+#: an STR run is usually allowed: at a 95% target, 2 pp under is 40% more non-zeros than the target.
+CALIBRATION_DEFAULTS = {"max_runs": 5, "sparsity_tolerance": 0.005}
 
 #: Keys that do not change what a run computes; they are left out of the run id.
 NON_RESULT_KEYS = {"description", "data_root", "num_workers", "reproduce", "methods", "wandb", "resources", "plugins", "budget"}
@@ -158,6 +164,17 @@ def validate_suite(data: dict, where: str) -> None:
     budget = data["budget"]
     _require(isinstance(budget, dict) and budget.get("mode") in BUDGET_MODES, where,
              f"budget.mode must be one of {', '.join(BUDGET_MODES)}, got {budget!r}")
+    bad = sorted(set(budget) - BUDGET_KEYS)
+    _require(not bad, where, f"budget: unknown key(s) {bad}; allowed: {', '.join(sorted(BUDGET_KEYS))}")
+    calibration = budget.get("calibration") or {}
+    _require(isinstance(calibration, dict) and not set(calibration) - set(CALIBRATION_DEFAULTS), where,
+             f"budget.calibration must be a mapping with keys {', '.join(CALIBRATION_DEFAULTS)}, got {calibration!r}")
+    max_runs = calibration.get("max_runs", CALIBRATION_DEFAULTS["max_runs"])
+    _require(isinstance(max_runs, int) and not isinstance(max_runs, bool) and max_runs >= 1, where,
+             f"budget.calibration.max_runs must be an integer >= 1, got {max_runs!r}")
+    tolerance = calibration.get("sparsity_tolerance", CALIBRATION_DEFAULTS["sparsity_tolerance"])
+    _require(isinstance(tolerance, (int, float)) and 0 < tolerance < 1, where,
+             f"budget.calibration.sparsity_tolerance must be a number in (0, 1), got {tolerance!r}")
     load_plugins(data.get("plugins") or [])
     methods = data["methods"] or {}
     _require(isinstance(methods, dict), where, "methods must be a mapping of method name to its options")
@@ -188,8 +205,11 @@ def run_config(
     epochs: int | None = None,
     budget: dict | None = None,
     train_steps: int | None = None,
+    method_options: dict | None = None,
 ) -> dict:
-    """The resolved configuration of one run (what ``config.yaml`` holds)."""
+    """The resolved configuration of one run (what ``config.yaml`` holds).
+
+    ``method_options`` replaces the suite's ``methods.<method>`` options (budget calibration)."""
     from acdc_bench.methods import get_method, make_config
 
     where = suite.get("_path", suite["suite"])
@@ -197,7 +217,7 @@ def run_config(
     sparsity = check_sparsity(sparsity, f"{where}: --sparsity")
     if method == "dense":
         sparsity = 0.0
-    options = (suite.get("methods") or {}).get(method) or {}
+    options = method_options if method_options is not None else ((suite.get("methods") or {}).get(method) or {})
     try:
         method_config = make_config(method_cls, options)
     except (ValueError, TypeError) as error:

@@ -3,7 +3,10 @@
 Runs are ordered so that every budget reference (AC/DC by default) and the dense
 baseline finish before the runs whose budget is matched to them. Each run is its
 own folder; a finished run is skipped and an interrupted one resumes, whether it
-runs here or in a (requeued) cluster job.
+runs here or in a (requeued) cluster job. A matched run of an emergent-cost method
+(STR) is a calibration chain (:mod:`acdc_bench.calibrate`): once a run of the chain
+finishes, the spec is resolved again and the chain's next run follows, until the
+chain is accepted or has run ``budget.calibration.max_runs`` runs.
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _chain_note(config: dict) -> str:
+    """' (calibration run i of at most n, lam=...)' for a run of a calibration chain, else ''."""
+    calibration = (config.get("budget") or {}).get("calibration")
+    if not calibration:
+        return ""
+    return (f" (budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
+            f"{config['train_steps']} steps, {calibration['option']}={calibration['value']:.4g})")
+
+
 def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
     if args.launcher == "local":
         run_local(suite, waves, out, args)
@@ -79,15 +91,17 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
         if read_result(out / config["run_id"]) is not None:
             print(f"[{index}/{len(specs)}] {config['run_id']}: finished already")
             continue
-        eta = f", about {_duration(trained_time / trained * (remaining + 1))} left" if trained else ""
-        print(f"[{index}/{len(specs)}] {spec.method} sparsity {spec.sparsity:g} seed {spec.seed} "
-              f"({index - 1} done, {remaining + 1} to go, {_duration(time.perf_counter() - started)} elapsed{eta})",
-              flush=True)
-        run_started = time.perf_counter()
-        tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
-        train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
-        trained_time += time.perf_counter() - run_started
-        trained += 1
+        while read_result(out / config["run_id"]) is None:
+            eta = f", about {_duration(trained_time / trained * (remaining + 1))} left" if trained else ""
+            print(f"[{index}/{len(specs)}] {spec.method} sparsity {spec.sparsity:g} seed {spec.seed}{_chain_note(config)} "
+                  f"({index - 1} done, {remaining + 1} to go, {_duration(time.perf_counter() - started)} elapsed{eta})",
+                  flush=True)
+            run_started = time.perf_counter()
+            tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
+            train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
+            trained_time += time.perf_counter() - run_started
+            trained += 1
+            config = _config(suite, spec, out)  # a calibration chain's next run, or the same finished run
     print(f"all {len(specs)} runs of suite {suite['suite']} finished in {_duration(time.perf_counter() - started)} -> {out}")
 
 
@@ -152,23 +166,34 @@ def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
 
     executor = _executor(suite, out, args)
     for number, wave in enumerate(waves, 1):
-        jobs = []
-        for spec in wave:
-            config = _config(suite, spec, out)
-            if read_result(out / config["run_id"]) is not None:
-                print(f"wave {number}: {config['run_id']} finished already")
-                continue
-            job = executor.submit(RunJob(config, str(out), args.data_root))
-            print(f"wave {number}: submitted {config['run_id']} as job {job.job_id}")
-            jobs.append((config["run_id"], job))
-        failed = []
-        for run_id, job in jobs:
-            try:
-                job.results()  # every task's result (a multi-GPU job has one task per GPU); waits through requeues
-            except Exception as error:  # noqa: BLE001 - wait for the whole wave, then report every failure
-                print(f"wave {number}: {run_id} (job {job.job_id}) FAILED: {error}")
-                failed.append(f"{run_id} (job {job.job_id}, logs in {job.paths.folder})")
-                continue
-            print(f"wave {number}: {run_id} (job {job.job_id}) finished")
-        if failed:
-            raise RuntimeError(f"wave {number}: {len(failed)} job(s) failed: " + "; ".join(failed))
+        pending = list(wave)
+        while pending:  # a calibration chain re-enters with its next run once its last one finished
+            pending = _submit_and_wait(executor, suite, number, pending, out, args)
+
+
+def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], out: Path, args) -> list[RunSpec]:
+    """Submit the wave's unfinished runs and wait for them; returns the specs that ran (to resolve again)."""
+    from acdc_bench.train import read_result
+
+    jobs, ran = [], []
+    for spec in wave:
+        config = _config(suite, spec, out)
+        if read_result(out / config["run_id"]) is not None:
+            print(f"wave {number}: {config['run_id']} finished already")
+            continue
+        job = executor.submit(RunJob(config, str(out), args.data_root))
+        print(f"wave {number}: submitted {config['run_id']}{_chain_note(config)} as job {job.job_id}")
+        jobs.append((config["run_id"], job))
+        ran.append(spec)
+    failed = []
+    for run_id, job in jobs:
+        try:
+            job.results()  # every task's result (a multi-GPU job has one task per GPU); waits through requeues
+        except Exception as error:  # noqa: BLE001 - wait for the whole wave, then report every failure
+            print(f"wave {number}: {run_id} (job {job.job_id}) FAILED: {error}")
+            failed.append(f"{run_id} (job {job.job_id}, logs in {job.paths.folder})")
+            continue
+        print(f"wave {number}: {run_id} (job {job.job_id}) finished")
+    if failed:
+        raise RuntimeError(f"wave {number}: {len(failed)} job(s) failed: " + "; ".join(failed))
+    return ran

@@ -119,6 +119,12 @@ class SparsityMethod:
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = NoConfig
+    #: Methods whose cost and final sparsity emerge from training (STR) name the float option that
+    #: sets how sparse a run ends (larger = sparser; STR: ``lam``). Under a matched budget the run
+    #: length and this option are then calibrated together by running (:mod:`acdc_bench.calibrate`),
+    #: starting from the Jacobian guess ``calibration_jacobian(config)``. None (GMP, RigL, AC/DC):
+    #: the planner's estimate from ``planned_densities`` is exact enough to solve the length alone.
+    calibration_option: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -188,6 +194,21 @@ class SparsityMethod:
     def dense_pair_epoch(self) -> int | None:
         """Epoch at whose end the dense model of a sparse-dense pair is saved (None: no pair)."""
         return None
+
+    @classmethod
+    def calibration_value(cls, config: Any, target_sparsity: float) -> float:
+        """The value of ``calibration_option`` a run at ``target_sparsity`` uses."""
+        return float(getattr(config, cls.calibration_option))
+
+    @classmethod
+    def with_calibration_value(cls, options: dict, target_sparsity: float, value: float) -> dict:
+        """The method's suite options with ``calibration_option`` set to ``value`` for ``target_sparsity``."""
+        return {**options, cls.calibration_option: float(value)}
+
+    @classmethod
+    def calibration_jacobian(cls, config: Any) -> list[list[float]]:
+        """Initial guess of d(log FLOPs, logit sparsity) / d(log steps, log option) (rows, columns)."""
+        raise NotImplementedError(f"{cls.__name__} sets calibration_option but not calibration_jacobian")
 
     def finalize(self) -> None:
         """Turn the trained model into plain dense tensors holding exact zeros (STR bakes here)."""

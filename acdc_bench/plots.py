@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from acdc_bench.compare import METHOD_NAMES, compare_table, display_name, name_key
-from acdc_bench.results import load_metrics
+from acdc_bench.results import drop_superseded, load_metrics
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def plot_all(runs: pd.DataFrame, reference: pd.DataFrame | None, out_dir: str | 
         log.warning("suite %s has no runs; no plots", suite)
         return []
     table = compare_table(runs, reference, suite=suite)
-    with_metrics = suite_runs[suite_runs["status"] != "corrupt"]
+    with_metrics = drop_superseded(suite_runs[suite_runs["status"] != "corrupt"])
     steps = []
     if table.empty:
         log.warning("suite %s has no finished runs; accuracy plots skipped", suite)

@@ -267,6 +267,28 @@ def load_runs(*roots: str | os.PathLike) -> pd.DataFrame:
     return runs
 
 
+def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` without the budget-calibration runs a later run of the same chain replaced.
+
+    A matched STR cell is a chain of runs (``budget_calibration_iteration`` 0, 1, ...;
+    see :mod:`acdc_bench.calibrate`); the tables and plots use its last finished run.
+    Runs outside a chain, and unfinished runs, are kept.
+    """
+    column = "budget_calibration_iteration"
+    if column not in runs or runs.empty:
+        return runs
+    iteration = pd.to_numeric(runs[column], errors="coerce")
+    chained = iteration.notna() & (runs["status"] == "finished")
+    if not chained.any():
+        return runs
+    keys = ["suite", "method", "target_sparsity", "seed", "budget_mode"]
+    last = iteration[chained].groupby([runs.loc[chained, key].round(6) if key == "target_sparsity" else runs.loc[chained, key]
+                                       for key in keys], dropna=False).transform("max")
+    superseded = pd.Series(False, index=runs.index)
+    superseded[chained] = iteration[chained] < last
+    return runs[~superseded]
+
+
 def load_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
     """Read ``<run_dir>/metrics.csv`` (one row per finished epoch).
 

@@ -425,6 +425,11 @@ def _result(config, model, method, layers, flops, meter, data, state, device, am
     budget = dict(config.get("budget") or {})
     reference = budget.get("reference_training_flops")
     budget["achieved_ratio"] = meter.total / reference if reference else None
+    if budget.get("calibration") and reference:
+        calibration = budget["calibration"]
+        budget["calibration"] = dict(calibration, within_tolerance=bool(
+            abs(budget["achieved_ratio"] - 1.0) <= calibration["flops_tolerance"]
+            and abs(actual_sparsity - float(config["sparsity"])) <= calibration["sparsity_tolerance"]))
     pair = state.get("dense_pair")
     return {
         "schema_version": 1,

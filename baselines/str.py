@@ -22,6 +22,10 @@ Faithful to RECIPES.md and the official code (``RAIVNLab/STR``, ``STRConv`` with
 Training FLOPs per example: 3 x the sparse forward FLOPs of the effective weights of
 each step, counted on the device (no host sync) before the optimizer step, i.e. from
 the weights that step's forward pass used.
+
+Matched budgets: STR's cost and final sparsity both emerge from the run length and
+``lam``, so a matched STR run calibrates the two together by running
+(``calibration_option = "lam"``, :mod:`acdc_bench.calibrate`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from acdc_bench.methods import SparsityMethod, register_method
+from acdc_bench.methods import SparsityMethod, make_config, register_method
 
 #: Official ImageNet ResNet50 config (``configs/largescale/resnet50-str.yaml``, 90.23% sparse).
 RESNET50_S_INIT = -3200.0
@@ -72,6 +76,12 @@ class StrConfig:
     decay_all: bool = True
     #: Planning estimate: density assumed to fall linearly from 1 to 1 - target between these fractions of the run.
     plan_ramp: list = dataclasses.field(default_factory=lambda: [0.0, 1.0])
+    #: Matched budgets (acdc_bench.calibrate): initial guess of the Jacobian of (log training FLOPs,
+    #: logit final sparsity) with respect to (log steps, log lam). Default: measured on Fashion-MNIST
+    #: LeNet-300-100 at the 90% target by finite differences of full runs (20 -> 40 epochs at
+    #: lam 4e-3: sparsity 0.894 -> 0.946, FLOPs x1.13; lam 4e-3 -> 2e-3 at 40 epochs: sparsity
+    #: 0.946 -> 0.815, FLOPs x2.2). Broyden's update corrects it from every run of the chain.
+    calibration_jacobian: list = dataclasses.field(default_factory=lambda: [[0.17, -1.14], [1.05, 1.99]])
     include: list = dataclasses.field(default_factory=list)
     exclude: list = dataclasses.field(default_factory=list)
 
@@ -87,6 +97,14 @@ class StrConfig:
                 raise ValueError(f"STR targets[{key!r}] must be a mapping with keys s_init and/or lam, got {value!r}")
         if not self.lam >= 0:
             raise ValueError(f"STR lam (weight decay) must be >= 0, got {self.lam}")
+        jacobian = self.calibration_jacobian
+        if not (isinstance(jacobian, (list, tuple)) and len(jacobian) == 2
+                and all(isinstance(row, (list, tuple)) and len(row) == 2 for row in jacobian)
+                and all(isinstance(v, (int, float)) for row in jacobian for v in row)):
+            raise ValueError(f"STR calibration_jacobian must be a 2x2 list of numbers, got {jacobian!r}")
+        (a, b), (c, d) = jacobian
+        if abs(a * d - b * c) < 1e-9:
+            raise ValueError(f"STR calibration_jacobian {jacobian!r} is singular; give an invertible matrix")
         if len(self.plan_ramp) != 2 or not 0.0 <= self.plan_ramp[0] <= self.plan_ramp[1] <= 1.0:
             raise ValueError(f"STR plan_ramp must be [start, end] fractions with 0 <= start <= end <= 1, got {self.plan_ramp}")
 
@@ -112,6 +130,8 @@ class STR(SparsityMethod):
     """Soft threshold reparameterization with one learnable threshold per prunable layer."""
 
     Config: ClassVar[type] = StrConfig
+    #: Under a matched budget the run length and lam are calibrated together (acdc_bench.calibrate).
+    calibration_option: ClassVar[str] = "lam"
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -120,6 +140,24 @@ class STR(SparsityMethod):
         self._per_weight: torch.Tensor | None = None
         self._step_nonzeros: torch.Tensor | None = None
         self.finalized = False
+
+    @classmethod
+    def calibration_value(cls, config: StrConfig, target_sparsity: float) -> float:
+        return config.resolve(target_sparsity)[1]
+
+    @classmethod
+    def with_calibration_value(cls, options: dict, target_sparsity: float, value: float) -> dict:
+        """``options`` with ``targets[target_sparsity].lam = value`` (sInit unchanged)."""
+        config = make_config(cls, options)
+        s_init, _ = config.resolve(target_sparsity)
+        targets = {key: entry for key, entry in (options.get("targets") or {}).items()
+                   if abs(float(key) - target_sparsity) > 1e-9}
+        targets[float(target_sparsity)] = {"s_init": s_init, "lam": float(value)}
+        return {**options, "targets": targets}
+
+    @classmethod
+    def calibration_jacobian(cls, config: StrConfig) -> list[list[float]]:
+        return [list(map(float, row)) for row in config.calibration_jacobian]
 
     # ------------------------------------------------------------------ set-up
     def setup(self, model, layers, flops) -> None:

@@ -1,0 +1,270 @@
+"""Matched training-FLOP budgets: the planner's solve (GMP, RigL) and the calibration chain (STR)."""
+
+import json
+import math
+import os
+from argparse import Namespace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from acdc_bench.budget import resolve_budget
+from acdc_bench.calibrate import MAX_LOG_STEP, Observation, broyden_jacobian, next_point, residual
+from acdc_bench.config import ConfigError, load_suite, run_config
+from acdc_bench.methods import get_method, make_config
+from acdc_bench.results import drop_superseded
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),
+                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+# A short AC/DC: dense 0, sparse 1, dense 2, sparse 3 (4 epochs of 8 steps).
+SHORT = ["train_subset=2000", "epochs=4", "methods.acdc.schedule_epochs=4", "methods.acdc.warmup_epochs=1",
+         "methods.acdc.phase_epochs=1", "methods.acdc.final_dense_epochs=1", "methods.acdc.final_sparse_epochs=1"]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_result(out: Path, config: dict, **values) -> None:
+    """A finished run's result.json with the fields the budget code reads."""
+    folder = out / config["run_id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps({"run_id": config["run_id"], **values}))
+
+
+# =========================================================================== Broyden steps
+
+
+class Synthetic:
+    """A made-up method response, linear in (log steps, log knob) plus a curvature in log steps:
+    r(x) = r_start + J (x - x_start) + c (x0 - x0_start)^2."""
+
+    def __init__(self, jacobian, start, start_residual, curvature=0.0):
+        self.jacobian, self.curvature = jacobian, curvature
+        self.start = (math.log(start[0]), math.log(start[1]))
+        self.start_residual = start_residual
+
+    def observe(self, steps: int, knob: float, budget: float, target: float) -> Observation:
+        dx = (math.log(steps) - self.start[0], math.log(knob) - self.start[1])
+        r = [self.start_residual[i] + sum(self.jacobian[i][j] * dx[j] for j in range(2)) + self.curvature * dx[0] ** 2
+             for i in range(2)]
+        logit = r[1] + math.log(target / (1 - target))
+        return Observation(steps, knob, budget * math.exp(r[0]), 1 / (1 + math.exp(-logit)))
+
+
+def test_residual_is_zero_on_target_and_signed():
+    obs = Observation(100, 1e-3, training_flops=2.0, sparsity=0.9)
+    assert residual(obs, 2.0, 0.9) == pytest.approx((0.0, 0.0))
+    over, sparser = residual(Observation(100, 1e-3, 4.0, 0.95), 2.0, 0.9)
+    assert over == pytest.approx(math.log(2)) and sparser > 0
+
+
+def test_exact_jacobian_lands_in_one_step():
+    true = [[0.2, -1.1], [1.0, 2.0]]
+    system = Synthetic(true, start=(4700, 4e-3), start_residual=(-0.66, -0.06))
+    budget, target = 1e12, 0.9
+    first = system.observe(4700, 4e-3, budget, target)
+    steps, knob, predicted = next_point([first], budget, target, true)
+    landed = system.observe(steps, knob, budget, target)
+    assert landed.training_flops == pytest.approx(budget, rel=2e-4)  # steps are rounded to whole steps
+    assert landed.sparsity == pytest.approx(target, abs=1e-4)
+    assert predicted == pytest.approx(budget, rel=1e-9)
+
+
+def test_broyden_corrects_a_wrong_guess_within_a_few_runs():
+    true = [[0.3, -0.8], [1.4, 2.6]]
+    guess = [[0.17, -1.14], [1.05, 1.99]]
+    system = Synthetic(true, start=(4700, 5e-3), start_residual=(-0.9, -0.3), curvature=0.3)
+    budget, target = 1e12, 0.95
+    observations = [system.observe(4700, 5e-3, budget, target)]
+    for _ in range(5):
+        last = observations[-1]
+        if abs(last.training_flops / budget - 1) <= 0.02 and abs(last.sparsity - target) <= 0.02:
+            break
+        steps, knob, _ = next_point(observations, budget, target, guess)
+        observations.append(system.observe(steps, knob, budget, target))
+    last = observations[-1]
+    assert abs(last.training_flops / budget - 1) <= 0.02 and abs(last.sparsity - target) <= 0.02
+    assert len(observations) <= 5
+
+
+def test_broyden_update_satisfies_the_secant_condition():
+    a = Observation(1000, 1e-3, 1.0, 0.8)
+    b = Observation(2000, 2e-3, 3.0, 0.95)
+    jacobian = broyden_jacobian([a, b], 2.0, 0.9, [[1.0, 0.0], [0.0, 1.0]])
+    dx = [b.x[i] - a.x[i] for i in range(2)]
+    dr = [residual(b, 2.0, 0.9)[i] - residual(a, 2.0, 0.9)[i] for i in range(2)]
+    for i in range(2):
+        assert jacobian[i][0] * dx[0] + jacobian[i][1] * dx[1] == pytest.approx(dr[i])
+
+
+def test_a_step_moves_each_coordinate_at_most_a_factor_three():
+    far = Observation(1000, 1e-3, training_flops=1e-6, sparsity=0.1)  # wildly off
+    steps, knob, _ = next_point([far], 1.0, 0.9, [[1.0, 0.0], [0.0, 1.0]])
+    assert steps == pytest.approx(3000, abs=1) and knob == pytest.approx(3e-3)
+    assert math.log(3) == pytest.approx(MAX_LOG_STEP)
+
+
+def test_singular_jacobian_is_a_clear_error():
+    with pytest.raises(ValueError, match="singular"):
+        next_point([Observation(10, 1.0, 1.0, 0.5)], 2.0, 0.9, [[1.0, 2.0], [2.0, 4.0]])
+    with pytest.raises(ValueError, match="calibration_jacobian"):
+        make_config(get_method("str"), {"calibration_jacobian": [[1.0, 2.0], [2.0, 4.0]]})
+    with pytest.raises(ValueError, match="2x2"):
+        make_config(get_method("str"), {"calibration_jacobian": [1.0, 2.0]})
+
+
+# =========================================================================== the chain, from run folders
+
+
+def test_str_calibration_value_round_trip():
+    cls = get_method("str")
+    options = {"s_init": -100.0, "lam": 1e-3, "targets": {0.9: {"s_init": -50.0, "lam": 4e-3}, 0.95: {"lam": 6e-3}}}
+    assert cls.calibration_value(make_config(cls, options), 0.9) == 4e-3
+    changed = cls.with_calibration_value(options, 0.9, 2.5e-3)
+    config = make_config(cls, changed)
+    assert config.resolve(0.9) == (-50.0, 2.5e-3)  # lam changed, sInit kept
+    assert config.resolve(0.95) == (-100.0, 6e-3)  # other targets untouched
+    assert options["targets"][0.9]["lam"] == 4e-3  # the suite's options are not modified
+
+
+def test_budget_calibration_settings_are_validated():
+    with pytest.raises(ConfigError, match="max_runs"):
+        load_suite("fashion-mnist", ["budget.calibration.max_runs=0"])
+    with pytest.raises(ConfigError, match="budget.calibration"):
+        load_suite("fashion-mnist", ["budget.calibration.tolerance=0.1"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_suite("fashion-mnist", ["budget.referense=gmp"])
+
+
+def test_str_chain_is_rederived_from_the_finished_runs(tmp_path):
+    suite = load_suite("fashion-mnist", ["budget.calibration.max_runs=3"])
+    acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
+    budget = 1.0e12
+    write_result(tmp_path, acdc, training_flops=budget, actual_sparsity=0.9)
+
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    calibration = first["budget"]["calibration"]
+    assert calibration["iteration"] == 0 and calibration["previous_run"] is None
+    assert calibration["option"] == "lam" and calibration["value"] == 0.004  # the suite's recipe
+    assert first["budget"]["reference_training_flops"] == budget
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] == first["run_id"]
+
+    # STR spent half the budget and ended a little under the target: the next run is longer, lam smaller.
+    write_result(tmp_path, first, training_flops=0.5 * budget, actual_sparsity=0.89)
+    second = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    calibration = second["budget"]["calibration"]
+    assert calibration["iteration"] == 1 and calibration["previous_run"] == first["run_id"]
+    assert second["train_steps"] > first["train_steps"] and calibration["value"] < 0.004
+    assert second["epochs"] == math.ceil(second["train_steps"] / 235)  # 60,000 / 256 steps an epoch
+    expected_steps, expected_lam, expected_flops = next_point(
+        [Observation(first["train_steps"], 0.004, 0.5 * budget, 0.89)], budget, 0.9,
+        get_method("str").calibration_jacobian(make_config(get_method("str"), suite["methods"]["str"])),
+        min_steps=235)
+    assert (second["train_steps"], calibration["value"]) == (expected_steps, pytest.approx(expected_lam))
+    assert second["budget"]["estimated_training_flops"] == pytest.approx(expected_flops)
+    assert second["method_config"]["targets"][0.9]["lam"] == pytest.approx(expected_lam)
+
+    # Within both tolerances: the chain stops at that run (the same config is returned again).
+    write_result(tmp_path, second, training_flops=1.015 * budget, actual_sparsity=0.885)
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] != second["run_id"]  # 1.5 pp off
+    write_result(tmp_path, second, training_flops=1.015 * budget, actual_sparsity=0.896)
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] == second["run_id"]
+
+
+def test_str_chain_stops_after_max_runs(tmp_path):
+    suite = load_suite("fashion-mnist", ["budget.calibration.max_runs=2"])
+    acdc = run_config(suite, "acdc", 0.95, 0, budget={"mode": "paper", "reference_training_flops": None})
+    write_result(tmp_path, acdc, training_flops=1e12, actual_sparsity=0.95)
+    first = resolve_budget(suite, "str", 0.95, 0, "matched", out=tmp_path)
+    write_result(tmp_path, first, training_flops=0.4e12, actual_sparsity=0.94)
+    second = resolve_budget(suite, "str", 0.95, 0, "matched", out=tmp_path)
+    write_result(tmp_path, second, training_flops=0.9e12, actual_sparsity=0.99)  # still off
+    assert resolve_budget(suite, "str", 0.95, 0, "matched", out=tmp_path)["run_id"] == second["run_id"]
+
+
+def test_gmp_and_rigl_are_not_calibrated():
+    suite = load_suite("fashion-mnist")
+    for method in ("gmp", "rigl"):
+        config = resolve_budget(suite, method, 0.9, 0, "matched", out=None)
+        assert "calibration" not in config["budget"]
+        assert config["budget"]["estimated_ratio"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_drop_superseded_keeps_the_last_run_of_each_chain():
+    rows = [
+        {"run_id": "str-0", "method": "str", "budget_calibration_iteration": 0, "seed": 0},
+        {"run_id": "str-1", "method": "str", "budget_calibration_iteration": 1, "seed": 0},
+        {"run_id": "str-seed1", "method": "str", "budget_calibration_iteration": 0, "seed": 1},
+        {"run_id": "str-95", "method": "str", "budget_calibration_iteration": 0, "seed": 0, "target_sparsity": 0.95},
+        {"run_id": "gmp", "method": "gmp", "budget_calibration_iteration": None, "seed": 0},
+        {"run_id": "str-2-running", "method": "str", "budget_calibration_iteration": 2, "seed": 0, "status": "incomplete"},
+    ]
+    runs = pd.DataFrame([{"suite": "s", "target_sparsity": 0.9, "budget_mode": "matched", "status": "finished", **row}
+                         for row in rows])
+    kept = drop_superseded(runs)["run_id"].tolist()
+    assert kept == ["str-1", "str-seed1", "str-95", "gmp", "str-2-running"]
+
+
+# =========================================================================== real runs
+
+
+@needs_fashion
+def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_thread):
+    """GMP and RigL through the real loop: the solved length spends the AC/DC run's measured FLOPs."""
+    from acdc_bench.train import train
+
+    suite = load_suite("fashion-mnist", SHORT + ["methods.rigl.update_interval=2"])
+    quiet = dict(progress=False, log=lambda *a: None)
+    acdc = resolve_budget(suite, "acdc", 0.9, 0, "matched", out=tmp_path)
+    acdc_result = train(acdc, tmp_path, **quiet)
+    for method in ("gmp", "rigl"):
+        config = resolve_budget(suite, method, 0.9, 0, "matched", out=tmp_path)
+        assert config["budget"]["reference_training_flops"] == acdc_result["training_flops"]
+        assert config["budget"]["reference_source"] == f"measured by run {acdc['run_id']}"
+        result = train(config, tmp_path, **quiet)
+        assert result["budget"]["mode"] == "matched"
+        assert result["budget"]["achieved_ratio"] == pytest.approx(result["training_flops"] / acdc_result["training_flops"])
+        assert abs(result["budget"]["achieved_ratio"] - 1) <= 0.02, (method, result["budget"])
+
+
+@needs_fashion
+def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thread):
+    """A two-run chain through run_local; the comparison table holds only the chain's last run."""
+    from acdc_bench.compare import compare_table
+    from acdc_bench.launch import plan_runs, run_local
+    from acdc_bench.results import load_runs
+
+    suite = load_suite("fashion-mnist", SHORT + ["budget.calibration.max_runs=2"])
+    waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9])
+    args = Namespace(wandb=False, data_root=None, no_progress=True)
+    run_local(suite, waves, tmp_path, args)
+    runs = load_runs(tmp_path)
+    chain = runs[runs["method"] == "str"].sort_values("budget_calibration_iteration")
+    assert chain["budget_calibration_iteration"].tolist() == [0, 1]  # 4 epochs of STR do not hit 90%
+    assert chain["budget_calibration_previous_run"].iloc[1] == chain["run_id"].iloc[0]
+    assert chain["train_steps"].iloc[1] != chain["train_steps"].iloc[0]
+    assert chain["budget_calibration_within_tolerance"].notna().all()
+    table = compare_table(runs, None)
+    assert table.loc[table["method"] == "str", "run_ids"].tolist() == [chain["run_id"].iloc[1]]
+    # A second invocation finds the whole chain finished and trains nothing.
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/result.json")}
+    run_local(suite, waves, tmp_path, args)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/result.json")} == before
+
+
+def test_a_corrupt_chain_result_is_a_clear_error(tmp_path):
+    suite = load_suite("fashion-mnist")
+    acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
+    write_result(tmp_path, acdc, training_flops=1e12, actual_sparsity=0.9)
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    write_result(tmp_path, first, top1=80.0)  # no training_flops
+    with pytest.raises(ValueError, match="delete that run folder"):
+        resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
