@@ -77,14 +77,35 @@ def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
         run_submitit(suite, waves, out, args)
 
 
+def _steps(config: dict) -> int | None:
+    """Optimizer steps of a run (None for a dataset whose size the planner does not know)."""
+    import math
+
+    from acdc_bench.plan import train_size
+
+    if config.get("train_steps"):
+        return int(config["train_steps"])
+    try:
+        return int(config["epochs"]) * math.ceil(train_size(config) / config["batch_size"])
+    except KeyError:
+        return None
+
+
 def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
-    """Every run in this process, in order, with overall progress and an estimate of the time left."""
+    """Every run in this process, in order, with overall progress and an estimate of the time left.
+
+    The estimate is the time per optimizer step so far times the steps still to train, from
+    each run's planned length (a calibration chain's later runs are not known in advance).
+    """
     from acdc_bench.tracking import Tracker
     from acdc_bench.train import read_result, train
 
     specs = [spec for wave in waves for spec in wave]
+    planned = [_config(suite, spec, out) for spec in specs]
+    pending = [0 if read_result(out / c["run_id"]) is not None else _steps(c) for c in planned]
+    chains = any((c.get("budget") or {}).get("calibration") for c in planned)
     started = time.perf_counter()
-    trained_time, trained = 0.0, 0
+    trained_time, trained_steps = 0.0, 0
     for index, spec in enumerate(specs, 1):
         config = _config(suite, spec, out)
         remaining = len(specs) - index
@@ -92,7 +113,11 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
             print(f"[{index}/{len(specs)}] {config['run_id']}: finished already")
             continue
         while read_result(out / config["run_id"]) is None:
-            eta = f", about {_duration(trained_time / trained * (remaining + 1))} left" if trained else ""
+            steps_left = [_steps(config)] + pending[index:]
+            eta = ""
+            if trained_steps and None not in steps_left:
+                eta = f", about {_duration(trained_time / trained_steps * sum(steps_left))} left"
+                eta += " plus any further calibration runs" if chains else ""
             print(f"[{index}/{len(specs)}] {spec.method} sparsity {spec.sparsity:g} seed {spec.seed}{_chain_note(config)} "
                   f"({index - 1} done, {remaining + 1} to go, {_duration(time.perf_counter() - started)} elapsed{eta})",
                   flush=True)
@@ -100,7 +125,7 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
             tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
             train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
             trained_time += time.perf_counter() - run_started
-            trained += 1
+            trained_steps += _steps(config) or 0
             config = _config(suite, spec, out)  # a calibration chain's next run, or the same finished run
     print(f"all {len(specs)} runs of suite {suite['suite']} finished in {_duration(time.perf_counter() - started)} -> {out}")
 

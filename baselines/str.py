@@ -186,8 +186,17 @@ class STR(SparsityMethod):
     # ------------------------------------------------------------------ hooks
     @torch.no_grad()
     def effective_nonzeros(self) -> torch.Tensor:
-        """Non-zeros of each layer's effective weight, as an int64 device tensor (no host sync)."""
-        return torch.stack([torch.count_nonzero(layer.module.weight) for layer in self.layers])
+        """Non-zeros of each layer's effective weight, as an int64 device tensor (no host sync).
+
+        sign(W) relu(|W| - sigmoid(s)) is non-zero exactly where |W| > sigmoid(s) (in floating
+        point too: a > b implies a - b > 0), so the count reads the raw weights and skips
+        recomputing the parametrization."""
+        if not self.thresholds:  # finalized: plain weights
+            return torch.stack([torch.count_nonzero(layer.module.weight) for layer in self.layers])
+        return torch.stack([
+            torch.count_nonzero(layer.module.parametrizations["weight"].original.abs() > torch.sigmoid(threshold.s))
+            for layer, threshold in zip(self.layers, self.thresholds)
+        ])
 
     def before_optimizer_step(self, step: int) -> bool:
         # The weights are still those this step's forward pass used.

@@ -466,6 +466,22 @@ def test_str_flops_are_counted_on_device_from_the_step_weights():
     assert not torch.equal(method.layers[0].weight.detach(), raw[0])  # the step changed the weights
 
 
+def test_str_nonzero_count_from_raw_weights_equals_the_effective_weights():
+    model = tiny_mlp()
+    method = attach("str", {"s_init": math.log(0.05 / 0.95), "lam": 0.0}, model)
+    with torch.no_grad():
+        for index, threshold in enumerate(method.thresholds):
+            threshold.s.fill_(-3.0 + index)
+        raw = method.layers[0].module.parametrizations["weight"].original
+        raw[0, :4] = torch.sigmoid(method.thresholds[0].s)  # ties |W| == sigmoid(s) give exact zeros
+        raw[1, :4] = 0.0
+    expected = torch.stack([torch.count_nonzero(layer.module.weight) for layer in method.layers])
+    assert torch.equal(method.effective_nonzeros(), expected)
+    assert 0 < int(expected.sum()) < sum(layer.numel for layer in method.layers)
+    method.finalize()
+    assert torch.equal(method.effective_nonzeros(), expected)
+
+
 def test_str_finalize_bakes_exact_zeros_and_checkpoints_reload():
     model = tiny_mlp()
     method = attach("str", {"s_init": math.log(0.15 / 0.85), "lam": 1e-3}, model)
