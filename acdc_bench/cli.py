@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from acdc_bench.config import ConfigError, load_suite, run_config, suite_names
+from acdc_bench.config import ConfigError, load_suite, suite_names
 
 
 def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:

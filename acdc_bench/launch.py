@@ -187,16 +187,15 @@ def _executor(suite: dict, out: Path, args):
 
 def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
     """Each run as its own job; a wave is submitted once the wave before it (the budget references) is done."""
-    from acdc_bench.train import read_result
-
     executor = _executor(suite, out, args)
     for number, wave in enumerate(waves, 1):
-        pending = list(wave)
+        pending, submitted = list(wave), set()
         while pending:  # a calibration chain re-enters with its next run once its last one finished
-            pending = _submit_and_wait(executor, suite, number, pending, out, args)
+            pending = _submit_and_wait(executor, suite, number, pending, out, args, submitted)
 
 
-def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], out: Path, args) -> list[RunSpec]:
+def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], out: Path, args,
+                     submitted: set) -> list[RunSpec]:
     """Submit the wave's unfinished runs and wait for them; returns the specs that ran (to resolve again)."""
     from acdc_bench.train import read_result
 
@@ -206,6 +205,10 @@ def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], ou
         if read_result(out / config["run_id"]) is not None:
             print(f"wave {number}: {config['run_id']} finished already")
             continue
+        if config["run_id"] in submitted:
+            raise RuntimeError(f"wave {number}: the job of {config['run_id']} succeeded but {out / config['run_id']} "
+                               f"has no result.json; the jobs must write to the same --out folder as this process")
+        submitted.add(config["run_id"])
         job = executor.submit(RunJob(config, str(out), args.data_root))
         print(f"wave {number}: submitted {config['run_id']}{_chain_note(config)} as job {job.job_id}")
         jobs.append((config["run_id"], job))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from acdc_bench.config import lr_at_epoch, run_config
+from acdc_bench.config import lr_at_epoch
 from acdc_bench.flops import measure_layer_flops
 from acdc_bench.methods import get_method, make_config
 from acdc_bench.models import build_model, model_spec

@@ -2,13 +2,11 @@
 
 import json
 import math
-import os
 from argparse import Namespace
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from acdc_bench.budget import resolve_budget
 from acdc_bench.calibrate import MAX_LOG_STEP, Observation, broyden_jacobian, next_point, residual
@@ -16,20 +14,8 @@ from acdc_bench.config import ConfigError, load_suite, run_config
 from acdc_bench.methods import get_method, make_config
 from acdc_bench.results import drop_superseded
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),
-                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-# A short AC/DC: dense 0, sparse 1, dense 2, sparse 3 (4 epochs of 8 steps).
-SHORT = ["train_subset=2000", "epochs=4", "methods.acdc.schedule_epochs=4", "methods.acdc.warmup_epochs=1",
-         "methods.acdc.phase_epochs=1", "methods.acdc.final_dense_epochs=1", "methods.acdc.final_sparse_epochs=1"]
+from helpers import SHORT, needs_fashion
 
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_result(out: Path, config: dict, **values) -> None:
@@ -268,3 +254,46 @@ def test_a_corrupt_chain_result_is_a_clear_error(tmp_path):
     write_result(tmp_path, first, top1=80.0)  # no training_flops
     with pytest.raises(ValueError, match="delete that run folder"):
         resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+
+
+class InlineExecutor:
+    """A stand-in for a submitit executor: runs each job in this process when it is submitted."""
+
+    def __init__(self, run: bool = True):
+        self.run, self.submitted = run, []
+
+    def submit(self, job):
+        self.submitted.append(job.config["run_id"])
+        outcome = job() if self.run else None
+
+        class Job:
+            job_id = str(len(self.submitted))
+            paths = Namespace(folder="inline")
+
+            def results(self):
+                return [outcome]
+
+        return Job()
+
+
+@needs_fashion
+def test_cluster_launcher_runs_the_str_chain_wave_by_wave(tmp_path, one_thread, monkeypatch):
+    from acdc_bench import launch
+
+    suite = load_suite("fashion-mnist", SHORT + ["budget.calibration.max_runs=2"])
+    waves = launch.plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9])
+    executor = InlineExecutor()
+    monkeypatch.setattr(launch, "_executor", lambda *a: executor)
+    launch.run_submitit(suite, waves, tmp_path, Namespace(data_root=None))
+    assert executor.submitted[0].startswith("acdc-") and len(executor.submitted) == 3  # AC/DC, then 2 STR runs
+    assert all((tmp_path / run_id / "result.json").exists() for run_id in executor.submitted)
+
+
+def test_cluster_launcher_stops_when_a_job_writes_no_result(tmp_path, monkeypatch):
+    from acdc_bench import launch
+
+    suite = load_suite("fashion-mnist", SHORT)
+    monkeypatch.setattr(launch, "_executor", lambda *a: InlineExecutor(run=False))
+    with pytest.raises(RuntimeError, match="no result.json"):
+        launch.run_submitit(suite, launch.plan_runs(suite, methods=["acdc"], sparsities=[0.9]), tmp_path,
+                            Namespace(data_root=None))

@@ -1,34 +1,18 @@
 """The reproduce launcher: run order (plan_runs), one submitit job per run, and requeue-and-resume."""
 
 import json
-import os
 import pickle
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from acdc_bench.cli import main
 from acdc_bench.config import load_suite, run_config
 from acdc_bench.launch import RunJob, RunSpec, plan_runs
 from acdc_bench.methods import Dense, _REGISTRY
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),
-                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-# A short AC/DC: dense 0, sparse 1, dense 2, sparse 3 (4 epochs, 1-epoch phases).
-SHORT = ["train_subset=2000", "epochs=4", "methods.acdc.schedule_epochs=4", "methods.acdc.warmup_epochs=1",
-         "methods.acdc.phase_epochs=1", "methods.acdc.final_dense_epochs=1", "methods.acdc.final_sparse_epochs=1"]
+from helpers import SHORT, needs_fashion
 
-
-@pytest.fixture
-def one_thread():
-    """In-process training on one thread: an OpenMP pool of 2 on a busy 2-core machine crawls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from acdc_bench.acdc import ACDC, AcdcConfig
+from acdc_bench.acdc import ACDC
 from acdc_bench.cli import main
 from acdc_bench.config import load_suite, run_config
 from acdc_bench.flops import measure_layer_flops
