@@ -90,6 +90,10 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     method_config = make_config(method_cls, options)
     jacobian = method_cls.calibration_jacobian(method_config)
     value = method_cls.calibration_value(method_config, sparsity)
+    if not value > 0:
+        raise ValueError(f"methods.{method}: a matched budget calibrates {method_cls.calibration_option} on a log "
+                         f"scale, so it must be positive at sparsity {sparsity:g} (got {value}); set it, or use "
+                         f"--budget paper")
     budget_flops = budget["reference_training_flops"]
     observations: list[Observation] = []
     estimate = budget["estimated_training_flops"]

@@ -83,9 +83,9 @@ def cmd_run(args) -> int:
         tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
         train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
         following = _budgeted_config(args, suite, out)
-        if following["run_id"] == config["run_id"]:
+        calibration = following["budget"].get("calibration")
+        if following["run_id"] == config["run_id"] or not calibration:
             return 0
-        calibration = following["budget"]["calibration"]
         print(f"budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
               f"{following['train_steps']} steps, {calibration['option']}={calibration['value']:.4g}", flush=True)
         config = following

@@ -297,3 +297,9 @@ def test_cluster_launcher_stops_when_a_job_writes_no_result(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="no result.json"):
         launch.run_submitit(suite, launch.plan_runs(suite, methods=["acdc"], sparsities=[0.9]), tmp_path,
                             Namespace(data_root=None))
+
+
+def test_a_zero_calibration_option_is_a_clear_error():
+    suite = load_suite("fashion-mnist", ["methods.str.targets={}", "methods.str.lam=0"])
+    with pytest.raises(ValueError, match="must be positive"):
+        resolve_budget(suite, "str", 0.9, 0, "matched", out=None)
