@@ -44,8 +44,11 @@ def resolve_budget(
     mode: str,
     epochs: int | None = None,
     out: Path | None = None,
+    warm_start: bool = True,
 ) -> dict:
-    """The run config of ``method`` under the budget ``mode`` (``paper`` or ``matched``)."""
+    """The run config of ``method`` under the budget ``mode`` (``paper`` or ``matched``).
+
+    ``warm_start=False`` keeps a calibration chain from starting at another seed's accepted run."""
     from acdc_bench.plan import Planner, solve_matched_steps
 
     reference = suite["budget"].get("reference", "acdc")
@@ -65,18 +68,40 @@ def resolve_budget(
         "estimated_ratio": estimate / budget_flops,
     }
     if getattr(planner.method_cls, "calibration_option", None):
-        return _calibrated(suite, method, sparsity, seed, budget, planner, steps, out)
+        return _calibrated(suite, method, sparsity, seed, budget, planner, steps, out, warm_start)
     epochs_needed = math.ceil(steps / planner.steps_per_epoch)
     return run_config(suite, method, sparsity, seed, epochs=epochs_needed, budget=budget, train_steps=steps)
 
 
-def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: dict, planner, steps: int,
-                out: Path | None) -> dict:
-    """The calibration chain of an emergent-cost method, re-derived from the finished runs in ``out``.
+def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, out: Path) -> dict | None:
+    """The accepted run of another seed's calibration chain (lowest seed first) in ``out``, if any.
 
-    Run 0 is the suite's recipe at the planner's length ``steps``; each finished run that
-    misses the tolerances proposes the next (steps, option value). Returns the first
-    run not finished yet, else the accepted run, else the last of ``max_runs``.
+    Only chains that started from the recipe count (each is re-derived with ``warm_start=False``),
+    so the answer does not depend on the order in which warm-started chains ran.
+    """
+    import re
+
+    from acdc_bench.train import read_result
+
+    pattern = re.compile(rf"^{re.escape(method)}-s{re.escape(f'{sparsity:g}')}-seed(\d+)-")
+    seeds = sorted({int(m.group(1)) for d in Path(out).iterdir() if (m := pattern.match(d.name))} - {int(seed)})
+    for other in seeds:
+        config = resolve_budget(suite, method, sparsity, other, "matched", out=out, warm_start=False)
+        result = read_result(Path(out) / config["run_id"])
+        if result and ((result.get("budget") or {}).get("calibration") or {}).get("within_tolerance"):
+            return config
+    return None
+
+
+def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: dict, planner, steps: int,
+                out: Path | None, warm_start: bool = True) -> dict:
+    """The calibration chain of an emergent-cost method, re-derived from the run folders in ``out``.
+
+    Run 0 is the suite's recipe at the planner's length ``steps`` or, when another seed's
+    chain has been accepted and this seed's recipe run was never started, that accepted
+    run's (steps, option value); each finished run that misses the tolerances proposes the
+    next. Returns the first run not finished yet, else the accepted run, else the last of
+    ``max_runs``.
     """
     from acdc_bench.calibrate import Observation, next_point, within_tolerance
     from acdc_bench.config import CALIBRATION_DEFAULTS
@@ -97,6 +122,14 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     budget_flops = budget["reference_training_flops"]
     observations: list[Observation] = []
     estimate = budget["estimated_training_flops"]
+    started_from = None
+    if warm_start and out is not None and Path(out).is_dir():
+        recipe = run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
+                            train_steps=steps, budget={"mode": "matched"}, method_options=options)
+        donor = None if (Path(out) / recipe["run_id"]).exists() else _accepted_elsewhere(suite, method, sparsity, seed, out)
+        if donor is not None:
+            steps, value = donor["train_steps"], donor["budget"]["calibration"]["value"]
+            estimate, started_from = budget_flops, donor["run_id"]
     for iteration in range(settings["max_runs"]):
         run_budget = dict(budget, estimated_training_flops=estimate, estimated_ratio=estimate / budget_flops)
         run_budget["calibration"] = {
@@ -107,8 +140,10 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
             "sparsity_tolerance": settings["sparsity_tolerance"],
             "flops_tolerance": MATCH_TOLERANCE,
             "previous_run": observations[-1].run_id if observations else None,
+            "started_from": started_from,
         }
-        run_options = options if iteration == 0 else method_cls.with_calibration_value(options, sparsity, value)
+        recipe_point = iteration == 0 and started_from is None
+        run_options = options if recipe_point else method_cls.with_calibration_value(options, sparsity, value)
         config = run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
                             budget=run_budget, train_steps=steps, method_options=run_options)
         result = read_result(Path(out) / config["run_id"]) if out is not None else None

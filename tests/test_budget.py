@@ -303,3 +303,47 @@ def test_a_zero_calibration_option_is_a_clear_error():
     suite = load_suite("fashion-mnist", ["methods.str.targets={}", "methods.str.lam=0"])
     with pytest.raises(ValueError, match="must be positive"):
         resolve_budget(suite, "str", 0.9, 0, "matched", out=None)
+
+
+def _finished_acdc_runs(tmp_path, suite, budget=1.0e12):
+    for seed in (0, 1):
+        acdc = run_config(suite, "acdc", 0.9, seed, budget={"mode": "paper", "reference_training_flops": None})
+        write_result(tmp_path, acdc, training_flops=budget, actual_sparsity=0.9)
+
+
+def _accepted_seed_zero_chain(tmp_path, suite, budget=1.0e12):
+    """Seed 0's chain in ``tmp_path``: run 0 (the recipe) missed, run 1 was accepted; returns run 1's config."""
+    _finished_acdc_runs(tmp_path, suite, budget)
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    write_result(tmp_path, first, training_flops=0.5 * budget, actual_sparsity=0.89,
+                 budget={"calibration": {"within_tolerance": False}})
+    second = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    write_result(tmp_path, second, training_flops=1.01 * budget, actual_sparsity=0.899,
+                 budget={"calibration": {"within_tolerance": True}})
+    return second
+
+
+def test_another_seed_starts_at_the_accepted_run_of_the_first(tmp_path):
+    suite = load_suite("fashion-mnist")
+    accepted = _accepted_seed_zero_chain(tmp_path, suite)
+    seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)
+    calibration = seed1["budget"]["calibration"]
+    assert calibration["iteration"] == 0 and calibration["started_from"] == accepted["run_id"]
+    assert seed1["train_steps"] == accepted["train_steps"]
+    assert calibration["value"] == accepted["budget"]["calibration"]["value"]
+    assert seed1["method_config"]["targets"][0.9]["lam"] == calibration["value"]
+    assert seed1["seed"] == 1 and seed1["run_id"] != accepted["run_id"]
+    # Without warm starts (or for seed 0 itself) the chain is the recipe's.
+    cold = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path, warm_start=False)
+    assert cold["budget"]["calibration"]["started_from"] is None and cold["train_steps"] != accepted["train_steps"]
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] == accepted["run_id"]
+
+
+def test_a_chain_begun_from_the_recipe_is_continued(tmp_path):
+    """Seed 1's recipe run started before seed 0's chain was accepted: seed 1 keeps its own chain."""
+    suite = load_suite("fashion-mnist")
+    _finished_acdc_runs(tmp_path, suite)
+    cold = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path, warm_start=False)
+    (tmp_path / cold["run_id"]).mkdir(parents=True)  # started (interrupted), not finished
+    _accepted_seed_zero_chain(tmp_path, suite)
+    assert resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)["run_id"] == cold["run_id"]
