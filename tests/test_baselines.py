@@ -232,6 +232,24 @@ def test_rigl_initial_masks_are_random_exact_and_seeded():
         make_config(RigL, {"distribution": "global"})
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_rigl_smallest_k_is_the_stable_sort_selection(seed):
+    from baselines.rigl import smallest_k
+
+    generator = torch.Generator().manual_seed(seed)
+    n = 5000
+    scores = torch.randint(0, 20, (n,), generator=generator).float()  # many ties
+    scores[torch.rand(n, generator=generator) < 0.4] = math.inf  # excluded entries
+    scores[:7] = -0.0
+    finite = int(torch.isfinite(scores).sum())
+    for k in (1, 2, 17, finite // 2, finite):
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[torch.sort(scores, stable=True).indices[:k]] = True
+        chosen = smallest_k(scores, k)
+        assert torch.equal(chosen, expected), k
+        assert int(chosen.sum()) == k
+
+
 def test_rigl_drop_and_grow_by_hand():
     """10 weights, 5 active; k = floor(alpha_t x 5) = 2: drop the two smallest, grow the two largest grads."""
     torch.manual_seed(0)
