@@ -40,7 +40,7 @@ COMPARE_COLUMNS = GROUP_COLUMNS + [
     "inference_flops_multiplier", "top1_dense_mean", "delta_vs_acdc",
     "published_top1", "published_source", "published_status", "delta_vs_published",
     "published_variant", "published_distribution", "published_citation",
-    "distribution", "epochs", "run_ids",
+    "distribution", "epochs", "run_ids", "calibration",
 ]
 # Sparsities closer than this are the same target.
 SPARSITY_TOLERANCE = 1e-6
@@ -122,6 +122,27 @@ def _acdc_top1(table: pd.DataFrame, row: pd.Series) -> float:
     return float(acdc["top1_mean"].iloc[0]) if len(acdc) == 1 else math.nan
 
 
+def _calibration_note(group: pd.DataFrame) -> str:
+    """'seed 0: lam=0.00263, 11390 steps, run 3 of at most 5, accepted; ...' for the runs of a
+    budget-calibration chain (STR under a matched budget), '' for other cells."""
+    if "budget_calibration_iteration" not in group:
+        return ""
+    notes = []
+    for row in group.sort_values("seed").itertuples():
+        iteration = getattr(row, "budget_calibration_iteration", None)
+        if iteration is None or pd.isna(iteration):
+            continue
+        accepted = getattr(row, "budget_calibration_within_tolerance", None)
+        accepted = accepted is not None and not pd.isna(accepted) and bool(accepted)
+        verdict = "accepted" if accepted else "not accepted (max runs reached)"
+        started = getattr(row, "budget_calibration_started_from", None)
+        notes.append(f"seed {int(row.seed)}: {row.budget_calibration_option}={row.budget_calibration_value:.3g}, "
+                     f"{int(row.train_steps)} steps, run {int(iteration) + 1} of at most "
+                     f"{int(row.budget_calibration_max_runs)}, {verdict}"
+                     + (f", started from {started}" if isinstance(started, str) and started else ""))
+    return "; ".join(notes)
+
+
 def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: str | None = None) -> pd.DataFrame:
     """Aggregate finished runs per cell and attach the AC/DC and published comparisons.
 
@@ -163,6 +184,7 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
             "distribution": "/".join(sorted(group["distribution"].unique())),
             "epochs": group["epochs"].max(),
             "run_ids": ";".join(sorted(group["run_id"].astype(str))),
+            "calibration": _calibration_note(group),
         })
     table = pd.DataFrame(rows)
     acdc_top1 = [_acdc_top1(table, row) for _, row in table.iterrows()]
@@ -249,6 +271,13 @@ def format_compare_markdown(table: pd.DataFrame) -> str:
                  "FLOPs x = multiple of the dense run's FLOPs.")
     for title, block in _blocks(table):
         parts += ["", f"## {title}", "", _markdown_table(*_display_rows(block))]
+    calibrated = table[table["calibration"].fillna("") != ""]
+    if not calibrated.empty:
+        parts += ["", "## Budget calibration", "",
+                  "Under a matched budget these cells are the last run of a calibration chain that adjusts the "
+                  "run length and the named option together (see README, FLOP accounting and budgets):", ""]
+        parts += [f"- {display_name('method', row.method)} {row.target_sparsity:g}: {row.calibration}"
+                  for row in calibrated.itertuples()]
     sources = table.loc[table["published_source"] != "", ["published_source", "published_citation"]].drop_duplicates()
     if not sources.empty:
         parts += ["", "## Published sources", ""]

@@ -26,6 +26,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -87,7 +88,10 @@ def _save(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
         os.close(handle)
         try:
             metadata = {"Date": None} if image_format == "svg" else None
-            figure.savefig(tmp_name, format=image_format, dpi=150, metadata=metadata)
+            # A fixed salt makes the SVG's element ids (clip paths, markers) the same on every
+            # export, so a regenerated leaderboard plot only differs where the data do.
+            with matplotlib.rc_context({"svg.hashsalt": f"acdc_bench:{stem}"}):
+                figure.savefig(tmp_name, format=image_format, dpi=150, metadata=metadata)
             os.replace(tmp_name, path)
         finally:
             Path(tmp_name).unlink(missing_ok=True)

@@ -224,7 +224,7 @@ def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_t
 @needs_fashion
 def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thread):
     """A two-run chain through run_local; the comparison table holds only the chain's last run."""
-    from acdc_bench.compare import compare_table
+    from acdc_bench.compare import compare_table, format_compare_markdown
     from acdc_bench.launch import plan_runs, run_local
     from acdc_bench.results import load_runs
 
@@ -240,6 +240,12 @@ def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thr
     assert chain["budget_calibration_within_tolerance"].notna().all()
     table = compare_table(runs, None)
     assert table.loc[table["method"] == "str", "run_ids"].tolist() == [chain["run_id"].iloc[1]]
+    note = table.loc[table["method"] == "str", "calibration"].iloc[0]
+    within = bool(chain["budget_calibration_within_tolerance"].iloc[1])
+    assert note.startswith("seed 0: lam=") and "run 2 of at most 2" in note
+    assert ("not accepted" in note) == (not within)
+    assert table.loc[table["method"] == "acdc", "calibration"].tolist() == [""]
+    assert "## Budget calibration" in format_compare_markdown(table)
     # A second invocation finds the whole chain finished and trains nothing.
     before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/result.json")}
     run_local(suite, waves, tmp_path, args)

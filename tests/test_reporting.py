@@ -245,6 +245,10 @@ def test_plots_write_png_and_svg(run_root: Path, tmp_path: Path, reference: pd.D
     assert stems == {f"top1_vs_sparsity_{pair}", f"top1_vs_training_flops_{pair}", "trajectories", "acdc_mask_overlap"}
     assert {path.suffix for path in paths} == {".png", ".svg"}
     assert all(path.exists() and path.stat().st_size > 0 for path in paths)
+    # A second export of the same runs writes byte-identical SVGs (no random element ids, no date).
+    svgs = {path.name: path.read_bytes() for path in paths if path.suffix == ".svg"}
+    again = plot_all(load_runs(run_root), reference, tmp_path / "again", SUITE)
+    assert {path.name: path.read_bytes() for path in again if path.suffix == ".svg"} == svgs
 
 
 def test_plots_with_published_points_and_nothing_to_plot(tmp_path: Path, reference: pd.DataFrame):
