@@ -144,7 +144,7 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
     """Boolean mask keeping exactly ``round(density * numel)`` largest-magnitude entries."""
     scores = weight.detach().abs().flatten()
     prune = _prune_count(scores.numel(), density)
-    return _mask_from_scores(scores, prune, magnitudes=True).view_as(weight)
+    return mask_from_scores(scores, prune, magnitudes=True).view_as(weight)
 
 
 #: The selection passes run over 1/8 slices of the scores (at least 2^20 elements): few
@@ -166,8 +166,12 @@ def _count(mask: torch.Tensor) -> int:
     return int(mask.view(torch.uint8).sum(dtype=torch.int32))
 
 
-def _mask_from_scores(scores: torch.Tensor, prune: int, *, magnitudes: bool = False) -> torch.Tensor:
+def mask_from_scores(scores: torch.Tensor, prune: int, *, magnitudes: bool = False) -> torch.Tensor:
     """Keep all but the ``prune`` smallest scores; ties at the threshold are pruned in index order.
+
+    ``~mask_from_scores(scores, k)`` is therefore the set ``torch.sort(scores, stable=True)
+    .indices[:k]`` (``inf`` scores are chosen last): magnitude pruning and RigL's drop/grow
+    selections both use it.
 
     ``magnitudes=True`` says the scores are ``abs()`` values (non-negative): a contiguous
     fp32 tensor of them then takes an exact selection that allocates no full-size
@@ -301,7 +305,7 @@ def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float) -> 
 
     Fills one fp32 buffer with all magnitudes (the only full-size temporary: no
     per-layer copies, no copy or index buffer for the selection) and selects the
-    threshold exactly (:func:`_mask_from_scores`); the masks are views of one bool buffer.
+    threshold exactly (:func:`mask_from_scores`); the masks are views of one bool buffer.
     """
     sizes = [w.numel() for w in weights]
     device = weights[0].device if weights else torch.device("cpu")
@@ -313,7 +317,7 @@ def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float) -> 
         else:
             part.copy_(flat).abs_()  # abs is exact in any float format: same as abs-then-float
     prune = int(round(sparsity * scores.numel()))
-    keep = _mask_from_scores(scores, prune, magnitudes=True)
+    keep = mask_from_scores(scores, prune, magnitudes=True)
     return [m.view_as(w) for m, w in zip(torch.split(keep, sizes), weights)]
 
 

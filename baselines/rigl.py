@@ -17,8 +17,8 @@ Faithful to RECIPES.md and the official code (``google-research/rigl``):
 - the optimizer step is skipped on an update step; per-layer non-zeros never change;
 - ties (equal magnitudes or gradients) are broken by position, lower index first (what a
   stable sort gives, and TF's ``top_k``), so the masks are the same on every rank given
-  the same weights and all-reduced gradients; the k entries are selected in linear time
-  (:func:`smallest_k`), not by sorting;
+  the same weights and all-reduced gradients; the k entries are selected without sorting,
+  by the selection magnitude pruning uses (:func:`acdc_bench.sparsity.mask_from_scores`);
 - ``epochs_multiplier`` (1x, 2x, 5x) scales the number of steps, the lr schedule and
   T_end (through the harness: :func:`acdc_bench.config.run_config`); dT stays fixed.
 
@@ -36,20 +36,7 @@ from typing import ClassVar
 import torch
 
 from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
-from acdc_bench.sparsity import layer_densities
-
-
-def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` smallest entries of the 1-D ``scores``, ties broken by lower index.
-
-    The same set as ``torch.sort(scores, stable=True).indices[:k]`` (``inf`` entries are
-    never chosen while ``k`` finite ones exist), found with one ``kthvalue`` selection and
-    a running count of the entries equal to the k-th value, without a host sync.
-    """
-    threshold = torch.kthvalue(scores, k).values
-    below = scores < threshold
-    tied = scores == threshold
-    return below | (tied & (tied.cumsum(0) <= k - below.sum()))
+from acdc_bench.sparsity import layer_densities, mask_from_scores
 
 
 @dataclass
@@ -163,11 +150,11 @@ class RigL(MaskedMethod):
             old = mask.reshape(-1)
             magnitudes = weight.detach().reshape(-1).abs()
             # Drop: the k active weights of smallest |w| (ties: lower index first).
-            after_drop = old & ~smallest_k(magnitudes.masked_fill(~old, math.inf), k)
+            after_drop = old & mask_from_scores(magnitudes.masked_fill(~old, math.inf), k, magnitudes=True)
             # Grow: the k positions inactive after the drop with largest |grad| (ties: lower index first).
             grow_scores = torch.nan_to_num(grad.detach().reshape(-1).float().abs(), nan=0.0,
                                            posinf=torch.finfo(torch.float32).max)
-            new = after_drop | smallest_k(grow_scores.neg().masked_fill(after_drop, math.inf), k)
+            new = after_drop | ~mask_from_scores(grow_scores.neg().masked_fill(after_drop, math.inf), k)
             new = new.view(weight.shape)
             new_connections = new & ~mask
             removed = mask & ~new

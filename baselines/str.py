@@ -137,7 +137,6 @@ class STR(SparsityMethod):
         super().__init__(config, **kwargs)
         self.s_init, self.lam = config.resolve(self.target_sparsity)
         self.thresholds: list[SoftThreshold] = []
-        self._per_weight: torch.Tensor | None = None
         self._step_nonzeros: torch.Tensor | None = None
         self.finalized = False
 
@@ -206,9 +205,7 @@ class STR(SparsityMethod):
     def step_training_flops(self, step: int) -> torch.Tensor:
         nonzeros = self._step_nonzeros if self._step_nonzeros is not None else self.effective_nonzeros()
         self._step_nonzeros = None
-        if self._per_weight is None or self._per_weight.device != nonzeros.device:
-            self._per_weight = torch.tensor(self.flops.per_weight, dtype=torch.int64, device=nonzeros.device)
-        return 3 * (nonzeros * self._per_weight).sum()
+        return 3 * self.flops.sparse_forward_tensor(nonzeros)
 
     def thresholds_values(self) -> dict[str, float]:
         """Each layer's threshold sigmoid(s) (one host sync; for logging)."""

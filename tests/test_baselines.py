@@ -233,19 +233,21 @@ def test_rigl_initial_masks_are_random_exact_and_seeded():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_rigl_smallest_k_is_the_stable_sort_selection(seed):
-    from baselines.rigl import smallest_k
+@pytest.mark.parametrize("n, magnitudes", [(5000, False), (70_000, True)])
+def test_rigl_selection_is_the_stable_sort_selection(seed, n, magnitudes):
+    """RigL's drop/grow sets: ``~mask_from_scores`` on tie-heavy scores with excluded (inf) entries,
+    on the kthvalue path and on the large non-negative fp32 path, equal the stable sort's first k."""
+    from acdc_bench.sparsity import mask_from_scores
 
     generator = torch.Generator().manual_seed(seed)
-    n = 5000
     scores = torch.randint(0, 20, (n,), generator=generator).float()  # many ties
     scores[torch.rand(n, generator=generator) < 0.4] = math.inf  # excluded entries
-    scores[:7] = -0.0
+    scores[:7] = 0.0 if magnitudes else -0.0
     finite = int(torch.isfinite(scores).sum())
     for k in (1, 2, 17, finite // 2, finite):
         expected = torch.zeros(n, dtype=torch.bool)
         expected[torch.sort(scores, stable=True).indices[:k]] = True
-        chosen = smallest_k(scores, k)
+        chosen = ~mask_from_scores(scores, k, magnitudes=magnitudes)
         assert torch.equal(chosen, expected), k
         assert int(chosen.sum()) == k
 
