@@ -123,9 +123,13 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     observations: list[Observation] = []
     estimate = budget["estimated_training_flops"]
     started_from = None
+
+    def config_at(steps: int, run_options: dict, run_budget: dict) -> dict:
+        return run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
+                          budget=run_budget, train_steps=steps, method_options=run_options)
+
     if warm_start and out is not None and Path(out).is_dir():
-        recipe = run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
-                            train_steps=steps, budget={"mode": "matched"}, method_options=options)
+        recipe = config_at(steps, options, {"mode": "matched"})
         donor = None if (Path(out) / recipe["run_id"]).exists() else _accepted_elsewhere(suite, method, sparsity, seed, out)
         if donor is not None:
             steps, value = donor["train_steps"], donor["budget"]["calibration"]["value"]
@@ -144,8 +148,7 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
         }
         recipe_point = iteration == 0 and started_from is None
         run_options = options if recipe_point else method_cls.with_calibration_value(options, sparsity, value)
-        config = run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
-                            budget=run_budget, train_steps=steps, method_options=run_options)
+        config = config_at(steps, run_options, run_budget)
         result = read_result(Path(out) / config["run_id"]) if out is not None else None
         if result is None:
             return config

@@ -35,6 +35,15 @@ from dataclasses import dataclass
 MAX_LOG_STEP = math.log(3.0)
 
 
+def describe(budget: dict | None, steps: int) -> str:
+    """'budget calibration run i of at most n: S steps, lam=V' for a run of a chain, else ''."""
+    calibration = (budget or {}).get("calibration")
+    if not calibration:
+        return ""
+    return (f"budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
+            f"{steps} steps, {calibration['option']}={calibration['value']:.4g}")
+
+
 @dataclass(frozen=True)
 class Observation:
     """One finished run of the chain: where it ran and what it measured."""

@@ -73,6 +73,7 @@ def _budgeted_config(args, suite: dict, out: Path | None) -> dict:
 
 
 def cmd_run(args) -> int:
+    from acdc_bench.calibrate import describe
     from acdc_bench.train import train
     from acdc_bench.tracking import Tracker
 
@@ -83,15 +84,15 @@ def cmd_run(args) -> int:
         tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
         train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
         following = _budgeted_config(args, suite, out)
-        calibration = following["budget"].get("calibration")
-        if following["run_id"] == config["run_id"] or not calibration:
+        note = describe(following["budget"], following["train_steps"])
+        if following["run_id"] == config["run_id"] or not note:
             return 0
-        print(f"budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
-              f"{following['train_steps']} steps, {calibration['option']}={calibration['value']:.4g}", flush=True)
+        print(note, flush=True)
         config = following
 
 
 def cmd_plan(args) -> int:
+    from acdc_bench.calibrate import describe
     from acdc_bench.plan import plan
 
     suite = _suite(args)
@@ -114,12 +115,11 @@ def cmd_plan(args) -> int:
     if budget.get("mode") == "matched":
         print(f"budget matched to {budget.get('reference')} ({budget.get('reference_training_flops'):.4g} FLOPs, "
               f"{budget.get('reference_source')})")
-    calibration = budget.get("calibration")
-    if calibration:
-        print(f"budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
-              f"{report['train_steps']} steps, {calibration['option']}={calibration['value']:.4g}, "
-              f"estimated {budget['estimated_ratio']:.3f}x the budget"
-              + (f" (Broyden step from run {calibration['previous_run']})" if calibration["previous_run"] else
+    note = describe(budget, report["train_steps"])
+    if note:
+        print(f"{note}, estimated {budget['estimated_ratio']:.3f}x the budget"
+              + (f" (Broyden step from run {budget['calibration']['previous_run']})"
+                 if budget["calibration"]["previous_run"] else
                  " (the suite's recipe; the rows above are the planning ramp, the run measures its own cost)"))
     return 0
 

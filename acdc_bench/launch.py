@@ -62,12 +62,11 @@ def _duration(seconds: float) -> str:
 
 
 def _chain_note(config: dict) -> str:
-    """' (calibration run i of at most n, lam=...)' for a run of a calibration chain, else ''."""
-    calibration = (config.get("budget") or {}).get("calibration")
-    if not calibration:
-        return ""
-    return (f" (budget calibration run {calibration['iteration'] + 1} of at most {calibration['max_runs']}: "
-            f"{config['train_steps']} steps, {calibration['option']}={calibration['value']:.4g})")
+    """' (budget calibration run i of at most n: ...)' for a run of a calibration chain, else ''."""
+    from acdc_bench.calibrate import describe
+
+    note = describe(config.get("budget"), config["train_steps"])
+    return f" ({note})" if note else ""
 
 
 def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
