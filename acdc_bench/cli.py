@@ -1,4 +1,4 @@
-"""The ``acdc-bench`` command line: run, plan, flops (and the reporting commands)."""
+"""The ``acdc-bench`` command line: run, plan, flops, reproduce, compare, leaderboard."""
 
 from __future__ import annotations
 
@@ -26,33 +26,56 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], help="import this module to register a method")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="acdc-bench", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_run_arguments(parser)
+    parser.add_argument("--out", default=None, help="output folder (default: runs/<suite>)")
+    parser.add_argument("--data-root", default=None, help="data folder (else the suite's data_root or $ACDC_BENCH_DATA)")
+    parser.add_argument("--budget", choices=["paper", "matched"], default=None, help="override the suite's budget mode")
+    parser.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE decides online/offline)")
 
-    run = commands.add_parser("run", help="train one run (resumes or reports a run already there)")
-    _add_run_arguments(run)
-    run.add_argument("--out", default=None, help="output folder (default: runs/<suite>)")
-    run.add_argument("--data-root", default=None, help="data folder (else the suite's data_root or $ACDC_BENCH_DATA)")
-    run.add_argument("--budget", choices=["paper", "matched"], default=None, help="override the suite's budget mode")
-    run.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
-    run.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE decides online/offline)")
 
-    plan = commands.add_parser("plan", help="per-epoch phase, lr and sparsity, and the estimated training FLOPs")
-    _add_run_arguments(plan)
-    plan.add_argument("--budget", choices=["paper", "matched"], default=None)
-    plan.add_argument("--out", default=None, help="run folders holding finished budget references (default: runs/<suite>)")
-    plan.add_argument("--json", action="store_true")
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_run_arguments(parser)
+    parser.add_argument("--budget", choices=["paper", "matched"], default=None)
+    parser.add_argument("--out", default=None, help="run folders holding finished budget references (default: runs/<suite>)")
+    parser.add_argument("--json", action="store_true")
 
-    flops = commands.add_parser("flops", help="dense and sparse forward FLOPs of a model per layer")
-    flops.add_argument("--model", default="resnet50")
-    flops.add_argument("--distribution", choices=["global", "uniform", "erk"], default="erk")
-    flops.add_argument("--sparsity", type=float, default=0.8)
-    flops.add_argument("--keep-dense", nargs="*", default=[], help="layer names kept dense (uniform/erk)")
-    flops.add_argument("--checkpoint", default=None, help="a trained model's state dict: measure its real non-zeros")
-    flops.add_argument("--seed", type=int, default=0, help="initialisation seed for --distribution global")
-    flops.add_argument("--json", action="store_true")
-    return parser
+
+def _flops_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--distribution", choices=["global", "uniform", "erk"], default="erk")
+    parser.add_argument("--sparsity", type=float, default=0.8)
+    parser.add_argument("--keep-dense", nargs="*", default=[], help="layer names kept dense (uniform/erk)")
+    parser.add_argument("--checkpoint", default=None, help="a trained model's state dict: measure its real non-zeros")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --distribution global")
+    parser.add_argument("--json", action="store_true")
+
+
+def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_suite_arguments(parser)
+    parser.add_argument("--methods", nargs="+", default=None, help="default: the suite's reproduce.methods")
+    parser.add_argument("--sparsities", nargs="+", type=float, default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--budget", choices=["paper", "matched"], default=None)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", default=None, help="run folders (default: runs/<suite>)")
+    parser.add_argument("--leaderboard-dir", default=None, help="default: leaderboards/ in the working directory")
+    parser.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local")
+    parser.add_argument("--slurm-partition", default=None)
+    parser.add_argument("--gpus-per-node", type=int, default=None)
+    parser.add_argument("--nodes", type=int, default=None)
+    parser.add_argument("--timeout-min", type=int, default=None)
+    parser.add_argument("--plugin", action="append", default=[])
+    parser.add_argument("--wandb", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", default="fashion-mnist")
+    parser.add_argument("--runs", nargs="+", default=None, help="run folders to read (default: runs/<suite>)")
+    parser.add_argument("--out", default=None, help="where to write (default: the run folder / leaderboards/)")
+    parser.add_argument("--reference", default=None, help="published CSV (default: the shipped leaderboards/reference/published.csv)")
 
 
 def _suite(args) -> dict:
@@ -66,16 +89,16 @@ def _suite(args) -> dict:
 
 
 def _budgeted_config(args, suite: dict, out: Path | None) -> dict:
-    from acdc_bench.budget import resolve_budget
+    from acdc_bench.budget.matching import resolve_budget
 
     mode = getattr(args, "budget", None) or suite["budget"]["mode"]
     return resolve_budget(suite, args.method, args.sparsity, args.seed, mode, args.epochs, out)
 
 
 def cmd_run(args) -> int:
-    from acdc_bench.calibrate import describe
-    from acdc_bench.train import train
-    from acdc_bench.tracking import Tracker
+    from acdc_bench.budget.calibrate import describe
+    from acdc_bench.run.loop import train
+    from acdc_bench.run.tracking import Tracker
 
     suite = _suite(args)
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
@@ -92,8 +115,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from acdc_bench.calibrate import describe
-    from acdc_bench.plan import plan
+    from acdc_bench.budget.calibrate import describe
+    from acdc_bench.budget.plan import plan
 
     suite = _suite(args)
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
@@ -126,7 +149,7 @@ def cmd_plan(args) -> int:
 
 def _plan_all(args, suite: dict, out: Path) -> int:
     """One line per method of the suite's reproduction: run length and estimated cost under the budget."""
-    from acdc_bench.plan import plan
+    from acdc_bench.budget.plan import plan
 
     reports = []
     for method in suite["reproduce"].get("methods") or ["dense", "acdc"]:
@@ -155,10 +178,10 @@ def _plan_all(args, suite: dict, out: Path) -> int:
 def cmd_flops(args) -> int:
     import torch
 
-    from acdc_bench.flops import inference_report, measure_layer_flops
-    from acdc_bench.io import load_checkpoint
+    from acdc_bench.core.flops import inference_report, measure_layer_flops
+    from acdc_bench.core.io import load_checkpoint
     from acdc_bench.models import build_model, model_spec
-    from acdc_bench.sparsity import global_magnitude_masks, layer_densities, prunable_layers, weight_sparsity
+    from acdc_bench.core.sparsity import global_magnitude_masks, layer_densities, prunable_layers, weight_sparsity
 
     torch.manual_seed(args.seed)
     model = build_model(args.model)
@@ -189,17 +212,102 @@ def cmd_flops(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "flops": cmd_flops}
+def _suite_name(suite: str) -> str:
+    from acdc_bench.config import load_suite
+
+    return load_suite(suite)["suite"]
+
+
+def _load(args, suite_name: str):
+    from acdc_bench.report.results import load_reference, load_runs
+
+    roots = args.runs or [Path("runs") / suite_name]
+    runs = load_runs(*roots)
+    if not runs.empty and "suite" in runs:
+        runs = runs[runs["suite"].isna() | (runs["suite"] == suite_name)]
+    return runs, load_reference(args.reference)
+
+
+def report(suite_name: str, runs, reference, compare_dir: Path, leaderboard_dir: Path) -> None:
+    """Print the comparison, write it, export the leaderboard and the plots."""
+    from acdc_bench.report.compare import compare_table, format_compare, write_compare
+    from acdc_bench.report.leaderboard import build_leaderboard, export_leaderboard
+    from acdc_bench.report.plots import plot_all
+
+    table = compare_table(runs, reference, suite=suite_name)
+    print(format_compare(table))
+    written = write_compare(table, compare_dir)
+    written += export_leaderboard(build_leaderboard(runs, reference, suite_name), leaderboard_dir / f"{suite_name}.csv")
+    written += plot_all(runs, reference, leaderboard_dir / "plots" / suite_name, suite_name)
+    unfinished = runs[runs["status"] != "finished"] if not runs.empty else runs
+    for _, row in unfinished.iterrows():
+        print(f"note: {row['run_dir']} is {row['status']}{': ' + str(row['error']) if row.get('error') else ''}")
+    print("wrote: " + ", ".join(str(p) for p in written))
+
+
+def cmd_compare(args) -> int:
+    from acdc_bench.report.compare import compare_table, format_compare, write_compare
+
+    suite_name = _suite_name(args.suite)
+    runs, reference = _load(args, suite_name)
+    table = compare_table(runs, reference, suite=suite_name)
+    print(format_compare(table))
+    out = Path(args.out) if args.out else Path(args.runs[0] if args.runs else Path("runs") / suite_name)
+    print("wrote: " + ", ".join(str(p) for p in write_compare(table, out)))
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    suite_name = _suite_name(args.suite)
+    runs, reference = _load(args, suite_name)
+    out = Path(args.out) if args.out else Path("leaderboards")
+    compare_dir = Path(args.runs[0]) if args.runs else Path("runs") / suite_name
+    report(suite_name, runs, reference, compare_dir, out)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from acdc_bench.run.launch import plan_runs, run_all
+    from acdc_bench.report.results import load_reference, load_runs
+
+    suite = _suite(args)
+    out = Path(args.out) if args.out else Path("runs") / suite["suite"]
+    runs = plan_runs(
+        suite,
+        methods=args.methods,
+        sparsities=args.sparsities,
+        seeds=args.seeds,
+        budget=args.budget,
+    )
+    run_all(suite, runs, out, args)
+    leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
+    report(suite["suite"], load_runs(out), load_reference(), out, leaderboard_dir)
+    return 0
+
+
+#: The subcommands: name -> (handler, its arguments, help).
+COMMANDS = {
+    "run": (cmd_run, _run_arguments, "train one run (resumes or reports a run already there)"),
+    "plan": (cmd_plan, _plan_arguments, "per-epoch phase, lr and sparsity, and the estimated training FLOPs"),
+    "flops": (cmd_flops, _flops_arguments, "dense and sparse forward FLOPs of a model per layer"),
+    "reproduce": (cmd_reproduce, _reproduce_arguments, "run a whole suite, then compare, export and plot"),
+    "compare": (cmd_compare, _report_arguments, "per-sparsity table of every method against AC/DC and the published numbers"),
+    "leaderboard": (cmd_leaderboard, _report_arguments, "export leaderboards/<suite>.csv (+ .md) and the plots"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="acdc-bench", description=__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for name, (_, add_arguments, text) in COMMANDS.items():
+        add_arguments(subcommands.add_parser(name, help=text))
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from acdc_bench import reporting_cli
-
-    parser = build_parser()
-    reporting_cli.add_commands(parser, COMMANDS)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][0](args)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"acdc-bench {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ LR_SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 BUDGET_MODES = ("paper", "matched")
 BUDGET_KEYS = {"mode", "reference", "calibration"}
-#: Matched budgets of emergent-cost methods (STR, see acdc_bench.calibrate): at most ``max_runs``
+#: Matched budgets of emergent-cost methods (STR, see acdc_bench.budget.calibrate): at most ``max_runs``
 #: runs per cell; a run is accepted when its sparsity is within ``sparsity_tolerance`` of the target
 #: (and its training FLOPs within plan.MATCH_TOLERANCE of the budget). 0.5 pp rather than the 2 pp
 #: an STR run is usually allowed: at a 95% target, 2 pp under is 40% more non-zeros than the target.

@@ -5,12 +5,12 @@
                                    [--methods dense acdc ...] [--sparsity 0.9] [--json PATH]
 
 Every registered method (``acdc_bench.methods.method_names()``: the built-ins, the
-baselines and any plugin) is set up exactly as :func:`acdc_bench.train.train` sets it up
+baselines and any plugin) is set up exactly as :func:`acdc_bench.run.loop.train` sets it up
 for the ``imagenet-resnet50`` suite (its method options, schedule and optimizer), then
-steps are timed through :func:`acdc_bench.train.train_step`, the function the training
+steps are timed through :func:`acdc_bench.run.loop.train_step`, the function the training
 loop calls: ``on_step_start``, forward and loss under autocast, backward,
 ``before_optimizer_step``, the optimizer step, ``after_optimizer_step``, the method's
-``step_training_flops`` into a :class:`~acdc_bench.flops.TrainingFlopMeter`, and the
+``step_training_flops`` into a :class:`~acdc_bench.core.flops.TrainingFlopMeter`, and the
 loop's on-device loss/accuracy accumulation. Inputs are synthetic tensors already on
 the device (no data loading), one GPU, no DDP.
 
@@ -99,10 +99,10 @@ class Bench:
 
     def __init__(self, scenario: Scenario, args, device: torch.device):
         from acdc_bench.config import load_suite, run_config
-        from acdc_bench.flops import TrainingFlopMeter, measure_layer_flops
+        from acdc_bench.core.flops import TrainingFlopMeter, measure_layer_flops
         from acdc_bench.methods import get_method, make_config
         from acdc_bench.models import build_model
-        from acdc_bench.sparsity import prunable_layers
+        from acdc_bench.core.sparsity import prunable_layers
 
         suite = load_suite(SUITE)
         self.config = run_config(suite, scenario.method, args.sparsity, seed=0)
@@ -174,7 +174,7 @@ class Bench:
 
     # ------------------------------------------------------------------ stepping and timing
     def run(self, steps: list[int]) -> None:
-        from acdc_bench.train import train_step
+        from acdc_bench.run.loop import train_step
 
         for step in steps:
             loss, outputs = train_step(self.train_model, self.method, self.optimizer, self.scaler, self.criterion,
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from acdc_bench.methods import method_names
-    from acdc_bench.train import configure_cuda, versions
+    from acdc_bench.run.loop import configure_cuda, versions
 
     args = build_parser().parse_args(argv)
     smoke = args.smoke

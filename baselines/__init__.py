@@ -1,8 +1,7 @@
-"""The baselines AC/DC is compared against, each one module written against the public method interface.
+"""The baselines AC/DC is compared against, each one module written against the public method
+interface (``acdc_bench.methods``): ``gmp`` (gradual magnitude pruning), ``rigl`` (RigL),
+``str`` (soft threshold reparameterization).
 
-Importing this package registers ``gmp`` (gradual magnitude pruning), ``rigl`` (RigL)
-and ``str`` (soft threshold reparameterization).
+Installed as ``acdc_bench.baselines`` (``package-dir`` in ``pyproject.toml``); the registry
+imports each module by that name when a method is first looked up.
 """
-
-from baselines import gmp, rigl  # noqa: F401  (registration side effects)
-from baselines import str as soft_threshold  # noqa: F401

@@ -18,7 +18,7 @@ Faithful to RECIPES.md and the official code (``google-research/rigl``):
 - ties (equal magnitudes or gradients) are broken by position, lower index first (what a
   stable sort gives, and TF's ``top_k``), so the masks are the same on every rank given
   the same weights and all-reduced gradients; the k entries are selected without sorting,
-  by the selection magnitude pruning uses (:func:`acdc_bench.sparsity.mask_from_scores`);
+  by the selection magnitude pruning uses (:func:`acdc_bench.core.sparsity.mask_from_scores`);
 - ``epochs_multiplier`` (1x, 2x, 5x) scales the number of steps, the lr schedule and
   T_end (through the harness: :func:`acdc_bench.config.run_config`); dT stays fixed.
 
@@ -36,7 +36,7 @@ from typing import ClassVar
 import torch
 
 from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
-from acdc_bench.sparsity import layer_densities, mask_from_scores
+from acdc_bench.core.sparsity import layer_densities, mask_from_scores
 
 
 @dataclass

@@ -25,7 +25,7 @@ the weights that step's forward pass used.
 
 Matched budgets: STR's cost and final sparsity both emerge from the run length and
 ``lam``, so a matched STR run calibrates the two together by running
-(``calibration_option = "lam"``, :mod:`acdc_bench.calibrate`).
+(``calibration_option = "lam"``, :mod:`acdc_bench.budget.calibrate`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class StrConfig:
     decay_all: bool = True
     #: Planning estimate: density assumed to fall linearly from 1 to 1 - target between these fractions of the run.
     plan_ramp: list = dataclasses.field(default_factory=lambda: [0.0, 1.0])
-    #: Matched budgets (acdc_bench.calibrate): initial guess of the Jacobian of (log training FLOPs,
+    #: Matched budgets (acdc_bench.budget.calibrate): initial guess of the Jacobian of (log training FLOPs,
     #: logit final sparsity) with respect to (log steps, log lam). Default: measured on Fashion-MNIST
     #: LeNet-300-100 at the 90% target by finite differences of full runs (20 -> 40 epochs at
     #: lam 4e-3: sparsity 0.894 -> 0.946, FLOPs x1.13; lam 4e-3 -> 2e-3 at 40 epochs: sparsity
@@ -130,7 +130,7 @@ class STR(SparsityMethod):
     """Soft threshold reparameterization with one learnable threshold per prunable layer."""
 
     Config: ClassVar[type] = StrConfig
-    #: Under a matched budget the run length and lam are calibrated together (acdc_bench.calibrate).
+    #: Under a matched budget the run length and lam are calibrated together (acdc_bench.budget.calibrate).
     calibration_option: ClassVar[str] = "lam"
 
     def __init__(self, config, **kwargs):

@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: workloads, one training step through the loop's hooks, results.
 
-Every step benchmark runs exactly what :func:`acdc_bench.train.train` runs per step, in
+Every step benchmark runs exactly what :func:`acdc_bench.run.loop.train` runs per step, in
 the same order::
 
     method.on_step_start(step)
@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from acdc_bench.config import load_suite
-from acdc_bench.flops import LayerFlops, TrainingFlopMeter, measure_layer_flops
+from acdc_bench.core.flops import LayerFlops, TrainingFlopMeter, measure_layer_flops
 from acdc_bench.methods import get_method, make_config, method_names
 from acdc_bench.models import build_model
-from acdc_bench.sparsity import prunable_layers
+from acdc_bench.core.sparsity import prunable_layers
 
 SHORT = os.environ.get("ACDC_BENCH_SHORT", "") not in ("", "0")
 SPARSITY = 0.9

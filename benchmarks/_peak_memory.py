@@ -61,7 +61,7 @@ def full_size_allocations(fn, n: int, inputs) -> list[int]:
 
 def main(argv: list[str]) -> None:
     from acdc_bench.models import build_model
-    from acdc_bench.sparsity import global_magnitude_masks, prunable_layers
+    from acdc_bench.core.sparsity import global_magnitude_masks, prunable_layers
 
     what = argv[0]
     sparsity = float(argv[1]) if len(argv) > 1 else 0.9

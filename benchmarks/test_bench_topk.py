@@ -20,7 +20,7 @@ import torch
 
 from _harness import SHORT, SPARSITY, record
 from acdc_bench.models import build_model
-from acdc_bench.sparsity import global_magnitude_masks, prunable_layers
+from acdc_bench.core.sparsity import global_magnitude_masks, prunable_layers
 
 ROUNDS = 1 if SHORT else 5
 HERE = Path(__file__).resolve().parent

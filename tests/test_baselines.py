@@ -1,6 +1,6 @@
 """The baselines (GMP, RigL, STR) pinned against hand-computed values, plus harness smoke runs.
 
-Each method is driven through the same hook order as :func:`acdc_bench.train.train`
+Each method is driven through the same hook order as :func:`acdc_bench.run.loop.train`
 (``on_step_start``, forward, backward, ``before_optimizer_step`` -> maybe step,
 ``after_optimizer_step``, ``step_training_flops``) on tiny models, and once through
 the real loop on a Fashion-MNIST subset.
@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from acdc_bench.config import load_suite, run_config
-from acdc_bench.flops import measure_layer_flops, rigl_training_flops_per_example
+from acdc_bench.core.flops import measure_layer_flops, rigl_training_flops_per_example
 from acdc_bench.methods import get_method, make_config
-from acdc_bench.sparsity import global_magnitude_masks, prunable_layers, weight_sparsity
-from baselines.gmp import GMP, cubic_sparsity
-from baselines.rigl import RigL, cosine_drop_fraction
-from baselines.str import STR, SoftThreshold, soft_threshold
+from acdc_bench.core.sparsity import global_magnitude_masks, prunable_layers, weight_sparsity
+from acdc_bench.baselines.gmp import GMP, cubic_sparsity
+from acdc_bench.baselines.rigl import RigL, cosine_drop_fraction
+from acdc_bench.baselines.str import STR, SoftThreshold, soft_threshold
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(
@@ -237,7 +237,7 @@ def test_rigl_initial_masks_are_random_exact_and_seeded():
 def test_rigl_selection_is_the_stable_sort_selection(seed, n, magnitudes):
     """RigL's drop/grow sets: ``~mask_from_scores`` on tie-heavy scores with excluded (inf) entries,
     on the kthvalue path and on the large non-negative fp32 path, equal the stable sort's first k."""
-    from acdc_bench.sparsity import mask_from_scores
+    from acdc_bench.core.sparsity import mask_from_scores
 
     generator = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, 20, (n,), generator=generator).float()  # many ties
@@ -413,7 +413,7 @@ def test_rigl_state_dict_round_trip():
     ({"distribution": "erk"}, 5, 2.09, 0.03),
 ])
 def test_rigl_resnet50_plan_matches_published_training_cost(options, multiplier, expected, tolerance):
-    from acdc_bench.plan import plan
+    from acdc_bench.budget.plan import plan
 
     suite = load_suite("imagenet-resnet50")
     suite["methods"] = dict(suite["methods"], rigl=dict(options, update_interval=100, epochs_multiplier=multiplier))
@@ -550,7 +550,7 @@ def fashion_config(method: str, sparsity: float, options: dict | None = None, ep
     ("str", {"s_init": -5.0, "lam": 5e-4}, None),
 ])
 def test_training_loop_smoke(tmp_path, method, options, tolerance):
-    from acdc_bench.train import train
+    from acdc_bench.run.loop import train
 
     config = fashion_config(method, 0.9, options)
     result = train(config, tmp_path, progress=False, log=lambda *a: None)
@@ -569,7 +569,7 @@ def test_training_loop_smoke(tmp_path, method, options, tolerance):
 
 @needs_fashion
 def test_str_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
-    from acdc_bench.train import train
+    from acdc_bench.run.loop import train
 
     config = fashion_config("str", 0.9, {"s_init": -3.0, "lam": 5e-4}, epochs=2, subset=512)
     straight = train(config, tmp_path / "straight", progress=False, log=lambda *a: None)
@@ -598,7 +598,7 @@ from dataclasses import dataclass
 import torch
 
 from acdc_bench.methods import SparsityMethod, register_method
-from acdc_bench.sparsity import MaskSet
+from acdc_bench.core.sparsity import MaskSet
 
 
 @dataclass

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from acdc_bench.budget import resolve_budget
-from acdc_bench.calibrate import MAX_LOG_STEP, Observation, broyden_jacobian, next_point, residual
+from acdc_bench.budget.matching import resolve_budget
+from acdc_bench.budget.calibrate import MAX_LOG_STEP, Observation, broyden_jacobian, next_point, residual
 from acdc_bench.config import ConfigError, load_suite, run_config
 from acdc_bench.methods import get_method, make_config
-from acdc_bench.results import drop_superseded
+from acdc_bench.report.results import drop_superseded
 
 from helpers import SHORT, needs_fashion
 
@@ -205,7 +205,7 @@ def test_drop_superseded_keeps_the_last_run_of_each_chain():
 @needs_fashion
 def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_thread):
     """GMP and RigL through the real loop: the solved length spends the AC/DC run's measured FLOPs."""
-    from acdc_bench.train import train
+    from acdc_bench.run.loop import train
 
     suite = load_suite("fashion-mnist", SHORT + ["methods.rigl.update_interval=2"])
     quiet = dict(progress=False, log=lambda *a: None)
@@ -224,9 +224,9 @@ def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_t
 @needs_fashion
 def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thread):
     """A two-run chain through run_local; the comparison table holds only the chain's last run."""
-    from acdc_bench.compare import compare_table, format_compare_markdown
-    from acdc_bench.launch import plan_runs, run_local
-    from acdc_bench.results import load_runs
+    from acdc_bench.report.compare import compare_table, format_compare_markdown
+    from acdc_bench.run.launch import plan_runs, run_local
+    from acdc_bench.report.results import load_runs
 
     suite = load_suite("fashion-mnist", SHORT + ["budget.calibration.max_runs=2"])
     waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9])
@@ -284,7 +284,7 @@ class InlineExecutor:
 
 @needs_fashion
 def test_cluster_launcher_runs_the_str_chain_wave_by_wave(tmp_path, one_thread, monkeypatch):
-    from acdc_bench import launch
+    from acdc_bench.run import launch
 
     suite = load_suite("fashion-mnist", SHORT + ["budget.calibration.max_runs=2"])
     waves = launch.plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9])
@@ -296,7 +296,7 @@ def test_cluster_launcher_runs_the_str_chain_wave_by_wave(tmp_path, one_thread, 
 
 
 def test_cluster_launcher_stops_when_a_job_writes_no_result(tmp_path, monkeypatch):
-    from acdc_bench import launch
+    from acdc_bench.run import launch
 
     suite = load_suite("fashion-mnist", SHORT)
     monkeypatch.setattr(launch, "_executor", lambda *a: InlineExecutor(run=False))

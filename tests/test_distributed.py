@@ -1,7 +1,7 @@
 """Data-parallel training: ``torchrun --nproc-per-node 2`` runs one run on two processes with DDP (gloo).
 
 Checks: every rank holds the same weights and masks at the end of every epoch (through the
-``ACDC_BENCH_DUMP_RANK_STATE`` debug hook of ``acdc_bench.train``); only rank 0 writes; the
+``ACDC_BENCH_DUMP_RANK_STATE`` debug hook of ``acdc_bench.run.loop``); only rank 0 writes; the
 sharded evaluation counts every test example once; the FLOP meter counts the real examples
 of each global step (an odd ``train_subset`` makes the last step carry one padded example);
 the result agrees with the one-process run; a SIGKILLed DDP run resumes from its checkpoint
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from acdc_bench.io import load_checkpoint
+from acdc_bench.core.io import load_checkpoint
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = [

@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from acdc_bench.acdc import PRESETS, acdc_phases
+from acdc_bench.methods.acdc import PRESETS, acdc_phases
 from acdc_bench.cli import main
 from acdc_bench.config import load_suite, lr_at_epoch, run_config
-from acdc_bench.flops import TrainingFlopMeter, measure_layer_flops, rigl_training_flops_per_example
+from acdc_bench.core.flops import TrainingFlopMeter, measure_layer_flops, rigl_training_flops_per_example
 from acdc_bench.models import build_model
-from acdc_bench.plan import plan
-from acdc_bench.sparsity import prunable_layers
+from acdc_bench.budget.plan import plan
+from acdc_bench.core.sparsity import prunable_layers
 
 
 def flops_json(capsys, *args):

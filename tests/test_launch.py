@@ -8,8 +8,9 @@ import pytest
 
 from acdc_bench.cli import main
 from acdc_bench.config import load_suite, run_config
-from acdc_bench.launch import RunJob, RunSpec, plan_runs
-from acdc_bench.methods import Dense, _REGISTRY
+from acdc_bench.run.launch import RunJob, RunSpec, plan_runs
+from acdc_bench.methods.dense import Dense
+from acdc_bench.methods.registry import _REGISTRY
 
 from helpers import SHORT, needs_fashion
 
@@ -68,7 +69,7 @@ class _Preempted(Exception):
 
 @needs_fashion
 def test_requeued_job_resumes_from_the_run_folders_checkpoint(tmp_path, capsys, one_thread):
-    from acdc_bench.train import train
+    from acdc_bench.run.loop import train
 
     config = run_config(load_suite("fashion-mnist", SHORT), "acdc", 0.9)
 

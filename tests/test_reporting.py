@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from acdc_bench.compare import compare_table, format_compare, match_published, write_compare
-from acdc_bench.leaderboard import (
+from acdc_bench.report.compare import compare_table, format_compare, match_published, write_compare
+from acdc_bench.report.leaderboard import (
     LEADERBOARD_COLUMNS, build_leaderboard, export_leaderboard, read_leaderboard, validate_leaderboard,
 )
-from acdc_bench.plots import plot_all
-from acdc_bench.results import REFERENCE_STATUSES, load_metrics, load_reference, load_runs
-from acdc_bench import tracking
-from acdc_bench.tracking import Tracker
+from acdc_bench.report.plots import plot_all
+from acdc_bench.report.results import REFERENCE_STATUSES, load_metrics, load_reference, load_runs
+from acdc_bench.run import tracking
+from acdc_bench.run.tracking import Tracker
 
 SUITE = "smoke"
 EPOCHS = 6
@@ -293,7 +293,7 @@ def test_tracker_defaults_to_offline_when_wandb_mode_unset(tmp_path: Path, monke
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    with caplog.at_level("INFO", logger="acdc_bench.tracking"), Tracker(enabled=True) as tracker:
+    with caplog.at_level("INFO", logger="acdc_bench.run.tracking"), Tracker(enabled=True) as tracker:
         tracker.start(tmp_path / "run", {"method": "acdc"}, name="unset-mode")
         assert tracker.active
     assert "WANDB_MODE is unset" in caplog.text

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from acdc_bench.models import build_model
-from acdc_bench.sparsity import (
+from acdc_bench.core.sparsity import (
     MaskSet,
     erk_densities,
     global_magnitude_masks,

@@ -1,7 +1,7 @@
 """The magnitude top-k: exactly the masks of one ``torch.kthvalue``, with one full-size temporary.
 
 ``reference_masks`` is the straightforward implementation (concatenate the magnitudes,
-one ``kthvalue``, ties pruned in index order); the selection in ``acdc_bench.sparsity``
+one ``kthvalue``, ties pruned in index order); the selection in ``acdc_bench.core.sparsity``
 must give the same masks bit for bit, on every path (sample bracket, radix fallback,
 NaN fallback, small tensors), while allocating one full-size fp32 buffer at most.
 """
@@ -18,8 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from acdc_bench import sparsity
-from acdc_bench.sparsity import MaskSet, global_magnitude_masks, magnitude_mask, prunable_layers
+from acdc_bench.core import sparsity
+from acdc_bench.core.sparsity import MaskSet, global_magnitude_masks, magnitude_mask, prunable_layers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_global_masks_allocate_one_full_size_fp32_buffer():
 def test_global_masks_peak_memory_is_one_buffer_beyond_the_masks():
     script = textwrap.dedent("""
         import json, re, torch
-        from acdc_bench.sparsity import global_magnitude_masks
+        from acdc_bench.core.sparsity import global_magnitude_masks
         def status(field):
             return int(re.search(field + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
         g = torch.Generator().manual_seed(0)

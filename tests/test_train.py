@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from acdc_bench.acdc import ACDC
+from acdc_bench.methods.acdc import ACDC
 from acdc_bench.cli import main
 from acdc_bench.config import load_suite, run_config
-from acdc_bench.flops import measure_layer_flops
-from acdc_bench.io import load_checkpoint
+from acdc_bench.core.flops import measure_layer_flops
+from acdc_bench.core.io import load_checkpoint
 from acdc_bench.methods import make_config
-from acdc_bench.sparsity import prunable_layers
-from acdc_bench.train import train
+from acdc_bench.core.sparsity import prunable_layers
+from acdc_bench.run.loop import train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),

@@ -18,8 +18,8 @@ from torch import nn
 from acdc_bench import __version__
 from acdc_bench.config import dump_yaml, lr_at_epoch
 from acdc_bench.data import epoch_seed, load_data
-from acdc_bench.flops import TrainingFlopMeter, measure_layer_flops
-from acdc_bench.io import (
+from acdc_bench.core.flops import TrainingFlopMeter, measure_layer_flops
+from acdc_bench.core.io import (
     atomic_torch_save,
     atomic_write_csv,
     atomic_write_json,
@@ -28,7 +28,7 @@ from acdc_bench.io import (
 )
 from acdc_bench.methods import get_method, load_plugins, make_config
 from acdc_bench.models import build_model
-from acdc_bench.sparsity import prunable_layers, weight_sparsity
+from acdc_bench.core.sparsity import prunable_layers, weight_sparsity
 
 METRIC_COLUMNS = [
     "epoch", "phase", "lr", "train_loss", "train_top1", "test_loss", "top1",

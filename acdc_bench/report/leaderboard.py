@@ -46,8 +46,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from acdc_bench.compare import compare_table, display_name, name_key
-from acdc_bench.io import atomic_write_text
+from acdc_bench.report.compare import compare_table, display_name, name_key
+from acdc_bench.core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method, zero_momentum
-from acdc_bench.sparsity import mask_overlap
+from acdc_bench.methods.base import MaskedConfig, MaskedMethod, zero_momentum
+from acdc_bench.methods.registry import register_method
+from acdc_bench.core.sparsity import mask_overlap
 
 #: Official schedules: (epochs, warm-up, phase length, final dense, final sparse).
 PRESETS: dict[str, dict[str, int]] = {

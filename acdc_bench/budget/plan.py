@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 from acdc_bench.config import lr_at_epoch
-from acdc_bench.flops import measure_layer_flops
+from acdc_bench.core.flops import measure_layer_flops
 from acdc_bench.methods import get_method, make_config
 from acdc_bench.models import build_model, model_spec
-from acdc_bench.sparsity import prunable_layers
+from acdc_bench.core.sparsity import prunable_layers
 
 #: Training-set sizes of the shipped datasets (examples per epoch).
 TRAIN_SIZES = {"fashion-mnist": 60_000, "cifar100": 50_000, "imagenet": 1_281_167}

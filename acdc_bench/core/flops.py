@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from acdc_bench.sparsity import PrunableLayer
+from acdc_bench.core.sparsity import PrunableLayer
 
 
 @dataclass(frozen=True)

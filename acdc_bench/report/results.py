@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ REFERENCE_NUMERIC_COLUMNS = [
     "inference_flops_mult", "epochs",
 ]
 REFERENCE_STATUSES = ("verified", "reported", "unverified")
-DEFAULT_REFERENCE_PATH = Path(__file__).resolve().parents[1] / "leaderboards" / "reference" / "published.csv"
+#: The published numbers ship inside the package (``leaderboards/reference/`` installed as
+#: ``acdc_bench.reference``), so they are found after a non-editable install too.
+DEFAULT_REFERENCE_PATH = Path(str(resources.files("acdc_bench.reference").joinpath("published.csv")))
 
 # Config keys copied into the row of a run that has no usable result.json.
 _CONFIG_FIELDS = {
@@ -271,7 +274,7 @@ def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` without the budget-calibration runs a later run of the same chain replaced.
 
     A matched STR cell is a chain of runs (``budget_calibration_iteration`` 0, 1, ...;
-    see :mod:`acdc_bench.calibrate`); the tables and plots use its last finished run.
+    see :mod:`acdc_bench.budget.calibrate`); the tables and plots use its last finished run.
     Runs outside a chain, and unfinished runs, are kept.
     """
     column = "budget_calibration_iteration"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from acdc_bench.io import atomic_write_text
-from acdc_bench.results import drop_superseded
+from acdc_bench.core.io import atomic_write_text
+from acdc_bench.report.results import drop_superseded
 
 log = logging.getLogger(__name__)
 

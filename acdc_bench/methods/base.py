@@ -1,4 +1,4 @@
-"""The public method interface, the method registry, and the dense and masked base methods.
+"""The method contract: :class:`SparsityMethod` (every hook the loop calls) and :class:`MaskedMethod`.
 
 A sparse-training method is a small class with hooks the training loop calls:
 
@@ -22,16 +22,14 @@ same way (imported through a suite's ``plugins`` list, ``--plugin``, or the
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from acdc_bench.flops import LayerFlops
-from acdc_bench.sparsity import (
+from acdc_bench.core.flops import LayerFlops
+from acdc_bench.core.sparsity import (
     DISTRIBUTIONS,
     MaskSet,
     PrunableLayer,
@@ -40,74 +38,6 @@ from acdc_bench.sparsity import (
     layer_densities,
     magnitude_mask,
 )
-
-_REGISTRY: dict[str, type["SparsityMethod"]] = {}
-_ENTRY_POINTS_LOADED = False
-
-
-def register_method(name: str):
-    """Class decorator: make a :class:`SparsityMethod` available under ``name`` in configs."""
-
-    def decorator(cls: type[SparsityMethod]) -> type[SparsityMethod]:
-        if not (isinstance(cls, type) and issubclass(cls, SparsityMethod)):
-            raise TypeError(f"@register_method('{name}') needs a SparsityMethod subclass, got {cls!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"method name '{name}' is already registered by {existing.__module__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def load_plugins(modules: Sequence[str] = ()) -> None:
-    """Import the built-in baselines, entry-point plugins and ``modules`` so they register."""
-    global _ENTRY_POINTS_LOADED
-    importlib.import_module("acdc_bench.acdc")
-    try:
-        importlib.import_module("baselines")
-    except ModuleNotFoundError:
-        pass
-    if not _ENTRY_POINTS_LOADED:
-        for entry in entry_points(group="acdc_bench.methods"):
-            entry.load()
-        _ENTRY_POINTS_LOADED = True
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ValueError(f"plugin module '{module}' could not be imported: {error}") from error
-
-
-def method_names() -> list[str]:
-    load_plugins()
-    return sorted(_REGISTRY)
-
-
-def get_method(name: str) -> type["SparsityMethod"]:
-    load_plugins()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method '{name}'; allowed: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def make_config(method_cls: type["SparsityMethod"], values: dict | None, where: str = "") -> Any:
-    """Build ``method_cls.Config`` from a dict; unknown keys are an error naming the allowed ones."""
-    values = dict(values or {})
-    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(
-            f"{where}unknown key(s) {unknown} for method '{method_cls.name}'; "
-            f"allowed: {', '.join(sorted(fields)) or '(none)'}"
-        )
-    config = method_cls.Config(**values)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
-
 
 @dataclass
 class NoConfig:
@@ -121,7 +51,7 @@ class SparsityMethod:
     Config: ClassVar[type] = NoConfig
     #: Methods whose cost and final sparsity emerge from training (STR) name the float option that
     #: sets how sparse a run ends (larger = sparser; STR: ``lam``). Under a matched budget the run
-    #: length and this option are then calibrated together by running (:mod:`acdc_bench.calibrate`),
+    #: length and this option are then calibrated together by running (:mod:`acdc_bench.budget.calibrate`),
     #: starting from the Jacobian guess ``calibration_jacobian(config)``. None (GMP, RigL, AC/DC):
     #: the planner's estimate from ``planned_densities`` is exact enough to solve the length alone.
     calibration_option: ClassVar[str | None] = None
@@ -218,14 +148,6 @@ class SparsityMethod:
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-@register_method("dense")
-class Dense(SparsityMethod):
-    """Dense training: no masks; the reference for every FLOP multiplier."""
-
-    def dense_pair_epoch(self) -> int | None:
-        return self.epochs - 1
 
 
 @dataclass

@@ -4,7 +4,7 @@ Runs are ordered so that every budget reference (AC/DC by default) and the dense
 baseline finish before the runs whose budget is matched to them. Each run is its
 own folder; a finished run is skipped and an interrupted one resumes, whether it
 runs here or in a (requeued) cluster job. A matched run of an emergent-cost method
-(STR) is a calibration chain (:mod:`acdc_bench.calibrate`): once a run of the chain
+(STR) is a calibration chain (:mod:`acdc_bench.budget.calibrate`): once a run of the chain
 finishes, the spec is resolved again and the chain's next run follows, until the
 chain is accepted or has run ``budget.calibration.max_runs`` runs.
 """
@@ -51,7 +51,7 @@ def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=Non
 
 
 def _config(suite: dict, spec: RunSpec, out: Path) -> dict:
-    from acdc_bench.budget import resolve_budget
+    from acdc_bench.budget.matching import resolve_budget
 
     return resolve_budget(suite, spec.method, spec.sparsity, spec.seed, spec.budget, None, out)
 
@@ -63,7 +63,7 @@ def _duration(seconds: float) -> str:
 
 def _chain_note(config: dict) -> str:
     """' (budget calibration run i of at most n: ...)' for a run of a calibration chain, else ''."""
-    from acdc_bench.calibrate import describe
+    from acdc_bench.budget.calibrate import describe
 
     note = describe(config.get("budget"), config["train_steps"])
     return f" ({note})" if note else ""
@@ -80,7 +80,7 @@ def _steps(config: dict) -> int | None:
     """Optimizer steps of a run (None for a dataset whose size the planner does not know)."""
     import math
 
-    from acdc_bench.plan import train_size
+    from acdc_bench.budget.plan import train_size
 
     if config.get("train_steps"):
         return int(config["train_steps"])
@@ -96,8 +96,8 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
     The estimate is the time per optimizer step so far times the steps still to train, from
     each run's planned length (a calibration chain's later runs are not known in advance).
     """
-    from acdc_bench.tracking import Tracker
-    from acdc_bench.train import read_result, train
+    from acdc_bench.run.tracking import Tracker
+    from acdc_bench.run.loop import read_result, train
 
     specs = [spec for wave in waves for spec in wave]
     planned = [_config(suite, spec, out) for spec in specs]
@@ -138,7 +138,7 @@ class RunJob:
     def __call__(self) -> dict:
         import os
 
-        from acdc_bench.train import train
+        from acdc_bench.run.loop import train
 
         if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
             import submitit
@@ -196,7 +196,7 @@ def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
 def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], out: Path, args,
                      submitted: set) -> list[RunSpec]:
     """Submit the wave's unfinished runs and wait for them; returns the specs that ran (to resolve again)."""
-    from acdc_bench.train import read_result
+    from acdc_bench.run.loop import read_result
 
     jobs, ran = [], []
     for spec in wave:

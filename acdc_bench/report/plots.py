@@ -31,8 +31,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from acdc_bench.compare import METHOD_NAMES, compare_table, display_name, name_key
-from acdc_bench.results import drop_superseded, load_metrics
+from acdc_bench.report.compare import METHOD_NAMES, compare_table, display_name, name_key
+from acdc_bench.report.results import drop_superseded, load_metrics
 
 log = logging.getLogger(__name__)
 

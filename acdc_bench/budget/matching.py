@@ -7,7 +7,7 @@ output folder, else the reference's own estimate. The run records the budget it 
 under, and its result the achieved ratio of measured FLOPs to that budget.
 
 Methods whose cost and final sparsity emerge from training (``calibration_option``
-set: STR) are calibrated by running instead (:mod:`acdc_bench.calibrate`): the
+set: STR) are calibrated by running instead (:mod:`acdc_bench.budget.calibrate`): the
 config returned is the chain's next run, or its accepted (or last) finished run.
 """
 
@@ -24,8 +24,8 @@ UNMATCHED = {"dense"}
 
 def reference_training_flops(suite: dict, sparsity: float, seed: int, out: Path | None) -> tuple[float, str]:
     """The budget: a finished reference run's measured FLOPs, else the reference's estimate."""
-    from acdc_bench.plan import Planner
-    from acdc_bench.train import read_result
+    from acdc_bench.budget.plan import Planner
+    from acdc_bench.run.loop import read_result
 
     reference = suite["budget"].get("reference", "acdc")
     config = run_config(suite, reference, sparsity, seed, budget={"mode": "paper", "reference_training_flops": None})
@@ -49,7 +49,7 @@ def resolve_budget(
     """The run config of ``method`` under the budget ``mode`` (``paper`` or ``matched``).
 
     ``warm_start=False`` keeps a calibration chain from starting at another seed's accepted run."""
-    from acdc_bench.plan import Planner, solve_matched_steps
+    from acdc_bench.budget.plan import Planner, solve_matched_steps
 
     reference = suite["budget"].get("reference", "acdc")
     if mode == "paper" or method in UNMATCHED or method == reference or epochs is not None:
@@ -81,7 +81,7 @@ def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, ou
     """
     import re
 
-    from acdc_bench.train import read_result
+    from acdc_bench.run.loop import read_result
 
     pattern = re.compile(rf"^{re.escape(method)}-s{re.escape(f'{sparsity:g}')}-seed(\d+)-")
     seeds = sorted({int(m.group(1)) for d in Path(out).iterdir() if (m := pattern.match(d.name))} - {int(seed)})
@@ -103,11 +103,11 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     next. Returns the first run not finished yet, else the accepted run, else the last of
     ``max_runs``.
     """
-    from acdc_bench.calibrate import Observation, next_point, within_tolerance
+    from acdc_bench.budget.calibrate import Observation, next_point, within_tolerance
     from acdc_bench.config import CALIBRATION_DEFAULTS
     from acdc_bench.methods import make_config
-    from acdc_bench.plan import MATCH_TOLERANCE
-    from acdc_bench.train import read_result
+    from acdc_bench.budget.plan import MATCH_TOLERANCE
+    from acdc_bench.run.loop import read_result
 
     settings = {**CALIBRATION_DEFAULTS, **(suite["budget"].get("calibration") or {})}
     method_cls = planner.method_cls

@@ -1,0 +1,13 @@
+"""Sparse-training methods: the contract every method implements, the registry, dense and AC/DC.
+
+The baselines (GMP, RigL, STR, SET) live in ``acdc_bench.baselines`` (the top-level
+``baselines/`` folder of the repository) and use nothing but what this package exports.
+"""
+
+from acdc_bench.methods.base import MaskedConfig, MaskedMethod, NoConfig, SparsityMethod, zero_momentum
+from acdc_bench.methods.registry import get_method, load_plugins, make_config, method_names, register_method
+
+__all__ = [
+    "MaskedConfig", "MaskedMethod", "NoConfig", "SparsityMethod", "zero_momentum",
+    "get_method", "load_plugins", "make_config", "method_names", "register_method",
+]

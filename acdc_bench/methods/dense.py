@@ -1,0 +1,14 @@
+"""Dense training: no masks; the unit of every FLOP multiplier."""
+
+from __future__ import annotations
+
+from acdc_bench.methods.base import SparsityMethod
+from acdc_bench.methods.registry import register_method
+
+
+@register_method("dense")
+class Dense(SparsityMethod):
+    """Dense training: no masks; the reference for every FLOP multiplier."""
+
+    def dense_pair_epoch(self) -> int | None:
+        return self.epochs - 1

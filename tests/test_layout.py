@@ -1,0 +1,106 @@
+"""The package's structure: no import cycle, the baselines inside the package, one CLI table."""
+
+import ast
+from pathlib import Path
+
+import acdc_bench
+
+PACKAGE = Path(acdc_bench.__file__).parent
+BASELINES = PACKAGE.parent / "baselines"
+
+
+def _modules() -> dict[str, Path]:
+    """Module name -> file, for acdc_bench and its installed-inside baselines."""
+    found = {}
+    for root, prefix in ((PACKAGE, "acdc_bench"), (BASELINES, "acdc_bench.baselines")):
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([prefix, *parts])] = path
+    return found
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The package modules ``name`` imports anywhere in its file (function-level imports too)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            targets.add(base)
+            targets.update(f"{base}.{alias.name}" for alias in node.names)
+    return {t for t in targets if t in modules and t != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a list of modules, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    modules = _modules()
+    graph = {name: _imports(path, name, modules) for name, path in modules.items()}
+    # a package's __init__ re-exporting its submodules is not a cycle with them
+    for name in list(graph):
+        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    assert "acdc_bench.methods.registry" in graph and "acdc_bench.baselines.rigl" in graph
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_builtin_methods_come_from_this_package_even_beside_another_baselines(tmp_path, monkeypatch):
+    """Another importable package named ``baselines`` cannot hide GMP, RigL and STR."""
+    import subprocess
+    import sys
+
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "__init__.py").write_text("raise ImportError('not ours')\n")
+    code = ("from acdc_bench.methods import get_method; "
+            "print(get_method('gmp').__module__, get_method('rigl').__module__, get_method('str').__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["acdc_bench.baselines.gmp", "acdc_bench.baselines.rigl", "acdc_bench.baselines.str"]
+
+
+def test_cli_is_one_module_with_a_plain_table():
+    from acdc_bench import cli
+
+    assert set(cli.COMMANDS) == {"run", "plan", "flops", "reproduce", "compare", "leaderboard"}
+    source = Path(cli.__file__).read_text()
+    assert "._actions" not in source and "_SubParsersAction" not in source
+    assert not (PACKAGE / "reporting_cli.py").exists()
