@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from acdc_bench.config import ConfigError, load_suite, suite_names
+from acdc_bench.run.folder import RunLocked
 
 
 def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][0](args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, FileNotFoundError, RunLocked) as error:
         print(f"acdc-bench {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -30,6 +30,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "lr_schedule": REQUIRED,
     "label_smoothing": 0.0,
     "amp": "none",
+    "init": None,
     "channels_last": False,
     "compile": False,
     "budget": {"mode": "paper", "reference": "acdc"},
@@ -40,8 +41,12 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "resources": {},
 }
 
-OPTIMIZER_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay"}
-LR_SCHEDULE_KEYS = {"name", "warmup_epochs", "milestones", "gamma"}
+OPTIMIZER_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay", "no_decay"}
+#: ``optimizer.no_decay`` categories (:func:`acdc_bench.recipe.no_decay_parameters`).
+NO_DECAY_CATEGORIES = ("bias", "bn", "depthwise")
+LR_SCHEDULE_KEYS = {"name", "warmup_epochs", "milestones", "gamma", "per_step"}
+#: ``init`` schemes (:func:`acdc_bench.recipe.initialize`; null or "default": the model's own initialisation).
+INIT_SCHEMES = ("default", "kaiming_normal_fan_in")
 LR_SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 BUDGET_MODES = ("paper", "matched")
@@ -52,8 +57,19 @@ BUDGET_KEYS = {"mode", "reference", "calibration"}
 #: an STR run is usually allowed: at a 95% target, 2 pp under is 40% more non-zeros than the target.
 CALIBRATION_DEFAULTS = {"max_runs": 5, "sparsity_tolerance": 0.005}
 
-#: Keys that do not change what a run computes; they are left out of the run id.
-NON_RESULT_KEYS = {"description", "data_root", "num_workers", "reproduce", "methods", "wandb", "resources", "plugins", "budget"}
+#: A method's ``recipe:`` (``methods.<name>.recipe``): the suite keys it may override for that method
+#: (each replaces the suite's key whole), plus ``targets: {sparsity: {key: value}}`` for one target.
+RECIPE_KEYS = ("optimizer", "lr_schedule", "label_smoothing", "batch_size", "amp", "epochs", "init")
+
+#: Keys that do not change what a run computes; they are left out of the run id. ``recipe`` and
+#: ``method_options`` only echo the top-level recipe keys and ``method_config`` resolved for the run.
+NON_RESULT_KEYS = {"description", "data_root", "num_workers", "reproduce", "methods", "wandb", "resources", "plugins",
+                   "budget", "recipe", "method_options"}
+#: Keys added after run ids were first recorded: left out of the hash while they hold this default,
+#: so that a run whose configuration did not change keeps its id.
+LATER_KEYS = {"init": None}
+#: The same for fields added to a method's options (``method_config``), per method.
+LATER_METHOD_FIELDS = {"gmp": {"targets": {}}, "rigl": {"update_interval_examples": None}, "str": {"fallback": False}}
 
 
 class ConfigError(ValueError):
@@ -121,9 +137,30 @@ def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
     data.setdefault("suite", path.stem)
     if data["suite"] is None:
         data["suite"] = path.stem
+    _split_recipes(data, str(path))
     validate_suite(data, str(path))
     data["_path"] = str(path)
     return data
+
+
+def _split_recipes(data: dict, where: str) -> None:
+    """Move each ``methods.<name>.recipe`` to ``data["_recipes"][name]``: ``methods.<name>`` then
+    holds the method's own options only (what every consumer builds the method's config from)."""
+    methods = data.get("methods") or {}
+    _require(isinstance(methods, dict), where, "methods must be a mapping of method name to its options")
+    recipes = dict(data.get("_recipes") or {})
+    for name, options in methods.items():
+        if isinstance(options, dict) and "recipe" in options:
+            recipes[name] = options.pop("recipe")
+    data["_recipes"] = recipes
+
+
+def method_recipe(suite: dict, method: str) -> dict | None:
+    """The ``recipe:`` of ``methods.<method>`` (None: the method runs the suite's recipe)."""
+    recipe = (suite.get("_recipes") or {}).get(method)
+    if recipe is None:
+        recipe = ((suite.get("methods") or {}).get(method) or {}).get("recipe")
+    return recipe
 
 
 def _require(cond: bool, where: str, message: str) -> None:
@@ -137,6 +174,67 @@ def check_sparsity(value: Any, where: str) -> float:
     return float(value)
 
 
+def validate_recipe(data: dict, where: str) -> None:
+    """Check the recipe keys of a suite (or of a suite with a method's recipe applied)."""
+    for key in ("epochs", "batch_size"):
+        _require(isinstance(data[key], int) and not isinstance(data[key], bool) and data[key] > 0, where,
+                 f"{key} must be a positive integer, got {data[key]!r}")
+    optimizer = data["optimizer"]
+    _require(isinstance(optimizer, dict), where, "optimizer must be a mapping")
+    bad = sorted(set(optimizer) - OPTIMIZER_KEYS)
+    _require(not bad, where, f"optimizer: unknown key(s) {bad}; allowed: {', '.join(sorted(OPTIMIZER_KEYS))}")
+    _require(optimizer.get("name", "sgd") == "sgd", where, "optimizer.name must be 'sgd' (the papers' optimizer)")
+    _require(isinstance(optimizer.get("lr"), (int, float)) and optimizer["lr"] > 0, where, "optimizer.lr must be a positive number")
+    no_decay = optimizer.get("no_decay") or []
+    _require(isinstance(no_decay, list) and not set(no_decay) - set(NO_DECAY_CATEGORIES), where,
+             f"optimizer.no_decay must be a list of {', '.join(NO_DECAY_CATEGORIES)}, got {no_decay!r}")
+    schedule = data["lr_schedule"]
+    _require(isinstance(schedule, dict), where, "lr_schedule must be a mapping")
+    bad = sorted(set(schedule) - LR_SCHEDULE_KEYS)
+    _require(not bad, where, f"lr_schedule: unknown key(s) {bad}; allowed: {', '.join(sorted(LR_SCHEDULE_KEYS))}")
+    _require(schedule.get("name") in LR_SCHEDULES, where, f"lr_schedule.name {schedule.get('name')!r} is unknown; allowed: {', '.join(LR_SCHEDULES)}")
+    _require(isinstance(schedule.get("per_step", False), bool), where,
+             f"lr_schedule.per_step must be true or false, got {schedule.get('per_step')!r}")
+    _require(data["amp"] in AMP_MODES, where, f"amp '{data['amp']}' is unknown; allowed: {', '.join(AMP_MODES)}")
+    smoothing = data.get("label_smoothing", 0.0)
+    _require(isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0.0 <= smoothing < 1.0, where,
+             f"label_smoothing must be a number in [0, 1), got {smoothing!r}")
+    _require(data.get("init") in (None, *INIT_SCHEMES), where,
+             f"init {data.get('init')!r} is unknown; allowed: {', '.join(INIT_SCHEMES)} (or null: the model's own)")
+
+
+def apply_recipe(config: dict, recipe: dict | None, sparsity: float) -> dict:
+    """``config`` with a method's ``recipe`` keys (and those of its ``targets`` entry for ``sparsity``)."""
+    config = dict(config)
+    if not recipe:
+        return config
+    for key in RECIPE_KEYS:
+        if key in recipe:
+            config[key] = copy.deepcopy(recipe[key])
+    for key, entry in (recipe.get("targets") or {}).items():
+        if abs(float(key) - sparsity) <= 1e-9:
+            for name in RECIPE_KEYS:
+                if name in entry:
+                    config[name] = copy.deepcopy(entry[name])
+    return config
+
+
+def _validate_method_recipe(data: dict, name: str, recipe: Any, where: str) -> None:
+    here = f"{where}: methods.{name}.recipe"
+    _require(isinstance(recipe, dict), here, "must be a mapping of recipe keys to values")
+    allowed = (*RECIPE_KEYS, "targets")
+    bad = sorted(set(recipe) - set(allowed))
+    _require(not bad, here, f"unknown key(s) {bad}; allowed: {', '.join(allowed)}")
+    targets = recipe.get("targets") or {}
+    _require(isinstance(targets, dict), here, "targets must be a mapping of target sparsity to recipe keys")
+    for key, entry in targets.items():
+        check_sparsity(key, f"{here}.targets")
+        _require(isinstance(entry, dict) and not set(entry) - set(RECIPE_KEYS), f"{here}.targets[{key!r}]",
+                 f"must be a mapping with keys among {', '.join(RECIPE_KEYS)}, got {entry!r}")
+        validate_recipe(apply_recipe(data, recipe, float(key)), f"{here}.targets[{key!r}]")
+    validate_recipe(apply_recipe(data, recipe, -1.0), here)
+
+
 def validate_suite(data: dict, where: str) -> None:
     """Check every field; the error names the file, the key and the allowed values."""
     from acdc_bench.data import DATASETS
@@ -147,20 +245,7 @@ def validate_suite(data: dict, where: str) -> None:
         _require(data.get(key) is not REQUIRED, where, f"key '{key}' is required")
     _require(data["dataset"] in DATASETS, where, f"dataset '{data['dataset']}' is unknown; allowed: {', '.join(DATASETS)}")
     _require(data["model"] in model_names(), where, f"model '{data['model']}' is unknown; allowed: {', '.join(model_names())}")
-    for key in ("epochs", "batch_size"):
-        _require(isinstance(data[key], int) and data[key] > 0, where, f"{key} must be a positive integer, got {data[key]!r}")
-    optimizer = data["optimizer"]
-    _require(isinstance(optimizer, dict), where, "optimizer must be a mapping")
-    bad = sorted(set(optimizer) - OPTIMIZER_KEYS)
-    _require(not bad, where, f"optimizer: unknown key(s) {bad}; allowed: {', '.join(sorted(OPTIMIZER_KEYS))}")
-    _require(optimizer.get("name", "sgd") == "sgd", where, "optimizer.name must be 'sgd' (the papers' optimizer)")
-    _require(isinstance(optimizer.get("lr"), (int, float)) and optimizer["lr"] > 0, where, "optimizer.lr must be a positive number")
-    schedule = data["lr_schedule"]
-    _require(isinstance(schedule, dict), where, "lr_schedule must be a mapping")
-    bad = sorted(set(schedule) - LR_SCHEDULE_KEYS)
-    _require(not bad, where, f"lr_schedule: unknown key(s) {bad}; allowed: {', '.join(sorted(LR_SCHEDULE_KEYS))}")
-    _require(schedule.get("name") in LR_SCHEDULES, where, f"lr_schedule.name {schedule.get('name')!r} is unknown; allowed: {', '.join(LR_SCHEDULES)}")
-    _require(data["amp"] in AMP_MODES, where, f"amp '{data['amp']}' is unknown; allowed: {', '.join(AMP_MODES)}")
+    validate_recipe(data, where)
     budget = data["budget"]
     _require(isinstance(budget, dict) and budget.get("mode") in BUDGET_MODES, where,
              f"budget.mode must be one of {', '.join(BUDGET_MODES)}, got {budget!r}")
@@ -180,10 +265,14 @@ def validate_suite(data: dict, where: str) -> None:
     _require(isinstance(methods, dict), where, "methods must be a mapping of method name to its options")
     for name, options in methods.items():
         _require(name in method_names(), where, f"methods: method '{name}' is unknown; allowed: {', '.join(method_names())}")
+        options = {k: v for k, v in (options or {}).items() if k != "recipe"}
         try:
             make_config(get_method(name), options)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{where}: methods.{name}: {error}") from error
+        recipe = method_recipe(data, name)
+        if recipe is not None:
+            _validate_method_recipe(data, name, recipe, where)
     reproduce = data["reproduce"]
     _require(isinstance(reproduce, dict), where, "reproduce must be a mapping with methods, sparsities, seeds")
     bad = sorted(set(reproduce) - {"methods", "sparsities", "seeds"})
@@ -209,7 +298,17 @@ def run_config(
 ) -> dict:
     """The resolved configuration of one run (what ``config.yaml`` holds).
 
-    ``method_options`` replaces the suite's ``methods.<method>`` options (budget calibration)."""
+    ``method_options`` replaces the suite's ``methods.<method>`` options (budget calibration).
+
+    The recipe: under a ``paper`` budget a method with a ``recipe:`` runs on it (its keys, and
+    those of its ``targets`` entry for ``sparsity``, replace the suite's); under a ``matched``
+    budget every method runs on the suite's shared recipe and any ``recipe:`` is ignored
+    (``recipe.source`` says which). The resolved recipe keys are at the top level; ``recipe``
+    echoes them and ``method_options`` the method's options resolved for this run (per-target
+    entries picked, RigL's update spacing in steps for this batch size).
+    """
+    import dataclasses
+
     from acdc_bench.methods import get_method, make_config
 
     where = suite.get("_path", suite["suite"])
@@ -218,37 +317,91 @@ def run_config(
     if method == "dense":
         sparsity = 0.0
     options = method_options if method_options is not None else ((suite.get("methods") or {}).get(method) or {})
+    options = {key: value for key, value in options.items() if key != "recipe"}
     try:
         method_config = make_config(method_cls, options)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{where}: methods.{method}: {error}") from error
-    import dataclasses
 
     config = {key: copy.deepcopy(value) for key, value in suite.items() if not key.startswith("_") and key not in ("methods", "reproduce")}
+    budget = budget or {"mode": "paper", "reference_training_flops": None}
+    recipe = method_recipe(suite, method)
+    if recipe and budget.get("mode", "paper") == "paper":
+        config = apply_recipe(config, recipe, sparsity)
+        source = f"methods.{method}.recipe"
+    elif recipe:
+        source = f"suite (budget {budget.get('mode')}: methods.{method}.recipe ignored, one shared recipe)"
+    else:
+        source = "suite"
+    length = int(config["epochs"])  # the recipe's length (the suite's unless the recipe sets epochs)
     # The dense reference of every training multiplier: the suite's length, or an explicit
     # --epochs (a shorter or longer suite); a matched budget or a method's own multiplier
     # (RigL 5x) changes the run's length but not its reference.
     config["suite_epochs"] = int(epochs) if epochs is not None and not train_steps else suite["epochs"]
+    if epochs is None and length != suite["epochs"]:
+        config["recipe_epochs"] = length  # step milestones are written for the recipe's length
     multiplier = getattr(method_config, "epochs_multiplier", None)
     config["variant"] = f"{multiplier:g}x" if multiplier is not None else ""
     if epochs is None:
-        epochs = max(1, round(suite["epochs"] * (multiplier or 1)))
+        epochs = max(1, round(length * (multiplier or 1)))
     config["epochs"] = int(epochs)
     if config["epochs"] <= 0:
         raise ConfigError(f"{where}: --epochs must be positive, got {epochs}")
     config["train_steps"] = int(train_steps) if train_steps else None
     config["method"] = method
+    resolve_batch = getattr(method_config, "for_batch_size", None)
+    if resolve_batch is not None:
+        method_config = resolve_batch(int(config["batch_size"]))
     config["method_config"] = dataclasses.asdict(method_config)
+    resolve_target = getattr(method_config, "options_for", None)
+    try:
+        config["method_options"] = resolve_target(sparsity) if resolve_target else dataclasses.asdict(method_config)
+    except ValueError as error:
+        raise ConfigError(f"{where}: methods.{method}: {error}") from error
     config["sparsity"] = sparsity
     config["seed"] = int(seed)
-    config["budget"] = budget or {"mode": "paper", "reference_training_flops": None}
+    config["budget"] = budget
+    config["recipe"] = recipe_summary(config, source)
     config["run_id"] = run_id(config)
     return config
 
 
+def recipe_summary(config: dict, source: str = "suite") -> dict:
+    """The recipe a run config resolves to, every field filled in (the ``recipe`` echo)."""
+    optimizer = config["optimizer"]
+    schedule = config["lr_schedule"]
+    return {
+        "optimizer": {
+            "lr": float(optimizer["lr"]),
+            "momentum": float(optimizer.get("momentum", 0.0)),
+            "nesterov": bool(optimizer.get("nesterov", False)),
+            "weight_decay": float(optimizer.get("weight_decay", 0.0)),
+            "no_decay": list(optimizer.get("no_decay") or []),
+        },
+        "lr_schedule": {
+            "name": schedule["name"],
+            "warmup_epochs": schedule.get("warmup_epochs", 0) or 0,
+            "milestones": list(schedule.get("milestones") or []),
+            "gamma": float(schedule.get("gamma", 0.1)),
+            "per_step": bool(schedule.get("per_step", False)),
+        },
+        "label_smoothing": float(config.get("label_smoothing", 0.0)),
+        "batch_size": int(config["batch_size"]),
+        "amp": config.get("amp", "none"),
+        "epochs": int(config["epochs"]),
+        "init": config.get("init"),
+        "source": source,
+    }
+
+
 def run_id(config: dict) -> str:
     """Readable prefix plus a hash of everything that changes what the run computes."""
-    keyed = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS and k != "run_id"}
+    keyed = {k: v for k, v in config.items()
+             if k not in NON_RESULT_KEYS and k != "run_id" and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    later_fields = LATER_METHOD_FIELDS.get(config.get("method"), {})
+    if later_fields and isinstance(keyed.get("method_config"), dict):
+        keyed["method_config"] = {k: v for k, v in keyed["method_config"].items()
+                                  if not (k in later_fields and v == later_fields[k])}
     keyed["budget_mode"] = (config.get("budget") or {}).get("mode", "paper")
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:10]
     sparsity = f"{config['sparsity']:g}"
@@ -261,7 +414,8 @@ def lr_at_epoch(config: dict, epoch: int) -> float:
 
     ``cosine``: linear warm-up lr (e+1)/W for e < W, then lr (1 + cos(pi (e-W)/(E-W))) / 2.
     ``step``: lr x gamma^(milestones passed); milestones are written for the suite's
-    length and scale with a run of another length. ``constant``: lr.
+    length (a method recipe's own ``epochs`` when it sets them) and scale with a run of
+    another length. ``constant``: lr. Per-step schedules: :func:`acdc_bench.recipe.lr_at`.
     """
     schedule = config["lr_schedule"]
     base = float(config["optimizer"]["lr"])
@@ -273,7 +427,7 @@ def lr_at_epoch(config: dict, epoch: int) -> float:
     if name == "cosine":
         return base * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup))) / 2
     if name == "step":
-        scale = epochs / config.get("suite_epochs", epochs)
+        scale = epochs / (config.get("recipe_epochs") or config.get("suite_epochs", epochs))
         milestones = [round(m * scale) for m in schedule.get("milestones", [])]
         return base * float(schedule.get("gamma", 0.1)) ** sum(epoch >= m for m in milestones)
     return base

@@ -271,6 +271,7 @@ class DatasetSpec:
     Attributes:
         name: registry name.
         num_classes: classes in the full dataset.
+        train_size: training examples of the full dataset (planning knows a run's steps from it).
         input_shape: (channels, height, width) of one model input.
         layout: the expected on-disk layout, for error messages.
         default_root: where to look when no root or environment variable is given.
@@ -283,6 +284,7 @@ class DatasetSpec:
     name: str
     num_classes: int
     input_shape: tuple[int, int, int]
+    train_size: int
     layout: str
     default_root: str | None
     is_present: Callable[[Path], bool]
@@ -371,7 +373,9 @@ def _load_fashion_mnist(spec: DatasetSpec, root: Path, searched: list[Path], *,
         if len(labels) and int(labels.max()) >= spec.num_classes:
             raise _error(spec, f"{labels_key} holds label {int(labels.max())}, expected "
                          f"0..{spec.num_classes - 1}", searched)
-        images, labels = images[:limit], labels[:limit]
+        if limit is not None:
+            keep = stratified_subset(labels, limit)
+            images, labels = images[keep], labels[keep]
         inputs = (images.unsqueeze(1).float().div_(255.0)
                   .sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD))
         return inputs, labels.long()
@@ -457,14 +461,43 @@ def _load_imagenet(spec: DatasetSpec, root: Path, searched: list[Path], *,
 def _loader_data(spec: DatasetSpec, train_set: Dataset, test_set: Dataset,
                  num_classes: int, train_subset: int | None, **common) -> LoaderData:
     if train_subset is not None:
-        train_set = Subset(train_set, range(min(train_subset, len(train_set))))
+        train_set = Subset(train_set, stratified_subset(torch.as_tensor(train_set.targets), train_subset).tolist())
     return LoaderData(train_set, test_set, name=spec.name, num_classes=num_classes,
                       input_shape=spec.input_shape, **common)
 
 
+#: The subset's draw does not depend on the run's seed: every seed and method of a suite trains
+#: on the same examples (the subset is part of the data set, not of the run's randomness).
+SUBSET_SEED = 0
+
+
+def stratified_subset(labels: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of a seeded, class-stratified sample of ``size`` examples, in dataset order.
+
+    Each class keeps its share of ``size`` (largest remainders round it to whole examples),
+    drawn uniformly within the class by a generator seeded with :data:`SUBSET_SEED`. The first
+    N examples would not do: an ImageFolder tree is sorted by class, so they hold one class.
+    """
+    labels = torch.as_tensor(labels).reshape(-1)
+    if size >= len(labels):
+        return torch.arange(len(labels))
+    classes, counts = torch.unique(labels, return_counts=True)
+    quotas = counts.double() * size / len(labels)
+    take = quotas.floor().long()
+    short = size - int(take.sum())
+    if short:
+        take[torch.argsort(quotas - take, descending=True, stable=True)[:short]] += 1
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    chosen = []
+    for cls, n in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == cls).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:n]])
+    return torch.cat(chosen).sort().values
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
-        name="fashion-mnist", num_classes=10, input_shape=(1, 28, 28),
+        name="fashion-mnist", num_classes=10, input_shape=(1, 28, 28), train_size=60_000,
         layout="  <root>/" + "[.gz]\n  <root>/".join(_FASHION_FILES.values()) + "[.gz]\n"
                "  (IDX files; gzip-compressed or not)",
         default_root="/usr/share/datasets/fashion-mnist",
@@ -473,7 +506,7 @@ DATASETS: dict[str, DatasetSpec] = {
                  "(installs /usr/share/datasets/fashion-mnist).",
         loader=_load_fashion_mnist),
     "cifar100": DatasetSpec(
-        name="cifar100", num_classes=100, input_shape=(3, 32, 32),
+        name="cifar100", num_classes=100, input_shape=(3, 32, 32), train_size=50_000,
         layout="  <root>/cifar-100-python/train\n  <root>/cifar-100-python/test\n"
                "  <root>/cifar-100-python/meta\n  (the pickles of cifar-100-python.tar.gz)",
         default_root=None,
@@ -482,7 +515,7 @@ DATASETS: dict[str, DatasetSpec] = {
                  "fetch it into the root.",
         loader=_load_cifar100),
     "imagenet": DatasetSpec(
-        name="imagenet", num_classes=1000, input_shape=(3, 224, 224),
+        name="imagenet", num_classes=1000, input_shape=(3, 224, 224), train_size=1_281_167,
         layout="  <root>/train/<wnid>/*.JPEG\n  <root>/val/<wnid>/*.JPEG\n"
                "  (ImageFolder layout; the validation images sorted into class folders)",
         default_root=None,
@@ -519,7 +552,7 @@ def load_data(dataset: str, *, root: str | os.PathLike | None, batch_size: int, 
         num_workers: ``DataLoader`` workers (ignored for in-memory Fashion-MNIST).
         device: where batches are delivered.
         rank, world_size: the data-parallel position; each rank gets a disjoint shard.
-        train_subset: keep only the first N training examples.
+        train_subset: keep a class-stratified sample of N training examples (:func:`stratified_subset`).
         download: fetch the data into the first searched root if it is absent
             (CIFAR-100 only; ignored where the data is present).
 

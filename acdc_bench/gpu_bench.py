@@ -56,7 +56,6 @@ import torch
 from torch import nn
 
 SUITE = "imagenet-resnet50"
-IMAGENET_TRAIN_SIZE = 1_281_167
 
 
 @dataclass
@@ -98,11 +97,11 @@ class Bench:
     """One method attached to a fresh ResNet50, set up as ``train()`` does, with synthetic data."""
 
     def __init__(self, scenario: Scenario, args, device: torch.device):
+        from acdc_bench import recipe
+        from acdc_bench.api import sparsify
         from acdc_bench.config import load_suite, run_config
-        from acdc_bench.core.flops import TrainingFlopMeter, measure_layer_flops
-        from acdc_bench.methods import get_method, make_config
+        from acdc_bench.data import DATASETS
         from acdc_bench.models import build_model
-        from acdc_bench.core.sparsity import prunable_layers
 
         suite = load_suite(SUITE)
         self.config = run_config(suite, scenario.method, args.sparsity, seed=0)
@@ -114,33 +113,22 @@ class Bench:
         self.resolution = args.resolution
         torch.manual_seed(0)
         model = build_model(self.config["model"], 1000).to(device)
-        method_cls = get_method(scenario.method)
-        method_config = make_config(method_cls, method_options)
-        layers = prunable_layers(
-            model, getattr(method_config, "include", ()) or (), getattr(method_config, "exclude", ()) or ()
-        )
-        flops = measure_layer_flops(model, layers, (3, args.resolution, args.resolution))
         self.channels_last = bool(args.channels_last) and device.type == "cuda"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         # The schedule of the suite's run: ImageNet's steps per epoch at the suite's global batch.
-        self.steps_per_epoch = math.ceil(IMAGENET_TRAIN_SIZE / int(self.config["batch_size"]))
-        epochs = int(self.config["epochs"])
-        self.method = method_cls(method_config, target_sparsity=float(self.config["sparsity"]), epochs=epochs,
-                                 steps_per_epoch=self.steps_per_epoch, total_steps=epochs * self.steps_per_epoch)
-        options = self.config["optimizer"]
-        kwargs = dict(lr=float(options["lr"]), momentum=float(options.get("momentum", 0.0)),
-                      nesterov=bool(options.get("nesterov", False)),
-                      weight_decay=float(options.get("weight_decay", 0.0)))
-        self.method.setup(model, layers, flops)
-        groups = self.method.param_groups(model, kwargs) or [{"params": list(model.parameters())}]
-        self.optimizer = torch.optim.SGD(groups, **kwargs)
-        self.method.bind_optimizer(self.optimizer)
+        self.steps_per_epoch = math.ceil(DATASETS["imagenet"].train_size / int(self.config["batch_size"]))
+        self.sparsifier = sparsify(model, scenario.method, sparsity=float(self.config["sparsity"]),
+                                   epochs=int(self.config["epochs"]), steps_per_epoch=self.steps_per_epoch,
+                                   batch_size=args.batch, input_shape=(3, args.resolution, args.resolution),
+                                   **method_options)
+        self.method = self.sparsifier.method
+        self.optimizer = self.sparsifier.wrap(recipe.build_optimizer(model, self.config["optimizer"]))
         amp = args.amp if device.type == "cuda" else "none"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(self.config.get("label_smoothing", 0.0)))
-        self.meter = TrainingFlopMeter()
+        self.meter = self.sparsifier.meter
         self.model = model
         self.train_model = torch.compile(model) if args.compile else model
         generator = torch.Generator().manual_seed(0)
@@ -152,11 +140,11 @@ class Bench:
     # ------------------------------------------------------------------ schedule positions
     def start_epoch(self, epoch: int) -> None:
         """What the training loop does at an epoch start: the lr, then the method's hook."""
-        from acdc_bench.config import lr_at_epoch
+        from acdc_bench import recipe
 
-        lr = lr_at_epoch(self.config, epoch)
+        lr = recipe.lr_at(self.config, epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         self.method.on_epoch_start(epoch)
         self.model.train()
 
@@ -177,9 +165,9 @@ class Bench:
         from acdc_bench.run.loop import train_step
 
         for step in steps:
-            loss, outputs = train_step(self.train_model, self.method, self.optimizer, self.scaler, self.criterion,
-                                       self.meter, self.inputs, self.targets, step, self.batch, self.amp_dtype,
-                                       self.channels_last)
+            self.sparsifier.seek(step)
+            loss, outputs = train_step(self.train_model, self.sparsifier, self.optimizer, self.scaler, self.criterion,
+                                       self.inputs, self.targets, self.batch, self.amp_dtype, self.channels_last)
             self.loss_sum += loss.double() * self.targets.shape[0]  # as the loop accumulates, on the device
             self.correct += (outputs.argmax(1) == self.targets).sum()
 
@@ -337,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from acdc_bench.methods import method_names
-    from acdc_bench.run.loop import configure_cuda, versions
+    from acdc_bench.run.distributed import configure_cuda, versions
 
     args = build_parser().parse_args(argv)
     smoke = args.smoke

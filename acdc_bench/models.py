@@ -1,8 +1,8 @@
 """Model registry for the benchmark suites.
 
 Every model is registered in :data:`MODELS` under the name used by the suite
-configs.  Convolutions that feed a BatchNorm carry no bias, and convolutions are
-initialised Kaiming-normal (``fan_out``, ReLU gain) as in the reference codes.
+configs, with the structure and initialisation of the reference code the paper
+suites follow (a recipe may re-initialise it: :func:`acdc_bench.recipe.initialize`).
 
 ==============  ==============  =======  ========================================
 name            input (C,H,W)   classes  notes
@@ -10,8 +10,13 @@ name            input (C,H,W)   classes  notes
 lenet-300-100   (1, 28, 28)     10       266,610 parameters (Fashion-MNIST)
 resnet50        (3, 224, 224)   1000     torchvision v1.5, 25.557M params, 4.09G MACs
 mobilenetv1     (3, 224, 224)   1000     Howard et al. width 1.0, 4.23M params, 569M MACs
-wrn28-10        (3, 32, 32)     100      pre-activation WideResNet, dropout 0.3, 36.5M params
+wrn28-10        (3, 32, 32)     100      AC/DC's WideResNet-28-10, dropout 0.3, 36,546,980 params
 ==============  ==============  =======  ========================================
+
+Initialisation: ResNet50 is torchvision's (Kaiming normal ``fan_out`` convolutions, as
+AC/DC's ``models/resnet_imagenet.py``); MobileNetV1 and WideResNet-28-10 keep PyTorch's
+default initialisation, as AC/DC's ``models/mobilenet.py`` and ``models/wide_resnet_cifar.py``
+do (the latter defines a ``conv_init`` that is never applied).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 import torchvision
 
 __all__ = ["ModelSpec", "MODELS", "build_model", "model_names", "model_spec",
-           "lenet_300_100", "resnet50", "wrn28_10", "MobileNetV1", "WideResNet"]
+           "lenet_300_100", "resnet50", "wrn28_10", "MobileNetV1", "WideResNet", "WideBasicBlock"]
 
 
 @dataclass(frozen=True)
@@ -43,18 +49,6 @@ class ModelSpec:
     input_shape: tuple[int, int, int]
     num_classes: int
     description: str
-
-
-def _init_conv_bn(module: nn.Module) -> None:
-    """Kaiming-normal (fan_out, ReLU) convolutions, BatchNorm weight 1 and bias 0."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 # --------------------------------------------------------------------------- LeNet
@@ -98,7 +92,8 @@ class MobileNetV1(nn.Module):
 
     A 3x3 stride-2 convolution to 32 channels, then 13 depthwise-separable blocks
     (depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU), global average pooling
-    and a 1024-to-``num_classes`` linear layer.
+    and a 1024-to-``num_classes`` linear layer. PyTorch's default initialisation, as in
+    AC/DC's ``models/mobilenet.py`` (and STR's MobileNetV1).
     """
 
     #: (output channels, depthwise stride) of the 13 depthwise-separable blocks.
@@ -120,9 +115,6 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        _init_conv_bn(self)
-        nn.init.normal_(self.fc.weight, 0.0, 0.01)
-        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))
@@ -132,66 +124,64 @@ class MobileNetV1(nn.Module):
 # ---------------------------------------------------------------------- WideResNet
 
 
-class _PreActBasicBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3 with an identity or 1x1 shortcut.
+class WideBasicBlock(nn.Module):
+    """One block of AC/DC's WideResNet (``wide_basic`` of meliketoy/wide-resnet.pytorch).
 
-    When the shape changes, the shortcut 1x1 convolution reads the pre-activated
-    input (as in Zagoruyko and Komodakis' code).
+    ``conv2(relu(bn2(dropout(conv1(relu(bn1(x))))))) + shortcut(x)``: dropout after the
+    first convolution, the stride in the second, every convolution with a bias, and the
+    shortcut (a 1x1 convolution with bias when the shape changes, else the identity)
+    reading the raw block input.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int,
-                 dropout: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, stride: int = 1) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
+        self.dropout = nn.Dropout(p=dropout)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=stride, padding=1, bias=True)
+        self.shortcut = nn.Sequential()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu1(self.bn1(x))
-        residual = x if self.shortcut is None else self.shortcut(pre)
-        out = self.conv1(pre)
-        out = self.conv2(self.dropout(self.relu2(self.bn2(out))))
-        return out + residual
+        out = self.dropout(self.conv1(F.relu(self.bn1(x))))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + self.shortcut(x)
 
 
 class WideResNet(nn.Module):
-    """Pre-activation WideResNet-``depth``-``widen_factor`` for 32x32 inputs."""
+    """AC/DC's CIFAR WideResNet-``depth``-``widen_factor`` (``models/wide_resnet_cifar.py``).
+
+    A 3x3 convolution (with bias) to 16 channels, three groups of ``(depth - 4) / 6``
+    :class:`WideBasicBlock` (widths 16k, 32k, 64k; the first block of groups 2 and 3 has
+    stride 2), a final BatchNorm with momentum 0.9 (as in the reference code), ReLU, 8x8
+    average pooling (32x32 inputs) and a linear layer. Module names follow the reference
+    code (``conv1``, ``layer1``-``layer3``, ``bn1``, ``linear``), so its checkpoints load.
+    """
 
     def __init__(self, depth: int = 28, widen_factor: int = 10, dropout: float = 0.3,
                  num_classes: int = 100) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
-        blocks_per_group = (depth - 4) // 6
+        blocks = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, padding=1, bias=False)
-        groups: list[nn.Module] = []
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=True)
         in_channels = widths[0]
-        for group, out_channels in enumerate(widths[1:]):
-            blocks = []
-            for i in range(blocks_per_group):
-                stride = 2 if group > 0 and i == 0 else 1
-                blocks.append(_PreActBasicBlock(in_channels, out_channels, stride, dropout))
-                in_channels = out_channels
-            groups.append(nn.Sequential(*blocks))
-        self.groups = nn.Sequential(*groups)
-        self.bn = nn.BatchNorm2d(in_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_channels, num_classes)
-        _init_conv_bn(self)
-        nn.init.zeros_(self.fc.bias)
+        for index, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2)), start=1):
+            layers = []
+            for block_stride in [stride] + [1] * (blocks - 1):
+                layers.append(WideBasicBlock(in_channels, width, dropout, block_stride))
+                in_channels = width
+            setattr(self, f"layer{index}", nn.Sequential(*layers))
+        self.bn1 = nn.BatchNorm2d(in_channels, momentum=0.9)
+        self.linear = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn(self.groups(self.conv1(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        out = F.avg_pool2d(F.relu(self.bn1(out)), 8)
+        return self.linear(torch.flatten(out, 1))
 
 
 def wrn28_10(num_classes: int = 100) -> nn.Module:
@@ -214,7 +204,7 @@ MODELS: dict[str, ModelSpec] = {
         "MobileNetV1 width 1.0 (Howard et al. 2017) for ImageNet"),
     "wrn28-10": ModelSpec(
         wrn28_10, (3, 32, 32), 100,
-        "pre-activation WideResNet-28-10, dropout 0.3, for CIFAR-100"),
+        "AC/DC's WideResNet-28-10 (meliketoy/wide-resnet.pytorch), dropout 0.3, for CIFAR-100"),
 }
 
 

@@ -17,11 +17,18 @@ Defaults are Gale et al.'s best ImageNet ResNet50 grid point scaled to the run:
 pruning starts at step 40k of ~128k (``start_fraction`` 0.3125), the mask is updated
 every 2000 of 128k steps, and it ends at 78% of training (``end_fraction``; the RigL
 FLOP notebook models GMP as pruning from 31% to 78% of training).
+
+Gale et al.'s best runs end pruning at a different step for each target (their checkpoint
+names ``standard_threshold_<sparsity>_<begin>_<end>_<frequency>_<label smoothing>``: 100k
+of 128k steps at 80% and 98%, 76k at 90%, 68k at 95%): ``targets: {0.9: {end_fraction:
+0.59375}}`` overrides ``start_fraction``, ``end_fraction`` or ``frequency`` for one target;
+a target without an entry uses the top-level values.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,16 +50,55 @@ class GmpConfig(MaskedConfig):
     end_fraction: float = 0.78
     #: Steps between mask updates; None: Gale's 2000 of 128k steps scaled to the run.
     frequency: int | None = None
+    #: Per target sparsity: ``{0.9: {end_fraction: 0.59375}}`` (keys among TARGET_KEYS).
+    targets: dict = dataclasses.field(default_factory=dict)
+
+    TARGET_KEYS: ClassVar[tuple[str, ...]] = ("start_fraction", "end_fraction", "frequency", "unofficial")
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 <= self.start_fraction < self.end_fraction <= 1.0:
-            raise ValueError(
-                f"GMP needs 0 <= start_fraction < end_fraction <= 1, got "
-                f"start_fraction={self.start_fraction}, end_fraction={self.end_fraction}"
-            )
-        if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
-            raise ValueError(f"GMP frequency must be a positive integer number of steps or null, got {self.frequency!r}")
+        for key, entry in (self.targets or {}).items():
+            try:
+                sparsity = float(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"GMP targets: key {key!r} must be a target sparsity such as 0.9") from None
+            if not 0.0 <= sparsity < 1.0:
+                raise ValueError(f"GMP targets: sparsity {key!r} must be in [0, 1)")
+            if not isinstance(entry, dict) or set(entry) - set(self.TARGET_KEYS):
+                raise ValueError(f"GMP targets[{key!r}] must be a mapping with keys among "
+                                 f"{', '.join(self.TARGET_KEYS)}, got {entry!r}")
+        for sparsity in [None, *(float(k) for k in self.targets or {})]:
+            start, end, frequency = self.resolve(sparsity)
+            where = "" if sparsity is None else f" (targets[{sparsity:g}])"
+            if not 0.0 <= start < end <= 1.0:
+                raise ValueError(
+                    f"GMP needs 0 <= start_fraction < end_fraction <= 1, got "
+                    f"start_fraction={start}, end_fraction={end}{where}"
+                )
+            if frequency is not None and (not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 1):
+                raise ValueError(f"GMP frequency must be a positive integer number of steps or null, got {frequency!r}{where}")
+
+    def _entry(self, target_sparsity: float | None) -> dict:
+        if target_sparsity is None:
+            return {}
+        for key, entry in (self.targets or {}).items():
+            if abs(float(key) - target_sparsity) <= 1e-9:
+                return entry
+        return {}
+
+    def resolve(self, target_sparsity: float | None) -> tuple[float, float, int | None]:
+        """(start_fraction, end_fraction, frequency) for ``target_sparsity``: its ``targets`` entry, else the top level."""
+        entry = self._entry(target_sparsity)
+        return (float(entry.get("start_fraction", self.start_fraction)), float(entry.get("end_fraction", self.end_fraction)),
+                entry.get("frequency", self.frequency))
+
+    def options_for(self, target_sparsity: float) -> dict:
+        """The options a run at ``target_sparsity`` uses (its ``targets`` entry applied)."""
+        start, end, frequency = self.resolve(target_sparsity)
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k != "targets"}
+        options.update(start_fraction=start, end_fraction=end, frequency=frequency,
+                       unofficial=bool(self._entry(target_sparsity).get("unofficial", False)))
+        return options
 
 
 def cubic_sparsity(step: int, final_sparsity: float, start_step: int, end_step: int, initial_sparsity: float = 0.0) -> float:
@@ -76,10 +122,11 @@ class GMP(MaskedMethod):
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         total = self.total_steps
-        self.start_step = int(round(config.start_fraction * total))
+        start_fraction, end_fraction, frequency = config.resolve(self.target_sparsity)
+        self.start_step = int(round(start_fraction * total))
         # t1 is the last step at the latest, so that the final target is always reached.
-        self.end_step = max(self.start_step + 1, min(total - 1, int(round(config.end_fraction * total))))
-        self.frequency = int(config.frequency or max(1, round(total * GALE_FREQUENCY / GALE_TOTAL_STEPS)))
+        self.end_step = max(self.start_step + 1, min(total - 1, int(round(end_fraction * total))))
+        self.frequency = int(frequency or max(1, round(total * GALE_FREQUENCY / GALE_TOTAL_STEPS)))
         self._density_cache: dict[float, list[float]] = {}
 
     # ------------------------------------------------------------------ schedule

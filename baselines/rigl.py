@@ -29,6 +29,7 @@ to ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` before T_end.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -50,6 +51,10 @@ class RiglConfig(MaskedConfig):
     mask_seed: int = 0
     #: Training-length variant: 1x, 2x, 5x of the suite's epochs (steps, lr schedule and T_end scale).
     epochs_multiplier: float = 1
+    #: Examples between mask updates (official ImageNet: 100 steps x batch 4096 = 409,600). When set,
+    #: the harness (acdc_bench.config.run_config) resolves ``update_interval`` from it for the run's
+    #: batch size (:meth:`for_batch_size`), so the spacing in examples is the official one at any batch.
+    update_interval_examples: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -57,12 +62,25 @@ class RiglConfig(MaskedConfig):
             raise ValueError("RigL needs fixed per-layer densities: distribution 'erk' or 'uniform', not 'global'")
         if not isinstance(self.update_interval, int) or self.update_interval < 1:
             raise ValueError(f"RigL update_interval must be a positive integer, got {self.update_interval!r}")
+        if self.update_interval_examples is not None and (
+                not isinstance(self.update_interval_examples, int) or isinstance(self.update_interval_examples, bool)
+                or self.update_interval_examples < 1):
+            raise ValueError(f"RigL update_interval_examples must be a positive integer number of examples or null, "
+                             f"got {self.update_interval_examples!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"RigL alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 <= self.end_fraction <= 1.0:
             raise ValueError(f"RigL end_fraction must be in [0, 1], got {self.end_fraction}")
         if not self.epochs_multiplier > 0:
             raise ValueError(f"RigL epochs_multiplier must be positive, got {self.epochs_multiplier}")
+
+    def for_batch_size(self, batch_size: int) -> "RiglConfig":
+        """This config with ``update_interval`` = ``update_interval_examples`` / ``batch_size`` steps
+        (rounded, at least 1); unchanged when ``update_interval_examples`` is null."""
+        if self.update_interval_examples is None:
+            return self
+        steps = max(1, round(self.update_interval_examples / batch_size))
+        return dataclasses.replace(self, update_interval=int(steps))
 
 
 def cosine_drop_fraction(step: int, alpha: float, end_step: int) -> float:
@@ -104,10 +122,14 @@ class RigL(MaskedMethod):
         self.masks.set(masks)
         self.masks.apply_to_weights()
         self.masking = True
-        self._refresh_flops()
+        self._sparse_forward = None
 
-    def _refresh_flops(self) -> None:
-        self.sparse_forward = self.flops.sparse_forward(self.masks.nonzeros)
+    @property
+    def sparse_forward(self) -> int:
+        """Forward FLOPs of the masks (per-layer non-zeros never change: computed once)."""
+        if self._sparse_forward is None:
+            self._sparse_forward = self.flops.sparse_forward(self.masks.nonzeros)
+        return self._sparse_forward
 
     # ------------------------------------------------------------------ schedule
     def drop_fraction(self, step: int) -> float:
@@ -132,29 +154,41 @@ class RigL(MaskedMethod):
             return False
         return super().before_optimizer_step(step)
 
+    #: Growth reads the dense gradient of the update step's batch (RigL): that step then costs
+    #: 2 f_S + f_D instead of 3 f_S. A subclass whose :meth:`grow_scores` does not (SET) sets False.
+    dense_gradient: ClassVar[bool] = True
+
+    def drop_scores(self, layer, step: int) -> torch.Tensor:
+        """Flat non-negative scores of one layer's weights: the k active ones with the smallest are dropped."""
+        return layer.weight.detach().reshape(-1).abs()
+
+    def grow_scores(self, layer, step: int) -> torch.Tensor:
+        """Flat scores: the k positions inactive after the drop with the largest grow (RigL: |dense grad|)."""
+        return torch.nan_to_num(layer.weight.grad.detach().reshape(-1).float().abs(), nan=0.0,
+                                posinf=torch.finfo(torch.float32).max)
+
     @torch.no_grad()
     def update_masks(self, step: int) -> None:
-        """Drop the smallest-magnitude active weights and grow where the dense gradient is largest."""
+        """Drop the active weights of smallest drop score and grow where the grow score is largest."""
         alpha_t = self.drop_fraction(step)
         counts = []
         for index, layer in enumerate(self.layers):
-            weight, grad = layer.weight, layer.weight.grad
+            weight = layer.weight
             n_active = self.masks.nonzeros[index]
             k = int(math.floor(alpha_t * n_active))
-            if grad is None or k == 0 or n_active == layer.numel:
+            if (self.dense_gradient and weight.grad is None) or k == 0 or n_active == layer.numel:
                 counts.append(0)
                 continue
             mask = self.masks.masks[index]
             # Scores in logical (row-major) order: reshape copies a channels_last tensor, so the
             # selection is done on flat copies and written back with full-shape boolean masks.
             old = mask.reshape(-1)
-            magnitudes = weight.detach().reshape(-1).abs()
-            # Drop: the k active weights of smallest |w| (ties: lower index first).
-            after_drop = old & mask_from_scores(magnitudes.masked_fill(~old, math.inf), k, magnitudes=True)
-            # Grow: the k positions inactive after the drop with largest |grad| (ties: lower index first).
-            grow_scores = torch.nan_to_num(grad.detach().reshape(-1).float().abs(), nan=0.0,
-                                           posinf=torch.finfo(torch.float32).max)
-            new = after_drop | ~mask_from_scores(grow_scores.neg().masked_fill(after_drop, math.inf), k)
+            # Drop: the k active weights of smallest score (ties: lower index first).
+            drop = self.drop_scores(layer, step)
+            after_drop = old & mask_from_scores(drop.masked_fill(~old, math.inf), k, magnitudes=True)
+            # Grow: the k positions inactive after the drop with the largest score (ties: lower index first).
+            grow = self.grow_scores(layer, step)
+            new = after_drop | ~mask_from_scores(grow.neg().masked_fill(after_drop, math.inf), k)
             new = new.view(weight.shape)
             new_connections = new & ~mask
             removed = mask & ~new
@@ -171,7 +205,7 @@ class RigL(MaskedMethod):
     # ------------------------------------------------------------------ FLOPs and planning
     def step_training_flops(self, step: int) -> int:
         """2 f_S + f_D on an update step (dense gradient, no weight update), else 3 f_S."""
-        if self.is_update_step(step):
+        if self.dense_gradient and self.is_update_step(step):
             return 2 * self.sparse_forward + self.flops.dense_forward
         return 3 * self.sparse_forward
 
@@ -190,10 +224,10 @@ class RigL(MaskedMethod):
         first = epoch * self.steps_per_epoch
         stop = min(self.total_steps, first + self.steps_per_epoch)
         steps = max(1, stop - first)
-        updates = self.update_steps_between(first, stop)
+        updates = self.update_steps_between(first, stop) if self.dense_gradient else 0
         return ((steps - updates) * 3 * f_s + updates * (2 * f_s + f_d)) / steps
 
     # ------------------------------------------------------------------ state
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._refresh_flops()
+        self._sparse_forward = None

@@ -9,7 +9,10 @@ Faithful to RECIPES.md and the official code (``RAIVNLab/STR``, ``STRConv`` with
   ``weight``, registered at set-up; the raw ``W`` stays the same ``nn.Parameter``);
 - there is no explicit target: the weight decay ``lambda`` (``lam``) and the initial
   ``s`` (``s_init``) decide the final sparsity. Values per target sparsity go in
-  ``targets: {sparsity: {s_init, lam}}``; the run's target picks its entry;
+  ``targets: {sparsity: {s_init, lam, unofficial}}``; the run's target picks its entry
+  (``unofficial: true`` marks a value that is not a published one). With a ``targets``
+  table, a target missing from it is an error unless ``fallback: true`` (then the
+  top-level ``s_init``/``lam`` are used); without a table they apply to every target;
 - weight decay: the thresholds decay with ``lam``. The official code uses ``lam`` as
   the weight decay of *every* parameter (``--wd``; ``--st-decay`` and
   ``--no-bn-decay`` unset in the shipped configs), and the weights' decay is part of
@@ -66,12 +69,14 @@ class SoftThreshold(nn.Module):
 
 @dataclass
 class StrConfig:
-    """STR options. ``s_init``/``lam`` are used unless ``targets`` has an entry for the run's sparsity."""
+    """STR options: ``s_init``/``lam``, or per target sparsity in ``targets`` (see :meth:`resolve`)."""
 
     s_init: float = RESNET50_S_INIT
     lam: float = RESNET50_LAMBDA
-    #: Per target sparsity: ``{0.9: {s_init: ..., lam: ...}}``.
+    #: Per target sparsity: ``{0.9: {s_init: ..., lam: ..., unofficial: false}}``.
     targets: dict = dataclasses.field(default_factory=dict)
+    #: True: a target missing from a non-empty ``targets`` uses ``s_init``/``lam``; False: it is an error.
+    fallback: bool = False
     #: True: ``lam`` is the weight decay of every parameter (official STR); False: of the thresholds only.
     decay_all: bool = True
     #: Planning estimate: density assumed to fall linearly from 1 to 1 - target between these fractions of the run.
@@ -93,8 +98,9 @@ class StrConfig:
                 raise ValueError(f"STR targets: key {key!r} must be a target sparsity such as 0.9") from None
             if not 0.0 <= sparsity < 1.0:
                 raise ValueError(f"STR targets: sparsity {key!r} must be in [0, 1)")
-            if not isinstance(value, dict) or set(value) - {"s_init", "lam"}:
-                raise ValueError(f"STR targets[{key!r}] must be a mapping with keys s_init and/or lam, got {value!r}")
+            if not isinstance(value, dict) or set(value) - {"s_init", "lam", "unofficial"}:
+                raise ValueError(f"STR targets[{key!r}] must be a mapping with keys s_init, lam and/or unofficial, "
+                                 f"got {value!r}")
         if not self.lam >= 0:
             raise ValueError(f"STR lam (weight decay) must be >= 0, got {self.lam}")
         jacobian = self.calibration_jacobian
@@ -108,12 +114,34 @@ class StrConfig:
         if len(self.plan_ramp) != 2 or not 0.0 <= self.plan_ramp[0] <= self.plan_ramp[1] <= 1.0:
             raise ValueError(f"STR plan_ramp must be [start, end] fractions with 0 <= start <= end <= 1, got {self.plan_ramp}")
 
-    def resolve(self, target_sparsity: float) -> tuple[float, float]:
-        """(s_init, lam) for ``target_sparsity``: its ``targets`` entry (key within 1e-9), else the defaults."""
+    def _entry(self, target_sparsity: float) -> dict | None:
         for key, value in (self.targets or {}).items():
             if abs(float(key) - target_sparsity) <= 1e-9:
-                return float(value.get("s_init", self.s_init)), float(value.get("lam", self.lam))
-        return float(self.s_init), float(self.lam)
+                return value
+        return None
+
+    def resolve(self, target_sparsity: float) -> tuple[float, float]:
+        """(s_init, lam) for ``target_sparsity``: its ``targets`` entry (key within 1e-9); with no
+        ``targets`` table, or with ``fallback: true``, the top-level values; else a ValueError."""
+        entry = self._entry(target_sparsity)
+        if entry is None and self.targets and not self.fallback:
+            listed = ", ".join(f"{float(k):g}" for k in self.targets)
+            raise ValueError(
+                f"STR targets has no entry for target sparsity {target_sparsity:g} (listed: {listed}); add "
+                f"targets: {{{target_sparsity:g}: {{s_init: ..., lam: ...}}}} (with unofficial: true if the values "
+                f"are not published ones), or set fallback: true to use s_init/lam")
+        entry = entry or {}
+        return float(entry.get("s_init", self.s_init)), float(entry.get("lam", self.lam))
+
+    def options_for(self, target_sparsity: float) -> dict:
+        """The options a run at ``target_sparsity`` uses: its ``s_init``/``lam`` picked, ``unofficial``
+        (True when the entry is marked so, or when the top-level values stand in for a missing one)."""
+        s_init, lam = self.resolve(target_sparsity)
+        entry = self._entry(target_sparsity)
+        unofficial = bool(entry.get("unofficial", False)) if entry is not None else bool(self.targets)
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("targets", "fallback")}
+        options.update(s_init=s_init, lam=lam, unofficial=unofficial)
+        return options
 
 
 def _str_parametrization(module: nn.Module) -> SoftThreshold | None:
@@ -138,7 +166,6 @@ class STR(SparsityMethod):
         self.s_init, self.lam = config.resolve(self.target_sparsity)
         self.thresholds: list[SoftThreshold] = []
         self._step_nonzeros: torch.Tensor | None = None
-        self.finalized = False
 
     @classmethod
     def calibration_value(cls, config: StrConfig, target_sparsity: float) -> float:
@@ -171,16 +198,25 @@ class STR(SparsityMethod):
                 parametrize.register_parametrization(layer.module, "weight", existing)
             self.thresholds.append(existing)
 
-    def param_groups(self, model: nn.Module, optimizer_kwargs: dict) -> list[dict]:
-        """Thresholds in their own group with weight decay ``lam``; the rest with ``lam`` (decay_all) or the suite's."""
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Move the thresholds into a group of their own with weight decay ``lam`` (``add_param_group``).
+
+        Whether the optimizer was built before the parametrization existed (no thresholds in it)
+        or after (over ``model.parameters()``, thresholds included), it ends with its groups
+        unchanged but for the thresholds, plus one threshold group. With ``decay_all`` (the
+        official STR) every other group's weight decay becomes ``lam`` as well.
+        """
+        super().bind_optimizer(optimizer)
         thresholds = [t.s for t in self.thresholds]
         ids = {id(p) for p in thresholds}
-        others = [p for p in model.parameters() if id(p) not in ids]
-        other_decay = self.lam if self.config.decay_all else float(optimizer_kwargs.get("weight_decay", 0.0))
-        return [
-            {"params": others, "weight_decay": other_decay},
-            {"params": thresholds, "weight_decay": self.lam},
-        ]
+        for group in optimizer.param_groups:
+            if any(id(p) in ids and optimizer.state.get(p) for p in group["params"]):
+                raise ValueError("STR: bind the optimizer before its first step (its thresholds already have state)")
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+            if self.config.decay_all:
+                group["weight_decay"] = self.lam
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        optimizer.add_param_group({"params": thresholds, "weight_decay": self.lam})
 
     # ------------------------------------------------------------------ hooks
     @torch.no_grad()
@@ -206,11 +242,6 @@ class STR(SparsityMethod):
         nonzeros = self._step_nonzeros if self._step_nonzeros is not None else self.effective_nonzeros()
         self._step_nonzeros = None
         return 3 * self.flops.sparse_forward_tensor(nonzeros)
-
-    def thresholds_values(self) -> dict[str, float]:
-        """Each layer's threshold sigmoid(s) (one host sync; for logging)."""
-        values = torch.stack([torch.sigmoid(t.s.detach()) for t in self.thresholds]).tolist()
-        return {layer.name: v for layer, v in zip(self.layers, values)}
 
     def phase(self, epoch: int) -> str:
         return "sparse"
@@ -238,4 +269,3 @@ class STR(SparsityMethod):
             if _str_parametrization(layer.module) is not None:
                 parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
         self.thresholds = []
-        self.finalized = True

@@ -30,7 +30,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from acdc_bench.api import sparsify
 from acdc_bench.config import load_suite
+from acdc_bench.data import DATASETS
 from acdc_bench.core.flops import LayerFlops, TrainingFlopMeter, measure_layer_flops
 from acdc_bench.methods import get_method, make_config, method_names
 from acdc_bench.models import build_model
@@ -39,7 +41,6 @@ from acdc_bench.core.sparsity import prunable_layers
 SHORT = os.environ.get("ACDC_BENCH_SHORT", "") not in ("", "0")
 SPARSITY = 0.9
 #: Training-set sizes, for the schedules' steps per epoch (where AC/DC phases and GMP/RigL updates fall).
-TRAIN_SIZES = {"fashion-mnist": 60_000, "imagenet": 1_281_167}
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,17 +234,17 @@ class Stepper:
         if method_name is None:
             self.optimizer = torch.optim.SGD(self.model.parameters(), **kwargs)
             return
-        cls = get_method(method_name)
-        config = make_config(cls, (spec.get("methods") or {}).get(method_name))
+        # Wired by acdc_bench.sparsify, as in any training loop; method_step below then drives the
+        # hooks one by one, in the order the Sparsifier runs them, to clock them separately.
+        options = dict((spec.get("methods") or {}).get(method_name) or {})
+        config = make_config(get_method(method_name), options)
         layers = prunable_layers(self.model, getattr(config, "include", ()) or (), getattr(config, "exclude", ()) or ())
-        flops = _layer_flops(self.model, layers, spec["model"], input_shape)
-        epochs = int(spec["epochs"])
-        steps_per_epoch = math.ceil(TRAIN_SIZES[spec["dataset"]] / int(spec["batch_size"]))
-        self.method = cls(config, target_sparsity=SPARSITY, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                          total_steps=epochs * steps_per_epoch)
-        self.method.setup(self.model, layers, flops)
-        groups = self.method.param_groups(self.model, kwargs) or [{"params": list(self.model.parameters())}]
-        self.optimizer = torch.optim.SGD(groups, **kwargs)
+        steps_per_epoch = math.ceil(DATASETS[spec["dataset"]].train_size / int(spec["batch_size"]))
+        sparsifier = sparsify(self.model, method_name, sparsity=SPARSITY, epochs=int(spec["epochs"]),
+                              steps_per_epoch=steps_per_epoch, batch_size=self.batch,
+                              flops=_layer_flops(self.model, layers, spec["model"], input_shape), **options)
+        self.method = sparsifier.method
+        self.optimizer = torch.optim.SGD(self.model.parameters(), **kwargs)
         self.method.bind_optimizer(self.optimizer)
         self.step_index = POSITIONS[scenario](self.method)
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from acdc_bench.api import sparsify
 from acdc_bench.config import load_suite, run_config
 from acdc_bench.core.flops import measure_layer_flops, rigl_training_flops_per_example
 from acdc_bench.methods import get_method, make_config
@@ -44,26 +45,19 @@ def tiny_mlp(seed: int = 0) -> nn.Module:
 
 def attach(name: str, options: dict, model: nn.Module, *, sparsity: float = 0.9, total_steps: int = 100,
            steps_per_epoch: int = 10, input_shape=(20,)):
-    cls = get_method(name)
-    config = make_config(cls, options)
-    layers = prunable_layers(model)
-    flops = measure_layer_flops(model, layers, input_shape)
-    method = cls(config, target_sparsity=sparsity, epochs=math.ceil(total_steps / steps_per_epoch),
-                 steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    method.setup(model, layers, flops)
-    return method
+    """The method object of ``acdc_bench.sparsify`` (these tests drive its hooks one by one)."""
+    return sparsify(model, name, sparsity=sparsity, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                    input_shape=input_shape, **options).method
 
 
 def make_optimizer(method, model, lr=0.05, momentum=0.9, weight_decay=0.0):
-    kwargs = dict(lr=lr, momentum=momentum, nesterov=False, weight_decay=weight_decay)
-    groups = method.param_groups(model, kwargs) or [{"params": list(model.parameters())}]
-    optimizer = torch.optim.SGD(groups, **kwargs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     method.bind_optimizer(optimizer)
     return optimizer
 
 
 def train_step(method, model, optimizer, step, seed=None):
-    """One step in the training loop's hook order; returns (stepped, flops per example)."""
+    """One step in the hook order of ``acdc_bench.api``; returns (stepped, flops per example)."""
     generator = torch.Generator().manual_seed(1000 + step if seed is None else seed)
     inputs = torch.randn(16, 20, generator=generator)
     targets = torch.randint(0, 10, (16,), generator=generator)
@@ -263,7 +257,7 @@ def test_rigl_drop_and_grow_by_hand():
     with torch.no_grad():
         weight.copy_(torch.tensor([[5.0, -4.0, 3.0, -2.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]]))
     method.masks.set([weight != 0])
-    method._refresh_flops()
+    method._sparse_forward = None
     weight.grad = torch.tensor([[0.1, 0.2, 0.3, 0.4, 9.0], [0.5, 0.6, -7.0, 0.7, 0.8]])
     optimizer.state[weight]["momentum_buffer"] = torch.full_like(weight, 2.0)
     alpha_t = 0.25 * (1 + math.cos(math.pi * 10 / 750))
@@ -447,7 +441,7 @@ def test_str_gradients_match_hand_formula():
     assert torch.allclose(module.s.grad, expected_s)
 
 
-def test_str_setup_param_groups_and_targets():
+def test_str_setup_optimizer_groups_and_targets():
     model = tiny_mlp()
     options = {"s_init": -5.0, "lam": 1e-3, "targets": {0.9: {"s_init": -7.0, "lam": 2e-3}, "0.95": {"lam": 3e-3}}}
     method = attach("str", options, model, sparsity=0.9)
@@ -456,14 +450,19 @@ def test_str_setup_param_groups_and_targets():
     assert len(model[0].parametrizations["weight"]) == 1
     assert [float(t.s.detach()) for t in method.thresholds] == [-7.0, -7.0]
     assert model[0].parametrizations["weight"].original is method.layers[0].weight
-    groups = method.param_groups(model, {"weight_decay": 1e-4})
+    groups = make_optimizer(method, model, weight_decay=1e-4).param_groups
     assert [g["weight_decay"] for g in groups] == [2e-3, 2e-3]
     assert groups[1]["params"] == [t.s for t in method.thresholds]
     assert sorted(map(id, groups[0]["params"] + groups[1]["params"])) == sorted(map(id, model.parameters()))
-    local = attach("str", dict(options, decay_all=False), tiny_mlp(), sparsity=0.95)
+    # An optimizer built before the thresholds existed gets them as a group of their own.
+    early_model = tiny_mlp()
+    early = torch.optim.SGD(early_model.parameters(), lr=0.1, weight_decay=1e-4)
+    local = attach("str", dict(options, decay_all=False), early_model, sparsity=0.95)
     assert (local.s_init, local.lam) == (-5.0, 3e-3)
-    assert [g["weight_decay"] for g in local.param_groups(model, {"weight_decay": 1e-4})] == [1e-4, 3e-3]
-    default = attach("str", options, tiny_mlp(), sparsity=0.8)
+    local.bind_optimizer(early)
+    assert [g["weight_decay"] for g in early.param_groups] == [1e-4, 3e-3]
+    assert early.param_groups[1]["params"] == [t.s for t in local.thresholds]
+    default = attach("str", dict(options, fallback=True), tiny_mlp(), sparsity=0.8)
     assert (default.s_init, default.lam) == (-5.0, 1e-3)
     assert make_config(STR, {}).resolve(0.9) == (-3200.0, 2.251757813e-5)  # official ResNet50 config
     with pytest.raises(ValueError, match="targets"):

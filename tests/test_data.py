@@ -372,3 +372,25 @@ def test_malformed_idx(small_fashion_root, corrupt):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="cifar100, fashion-mnist, imagenet"):
         load_data("mnist", root=None, batch_size=4, seed=0)
+
+
+# ---------------------------------------------------------------------- train_subset is a sample
+
+
+def test_stratified_subset_keeps_each_class_share_and_is_seeded():
+    from acdc_bench.data import stratified_subset
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)  # sorted by class, as an ImageFolder tree
+    subset = stratified_subset(labels, 10)
+    assert subset.tolist() == sorted(subset.tolist()) and len(set(subset.tolist())) == 10
+    assert torch.bincount(labels[subset]).tolist() == [5, 3, 2]
+    assert torch.equal(subset, stratified_subset(labels, 10))  # the same draw every time
+    # largest remainders: 7 of 100 -> 3.5, 2.1, 1.4 -> 4, 2, 1
+    assert torch.bincount(labels[stratified_subset(labels, 7)]).tolist() == [4, 2, 1]
+    assert stratified_subset(labels, 500).tolist() == list(range(100))
+
+
+def test_train_subset_of_an_imagefolder_tree_holds_every_class(imagenet_root):
+    data = load_data("imagenet", root=imagenet_root, batch_size=2, seed=0, train_subset=2)
+    _, targets = collect(data.train_batches(0))
+    assert sorted(torch.cat(targets).tolist()) == [0, 1]  # the first 2 files would both be class 0

@@ -157,7 +157,8 @@ def test_ddp_result_matches_one_process_run_and_counts_real_examples(runs):
 
 def test_only_rank_zero_writes_and_logs(runs):
     names = {p.name for p in runs["ddp"].iterdir()}
-    assert names == {"config.yaml", "metrics.csv", "result.json", "model_final.pt", "model_dense.pt"}
+    assert names == {"config.yaml", "metrics.csv", "result.json", "model_final.pt", "model_dense.pt", "predictions.npz",
+                     ".lock"}
     for epoch in range(1, EPOCHS + 1):
         assert runs["ddp_stdout"].count(f"epoch {epoch}/{EPOCHS} ") == 1
     assert runs["ddp_stdout"].count(" done: top-1") == 1

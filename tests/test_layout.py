@@ -104,3 +104,19 @@ def test_cli_is_one_module_with_a_plain_table():
     source = Path(cli.__file__).read_text()
     assert "._actions" not in source and "_SubParsersAction" not in source
     assert not (PACKAGE / "reporting_cli.py").exists()
+
+
+def _hooks_in_order(text: str) -> list[str]:
+    return __import__("re").findall(r"^\s{4}`?(\w+)\(", text, __import__("re").M)
+
+
+def test_readme_lists_the_hooks_of_the_method_contract_in_call_order():
+    from acdc_bench.methods import base
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("Hooks, in call order", 1)[1].split("```", 2)[1]
+    contract = _hooks_in_order(base.__doc__)
+    assert contract[:3] == ["setup", "bind_optimizer", "on_epoch_start"] and "finalize" in contract
+    assert _hooks_in_order(section) == contract
+    for hook in contract:  # every hook listed is a member the loop can call
+        assert callable(getattr(base.SparsityMethod, hook))

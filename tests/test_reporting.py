@@ -9,17 +9,23 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from acdc_bench.report.compare import compare_table, format_compare, match_published, write_compare
+from acdc_bench.report.compare import (
+    compare_table, format_compare, format_compare_markdown, match_published, write_compare,
+)
 from acdc_bench.report.leaderboard import (
-    LEADERBOARD_COLUMNS, build_leaderboard, export_leaderboard, read_leaderboard, validate_leaderboard,
+    LEADERBOARD_COLUMNS, build_leaderboard, export_leaderboard, format_leaderboard_markdown, read_leaderboard,
+    validate_leaderboard,
 )
 from acdc_bench.report.plots import plot_all
 from acdc_bench.report.results import REFERENCE_STATUSES, load_metrics, load_reference, load_runs
+from acdc_bench.report.stats import mcnemar_exact
 from acdc_bench.run import tracking
+from acdc_bench.run.folder import write_predictions
 from acdc_bench.run.tracking import Tracker
 
 SUITE = "smoke"
@@ -164,6 +170,156 @@ def test_compare_single_seed_and_missing_acdc(tmp_path: Path, reference: pd.Data
     assert math.isnan(table.iloc[0]["top1_std"]) and math.isnan(table.iloc[0]["delta_vs_acdc"])
 
 
+def _write_seeds(root: Path, method: str, top1_by_seed: dict[int, float], sparsity: float = 0.9, **where) -> None:
+    for seed, top1 in top1_by_seed.items():
+        _write_run(root, f"{method}-s{sparsity}-seed{seed}", _config(method, seed, sparsity, **where),
+                   result=_result(method, seed, top1, sparsity=sparsity, **where))
+
+
+def _cell(table: pd.DataFrame, method: str, sparsity: float = 0.9) -> pd.Series:
+    rows = table[(table["method"] == method) & ((table["target_sparsity"] - sparsity).abs() < 1e-9)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_compare_three_seeds_intervals_and_verdicts(tmp_path: Path, reference: pd.DataFrame):
+    """AC/DC against a clear loss (GMP), a clear win (RigL) and a tie (STR), three seeds each."""
+    _write_seeds(tmp_path, "acdc", {0: 88.0, 1: 89.0, 2: 90.0})
+    _write_seeds(tmp_path, "gmp", {0: 86.0, 1: 86.5, 2: 87.5})
+    _write_seeds(tmp_path, "rigl", {0: 89.5, 1: 90.3, 2: 91.1})
+    _write_seeds(tmp_path, "str", {0: 90.0, 1: 88.0, 2: 91.0})
+    table = compare_table(load_runs(tmp_path), reference)
+    acdc = _cell(table, "acdc")
+    # mean 89, s 1: half-width t_{0.975,2} * 1 / sqrt(3) = 4.302653 * 0.577350 = 2.484138
+    assert (acdc["top1_mean"], acdc["top1_std"]) == pytest.approx((89.0, 1.0))
+    assert (acdc["top1_ci_low"], acdc["top1_ci_high"]) == pytest.approx((86.515862, 91.484138), abs=1e-5)
+    assert acdc["ci_kind"] == "t over 3 seeds" and acdc["seeds"] == 3
+    assert acdc["delta_vs_acdc"] == 0.0 and acdc["verdict_vs_acdc"] == "n/a"
+    assert acdc["verdict_basis"] == "AC/DC itself"
+    # GMP - AC/DC per seed: -2, -2.5, -2.5 -> mean -2.333333, s 0.288675, half-width 4.302653 * 0.166667 = 0.717109
+    gmp = _cell(table, "gmp")
+    assert (gmp["delta_vs_acdc"], gmp["delta_vs_acdc_ci_low"], gmp["delta_vs_acdc_ci_high"]) == pytest.approx(
+        (-2.333333, -3.050442, -1.616225), abs=1e-5)
+    assert gmp["verdict_vs_acdc"] == "worse" and gmp["paired_seeds"] == 3
+    assert gmp["verdict_basis"] == "paired t over 3 seeds (0, 1, 2)"
+    # RigL - AC/DC per seed: 1.5, 1.3, 1.1 -> mean 1.3, s 0.2, half-width 4.302653 * 0.115470 = 0.496828
+    rigl = _cell(table, "rigl")
+    assert (rigl["delta_vs_acdc"], rigl["delta_vs_acdc_ci_low"], rigl["delta_vs_acdc_ci_high"]) == pytest.approx(
+        (1.3, 0.803172, 1.796828), abs=1e-5)
+    assert rigl["verdict_vs_acdc"] == "better"
+    # STR - AC/DC per seed: 2, -1, 1 -> mean 0.666667, s 1.527525, half-width 4.302653 * 0.881917 = 3.794583
+    str_ = _cell(table, "str")
+    assert (str_["delta_vs_acdc"], str_["delta_vs_acdc_ci_low"], str_["delta_vs_acdc_ci_high"]) == pytest.approx(
+        (0.666667, -3.127917, 4.461250), abs=1e-5)
+    assert str_["verdict_vs_acdc"] == "tie"
+    text = format_compare(table)
+    assert "[86.52, 91.48]" in text and "[-3.05, -1.62]" in text and "worse" in text and "better" in text
+    markdown = format_compare_markdown(table)
+    assert "| tie |" in markdown and "paired t over 3 seeds (0, 1, 2)" in markdown
+    out = write_compare(table, tmp_path / "report")
+    written = pd.read_csv(out[1])
+    new_columns = ["top1_std", "top1_ci_low", "top1_ci_high", "delta_vs_acdc", "delta_vs_acdc_ci_low",
+                   "delta_vs_acdc_ci_high", "verdict_vs_acdc", "published_inside_ci"]
+    assert set(new_columns) <= set(written.columns)
+    assert list(written.loc[written["method"] != "acdc", "verdict_vs_acdc"]) == ["worse", "better", "tie"]
+
+
+def test_compare_pairs_only_the_common_seeds(tmp_path: Path, reference: pd.DataFrame):
+    _write_seeds(tmp_path, "acdc", {0: 88.0, 1: 89.0})
+    _write_seeds(tmp_path, "gmp", {0: 86.0, 1: 86.5, 2: 95.0})
+    table = compare_table(load_runs(tmp_path), reference)
+    gmp = _cell(table, "gmp")
+    # the unpaired difference of means would be 89.166667 - 88.5 = +0.666667; paired over seeds 0 and 1:
+    # -2, -2.5 -> mean -2.25, s 0.353553, half-width t_{0.975,1} * 0.25 = 12.706205 * 0.25 = 3.176551
+    assert gmp["seeds"] == 3 and gmp["paired_seeds"] == 2
+    assert (gmp["delta_vs_acdc"], gmp["delta_vs_acdc_ci_low"], gmp["delta_vs_acdc_ci_high"]) == pytest.approx(
+        (-2.25, -5.426551, 0.926551), abs=1e-5)
+    assert gmp["verdict_vs_acdc"] == "tie" and gmp["verdict_basis"] == "paired t over 2 seeds (0, 1)"
+    assert gmp["ci_kind"] == "t over 3 seeds"
+
+
+def _predictions(correct: range | list, total: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Targets (class i % 10) and predictions right exactly on the examples in ``correct``."""
+    targets = np.arange(total) % 10
+    final = (targets + 1) % 10
+    final[list(correct)] = targets[list(correct)]
+    return targets, final
+
+
+def _write_with_predictions(root: Path, method: str, correct, seed: int = 0, sparsity: float = 0.9) -> Path:
+    targets, final = _predictions(correct)
+    top1 = 100 * float(np.mean(final == targets))
+    run_dir = _write_run(root, f"{method}-s{sparsity}-seed{seed}", _config(method, seed, sparsity),
+                         result=_result(method, seed, top1, sparsity=sparsity))
+    write_predictions(run_dir, targets, final)
+    return run_dir
+
+
+def test_compare_one_seed_mcnemar_decides(tmp_path: Path, reference: pd.DataFrame):
+    _write_with_predictions(tmp_path, "acdc", range(900))  # 900 of 1000 right
+    _write_with_predictions(tmp_path, "gmp", [*range(870), *range(900, 905)])  # 875 right
+    table = compare_table(load_runs(tmp_path), reference)
+    acdc, gmp = _cell(table, "acdc"), _cell(table, "gmp")
+    # Wilson, 900 of 1000: centre 0.898469, half-width 0.018621 -> [87.984804, 91.709056]
+    assert (acdc["top1_ci_low"], acdc["top1_ci_high"]) == pytest.approx((87.984804, 91.709056), abs=1e-5)
+    assert acdc["ci_kind"].startswith("test-set binomial (Wilson), 1 seed")
+    assert math.isnan(acdc["top1_std"])
+    # Discordant: only GMP right on 900-904 (5), only AC/DC right on 870-899 (30):
+    # p = 2 * 384168 / 2^35 = 2.236e-5 < 0.05 -> worse; difference 87.5 - 90.0 = -2.5
+    assert gmp["delta_vs_acdc"] == pytest.approx(-2.5)
+    assert gmp["verdict_vs_acdc"] == "worse" and gmp["paired_seeds"] == 1
+    assert gmp["verdict_basis"] == ("McNemar exact p=2.24e-05 on seed 0 (5 vs 30 discordant examples): "
+                                    "test-set sampling only")
+    expected = mcnemar_exact(*_predictions([*range(870), *range(900, 905)]), _predictions(range(900))[1])
+    assert (gmp["delta_vs_acdc_ci_low"], gmp["delta_vs_acdc_ci_high"]) == pytest.approx(
+        (expected.difference.low, expected.difference.high))
+    assert gmp["delta_vs_acdc_ci_low"] < -2.5 < gmp["delta_vs_acdc_ci_high"] < 0
+
+
+def test_compare_one_seed_mcnemar_tie(tmp_path: Path, reference: pd.DataFrame):
+    _write_with_predictions(tmp_path, "acdc", range(900))
+    _write_with_predictions(tmp_path, "rigl", [*range(897), *range(900, 906)])  # 903 right
+    rigl = _cell(compare_table(load_runs(tmp_path), reference), "rigl")
+    # Discordant: only RigL 6 (900-905), only AC/DC 3 (897-899): p = 2 * (1 + 9 + 36 + 84) / 2^9 = 0.507812
+    assert rigl["delta_vs_acdc"] == pytest.approx(0.3)
+    assert rigl["verdict_vs_acdc"] == "tie" and rigl["verdict_basis"].startswith("McNemar exact p=0.508")
+    assert rigl["delta_vs_acdc_ci_low"] < 0 < rigl["delta_vs_acdc_ci_high"]
+
+
+def test_compare_without_predictions_still_aggregates(tmp_path: Path, reference: pd.DataFrame):
+    _write_with_predictions(tmp_path, "acdc", range(900))
+    _write_run(tmp_path, "gmp", _config("gmp", 0), result=_result("gmp", 0, 86.0))  # an older run: no predictions.npz
+    stale = _write_with_predictions(tmp_path, "rigl", range(880))
+    result = json.loads((stale / "result.json").read_text())
+    (stale / "result.json").write_text(json.dumps({**result, "top1": 80.0}))  # predictions of another model
+    table = compare_table(load_runs(tmp_path), reference)
+    gmp, rigl = _cell(table, "gmp"), _cell(table, "rigl")
+    assert gmp["top1_mean"] == 86.0 and gmp["seeds"] == 1
+    assert math.isnan(gmp["top1_ci_low"]) and gmp["ci_kind"] == "none: 1 seed, no predictions.npz"
+    assert gmp["delta_vs_acdc"] == pytest.approx(-4.0) and math.isnan(gmp["delta_vs_acdc_ci_low"])
+    assert gmp["verdict_vs_acdc"] == "n/a"
+    assert gmp["verdict_basis"] == "1 seed in common (0), no predictions.npz for this method"
+    assert rigl["verdict_vs_acdc"] == "n/a" and "disagrees with result.json" in rigl["verdict_basis"]
+    assert "n/a: 1 seed in common (0), no predictions.npz" in format_compare(table)
+
+
+def test_published_inside_or_outside_our_interval(tmp_path: Path, reference: pd.DataFrame):
+    where = {"dataset": "imagenet", "model": "resnet50"}
+    _write_seeds(tmp_path, "acdc", {0: 74.0, 1: 75.0, 2: 76.0}, 0.9, **where)  # [72.515862, 77.484138]
+    _write_seeds(tmp_path, "acdc", {0: 70.0, 1: 70.5, 2: 71.0}, 0.8, **where)  # [69.257931, 71.742069]
+    _write_seeds(tmp_path, "gmp", {0: 70.0}, 0.8, **where)  # one seed, no predictions: no interval
+    table = compare_table(load_runs(tmp_path), reference)
+    at_90, at_80, gmp = _cell(table, "acdc", 0.9), _cell(table, "acdc", 0.8), _cell(table, "gmp", 0.8)
+    assert at_90["published_top1"] == pytest.approx(75.03) and at_90["published_inside_ci"] == True  # noqa: E712
+    assert at_80["published_top1"] == pytest.approx(76.45) and at_80["published_inside_ci"] == False  # noqa: E712
+    assert (at_80["top1_ci_low"], at_80["top1_ci_high"]) == pytest.approx((69.257931, 71.742069), abs=1e-5)
+    assert pd.isna(gmp["published_inside_ci"])
+    csv_text = write_compare(table, tmp_path / "report")[1].read_text()
+    written = pd.read_csv(tmp_path / "report" / "compare.csv", keep_default_na=False, dtype=str)
+    assert list(written["method"]) == ["acdc", "gmp", "acdc"] and "published_inside_ci" in csv_text
+    assert list(written["published_inside_ci"]) == ["False", "", "True"]  # empty: no interval to test
+
+
 def test_published_match_imagenet_resnet50_acdc(tmp_path: Path, reference: pd.DataFrame):
     for seed, top1 in ((0, 74.0), (1, 74.5)):
         _write_run(tmp_path, f"acdc-{seed}", _config("acdc", seed, dataset="imagenet", model="resnet50"),
@@ -210,12 +366,37 @@ def test_leaderboard_builds_validates_and_exports(tmp_path: Path, reference: pd.
     validate_leaderboard(board)
     ours = board[board["source"] == "acdc_bench"]
     assert set(ours["method"]) == {"AC/DC", "GMP"} and (ours["seeds"] == 1).all()
+    assert ours[["value_std", "value_ci_low", "value_ci_high"]].isna().all().all()  # one seed, no predictions
     published = board[board["source"] != "acdc_bench"]
     assert len(published) > 0 and set(published["dataset"]) == {"ImageNet"}
     assert not published["source"].str.contains("acdc_bench").any()
     paths = export_leaderboard(board, tmp_path / "leaderboards" / "imagenet.csv")
     assert [path.suffix for path in paths] == [".csv", ".md"] and all(path.stat().st_size for path in paths)
     assert len(read_leaderboard(paths[0])) == len(board)
+
+
+def test_leaderboard_carries_intervals(tmp_path: Path, reference: pd.DataFrame):
+    where = {"dataset": "imagenet", "model": "resnet50"}
+    _write_seeds(tmp_path / "runs", "acdc", {0: 74.0, 1: 75.0, 2: 76.0}, **where)
+    board = build_leaderboard(load_runs(tmp_path / "runs"), reference, SUITE)
+    ours = board[board["source"] == "acdc_bench"].iloc[0]
+    # mean 75, s 1, 95% t over 3 seeds: 75 ± 2.484138
+    assert (ours["value"], ours["value_std"]) == pytest.approx((75.0, 1.0))
+    assert (ours["value_ci_low"], ours["value_ci_high"]) == pytest.approx((72.515862, 77.484138), abs=1e-5)
+    assert ours["seeds"] == 3
+    rigl = board[(board["method"] == "RigL") & (board["source_status"] == "verified")
+                 & (board["distribution"] == "ERK") & (board["variant"] == "1x") & (board["sparsity"] == 0.9)
+                 & board["source"].str.contains("Best Sparse Models")]
+    assert rigl["value_std"].tolist() == [0.04]  # the published std; no interval for published rows
+    assert rigl["value_ci_low"].isna().all()
+    assert "| 75.00 ± 2.48 | 1.00 |" in format_leaderboard_markdown(board)
+    paths = export_leaderboard(board, tmp_path / "board.csv")
+    again = read_leaderboard(paths[0])
+    assert again["value_ci_high"].tolist() == pytest.approx(board["value_ci_high"].tolist(), nan_ok=True)
+    # A CSV exported before the interval columns existed still reads, with them empty.
+    old = pd.read_csv(paths[0]).drop(columns=["value_std", "value_ci_low", "value_ci_high"])
+    old.to_csv(tmp_path / "old.csv", index=False)
+    assert read_leaderboard(tmp_path / "old.csv")[["value_std", "value_ci_low", "value_ci_high"]].isna().all().all()
 
 
 def test_leaderboard_validation_names_the_problem(tmp_path: Path, reference: pd.DataFrame):
@@ -232,6 +413,17 @@ def test_leaderboard_validation_names_the_problem(tmp_path: Path, reference: pd.
     with pytest.raises(ValueError, match=r"missing \['source'\]"):
         validate_leaderboard(board.drop(columns=["source"]))
     broken = board.copy()
+    broken.loc[0, ["value_ci_low", "value_ci_high"]] = [89.0, 90.0]  # value 88.0 lies below it
+    with pytest.raises(ValueError, match=r"row 0 .*'value_ci_low' is 89.0, above value"):
+        validate_leaderboard(broken)
+    broken.loc[0, "value_ci_high"] = math.nan
+    with pytest.raises(ValueError, match=r"row 0 .*'value_ci_high' is nan, empty while the other end is given"):
+        validate_leaderboard(broken)
+    broken = board.copy()
+    broken.loc[0, "value_std"] = -1.0
+    with pytest.raises(ValueError, match=r"row 0 .*'value_std' is -1.0, negative"):
+        validate_leaderboard(broken)
+    broken = board.copy()
     broken.loc[0, "sparsity"] = 1.0
     with pytest.raises(ValueError, match="sparsity"):
         export_leaderboard(broken, tmp_path / "out.csv")
@@ -242,7 +434,8 @@ def test_plots_write_png_and_svg(run_root: Path, tmp_path: Path, reference: pd.D
     paths = plot_all(load_runs(run_root), reference, tmp_path / "plots", SUITE)
     stems = {path.stem for path in paths}
     pair = "fashion-mnist_lenet-300-100"
-    assert stems == {f"top1_vs_sparsity_{pair}", f"top1_vs_training_flops_{pair}", "trajectories", "acdc_mask_overlap"}
+    assert stems == {f"top1_vs_sparsity_{pair}", f"top1_vs_training_flops_{pair}", "delta_vs_acdc", "trajectories",
+                     "acdc_mask_overlap"}
     assert {path.suffix for path in paths} == {".png", ".svg"}
     assert all(path.exists() and path.stat().st_size > 0 for path in paths)
     # A second export of the same runs writes byte-identical SVGs (no random element ids, no date).

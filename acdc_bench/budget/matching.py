@@ -57,7 +57,8 @@ def resolve_budget(
         return run_config(suite, method, sparsity, seed, epochs=epochs,
                           budget={"mode": "paper", "reference_training_flops": None, "note": note})
     budget_flops, source = reference_training_flops(suite, sparsity, seed, out)
-    planner = Planner(run_config(suite, method, sparsity, seed))
+    # The shared recipe (batch size included) a matched run trains on, not the method's own.
+    planner = Planner(run_config(suite, method, sparsity, seed, budget={"mode": "matched"}))
     steps, estimate = solve_matched_steps(planner, budget_flops)
     budget = {
         "mode": "matched",

@@ -10,14 +10,24 @@ from acdc_bench.methods import get_method, make_config
 from acdc_bench.models import build_model, model_spec
 from acdc_bench.core.sparsity import prunable_layers
 
-#: Training-set sizes of the shipped datasets (examples per epoch).
-TRAIN_SIZES = {"fashion-mnist": 60_000, "cifar100": 50_000, "imagenet": 1_281_167}
-
 MATCH_TOLERANCE = 0.02
+
+#: Per-layer FLOPs depend on the architecture and the layers only, not on the weights: measured
+#: once per (model, layers) and process (budget matching plans many runs of one model).
+_FLOPS: dict = {}
+
+
+def _layer_flops(model, model_name: str, layers):
+    key = (model_name, tuple(layer.name for layer in layers))
+    if key not in _FLOPS:
+        _FLOPS[key] = measure_layer_flops(model, layers, model_spec(model_name).input_shape)
+    return _FLOPS[key]
 
 
 def train_size(config: dict) -> int:
-    size = TRAIN_SIZES[config["dataset"]]
+    from acdc_bench.data import DATASETS
+
+    size = DATASETS[config["dataset"]].train_size
     return min(size, config["train_subset"]) if config.get("train_subset") else size
 
 
@@ -39,23 +49,21 @@ class Planner:
         self.layers = prunable_layers(
             self.model, getattr(self.method_config, "include", ()) or (), getattr(self.method_config, "exclude", ()) or ()
         )
-        self.flops = measure_layer_flops(self.model, self.layers, model_spec(config["model"]).input_shape)
+        self.flops = _layer_flops(self.model, config["model"], self.layers)
         self.train_size = train_size(config)
         self.steps_per_epoch = math.ceil(self.train_size / config["batch_size"])
         self.for_length(config.get("train_steps") or int(config["epochs"]) * self.steps_per_epoch)
 
     def for_length(self, total_steps: int) -> "Planner":
         """Re-plan for a run of ``total_steps`` optimizer steps (the last epoch may be partial)."""
+        from acdc_bench.api import sparsify
+
         self.total_steps = int(total_steps)
         self.epochs_count = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.method = self.method_cls(
-            self.method_config,
-            target_sparsity=float(self.config["sparsity"]),
-            epochs=self.epochs_count,
-            steps_per_epoch=self.steps_per_epoch,
-            total_steps=self.total_steps,
-        )
-        self.method.setup(self.model, self.layers, self.flops)
+        self.method = sparsify(self.model, self.config["method"], sparsity=float(self.config["sparsity"]),
+                               steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                               batch_size=int(self.config["batch_size"]), flops=self.flops,
+                               **(self.config.get("method_config") or {})).method
         return self
 
     @property
@@ -107,6 +115,8 @@ def plan(config: dict) -> dict:
         "dense_training_flops": planner.dense_training_flops,
         "estimated_training_flops_multiplier": total / planner.dense_training_flops,
         "budget": config.get("budget"),
+        "recipe": config.get("recipe"),
+        "method_options": config.get("method_options"),
         "rows": rows,
     }
 

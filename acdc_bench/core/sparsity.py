@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 DISTRIBUTIONS = ("global", "uniform", "erk")
 
@@ -51,7 +52,10 @@ def prunable_layers(
             continue
         if exclude and _matches(name, exclude):
             continue
-        weight = getattr(module, "weight", None)
+        if parametrize.is_parametrized(module, "weight"):  # e.g. STR's threshold: the raw parameter
+            weight = module.parametrizations["weight"].original
+        else:
+            weight = getattr(module, "weight", None)
         if isinstance(weight, nn.Parameter):
             layers.append(PrunableLayer(name, module, weight))
     if not layers:

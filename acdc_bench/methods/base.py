@@ -1,22 +1,27 @@
 """The method contract: :class:`SparsityMethod` (every hook the loop calls) and :class:`MaskedMethod`.
 
-A sparse-training method is a small class with hooks the training loop calls:
+A sparse-training method is a small class. Registered with ``@register_method("name")``,
+it runs in the project's loop and in any user's loop through :func:`acdc_bench.sparsify`
+(the one place that calls these hooks; :mod:`acdc_bench.api`). The hooks, in call order:
 
-    setup(model, layers, flops)      attach before the optimizer exists (may add parameters)
-    param_groups(model, kwargs)      optional optimizer parameter groups
-    bind_optimizer(optimizer)        the optimizer, once built
-    on_epoch_start(epoch)            phase changes, one-shot pruning, schedule bookkeeping
-    on_step_start(step)              per-step mask updates (e.g. gradual pruning)
-    before_optimizer_step(step)      masks gradients; return False to skip the optimizer step
-    after_optimizer_step(step)       re-applies masks to the weights
-    on_epoch_end(epoch) -> dict      extra per-epoch metrics (e.g. mask overlap)
+    setup(model, layers, flops)      attach to the model (masks, parametrizations); flops may
+                                     still be None (measured at the first training batch)
+    bind_optimizer(optimizer)        the user's optimizer, built before or after setup
+    on_epoch_start(epoch)            before an epoch's first training forward pass
+    on_step_start(step)              before each step's training forward pass
+    before_optimizer_step(step)      after backward: mask gradients; return False to skip the step
+    after_optimizer_step(step)       after the optimizer step (re-apply masks)
     step_training_flops(step)        training FLOPs per example of the step just taken
+    on_epoch_end(epoch) -> dict      after an epoch's last step: extra metrics (mask overlap)
+    finalize()                       at the end: plain dense tensors holding exact zeros
 
-plus ``phase(epoch)`` and ``planned_densities(epoch)`` for planning, and
-``state_dict``/``load_state_dict`` so that a run resumes exactly. Register a class
-with ``@register_method("name")``; a user's package registers its own methods the
-same way (imported through a suite's ``plugins`` list, ``--plugin``, or the
-``acdc_bench.methods`` entry-point group) without editing this package.
+plus, for planning without training, ``phase(epoch)``, ``planned_densities(epoch)``
+(required for ``budget: matched``: there is no silent dense default) and
+``planned_training_flops_per_example(epoch)``; ``dense_pair_epoch()`` for the sparse-dense
+pair; ``state_dict``/``load_state_dict`` so that a run resumes exactly; and, for methods whose
+cost emerges from training (STR), ``calibration_option`` with three classmethods.
+A user's package registers its own methods the same way (imported through a suite's
+``plugins`` list, ``--plugin``, or the ``acdc_bench.methods`` entry-point group).
 """
 
 from __future__ import annotations
@@ -77,16 +82,13 @@ class SparsityMethod:
         self.flops: LayerFlops | None = None
 
     # ------------------------------------------------------------------ set-up
-    def setup(self, model: nn.Module, layers: Sequence[PrunableLayer], flops: LayerFlops) -> None:
-        """Attach to the model before the optimizer exists (a method may add parameters here)."""
+    def setup(self, model: nn.Module, layers: Sequence[PrunableLayer], flops: LayerFlops | None) -> None:
+        """Attach to the model (a method may add parameters here: STR's thresholds)."""
         self.model, self.layers, self.flops = model, list(layers), flops
 
-    def param_groups(self, model: nn.Module, optimizer_kwargs: dict) -> list[dict] | None:
-        """Optional custom optimizer parameter groups (STR puts its thresholds in their own)."""
-        return None
-
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Called once the optimizer is built (and before a checkpoint is loaded)."""
+        """The optimizer that trains the model, before its first step and before a checkpoint is
+        loaded; a method that adds parameters puts them in it here (``add_param_group``)."""
         self.optimizer = optimizer
 
     # ------------------------------------------------------------------ hooks
@@ -114,8 +116,13 @@ class SparsityMethod:
         return "dense"
 
     def planned_densities(self, epoch: int) -> list[float]:
-        """Per-layer densities expected to be in force during ``epoch`` (used by ``plan``)."""
-        return [1.0] * len(self.layers)
+        """Per-layer densities expected to be in force during ``epoch`` (used by ``plan`` and
+        ``budget: matched``). No default: a method without a planning model would otherwise be
+        planned as dense and matched to a wrong run length."""
+        raise NotImplementedError(
+            f"method '{self.name}' has no planning model: implement planned_densities(epoch) "
+            f"(and, if its cost is not 3 x the forward FLOPs of those densities, "
+            f"planned_training_flops_per_example), or run it with --budget paper")
 
     def planned_training_flops_per_example(self, epoch: int) -> float:
         """Estimated training FLOPs per example in ``epoch``; default 3 x planned forward FLOPs."""

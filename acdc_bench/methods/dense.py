@@ -10,5 +10,8 @@ from acdc_bench.methods.registry import register_method
 class Dense(SparsityMethod):
     """Dense training: no masks; the reference for every FLOP multiplier."""
 
+    def planned_densities(self, epoch: int) -> list[float]:
+        return [1.0] * len(self.layers)
+
     def dense_pair_epoch(self) -> int | None:
         return self.epochs - 1

@@ -21,6 +21,7 @@ BUILTIN = {
     "gmp": "acdc_bench.baselines.gmp",
     "rigl": "acdc_bench.baselines.rigl",
     "str": "acdc_bench.baselines.str",
+    "set": "acdc_bench.baselines.set",
 }
 
 _REGISTRY: dict[str, type[SparsityMethod]] = {}

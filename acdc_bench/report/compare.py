@@ -2,8 +2,18 @@
 
 One row of :func:`compare_table` is one (suite, dataset, model, method,
 variant, target sparsity) cell: mean and sample standard deviation of top-1
-over seeds, FLOP multipliers, the gap to our own AC/DC at that sparsity, and
-the closest published number (see :func:`match_published`).
+over seeds with its 95% interval, FLOP multipliers, the gap to our own AC/DC at
+that sparsity (paired by seed, with its 95% interval and a verdict), and the
+closest published number (see :func:`match_published`) with whether it lies
+inside our interval. The statistics are those of :mod:`acdc_bench.report.stats`:
+
+- top-1 interval: t over seeds; with one seed, the test-set binomial (Wilson)
+  interval of its ``predictions.npz`` (no interval without one);
+- gap to AC/DC: per-seed differences over the seeds both cells have, t-interval,
+  verdict ``better``/``worse``/``tie`` (tie when the interval contains 0); with
+  one seed in common, McNemar's exact test on the two runs' per-example
+  predictions decides at alpha 0.05 (test-set sampling only); ``n/a`` otherwise,
+  and ``verdict_basis`` says why.
 """
 
 from __future__ import annotations
@@ -14,10 +24,13 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from acdc_bench.core.io import atomic_write_text
+from acdc_bench.report import stats
 from acdc_bench.report.results import drop_superseded
+from acdc_bench.run.folder import read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +43,17 @@ MODEL_NAMES = {
     "resnet50": "ResNet50", "wrn28-10": "WideResNet-28-10", "mobilenetv1": "MobileNetV1",
     "lenet-300-100": "LeNet-300-100",
 }
-METHOD_NAMES = {"acdc": "AC/DC", "rigl": "RigL", "gmp": "GMP", "str": "STR", "dense": "Dense"}
+METHOD_NAMES = {"acdc": "AC/DC", "rigl": "RigL", "gmp": "GMP", "str": "STR", "set": "SET", "dense": "Dense"}
 ACDC_METHOD = "acdc"
 STATUS_PREFERENCE = {"verified": 0, "reported": 1, "unverified": 2}
 
 GROUP_COLUMNS = ["suite", "dataset", "model", "method", "variant", "target_sparsity"]
 COMPARE_COLUMNS = GROUP_COLUMNS + [
-    "top1_mean", "top1_std", "seeds", "actual_sparsity", "training_flops_multiplier",
-    "inference_flops_multiplier", "top1_dense_mean", "delta_vs_acdc",
-    "published_top1", "published_source", "published_status", "delta_vs_published",
-    "published_variant", "published_distribution", "published_citation",
+    "top1_mean", "top1_std", "seeds", "top1_ci_low", "top1_ci_high", "ci_kind",
+    "actual_sparsity", "training_flops_multiplier", "inference_flops_multiplier", "top1_dense_mean",
+    "delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high", "verdict_vs_acdc", "verdict_basis",
+    "paired_seeds", "published_top1", "published_source", "published_status", "delta_vs_published",
+    "published_inside_ci", "published_variant", "published_distribution", "published_citation",
     "distribution", "epochs", "run_ids", "calibration",
 ]
 # Sparsities closer than this are the same target.
@@ -104,11 +118,11 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     return candidates.loc[best]
 
 
-def _acdc_top1(table: pd.DataFrame, row: pd.Series) -> float:
-    """Our AC/DC top-1 mean in the same suite/dataset/model/sparsity as ``row`` (NaN if none).
+def _acdc_index(table: pd.DataFrame, row: pd.Series):
+    """Index of our AC/DC cell in the same suite/dataset/model/sparsity as ``row`` (None if none).
 
     With several AC/DC variants: the one with ``row``'s variant, else the
-    standard one (''), else NaN (ambiguous).
+    standard one (''), else None (ambiguous).
     """
     acdc = table[
         (table["method"] == ACDC_METHOD) & (table["suite"] == row["suite"])
@@ -118,8 +132,85 @@ def _acdc_top1(table: pd.DataFrame, row: pd.Series) -> float:
     for variant in (row["variant"], ""):
         same = acdc[acdc["variant"] == variant]
         if len(same) == 1:
-            return float(same["top1_mean"].iloc[0])
-    return float(acdc["top1_mean"].iloc[0]) if len(acdc) == 1 else math.nan
+            return same.index[0]
+    return acdc.index[0] if len(acdc) == 1 else None
+
+
+def _load_predictions(run_dir, top1: float) -> tuple[dict | None, str]:
+    """The run's ``predictions.npz`` arrays, or None and why there are none usable.
+
+    Predictions whose accuracy differs from ``result.json``'s top-1 by more than one test
+    example (a stale file) are not used.
+    """
+    if not isinstance(run_dir, str) or not run_dir:
+        return None, "no run folder"
+    try:
+        predictions = read_predictions(run_dir)
+    except ValueError as error:
+        log.warning("%s", error)
+        return None, "predictions.npz unreadable"
+    if predictions is None:
+        return None, "no predictions.npz"
+    targets, final = predictions["targets"], predictions["final"]
+    if len(targets) == 0:
+        return None, "predictions.npz is empty"
+    accuracy = 100 * float(np.mean(final == targets))
+    if abs(accuracy - top1) > 100 / len(targets) + 1e-9:
+        log.warning("%s: predictions.npz gives top-1 %.4f, result.json %.4f; predictions not used",
+                    run_dir, accuracy, top1)
+        return None, "predictions.npz disagrees with result.json"
+    return predictions, ""
+
+
+def _top1_interval(top1: pd.Series, predictions: tuple[dict | None, str]) -> stats.Interval:
+    """95% interval of a cell's mean top-1: t over seeds, or the binomial interval of one seed."""
+    if len(top1) >= 2:
+        return stats.mean_interval(top1.tolist())
+    arrays, why = predictions
+    if arrays is None:
+        return stats.Interval(float(top1.iloc[0]), math.nan, math.nan, f"none: 1 seed, {why}")
+    return stats.binomial_interval(int(np.sum(arrays["final"] == arrays["targets"])), len(arrays["targets"]))
+
+
+def _versus_acdc(cell: dict, acdc: dict | None, is_acdc: bool) -> dict:
+    """``delta_vs_acdc`` with its interval, verdict, basis and paired seed count for one cell.
+
+    ``cell`` and ``acdc`` map ``top1_by_seed`` (seed -> mean top-1) and ``predictions``
+    (seed -> ``_load_predictions`` answer, for seeds with exactly one run).
+    """
+    def answer(delta=math.nan, low=math.nan, high=math.nan, verdict=stats.NO_VERDICT, basis="", paired=0):
+        return {"delta_vs_acdc": delta, "delta_vs_acdc_ci_low": low, "delta_vs_acdc_ci_high": high,
+                "verdict_vs_acdc": verdict, "verdict_basis": basis, "paired_seeds": paired}
+
+    if acdc is None:
+        return answer(basis="no single AC/DC cell at this sparsity")
+    if is_acdc:
+        return answer(delta=0.0, basis="AC/DC itself", paired=len(cell["top1_by_seed"]))
+    difference = stats.paired_difference(cell["top1_by_seed"], acdc["top1_by_seed"])
+    seeds = sorted(set(cell["top1_by_seed"]) & set(acdc["top1_by_seed"]))
+    if not seeds:
+        return answer(basis="no seed in common with AC/DC")
+    if difference.known:
+        return answer(difference.estimate, difference.low, difference.high, stats.verdict(difference),
+                      difference.kind, len(seeds))
+    seed = seeds[0]
+    one_seed = f"1 seed in common ({seed:g})"
+    arrays = []
+    for side, whose in ((cell, "this method"), (acdc, "AC/DC")):
+        if seed not in side["predictions"]:
+            return answer(difference.estimate, basis=f"{one_seed}, several runs of that seed for {whose}", paired=1)
+        predictions, why = side["predictions"][seed]
+        if predictions is None:
+            return answer(difference.estimate, basis=f"{one_seed}, {why} for {whose}", paired=1)
+        arrays.append(predictions)
+    ours, theirs = arrays
+    if not np.array_equal(ours["targets"], theirs["targets"]):
+        return answer(difference.estimate, basis=f"{one_seed}, predictions of different test examples", paired=1)
+    test = stats.mcnemar_exact(ours["targets"], ours["final"], theirs["final"])
+    basis = (f"McNemar exact p={test.p_value:.3g} on seed {seed:g} ({test.only_a} vs {test.only_b} "
+             f"discordant examples): {stats.TEST_SET_ONLY}")
+    return answer(difference.estimate, test.difference.low, test.difference.high, stats.mcnemar_verdict(test),
+                  basis, 1)
 
 
 def _calibration_note(group: pd.DataFrame) -> str:
@@ -148,12 +239,19 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
 
     Columns (:data:`COMPARE_COLUMNS`): the group keys; ``top1_mean``,
     ``top1_std`` (sample std, NaN for one seed), ``seeds`` (runs aggregated),
-    means of ``actual_sparsity``, ``training_flops_multiplier``,
+    ``top1_ci_low``/``top1_ci_high`` (95% interval of the mean, NaN when there is
+    none) and ``ci_kind`` (how it was computed, e.g. ``t over 3 seeds``, or why
+    there is none); means of ``actual_sparsity``, ``training_flops_multiplier``,
     ``inference_flops_multiplier`` and ``top1_dense`` (``top1_dense_mean``);
-    ``delta_vs_acdc`` (``top1_mean`` minus our AC/DC's at that sparsity);
-    ``published_top1``, ``published_source`` (source_id), ``published_status``,
-    ``delta_vs_published`` plus the matched row's variant, distribution and
-    citation; and ``distribution``, ``epochs``, ``run_ids`` (';'-joined).
+    ``delta_vs_acdc`` (mean over the seeds both have of top-1 minus our AC/DC's
+    at that sparsity; 0 for AC/DC itself) with ``delta_vs_acdc_ci_low``/``_high``,
+    ``verdict_vs_acdc`` (``better``, ``worse``, ``tie`` or ``n/a``),
+    ``verdict_basis`` (the test used, or why there is no verdict) and
+    ``paired_seeds``; ``published_top1``, ``published_source`` (source_id),
+    ``published_status``, ``delta_vs_published``, ``published_inside_ci``
+    (nullable boolean: the published number lies in our 95% interval) plus the
+    matched row's variant, distribution and citation; and ``distribution``,
+    ``epochs``, ``run_ids`` (';'-joined).
     Sorted by suite, dataset, model, sparsity, method, variant.
     """
     finished = drop_superseded(runs[runs["status"] == "finished"]).copy() if "status" in runs else runs.iloc[0:0].copy()
@@ -165,18 +263,28 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     finished["distribution"] = finished["distribution"].fillna("").astype(str)
     finished["target_sparsity"] = finished["target_sparsity"].round(6)
 
-    rows = []
+    rows, cells = [], []
     for keys, group in finished.groupby(GROUP_COLUMNS, dropna=False, sort=True):
         duplicated = group["seed"][group["seed"].duplicated()]
         if len(duplicated):
             log.warning("%s: seeds %s appear in more than one run; all are averaged",
                         dict(zip(GROUP_COLUMNS, keys)), sorted(duplicated.unique().tolist()))
         top1 = group["top1"].astype(float)
+        run_dirs = group["run_dir"] if "run_dir" in group else pd.Series("", index=group.index)
+        single = ~group["seed"].duplicated(keep=False)
+        predictions = {seed: _load_predictions(run_dir, value) for seed, run_dir, value
+                       in zip(group["seed"][single], run_dirs[single], top1[single])}
+        cells.append({"top1_by_seed": top1.groupby(group["seed"]).mean().to_dict(), "predictions": predictions})
+        only_run = next(iter(predictions.values())) if len(group) == 1 else (None, "")
+        interval = _top1_interval(top1, only_run)
         rows.append({
             **dict(zip(GROUP_COLUMNS, keys)),
             "top1_mean": top1.mean(),
             "top1_std": top1.std(ddof=1) if len(top1) > 1 else math.nan,
             "seeds": len(group),
+            "top1_ci_low": interval.low,
+            "top1_ci_high": interval.high,
+            "ci_kind": interval.kind,
             "actual_sparsity": group["actual_sparsity"].mean(),
             "training_flops_multiplier": group["training_flops_multiplier"].mean(),
             "inference_flops_multiplier": group["inference_flops_multiplier"].mean(),
@@ -187,8 +295,16 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
             "calibration": _calibration_note(group),
         })
     table = pd.DataFrame(rows)
-    acdc_top1 = [_acdc_top1(table, row) for _, row in table.iterrows()]
-    table["delta_vs_acdc"] = table["top1_mean"] - pd.Series(acdc_top1, index=table.index, dtype="float64")
+    versus = []
+    for index, row in table.iterrows():
+        acdc_index = _acdc_index(table, row)
+        versus.append(_versus_acdc(cells[index], None if acdc_index is None else cells[acdc_index],
+                                   is_acdc=acdc_index == index))
+    for column in ("delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high", "verdict_vs_acdc",
+                   "verdict_basis", "paired_seeds"):
+        table[column] = [answer[column] for answer in versus]
+    for column in ("delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high"):
+        table[column] = table[column].astype("float64")
 
     published = {"published_top1": [], "published_source": [], "published_status": [],
                  "published_variant": [], "published_distribution": [], "published_citation": []}
@@ -206,6 +322,9 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
         table[column] = values
     table["published_top1"] = table["published_top1"].astype(float)
     table["delta_vs_published"] = table["top1_mean"] - table["published_top1"]
+    inside = [pd.NA if math.isnan(published) or math.isnan(low) or math.isnan(high) else low <= published <= high
+              for published, low, high in zip(table["published_top1"], table["top1_ci_low"], table["top1_ci_high"])]
+    table["published_inside_ci"] = pd.array(inside, dtype="boolean")
     table = table.sort_values(["suite", "dataset", "model", "target_sparsity", "method", "variant"])
     return table[COMPARE_COLUMNS].reset_index(drop=True)
 
@@ -216,10 +335,21 @@ def _number(value: float, digits: int = 2, *, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _interval_text(low: float, high: float, *, signed: bool = False) -> str:
+    """'[87.20, 89.80]', or '-' when there is no interval."""
+    if math.isnan(low) or math.isnan(high):
+        return "-"
+    return f"[{_number(low, signed=signed)}, {_number(high, signed=signed)}]"
+
+
+def _label(row) -> str:
+    return display_name("method", row["method"]) + (f" {row['variant']}" if row["variant"] else "")
+
+
 def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of one sparsity block."""
-    header = ["method", "variant", "top-1 %", "seeds", "sparsity", "train FLOPs x", "infer FLOPs x",
-              "d vs AC/DC", "published top-1", "d vs published"]
+    header = ["method", "variant", "top-1 %", "95% CI", "seeds", "sparsity", "train FLOPs x", "infer FLOPs x",
+              "d vs AC/DC", "d 95% CI", "verdict", "published top-1", "d vs published", "published in CI"]
     cells = []
     for _, row in block.iterrows():
         top1 = _number(row["top1_mean"])
@@ -228,11 +358,26 @@ def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         published = "-"
         if not math.isnan(row["published_top1"]):
             published = f"{row['published_top1']:.2f} ({row['published_source']}, {row['published_status']})"
-        cells.append([display_name("method", row["method"]), row["variant"] or "-", top1, str(int(row["seeds"])),
+        inside = row["published_inside_ci"]
+        cells.append([display_name("method", row["method"]), row["variant"] or "-", top1,
+                      _interval_text(row["top1_ci_low"], row["top1_ci_high"]), str(int(row["seeds"])),
                       _number(row["actual_sparsity"], 4), _number(row["training_flops_multiplier"], 3),
                       _number(row["inference_flops_multiplier"], 3), _number(row["delta_vs_acdc"], signed=True),
-                      published, _number(row["delta_vs_published"], signed=True)])
+                      _interval_text(row["delta_vs_acdc_ci_low"], row["delta_vs_acdc_ci_high"], signed=True),
+                      row["verdict_vs_acdc"], published, _number(row["delta_vs_published"], signed=True),
+                      "-" if pd.isna(inside) else ("inside" if inside else "outside")])
     return header, cells
+
+
+def _interval_notes(block: pd.DataFrame) -> list[str]:
+    """One line per row: how its top-1 interval and its AC/DC verdict were computed."""
+    notes = []
+    for _, row in block.iterrows():
+        note = f"{_label(row)}: top-1 CI {row['ci_kind']}"
+        if row["verdict_basis"] != "AC/DC itself":
+            note += f"; vs AC/DC {row['verdict_vs_acdc']}: {row['verdict_basis']}"
+        notes.append(note)
+    return notes
 
 
 def _blocks(table: pd.DataFrame):
@@ -259,7 +404,9 @@ def format_compare(table: pd.DataFrame) -> str:
     """Render :func:`compare_table` for a terminal: one aligned block per target sparsity."""
     if table.empty:
         return "no finished runs to compare"
-    return "\n\n".join(f"{title}\n{_text_table(*_display_rows(block))}" for title, block in _blocks(table))
+    return "\n\n".join(f"{title}\n{_text_table(*_display_rows(block))}\n"
+                       + "\n".join(f"  {note}" for note in _interval_notes(block))
+                       for title, block in _blocks(table))
 
 
 def format_compare_markdown(table: pd.DataFrame) -> str:
@@ -269,8 +416,16 @@ def format_compare_markdown(table: pd.DataFrame) -> str:
         return "\n".join(parts + ["No finished runs to compare.", ""])
     parts.append("top-1 is mean ± sample std over seeds (percent); d = difference in top-1 points; "
                  "FLOPs x = multiple of the dense run's FLOPs.")
+    parts += ["", "95% CI of top-1: t-interval over seeds; with one seed, the test-set binomial (Wilson) "
+              "interval, which covers test-set sampling only. d vs AC/DC is paired by seed (the seeds both "
+              "cells have) with the t-interval of the per-seed differences; verdict `better` / `worse` when "
+              "that interval lies above / below 0, `tie` when it contains 0. With one seed in common, "
+              "McNemar's exact test on the two runs' per-example predictions decides at alpha 0.05 "
+              "(test-set sampling only; its interval is the exact interval of the discordant examples). "
+              "`n/a`: no verdict, the note under the table says why."]
     for title, block in _blocks(table):
-        parts += ["", f"## {title}", "", _markdown_table(*_display_rows(block))]
+        parts += ["", f"## {title}", "", _markdown_table(*_display_rows(block)), ""]
+        parts += [f"- {note}" for note in _interval_notes(block)]
     calibrated = table[table["calibration"].fillna("") != ""]
     if not calibrated.empty:
         parts += ["", "## Budget calibration", "",

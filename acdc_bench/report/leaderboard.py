@@ -19,6 +19,13 @@ variant                    str      training-length variant (``2x``, ``5x``); ''
 distribution               str      layer sparsity distribution ('' for dense)
 metric                     str      always ``Top-1 accuracy (%)``
 value                      float    the metric, in [0, 100]; for our rows the mean over seeds
+value_std                  float    sample std of the metric over seeds, >= 0 (ours: NaN for
+                                    one seed; published: the published std, NaN if none)
+value_ci_low               float    lower end of the 95% interval of ``value`` (ours only, NaN
+                                    if none): t over seeds, or with one seed the test-set
+                                    binomial (Wilson) interval from ``predictions.npz``
+value_ci_high              float    upper end of that interval; both ends are given or neither,
+                                    and ``value_ci_low <= value <= value_ci_high``
 sparsity                   float    achieved sparsity (fraction of zero prunable weights), in
                                     [0, 1): our mean actual sparsity; the published reported
                                     sparsity, else its target
@@ -34,7 +41,10 @@ run_ids                    str      our run ids joined by ';' ('' for published 
 
 Rows are sorted by dataset, model, sparsity (to 3 decimals), then value (best first).
 :func:`validate_leaderboard` enforces the schema; :func:`export_leaderboard`
-validates before writing CSV and Markdown.
+validates before writing CSV and Markdown. The Markdown shows ``value`` as
+mean ± half-width of its 95% interval where there is one. :func:`read_leaderboard`
+reads a CSV written before ``value_std``/``value_ci_low``/``value_ci_high`` existed
+with those columns empty (NaN).
 """
 
 from __future__ import annotations
@@ -58,13 +68,15 @@ OUR_SOURCE_STATUS = "measured"
 SOURCE_STATUSES = (OUR_SOURCE_STATUS, "verified", "reported", "unverified")
 
 LEADERBOARD_COLUMNS = [
-    "task", "dataset", "model", "method", "variant", "distribution", "metric", "value", "sparsity",
+    "task", "dataset", "model", "method", "variant", "distribution", "metric", "value", "value_std",
+    "value_ci_low", "value_ci_high", "sparsity",
     "training_flops_multiplier", "inference_flops_multiplier", "epochs", "seeds", "source",
     "source_status", "run_ids",
 ]
 STRING_COLUMNS = ["task", "dataset", "model", "method", "variant", "distribution", "metric",
                   "source", "source_status", "run_ids"]
-FLOAT_COLUMNS = ["value", "sparsity", "training_flops_multiplier", "inference_flops_multiplier"]
+INTERVAL_COLUMNS = ["value_std", "value_ci_low", "value_ci_high"]
+FLOAT_COLUMNS = ["value", *INTERVAL_COLUMNS, "sparsity", "training_flops_multiplier", "inference_flops_multiplier"]
 INTEGER_COLUMNS = ["epochs", "seeds"]
 NON_EMPTY_COLUMNS = ["task", "dataset", "model", "method", "metric", "source", "source_status"]
 
@@ -96,7 +108,8 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
     rows = [{
         "task": TASK, "dataset": display_name("dataset", row.dataset), "model": display_name("model", row.model),
         "method": display_name("method", row.method), "variant": row.variant, "distribution": row.distribution,
-        "metric": METRIC, "value": row.top1_mean,
+        "metric": METRIC, "value": row.top1_mean, "value_std": row.top1_std,
+        "value_ci_low": row.top1_ci_low, "value_ci_high": row.top1_ci_high,
         "sparsity": row.actual_sparsity if not math.isnan(row.actual_sparsity) else row.target_sparsity,
         "training_flops_multiplier": row.training_flops_multiplier,
         "inference_flops_multiplier": row.inference_flops_multiplier,
@@ -119,7 +132,8 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
             rows.append({
                 "task": TASK, "dataset": row.dataset, "model": row.model, "method": row.method,
                 "variant": row.variant, "distribution": row.distribution, "metric": METRIC,
-                "value": row.top1, "sparsity": sparsity, "training_flops_multiplier": row.train_flops_mult,
+                "value": row.top1, "value_std": row.top1_std, "value_ci_low": math.nan,
+                "value_ci_high": math.nan, "sparsity": sparsity, "training_flops_multiplier": row.train_flops_mult,
                 "inference_flops_multiplier": row.inference_flops_mult, "epochs": row.epochs, "seeds": math.nan,
                 "source": row.source, "source_status": row.status, "run_ids": "",
             })
@@ -175,6 +189,12 @@ def validate_leaderboard(df: pd.DataFrame) -> None:
                         for index in df.index[bad])
 
     check("value", df["value"].between(0, 100), "outside [0, 100]", required=True)
+    check("value_std", df["value_std"] >= 0, "negative", required=False)
+    low, high = df["value_ci_low"], df["value_ci_high"]
+    for column, other in (("value_ci_low", high), ("value_ci_high", low)):
+        check(column, df[column].notna() | other.isna(), "empty while the other end is given", required=True)
+    check("value_ci_low", low <= df["value"], "above value", required=False)
+    check("value_ci_high", high >= df["value"], "below value", required=False)
     check("sparsity", (df["sparsity"] >= 0) & (df["sparsity"] < 1), "outside [0, 1)", required=True)
     for column in ("training_flops_multiplier", "inference_flops_multiplier"):
         check(column, df[column] > 0, "not a positive multiplier", required=False)
@@ -192,6 +212,9 @@ def read_leaderboard(path_csv: str | os.PathLike) -> pd.DataFrame:
     """Read an exported leaderboard CSV back with the schema's dtypes and validate it."""
     frame = pd.read_csv(path_csv, dtype={column: str for column in STRING_COLUMNS}, keep_default_na=False,
                         na_values={column: [""] for column in FLOAT_COLUMNS + INTEGER_COLUMNS})
+    for column in INTERVAL_COLUMNS:  # CSVs written before the intervals existed
+        if column not in frame.columns:
+            frame[column] = math.nan
     missing = [column for column in LEADERBOARD_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"{path_csv}: leaderboard columns missing {missing}")
@@ -201,11 +224,15 @@ def read_leaderboard(path_csv: str | os.PathLike) -> pd.DataFrame:
 
 
 def format_leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard") -> str:
-    """Markdown table of a leaderboard (multipliers to 3 decimals, '-' where unknown)."""
+    """Markdown table of a leaderboard (multipliers to 3 decimals, '-' where unknown).
+
+    ``value`` reads mean ± half-width of its 95% interval where there is one; the
+    interval's ends themselves are in the CSV only.
+    """
     def cell(value, column: str) -> str:
         if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
             return "-"
-        if column in ("value",):
+        if column in ("value_std",):
             return f"{value:.2f}"
         if column == "sparsity":
             return f"{value:.4f}"
@@ -213,10 +240,21 @@ def format_leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard") ->
             return f"{value:.3f}"
         return str(value).replace("|", "\\|") or "-"
 
-    shown = [column for column in LEADERBOARD_COLUMNS if column not in ("task", "metric")]
+    def value_cell(row) -> str:
+        text = f"{row['value']:.2f}"
+        if not (pd.isna(row["value_ci_low"]) or pd.isna(row["value_ci_high"])):
+            text += f" ± {(row['value_ci_high'] - row['value_ci_low']) / 2:.2f}"
+        return text
+
+    shown = [column for column in LEADERBOARD_COLUMNS if column not in ("task", "metric", "value_ci_low",
+                                                                        "value_ci_high")]
     lines = [f"# {title}", "", f"Task: {TASK}. Metric: {METRIC}.", "",
+             "value: mean over seeds ± half-width of its 95% interval (t over seeds; with one seed the "
+             "test-set binomial interval, which covers test-set sampling only); the interval's ends are "
+             "`value_ci_low` and `value_ci_high` in the CSV. value_std: sample std over seeds.", "",
              "| " + " | ".join(shown) + " |", "| " + " | ".join("---" for _ in shown) + " |"]
-    lines += ["| " + " | ".join(cell(row[column], column) for column in shown) + " |" for _, row in df.iterrows()]
+    lines += ["| " + " | ".join(value_cell(row) if column == "value" else cell(row[column], column)
+                                for column in shown) + " |" for _, row in df.iterrows()]
     return "\n".join(lines) + "\n"
 
 

@@ -3,10 +3,14 @@
 :func:`plot_all` writes, per suite:
 
 - ``top1_vs_sparsity_<dataset>_<model>``: mean top-1 over seeds (error bar:
-  sample std) against achieved sparsity, one line per method and variant;
-  published numbers as hollow markers labelled "(published)";
+  its 95% interval, see :mod:`acdc_bench.report.compare`) against achieved
+  sparsity, one line per method and variant; published numbers as hollow
+  markers labelled "(published)";
 - ``top1_vs_training_flops_<dataset>_<model>``: the same accuracies against the
   training-FLOP multiplier (the matched-budget picture);
+- ``delta_vs_acdc``: each method's top-1 difference to AC/DC at the same
+  sparsity (paired by seed) with its 95% interval, one row per (method,
+  sparsity), a vertical line at zero, the verdict beside each row;
 - ``trajectories``: one representative run per method, sparsity and cumulative
   training FLOPs per epoch (AC/DC's compressed phases shaded);
 - ``acdc_mask_overlap``: for AC/DC runs, IoU of each compressed phase's mask
@@ -15,15 +19,17 @@
 Figures are drawn on the Agg canvas without pyplot, so no global backend state
 changes. A figure with nothing to show is skipped with a logged warning, and
 a figure that fails is logged and skipped: plotting never stops a report.
+SVGs carry no date and fixed element ids, so re-exporting the same runs gives
+byte-identical files.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +37,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from acdc_bench.report.compare import METHOD_NAMES, compare_table, display_name, name_key
+from acdc_bench.core.io import atomic_write_bytes
+from acdc_bench.report.compare import ACDC_METHOD, METHOD_NAMES, compare_table, display_name, name_key
 from acdc_bench.report.results import drop_superseded, load_metrics
 
 log = logging.getLogger(__name__)
@@ -39,11 +46,11 @@ log = logging.getLogger(__name__)
 METHOD_COLORS = {"acdc": "tab:red", "gmp": "tab:blue", "rigl": "tab:green", "str": "tab:purple",
                  "dense": "black"}
 FALLBACK_COLORS = ["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
-PUBLISHED_MARKERS = {"acdc": "o", "gmp": "^", "rigl": "s", "str": "D", "dense": "*"}
+PUBLISHED_MARKERS = {"acdc": "o", "gmp": "^", "rigl": "s", "str": "D", "set": "v", "dense": "*"}
 FALLBACK_MARKERS = ["v", "P", "X", "h", "<", ">"]
 IMAGE_FORMATS = ("png", "svg")
 SPARSITY_LABEL = "sparsity (% of prunable weights that are zero)"
-TOP1_LABEL = "top-1 test accuracy (%)"
+TOP1_LABEL = "top-1 test accuracy (%), error bars: 95% interval"
 _METHOD_IDS_BY_KEY = {name_key(name): method_id for method_id, name in METHOD_NAMES.items()}
 
 
@@ -80,23 +87,21 @@ def _slug(text: str) -> str:
 
 def _save(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
     """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` atomically; return the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for image_format in IMAGE_FORMATS:
-        path = out_dir / f"{stem}.{image_format}"
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
-        os.close(handle)
-        try:
-            metadata = {"Date": None} if image_format == "svg" else None
-            # A fixed salt makes the SVG's element ids (clip paths, markers) the same on every
-            # export, so a regenerated leaderboard plot only differs where the data do.
-            with matplotlib.rc_context({"svg.hashsalt": f"acdc_bench:{stem}"}):
-                figure.savefig(tmp_name, format=image_format, dpi=150, metadata=metadata)
-            os.replace(tmp_name, path)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
-        paths.append(path)
+        buffer = io.BytesIO()
+        metadata = {"Date": None} if image_format == "svg" else None
+        # A fixed salt makes the SVG's element ids (clip paths, markers) the same on every
+        # export, so a regenerated leaderboard plot only differs where the data do.
+        with matplotlib.rc_context({"svg.hashsalt": f"acdc_bench:{stem}"}):
+            figure.savefig(buffer, format=image_format, dpi=150, metadata=metadata)
+        paths.append(atomic_write_bytes(out_dir / f"{stem}.{image_format}", buffer.getvalue()))
     return paths
+
+
+def _ci_errors(rows: pd.DataFrame, value: str, low: str, high: str) -> list[pd.Series]:
+    """Asymmetric error-bar lengths (below, above) of ``value`` to its interval; 0 where none."""
+    return [(rows[value] - rows[low]).fillna(0).clip(lower=0), (rows[high] - rows[value]).fillna(0).clip(lower=0)]
 
 
 def _published_for(reference: pd.DataFrame | None, dataset: str, model: str) -> pd.DataFrame:
@@ -142,12 +147,13 @@ def plot_top1_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None, o
             label = display_name("method", method) + (f" {variant}" if variant else "")
             rows = rows.sort_values("x_sparsity")
             if method == "dense" and (rows["x_sparsity"] < 1e-9).all():
-                mean, std = rows["top1_mean"].iloc[0], rows["top1_std"].iloc[0]
+                mean, low, high = rows[["top1_mean", "top1_ci_low", "top1_ci_high"]].iloc[0]
                 axes.axhline(mean, color=method_color(method), linestyle=":", label=f"{label} (ours)")
-                if not math.isnan(std):
-                    axes.axhspan(mean - std, mean + std, color=method_color(method), alpha=0.1)
+                if not (math.isnan(low) or math.isnan(high)):
+                    axes.axhspan(low, high, color=method_color(method), alpha=0.1)
                 continue
-            axes.errorbar(rows["x_sparsity"] * 100, rows["top1_mean"], yerr=rows["top1_std"].fillna(0),
+            axes.errorbar(rows["x_sparsity"] * 100, rows["top1_mean"],
+                          yerr=_ci_errors(rows, "top1_mean", "top1_ci_low", "top1_ci_high"),
                           marker="o", capsize=3, color=method_color(method), label=label,
                           linestyle="-" if not variant else "--")
         _plot_published(axes, _published_for(reference, dataset, model), "x_sparsity", x_scale=100)
@@ -176,7 +182,8 @@ def plot_top1_vs_training_flops(table: pd.DataFrame, reference: pd.DataFrame | N
         figure, axes = _new_figure()
         for (method, variant), rows in ours.groupby(["method", "variant"], sort=True):
             rows = rows.sort_values("training_flops_multiplier")
-            axes.errorbar(rows["training_flops_multiplier"], rows["top1_mean"], yerr=rows["top1_std"].fillna(0),
+            axes.errorbar(rows["training_flops_multiplier"], rows["top1_mean"],
+                          yerr=_ci_errors(rows, "top1_mean", "top1_ci_low", "top1_ci_high"),
                           marker="o", capsize=3, color=method_color(method),
                           label=display_name("method", method) + (f" {variant}" if variant else ""),
                           linestyle="-" if not variant else "--")
@@ -195,6 +202,44 @@ def plot_top1_vs_training_flops(table: pd.DataFrame, reference: pd.DataFrame | N
         _legend(axes)
         written += _save(figure, out_dir, f"top1_vs_training_flops_{_slug(dataset)}_{_slug(model)}")
     return written
+
+
+def plot_delta_vs_acdc(table: pd.DataFrame, out_dir: Path, suite: str) -> list[Path]:
+    """Each method's paired top-1 difference to AC/DC with its 95% interval, one row per cell.
+
+    Rows without an interval (no verdict) are drawn as hollow points; each row's label gives
+    the verdict and how it was reached (paired seeds, or McNemar on one seed's test set).
+    """
+    rows = table[(table["method"] != ACDC_METHOD) & table["delta_vs_acdc"].notna()]
+    if rows.empty:
+        log.warning("%s: no method has a difference to AC/DC; delta-vs-AC/DC plot skipped", suite)
+        return []
+    several_pairs = len(_suite_pairs(rows)) > 1
+    rows = rows.sort_values(["dataset", "model", "target_sparsity", "method", "variant"]).reset_index(drop=True)
+    figure, axes = _new_figure(7.5, 1.2 + 0.45 * len(rows))
+    positions = list(range(len(rows)))[::-1]  # first row on top
+    labels = []
+    for position, row in zip(positions, rows.itertuples()):
+        color = method_color(row.method)
+        known = not (math.isnan(row.delta_vs_acdc_ci_low) or math.isnan(row.delta_vs_acdc_ci_high))
+        if known:
+            axes.errorbar([row.delta_vs_acdc], [position], capsize=3, marker="o", color=color,
+                          xerr=[[max(0.0, row.delta_vs_acdc - row.delta_vs_acdc_ci_low)],
+                                [max(0.0, row.delta_vs_acdc_ci_high - row.delta_vs_acdc)]])
+        else:
+            axes.scatter([row.delta_vs_acdc], [position], marker="o", facecolors="none", edgecolors=color)
+        basis = ("McNemar, test set only" if row.verdict_basis.startswith("McNemar")
+                 else f"{row.paired_seeds} paired seeds" if known else "no interval")
+        where = f"{display_name('dataset', row.dataset)}/{display_name('model', row.model)} " if several_pairs else ""
+        labels.append(f"{where}{display_name('method', row.method)}{' ' + row.variant if row.variant else ''} "
+                      f"{row.target_sparsity:.0%}: {row.verdict_vs_acdc} ({basis})")
+    axes.axvline(0.0, color="gray", linewidth=1.0)
+    axes.set_yticks(positions, labels, fontsize="small")
+    axes.set_ylim(-0.7, len(rows) - 0.3)
+    axes.set_xlabel("top-1 minus AC/DC's at the same sparsity (points), 95% interval")
+    axes.set_title(f"Difference to AC/DC, paired by seed ({suite})")
+    axes.grid(alpha=0.3, axis="x")
+    return _save(figure, out_dir, "delta_vs_acdc")
 
 
 HEADLINE_SPARSITY = 0.9  # the AC/DC paper's headline sparsity
@@ -307,7 +352,8 @@ def plot_all(runs: pd.DataFrame, reference: pd.DataFrame | None, out_dir: str | 
         log.warning("suite %s has no finished runs; accuracy plots skipped", suite)
     else:
         steps += [("top-1 vs sparsity", lambda: plot_top1_vs_sparsity(table, reference, out_dir, suite)),
-                  ("top-1 vs training FLOPs", lambda: plot_top1_vs_training_flops(table, reference, out_dir, suite))]
+                  ("top-1 vs training FLOPs", lambda: plot_top1_vs_training_flops(table, reference, out_dir, suite)),
+                  ("difference to AC/DC", lambda: plot_delta_vs_acdc(table, out_dir, suite))]
     steps += [("trajectories", lambda: plot_trajectories(with_metrics, out_dir, suite)),
               ("mask overlap", lambda: plot_mask_overlap(with_metrics, out_dir, suite))]
     written: list[Path] = []

@@ -106,7 +106,9 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
     started = time.perf_counter()
     trained_time, trained_steps = 0.0, 0
     for index, spec in enumerate(specs, 1):
-        config = _config(suite, spec, out)
+        # Resolved when it is about to run, so that a matched run's budget is its reference's
+        # measured FLOPs (``planned`` above, for the time-left estimate, may hold estimates).
+        config = planned[index - 1] if read_result(out / planned[index - 1]["run_id"]) else _config(suite, spec, out)
         remaining = len(specs) - index
         if read_result(out / config["run_id"]) is not None:
             print(f"[{index}/{len(specs)}] {config['run_id']}: finished already")
@@ -125,7 +127,8 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
             train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
             trained_time += time.perf_counter() - run_started
             trained_steps += _steps(config) or 0
-            config = _config(suite, spec, out)  # a calibration chain's next run, or the same finished run
+            if (config.get("budget") or {}).get("calibration"):
+                config = _config(suite, spec, out)  # the chain's next run, or the same finished run
     print(f"all {len(specs)} runs of suite {suite['suite']} finished in {_duration(time.perf_counter() - started)} -> {out}")
 
 

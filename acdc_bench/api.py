@@ -1,0 +1,252 @@
+"""Use any method in any training loop: ``acdc_bench.sparsify(model, "rigl", ...)``.
+
+::
+
+    sparsifier = acdc_bench.sparsify(model, "rigl", sparsity=0.9, epochs=E, steps_per_epoch=S, batch_size=B)
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    for epoch in range(E):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            loss_fn(model(inputs), targets).backward()
+            optimizer.step()
+    sparsifier.finalize()
+
+This module is the one place that wires a method to a model; the project's own training
+loop, the planner and the benchmarks use it too. The method's hooks run at fixed points:
+
+- ``sparsify``: the method is built from its validated options and attached
+  (``setup``: masks, parametrizations); the model's conv/linear weights are found and their
+  FLOPs measured (from ``input_shape``, else from the first training batch);
+- ``wrap(optimizer)``: ``bind_optimizer`` (STR moves its thresholds into a group of their own
+  with ``add_param_group``); from then on ``optimizer.step()`` runs the step's hooks;
+- before the first *training* forward pass of a step (a forward pre-hook on the model that
+  ignores ``model.eval()`` passes): ``on_epoch_start(epoch)`` at an epoch's first step, then
+  ``on_step_start(step)``;
+- ``optimizer.step()``: ``before_optimizer_step(step)`` (masks the gradients; RigL reads the
+  dense gradient ``backward()`` left and returns False to skip the update), the optimizer's own
+  step unless skipped, ``after_optimizer_step(step)`` (re-applies masks), the FLOP meter, and
+  at an epoch's last step ``on_epoch_end(epoch)`` (its dict is :attr:`Sparsifier.epoch_metrics`).
+
+Epochs are counted from the steps: step ``t`` belongs to epoch ``t // steps_per_epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from acdc_bench.core.flops import LayerFlops, TrainingFlopMeter, measure_layer_flops
+from acdc_bench.core.sparsity import prunable_layers, weight_sparsity
+from acdc_bench.methods.base import SparsityMethod
+from acdc_bench.methods.registry import get_method, make_config
+
+
+class Sparsifier:
+    """A method attached to a model: drives its hooks from the optimizer's steps; meters FLOPs.
+
+    Build one with :func:`sparsify`.
+    """
+
+    def __init__(self, model: nn.Module, method: SparsityMethod, batch_size: int | None,
+                 input_shape: Sequence[int] | None = None):
+        self.model = model
+        self.method = method
+        self.layers = method.layers
+        self.batch_size = batch_size
+        self.meter = TrainingFlopMeter()
+        self.epoch_metrics: dict = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._input_shape = tuple(input_shape) if input_shape is not None else None
+        self._step = 0                # the global index of the step under way (or next)
+        self._started_epoch = -1      # the last epoch whose on_epoch_start ran
+        self._step_started = False    # on_step_start ran for self._step
+        self._examples: int | None = None
+        self._hook = None
+        self._finalized = False
+
+    # ------------------------------------------------------------------ what the loop reads
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far (skipped RigL update steps included)."""
+        return self._step
+
+    @property
+    def epoch(self) -> int:
+        return self._step // self.method.steps_per_epoch
+
+    @property
+    def training_flops(self) -> int:
+        """Training FLOPs metered so far (all steps, ``batch_size`` examples each unless told otherwise)."""
+        return self.meter.total
+
+    @property
+    def sparsity(self) -> float:
+        """Actual sparsity over the prunable weights now (from the effective weights)."""
+        return weight_sparsity(self.layers)[0]
+
+    @property
+    def phase(self) -> str:
+        """``dense`` or ``sparse``: the method's phase in the epoch of the step under way, or of
+        the last step taken (so a per-epoch log line after an epoch names that epoch's phase)."""
+        step = self._step if self._step_started or self._step == 0 else self._step - 1
+        return self.method.phase(min(step // self.method.steps_per_epoch, self.method.epochs - 1))
+
+    # ------------------------------------------------------------------ attaching
+    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Bind ``optimizer`` (built before or after :func:`sparsify`); returns it, its ``step`` hooked.
+
+        Wrap before building an lr scheduler on it (schedulers wrap ``step`` themselves).
+        """
+        if self.optimizer is not None:
+            raise RuntimeError("this sparsifier already wraps an optimizer; call sparsify() again for another run")
+        self.method.bind_optimizer(optimizer)
+        inner = optimizer.step
+
+        def step(*args, **kwargs):
+            return self._optimizer_step(inner, args, kwargs)
+
+        optimizer.step = step
+        self.optimizer = optimizer
+        self._hook = self.model.register_forward_pre_hook(self._before_forward)
+        return optimizer
+
+    def seek(self, step: int) -> None:
+        """Position the sparsifier at ``step`` without running the steps before it, its epoch's
+        ``on_epoch_start`` taken as done (benchmarks time chosen steps of a schedule this way)."""
+        self._step = int(step)
+        self._started_epoch = self.epoch
+        self._step_started = False
+
+    def step_examples(self, examples: int) -> None:
+        """The number of training examples in the next step (over all ranks), for the FLOP meter."""
+        self._examples = int(examples)
+
+    @torch.compiler.disable
+    def _before_forward(self, module, args) -> None:
+        if not module.training or self._finalized:
+            return
+        if self.method.flops is None:
+            self._measure_flops(args)
+        self.start_step()
+
+    def _measure_flops(self, args) -> None:
+        shape = self._input_shape
+        if shape is None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise ValueError("sparsify: the model's first input is not a tensor; pass input_shape= "
+                                 "(one example's shape, e.g. (3, 224, 224)) to measure its FLOPs")
+            shape = tuple(args[0].shape[1:])
+        self.method.flops = measure_layer_flops(self.model, self.layers, shape)
+
+    def start_step(self) -> None:
+        """Run the hooks due before this step's forward pass (idempotent within a step)."""
+        if self._step_started:
+            return
+        steps_per_epoch = self.method.steps_per_epoch
+        epoch = self._step // steps_per_epoch
+        if epoch > self._started_epoch:
+            self.method.on_epoch_start(epoch)
+            self._started_epoch = epoch
+        self.method.on_step_start(self._step)
+        self._step_started = True
+
+    def _optimizer_step(self, inner, args, kwargs):
+        self.start_step()
+        step = self._step
+        result = None
+        if self.method.before_optimizer_step(step):
+            result = inner(*args, **kwargs)
+        self._end_step(step)
+        return result
+
+    def skipped_step(self) -> None:
+        """A step whose optimizer update did not run (``GradScaler`` found inf/NaN gradients):
+        the method's hooks and the meter still count it, so the schedules stay on time."""
+        self.start_step()
+        self.method.before_optimizer_step(self._step)
+        self._end_step(self._step)
+
+    def _end_step(self, step: int) -> None:
+        method = self.method
+        method.after_optimizer_step(step)
+        if method.flops is None:
+            raise RuntimeError("sparsify: no training forward pass ran before optimizer.step(), so the "
+                               "model's FLOPs are unknown; pass input_shape= to sparsify")
+        examples = self._examples if self._examples is not None else self.batch_size
+        if examples is None:
+            raise ValueError("sparsify: batch_size is unknown; pass batch_size= or call step_examples(n) every step")
+        self.meter.add(method.step_training_flops(step), examples)
+        self._examples = None
+        self._step = step + 1
+        self._step_started = False
+        if self._step % method.steps_per_epoch == 0 or self._step == method.total_steps:
+            self.epoch_metrics = method.on_epoch_end(step // method.steps_per_epoch) or {}
+
+    # ------------------------------------------------------------------ the end, and resuming
+    def finalize(self) -> nn.Module:
+        """Plain dense tensors holding exact zeros (STR bakes its thresholds); hooks removed."""
+        self.method.finalize()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._finalized = True
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"method": self.method.state_dict(), "meter": self.meter.state_dict(), "step": self._step,
+                "started_epoch": self._started_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where :meth:`state_dict` was taken (load the model and optimizer too)."""
+        self.method.load_state_dict(state["method"])
+        self.meter.load_state_dict(state["meter"])
+        self._step = int(state["step"])
+        self._started_epoch = int(state["started_epoch"])
+        self._step_started = False
+
+
+def sparsify(
+    model: nn.Module,
+    method: str,
+    *,
+    sparsity: float,
+    steps_per_epoch: int,
+    epochs: int | None = None,
+    total_steps: int | None = None,
+    batch_size: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    flops: LayerFlops | None = None,
+    **options: Any,
+) -> Sparsifier:
+    """Attach the registered method ``method`` to ``model`` and return its :class:`Sparsifier`.
+
+    ``sparsity`` is the target (STR: the target its ``targets`` entry is tuned for); the run
+    lasts ``epochs`` epochs of ``steps_per_epoch`` optimizer steps, or ``total_steps`` steps
+    (the last epoch may then be partial). ``batch_size`` is the examples per step for the FLOP
+    meter. ``input_shape`` is one example's shape (default: read from the first training
+    batch); ``flops`` reuses a measurement. ``options`` are the method's own (its ``Config``
+    fields, e.g. ``distribution``, ``update_interval``); an unknown one is an error naming them.
+    """
+    method_cls = get_method(method)
+    config = make_config(method_cls, options, where="sparsify: ")
+    if batch_size is not None and hasattr(config, "for_batch_size"):  # options in examples (RigL's spacing)
+        config = config.for_batch_size(int(batch_size))
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsify: sparsity {sparsity!r} must be in [0, 1) (e.g. 0.9 for 90%)")
+    if steps_per_epoch < 1:
+        raise ValueError(f"sparsify: steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if total_steps is None:
+        if epochs is None:
+            raise ValueError("sparsify: give epochs= or total_steps= (the run's length drives the method's schedule)")
+        total_steps = int(epochs) * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    layers = prunable_layers(model, getattr(config, "include", ()) or (), getattr(config, "exclude", ()) or ())
+    if flops is None and input_shape is not None:
+        flops = measure_layer_flops(model, layers, input_shape)
+    instance = method_cls(config, target_sparsity=float(sparsity), epochs=epochs,
+                          steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    instance.setup(model, layers, flops)
+    return Sparsifier(model, instance, batch_size, input_shape)

@@ -1,0 +1,157 @@
+"""The run-folder format: file names, writers, readers, what "finished" means, and its lock.
+
+``runs/<suite>/<run-id>/`` holds, in the order a run writes them:
+
+- ``config.yaml``: the resolved run config (written once, before training);
+- ``metrics.csv``: one row per finished epoch (:data:`METRIC_COLUMNS`);
+- ``checkpoint.pt``: the state after the last finished epoch (removed when the run finishes);
+- ``model_dense.pt``: the dense model of a sparse-dense pair (AC/DC, dense);
+- ``model_final.pt``: the final model, plain tensors with exact zeros;
+- ``predictions.npz``: the final model's predicted class for every test example
+  (``final``), the dense model's of the pair (``dense``) and the labels (``targets``);
+- ``result.json``: written last. A run is *finished* exactly when it parses.
+
+Every file is written atomically (temporary file, fsync, rename). While a process trains a
+run it holds an exclusive ``fcntl`` lock on ``.lock`` in the folder (:func:`lock_run`): a
+second process on the same run fails at once with a message naming the holder's PID, and
+the kernel releases the lock of a process that dies, so a killed run never blocks.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from acdc_bench.core.io import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
+
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+CHECKPOINT = "checkpoint.pt"
+MODEL_FINAL = "model_final.pt"
+MODEL_DENSE = "model_dense.pt"
+PREDICTIONS = "predictions.npz"
+RESULT = "result.json"
+LOCK = ".lock"
+RESULT_SCHEMA_VERSION = 1
+
+METRIC_COLUMNS = [
+    "epoch", "phase", "lr", "train_loss", "train_top1", "test_loss", "top1",
+    "sparsity", "training_flops", "mask_overlap", "wall_time_s",
+]
+
+
+class RunLocked(RuntimeError):
+    """Another live process is training this run."""
+
+
+def read_result(run_dir: str | os.PathLike) -> dict | None:
+    """The run's ``result.json`` when the run is finished (the file parses), else None."""
+    path = Path(run_dir) / RESULT
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    return read_result(run_dir) is not None
+
+
+@contextmanager
+def lock_run(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run folder's exclusive lock while the body runs; :class:`RunLocked` if held.
+
+    The lock is an ``fcntl.flock`` on ``<run_dir>/.lock``; the file also records the holder's
+    PID and host for the message. The kernel drops the lock when its process exits, however
+    it exits (SIGKILL included), so a stale ``.lock`` file never blocks a later run.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLocked(f"run folder {run_dir} is being trained by another process ({holder}); "
+                            f"wait for it to finish, or stop that process") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def write_config(run_dir: Path, text: str) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG, text)
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    atomic_write_csv(Path(run_dir) / METRICS, rows, METRIC_COLUMNS)
+
+
+def write_checkpoint(run_dir: Path, state: dict) -> None:
+    atomic_torch_save(state, Path(run_dir) / CHECKPOINT)
+
+
+def write_dense_model(run_dir: Path, state_dict: dict) -> None:
+    atomic_torch_save(state_dict, Path(run_dir) / MODEL_DENSE)
+
+
+def _class_array(values) -> np.ndarray:
+    array = np.asarray(values)
+    return array.astype(np.int16 if array.size == 0 or array.max() < 2**15 else np.int32)
+
+
+def write_predictions(run_dir: Path, targets, final, dense=None) -> None:
+    """``predictions.npz``: one predicted class per test example (int16), compressed, atomically."""
+    arrays = {"targets": _class_array(targets), "final": _class_array(final)}
+    if dense is not None:
+        arrays["dense"] = _class_array(dense)
+    if any(len(a) != len(arrays["targets"]) for a in arrays.values()):
+        raise ValueError(f"predictions for {run_dir}: arrays of different lengths {[len(a) for a in arrays.values()]}")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(Path(run_dir) / PREDICTIONS, buffer.getvalue())
+
+
+def read_predictions(run_dir: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """``{"targets", "final"[, "dense"]}`` of a run, or None when it has none (older runs)."""
+    path = Path(run_dir) / PREDICTIONS
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key].astype(np.int64) for key in data.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is unreadable ({error}); delete it (the run's result stays valid)") from error
+
+
+def finish(run_dir: Path, model_state: dict, result: dict[str, Any], predictions: dict | None = None) -> None:
+    """Write the final model, the predictions and, last, ``result.json``; drop the checkpoint."""
+    run_dir = Path(run_dir)
+    atomic_torch_save(model_state, run_dir / MODEL_FINAL)
+    if predictions is not None:
+        write_predictions(run_dir, **predictions)
+    atomic_write_json(run_dir / RESULT, result)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)

@@ -1,0 +1,31 @@
+"""SET: Sparse Evolutionary Training (Mocanu et al., Nature Communications 2018).
+
+As the RigL paper runs it (``google-research/rigl``'s ``SparseSETOptimizer``): RigL's masks,
+schedule and magnitude drop, but the ``k`` dropped connections regrow at positions drawn
+uniformly at random among the inactive ones, so no dense gradient is needed and an update
+step costs what any step does (3 f_S). The draw is seeded by ``mask_seed`` and the step,
+so every data-parallel rank grows the same connections.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import zlib
+
+import torch
+
+from acdc_bench.baselines.rigl import RigL
+from acdc_bench.methods import register_method
+
+
+@register_method("set")
+class SET(RigL):
+    """RigL with random growth."""
+
+    dense_gradient: ClassVar[bool] = False
+
+    def grow_scores(self, layer, step: int) -> torch.Tensor:
+        seed = hash((int(self.config.mask_seed), step, zlib.crc32(layer.name.encode()))) % 2**63
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand(layer.numel, generator=generator).to(layer.weight.device)

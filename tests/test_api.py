@@ -1,0 +1,210 @@
+"""The attach API (``acdc_bench.sparsify``) in loops written outside the package."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import acdc_bench
+from helpers import SHORT, needs_fashion
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SHIPPED = ["dense", "acdc", "gmp", "rigl", "str", "set"]
+#: Per method: options for a 32-step run, and whether its FLOPs depend on the trajectory.
+OPTIONS = {
+    "dense": {},
+    "acdc": {"schedule_epochs": 4, "warmup_epochs": 1, "phase_epochs": 1, "final_dense_epochs": 1,
+             "final_sparse_epochs": 1, "distribution": "uniform"},
+    "gmp": {"distribution": "uniform", "start_fraction": 0.25, "end_fraction": 0.75, "frequency": 4},
+    "rigl": {"distribution": "erk", "update_interval": 3},
+    "str": {"s_init": -4.0, "lam": 0.01},
+    "set": {"distribution": "erk", "update_interval": 3},
+}
+
+
+def user_model(seed: int = 0) -> nn.Module:
+    """The user's own LeNet-300-100: nothing from acdc_bench.models."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
+                         nn.Linear(100, 10))
+
+
+def user_data(steps: int = 8, batch: int = 256, seed: int = 1):
+    """A learnable synthetic task: labels from a random linear teacher."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(steps * batch, 1, 28, 28, generator=generator)
+    targets = (inputs.flatten(1) @ torch.randn(784, 10, generator=generator)).argmax(1)
+    return [(inputs[i:i + batch], targets[i:i + batch]) for i in range(0, steps * batch, batch)]
+
+
+def plain_loop(method: str, epochs: int = 4, *, optimizer_first: bool = False, **options):
+    model, loader = user_model(), user_data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if optimizer_first else None
+    sparsifier = acdc_bench.sparsify(model, method, sparsity=0.9, epochs=epochs, steps_per_epoch=len(loader),
+                                     batch_size=256, **{**OPTIONS[method], **options})
+    optimizer = sparsifier.wrap(optimizer or torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    phases = []
+    for _ in range(epochs):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+        phases.append(sparsifier.phase)
+    model.eval()
+    with torch.no_grad():  # an eval pass runs no hook
+        model(loader[0][0])
+    sparsity = sparsifier.sparsity
+    sparsifier.finalize()
+    return model, sparsifier, sparsity, phases
+
+
+@pytest.mark.parametrize("method", SHIPPED)
+def test_every_shipped_method_trains_in_a_plain_loop(method):
+    model, sparsifier, sparsity, phases = plain_loop(method)
+    assert sparsifier.step == 32 and sparsifier.meter.examples == 32 * 256
+    dense_step = 3 * (784 * 300 + 300 * 100 + 100 * 10) * 2  # 3 x forward, 2 FLOPs a multiply-add
+    if method == "dense":
+        assert sparsity == 0.0 and sparsifier.training_flops == 32 * 256 * dense_step
+    elif method == "str":  # STR ends where its lambda takes it: sparse, and cheaper than dense
+        assert 0.3 < sparsity < 1.0 and sparsifier.training_flops < 32 * 256 * dense_step
+    else:
+        assert sparsity == pytest.approx(0.9, abs=2e-3)
+        assert sparsifier.training_flops < 32 * 256 * dense_step
+    if method == "acdc":
+        assert phases == ["dense", "sparse", "dense", "sparse"]
+    # finalize: plain tensors, exact zeros, no parametrization or hook left
+    for module in model.modules():
+        assert not hasattr(module, "parametrizations")
+        assert not module._forward_pre_hooks
+    zeros = sum(int((m.weight == 0).sum()) for m in model if isinstance(m, nn.Linear))
+    total = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    assert zeros / total == pytest.approx(sparsity, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["str", "rigl"])
+def test_optimizer_built_before_or_after_sparsify_trains_the_same(method):
+    before, *_ = plain_loop(method, epochs=2, optimizer_first=True)
+    after, *_ = plain_loop(method, epochs=2)
+    for a, b in zip(before.state_dict().values(), after.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_rigl_skips_the_optimizer_step_on_update_steps_and_set_needs_no_dense_gradient():
+    _, rigl, *_ = plain_loop("rigl", epochs=1)
+    _, set_, *_ = plain_loop("set", epochs=1)
+    f_s = rigl.method.sparse_forward
+    # 8 steps, updates at 3 and 6 (T_end = 6 of 8 steps: only step 3): 2 f_S + f_D there
+    assert rigl.method.last_update["step"] == 3
+    assert rigl.training_flops == 256 * (7 * 3 * f_s + 2 * f_s + rigl.method.flops.dense_forward)
+    assert set_.training_flops == 256 * 8 * 3 * set_.method.sparse_forward
+    assert set_.method.last_update["step"] == 3 and sum(set_.method.last_update["k"]) > 0
+
+
+def test_resumed_loop_continues_exactly():
+    """state_dict after 2 of 4 epochs, loaded into a fresh model, optimizer and sparsifier."""
+    def build():
+        model, loader = user_model(), user_data()
+        sparsifier = acdc_bench.sparsify(model, "acdc", sparsity=0.9, epochs=4, steps_per_epoch=8, batch_size=256,
+                                         **OPTIONS["acdc"])
+        return model, loader, sparsifier, sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+
+    def epochs(model, loader, optimizer, count):
+        for _ in range(count):
+            for inputs, targets in loader:
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(inputs), targets).backward()
+                optimizer.step()
+
+    model, loader, sparsifier, optimizer = build()
+    epochs(model, loader, optimizer, 4)
+    first, loader_b, half, optimizer_b = build()
+    epochs(first, loader_b, optimizer_b, 2)
+    saved = {"model": first.state_dict(), "optimizer": optimizer_b.state_dict(), "sparsifier": half.state_dict()}
+    resumed, loader_c, sparsifier_c, optimizer_c = build()
+    resumed.load_state_dict(saved["model"])
+    optimizer_c.load_state_dict(saved["optimizer"])
+    sparsifier_c.load_state_dict(saved["sparsifier"])
+    epochs(resumed, loader_c, optimizer_c, 2)
+    assert sparsifier_c.training_flops == sparsifier.training_flops
+    for a, b in zip(resumed.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_unknown_method_or_option_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown method 'rigl2'; allowed: .*rigl"):
+        acdc_bench.sparsify(user_model(), "rigl2", sparsity=0.9, epochs=1, steps_per_epoch=1)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['update_intervall'\].*allowed: .*update_interval"):
+        acdc_bench.sparsify(user_model(), "rigl", sparsity=0.9, epochs=1, steps_per_epoch=1, update_intervall=3)
+    with pytest.raises(ValueError, match="epochs= or total_steps="):
+        acdc_bench.sparsify(user_model(), "gmp", sparsity=0.9, steps_per_epoch=1)
+
+
+def test_a_method_without_a_planning_model_is_an_error_under_a_matched_budget():
+    from acdc_bench.budget.plan import Planner
+    from acdc_bench.config import load_suite, run_config
+    from acdc_bench.methods import MaskedMethod, register_method
+
+    @register_method("static-no-plan")
+    class StaticNoPlan(MaskedMethod):
+        pass
+
+    config = run_config(load_suite("fashion-mnist"), "static-no-plan", 0.9)
+    with pytest.raises(NotImplementedError, match="no planning model.*--budget paper"):
+        Planner(config).estimated_training_flops()
+
+
+def _readme_example() -> str:
+    text = README.read_text()
+    section = text.split("## Use a method in your own training loop", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_example_runs_and_is_at_most_20_lines():
+    code = _readme_example()
+    assert len(code.strip().splitlines()) <= 20
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    sparsifier = scope["sparsifier"]
+    assert sparsifier.sparsity == pytest.approx(0.9, abs=2e-3) and sparsifier.training_flops > 0
+
+
+@needs_fashion
+@pytest.mark.parametrize("method", ["dense", "acdc", "gmp", "rigl", "set"])
+def test_plain_loop_meters_what_acdc_bench_run_meters(tmp_path, method):
+    """Same schedule (4 epochs of 8 full steps of 256): the user's loop on its own model and data
+    meters the FLOPs the harness meters (methods whose cost does not depend on the weights)."""
+    from acdc_bench.cli import main
+
+    args = ["run", "--suite", "fashion-mnist", "--method", method, "--sparsity", "0.9", "--budget", "paper",
+            "--out", str(tmp_path), "--no-progress"]
+    overrides = [item for item in SHORT if not item.startswith("methods.acdc")] + ["train_subset=2048"]
+    overrides += [f"methods.{method}.{k}={json.dumps(v)}" for k, v in OPTIONS[method].items()]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 0
+    result = json.loads(next(tmp_path.glob("*/result.json")).read_text())
+    _, sparsifier, sparsity, _ = plain_loop(method)
+    assert result["steps"] == sparsifier.step == 32
+    assert result["training_flops"] == sparsifier.training_flops
+    assert result["actual_sparsity"] == pytest.approx(sparsity, abs=1e-3)
+
+
+@needs_fashion
+def test_set_runs_from_the_command_line_matched_to_acdc(tmp_path):
+    from acdc_bench.cli import main
+
+    args = ["run", "--suite", "fashion-mnist", "--method", "set", "--sparsity", "0.9", "--out", str(tmp_path),
+            "--no-progress", "--set", "methods.set.update_interval=3"]
+    for item in SHORT:
+        args += ["--set", item]
+    assert main(args) == 0
+    result = json.loads(next(tmp_path.glob("set-*/result.json")).read_text())
+    assert result["method"] == "set" and result["budget"]["mode"] == "matched"
+    assert result["actual_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert abs(result["budget"]["achieved_ratio"] - 1) <= 0.02  # SET's cost is planned exactly

@@ -1,0 +1,88 @@
+"""The run folder: its lock (two real processes), predictions, and the installed package."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acdc_bench.run.folder import RunLocked, lock_run, read_predictions, write_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLD = ("import sys, time; from acdc_bench.run.folder import lock_run\n"
+        "with lock_run(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n")
+
+
+def _holder(run_dir: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_a_second_process_on_a_locked_run_is_refused_naming_the_holder(tmp_path):
+    run_dir = tmp_path / "dense-s0-seed0-e4-abc"
+    holder = _holder(run_dir)
+    try:
+        with pytest.raises(RunLocked, match=rf"pid {holder.pid}\b"):
+            with lock_run(run_dir):
+                pass
+        # the command line says so too, and exits 2 without touching the folder
+        code = ("import sys; from acdc_bench.run.loop import train\n"
+                "train({'run_id': sys.argv[2]}, sys.argv[1])")
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path), run_dir.name], capture_output=True,
+                               text=True)
+        assert other.returncode != 0 and f"pid {holder.pid}" in other.stderr
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = _holder(run_dir)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert (run_dir / ".lock").exists()
+    with lock_run(run_dir):  # the kernel released the dead holder's lock
+        assert f"pid {os.getpid()}" in (run_dir / ".lock").read_text()
+
+
+def test_predictions_round_trip_compactly(tmp_path):
+    targets = np.arange(10_000) % 10
+    final = (targets + (np.arange(10_000) % 7 == 0)) % 10
+    write_predictions(tmp_path, targets=targets, final=final, dense=targets)
+    read = read_predictions(tmp_path)
+    assert set(read) == {"targets", "final", "dense"}
+    assert np.array_equal(read["final"], final) and np.array_equal(read["dense"], targets)
+    assert (tmp_path / "predictions.npz").stat().st_size < 10_000  # int16, compressed
+    assert read_predictions(tmp_path / "missing") is None
+    with pytest.raises(ValueError, match="different lengths"):
+        write_predictions(tmp_path, targets=targets, final=final[:5])
+
+
+@pytest.mark.slow
+def test_installed_not_editable_finds_its_data_from_another_folder(tmp_path):
+    """``pip install .`` (no -e) into a folder, then ``acdc-bench compare`` run from elsewhere."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(ROOT)], check=True, capture_output=True, text=True)
+    assert (site / "acdc_bench" / "baselines" / "rigl.py").exists()
+    assert (site / "acdc_bench" / "reference" / "published.csv").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = ("import acdc_bench, acdc_bench.methods as m; from acdc_bench.report.results import load_reference; "
+             "print(acdc_bench.__file__); print(m.get_method('set').__module__); print(len(load_reference()))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    file, module, rows = out.stdout.split()
+    assert file.startswith(str(site)) and module == "acdc_bench.baselines.set" and int(rows) > 10
+    compare = subprocess.run([sys.executable, "-m", "acdc_bench", "compare", "--suite", "fashion-mnist",
+                              "--runs", str(elsewhere / "runs")], cwd=elsewhere, env=env, capture_output=True,
+                             text=True)
+    assert compare.returncode == 0, compare.stderr
