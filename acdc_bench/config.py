@@ -55,7 +55,7 @@ BUDGET_KEYS = {"mode", "reference", "calibration"}
 #: runs per cell; a run is accepted when its sparsity is within ``sparsity_tolerance`` of the target
 #: (and its training FLOPs within plan.MATCH_TOLERANCE of the budget). 0.5 pp rather than the 2 pp
 #: an STR run is usually allowed: at a 95% target, 2 pp under is 40% more non-zeros than the target.
-CALIBRATION_DEFAULTS = {"max_runs": 5, "sparsity_tolerance": 0.005}
+CALIBRATION_DEFAULTS = {"max_runs": 5, "sparsity_tolerance": 0.005, "start": {}}
 
 #: A method's ``recipe:`` (``methods.<name>.recipe``): the suite keys it may override for that method
 #: (each replaces the suite's key whole), plus ``targets: {sparsity: {key: value}}`` for one target.
@@ -69,7 +69,9 @@ NON_RESULT_KEYS = {"description", "data_root", "num_workers", "reproduce", "meth
 #: so that a run whose configuration did not change keeps its id.
 LATER_KEYS = {"init": None}
 #: The same for fields added to a method's options (``method_config``), per method.
-LATER_METHOD_FIELDS = {"gmp": {"targets": {}}, "rigl": {"update_interval_examples": None}, "str": {"fallback": False}}
+LATER_METHOD_FIELDS = {"acdc": {"pattern": None}, "gmp": {"targets": {}, "pattern": None},
+                       "rigl": {"update_interval_examples": None, "pattern": None},
+                       "set": {"update_interval_examples": None, "pattern": None}, "str": {"fallback": False}}
 
 
 class ConfigError(ValueError):
@@ -260,6 +262,20 @@ def validate_suite(data: dict, where: str) -> None:
     tolerance = calibration.get("sparsity_tolerance", CALIBRATION_DEFAULTS["sparsity_tolerance"])
     _require(isinstance(tolerance, (int, float)) and 0 < tolerance < 1, where,
              f"budget.calibration.sparsity_tolerance must be a number in (0, 1), got {tolerance!r}")
+    start = calibration.get("start") or {}
+    _require(isinstance(start, dict), where, "budget.calibration.start must map method -> sparsity -> {steps, value}")
+    when = start.get("when") or {}
+    _require(isinstance(when, dict) and not set(when) - {"epochs", "batch_size", "train_subset", "dataset", "model"},
+             where, f"budget.calibration.start.when may hold epochs, batch_size, train_subset, dataset, model; got {when!r}")
+    for name, cells in start.items():
+        if name == "when":
+            continue
+        for key, entry in (cells or {}).items():
+            ok = (isinstance(entry, dict) and set(entry) == {"steps", "value"} and isinstance(entry["steps"], int)
+                  and entry["steps"] > 0 and isinstance(entry["value"], (int, float)) and entry["value"] > 0)
+            _require(ok, where, f"budget.calibration.start.{name}.{key} must be {{steps: <positive int>, "
+                                f"value: <positive number>}}, got {entry!r}")
+            check_sparsity(key, f"{where}: budget.calibration.start.{name}")
     load_plugins(data.get("plugins") or [])
     methods = data["methods"] or {}
     _require(isinstance(methods, dict), where, "methods must be a mapping of method name to its options")
@@ -275,8 +291,8 @@ def validate_suite(data: dict, where: str) -> None:
             _validate_method_recipe(data, name, recipe, where)
     reproduce = data["reproduce"]
     _require(isinstance(reproduce, dict), where, "reproduce must be a mapping with methods, sparsities, seeds")
-    bad = sorted(set(reproduce) - {"methods", "sparsities", "seeds"})
-    _require(not bad, where, f"reproduce: unknown key(s) {bad}; allowed: methods, sparsities, seeds")
+    bad = sorted(set(reproduce) - {"methods", "sparsities", "seeds", "variants"})
+    _require(not bad, where, f"reproduce: unknown key(s) {bad}; allowed: methods, sparsities, seeds, variants")
     for name in reproduce.get("methods", []):
         _require(name in method_names(), where, f"reproduce.methods: method '{name}' is unknown; allowed: {', '.join(method_names())}")
     for value in reproduce.get("sparsities", []):

@@ -108,6 +108,7 @@ class Bench:
         method_options = dict(self.config["method_config"])
         if args.smoke and scenario.method == "rigl":
             method_options["update_interval"] = 2  # an interval that fits a 2-step smoke run
+            method_options["update_interval_examples"] = None
         self.device = device
         self.batch = args.batch
         self.resolution = args.resolution

@@ -11,6 +11,9 @@ import pytest
 from acdc_bench.budget.matching import resolve_budget
 from acdc_bench.budget.calibrate import MAX_LOG_STEP, Observation, broyden_jacobian, next_point, residual
 from acdc_bench.config import ConfigError, load_suite, run_config
+
+#: The chain tests start from STR's recipe, not from the calibrated point the suite ships.
+RECIPE_START = ["budget.calibration.start={}"]
 from acdc_bench.methods import get_method, make_config
 from acdc_bench.report.results import drop_superseded
 
@@ -131,7 +134,7 @@ def test_budget_calibration_settings_are_validated():
 
 
 def test_str_chain_is_rederived_from_the_finished_runs(tmp_path):
-    suite = load_suite("fashion-mnist", ["budget.calibration.max_runs=3"])
+    suite = load_suite("fashion-mnist", RECIPE_START + ["budget.calibration.max_runs=3"])
     acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
     budget = 1.0e12
     write_result(tmp_path, acdc, training_flops=budget, actual_sparsity=0.9)
@@ -166,7 +169,7 @@ def test_str_chain_is_rederived_from_the_finished_runs(tmp_path):
 
 
 def test_str_chain_stops_after_max_runs(tmp_path):
-    suite = load_suite("fashion-mnist", ["budget.calibration.max_runs=2"])
+    suite = load_suite("fashion-mnist", RECIPE_START + ["budget.calibration.max_runs=2"])
     acdc = run_config(suite, "acdc", 0.95, 0, budget={"mode": "paper", "reference_training_flops": None})
     write_result(tmp_path, acdc, training_flops=1e12, actual_sparsity=0.95)
     first = resolve_budget(suite, "str", 0.95, 0, "matched", out=tmp_path)
@@ -177,7 +180,7 @@ def test_str_chain_stops_after_max_runs(tmp_path):
 
 
 def test_gmp_and_rigl_are_not_calibrated():
-    suite = load_suite("fashion-mnist")
+    suite = load_suite("fashion-mnist", RECIPE_START)
     for method in ("gmp", "rigl"):
         config = resolve_budget(suite, method, 0.9, 0, "matched", out=None)
         assert "calibration" not in config["budget"]
@@ -207,7 +210,7 @@ def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_t
     """GMP and RigL through the real loop: the solved length spends the AC/DC run's measured FLOPs."""
     from acdc_bench.run.loop import train
 
-    suite = load_suite("fashion-mnist", SHORT + ["methods.rigl.update_interval=2"])
+    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["methods.rigl.update_interval=2"])
     quiet = dict(progress=False, log=lambda *a: None)
     acdc = resolve_budget(suite, "acdc", 0.9, 0, "matched", out=tmp_path)
     acdc_result = train(acdc, tmp_path, **quiet)
@@ -228,8 +231,8 @@ def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thr
     from acdc_bench.run.launch import plan_runs, run_local
     from acdc_bench.report.results import load_runs
 
-    suite = load_suite("fashion-mnist", SHORT + ["budget.calibration.max_runs=2"])
-    waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9])
+    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=2"])
+    waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
     args = Namespace(wandb=False, data_root=None, no_progress=True)
     run_local(suite, waves, tmp_path, args)
     runs = load_runs(tmp_path)
@@ -253,7 +256,7 @@ def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thr
 
 
 def test_a_corrupt_chain_result_is_a_clear_error(tmp_path):
-    suite = load_suite("fashion-mnist")
+    suite = load_suite("fashion-mnist", RECIPE_START)
     acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
     write_result(tmp_path, acdc, training_flops=1e12, actual_sparsity=0.9)
     first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
@@ -286,8 +289,8 @@ class InlineExecutor:
 def test_cluster_launcher_runs_the_str_chain_wave_by_wave(tmp_path, one_thread, monkeypatch):
     from acdc_bench.run import launch
 
-    suite = load_suite("fashion-mnist", SHORT + ["budget.calibration.max_runs=2"])
-    waves = launch.plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9])
+    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=2"])
+    waves = launch.plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
     executor = InlineExecutor()
     monkeypatch.setattr(launch, "_executor", lambda *a: executor)
     launch.run_submitit(suite, waves, tmp_path, Namespace(data_root=None))
@@ -298,15 +301,15 @@ def test_cluster_launcher_runs_the_str_chain_wave_by_wave(tmp_path, one_thread, 
 def test_cluster_launcher_stops_when_a_job_writes_no_result(tmp_path, monkeypatch):
     from acdc_bench.run import launch
 
-    suite = load_suite("fashion-mnist", SHORT)
+    suite = load_suite("fashion-mnist", RECIPE_START + SHORT)
     monkeypatch.setattr(launch, "_executor", lambda *a: InlineExecutor(run=False))
     with pytest.raises(RuntimeError, match="no result.json"):
-        launch.run_submitit(suite, launch.plan_runs(suite, methods=["acdc"], sparsities=[0.9]), tmp_path,
+        launch.run_submitit(suite, launch.plan_runs(suite, methods=["acdc"], sparsities=[0.9], seeds=[0]), tmp_path,
                             Namespace(data_root=None))
 
 
 def test_a_zero_calibration_option_is_a_clear_error():
-    suite = load_suite("fashion-mnist", ["methods.str.targets={}", "methods.str.lam=0"])
+    suite = load_suite("fashion-mnist", RECIPE_START + ["methods.str.targets={}", "methods.str.lam=0"])
     with pytest.raises(ValueError, match="must be positive"):
         resolve_budget(suite, "str", 0.9, 0, "matched", out=None)
 
@@ -330,7 +333,7 @@ def _accepted_seed_zero_chain(tmp_path, suite, budget=1.0e12):
 
 
 def test_another_seed_starts_at_the_accepted_run_of_the_first(tmp_path):
-    suite = load_suite("fashion-mnist")
+    suite = load_suite("fashion-mnist", RECIPE_START)
     accepted = _accepted_seed_zero_chain(tmp_path, suite)
     seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)
     calibration = seed1["budget"]["calibration"]
@@ -347,9 +350,29 @@ def test_another_seed_starts_at_the_accepted_run_of_the_first(tmp_path):
 
 def test_a_chain_begun_from_the_recipe_is_continued(tmp_path):
     """Seed 1's recipe run started before seed 0's chain was accepted: seed 1 keeps its own chain."""
-    suite = load_suite("fashion-mnist")
+    suite = load_suite("fashion-mnist", RECIPE_START)
     _finished_acdc_runs(tmp_path, suite)
     cold = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path, warm_start=False)
     (tmp_path / cold["run_id"]).mkdir(parents=True)  # started (interrupted), not finished
     _accepted_seed_zero_chain(tmp_path, suite)
     assert resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)["run_id"] == cold["run_id"]
+
+
+def test_a_chain_starts_at_the_calibrated_point_the_suite_ships(tmp_path):
+    """fashion-mnist ships STR's calibrated (steps, lambda): run 1 is there; accepted if within tolerance."""
+    suite = load_suite("fashion-mnist")
+    acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
+    write_result(tmp_path, acdc, training_flops=1.0e12, actual_sparsity=0.9)
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    calibration = first["budget"]["calibration"]
+    assert (first["train_steps"], calibration["value"]) == (11390, 0.00263)
+    assert calibration["started_from"] == "suite budget.calibration.start" and calibration["iteration"] == 0
+    assert first["method_config"]["targets"][0.9]["lam"] == 0.00263
+    write_result(tmp_path, first, training_flops=1.01e12, actual_sparsity=0.9003)  # within 2% and 0.5 pp
+    again = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    assert again["run_id"] == first["run_id"]  # accepted: no second run
+    # another length, another budget: the shipped point does not apply, the recipe starts the chain
+    short = resolve_budget(load_suite("fashion-mnist", SHORT), "str", 0.9, 0, "matched", out=tmp_path)
+    assert short["budget"]["calibration"]["started_from"] is None and short["budget"]["calibration"]["value"] == 0.004
+    with pytest.raises(ConfigError, match="budget.calibration.start.str.0.9 must be"):
+        load_suite("fashion-mnist", ["budget.calibration.start={str: {0.9: {steps: 0, value: 1}}}"])

@@ -37,12 +37,12 @@ def test_plan_runs_puts_dense_and_the_budget_reference_in_wave_zero(other_method
     assert all(s.budget == "matched" for wave in waves for s in wave)
 
     # under the paper budget nothing waits for a reference: one wave, dense first
-    (only,) = plan_runs(suite, methods=[other_method, "acdc", "dense"], sparsities=[0.9], budget="paper")
+    (only,) = plan_runs(suite, methods=[other_method, "acdc", "dense"], sparsities=[0.9], seeds=[0], budget="paper")
     assert [s.method for s in only] == ["dense", other_method, "acdc"]
 
     # the reference is the suite's, whichever method it is
     suite["budget"]["reference"] = other_method
-    first, second = plan_runs(suite, methods=["dense", "acdc", other_method], sparsities=[0.9])
+    first, second = plan_runs(suite, methods=["dense", "acdc", other_method], sparsities=[0.9], seeds=[0])
     assert [s.method for s in first] == ["dense", other_method] and [s.method for s in second] == ["acdc"]
 
     with pytest.raises(ValueError, match="unknown method"):
@@ -97,7 +97,7 @@ def test_reproduce_through_submitit_local_runs_each_run_as_a_job(tmp_path, monke
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two jobs at once on a small machine
     monkeypatch.setenv("WANDB_MODE", "disabled")
     out, leaderboards = tmp_path / "runs", tmp_path / "lb"
-    args = ["reproduce", "--suite", "fashion-mnist", "--methods", "dense", "acdc", "--sparsities", "0.9",
+    args = ["reproduce", "--suite", "fashion-mnist", "--methods", "dense", "acdc", "--sparsities", "0.9", "--seeds", "0",
             "--budget", "paper", "--launcher", "submitit-local", "--out", str(out),
             "--leaderboard-dir", str(leaderboards), "--no-progress", *[f"--set={o}" for o in SHORT]]
     assert main(args) == 0

@@ -58,3 +58,29 @@ def test_kill_midway_then_rerun_keeps_finished_runs_and_completes(tmp_path):
     board = read_leaderboard(leaderboards / "fashion-mnist.csv")
     assert (board["source"] == "acdc_bench").sum() == 3
     assert list(leaderboards.glob("plots/fashion-mnist/*.png"))
+
+
+def test_jobs_run_side_by_side_and_compute_what_each_run_computes_alone(tmp_path):
+    """--jobs 2 (1 thread each): a run's metrics equal the same run alone with 1 thread."""
+    import shutil
+
+    out, leaderboards = tmp_path / "runs", tmp_path / "lb"
+    env = dict(os.environ, WANDB_MODE="disabled")
+    parallel = subprocess.run(command(out, leaderboards, methods=("dense", "acdc", "gmp")) + ["--jobs", "2",
+                              "--status-every", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert parallel.returncode == 0, parallel.stdout + parallel.stderr
+    assert "2 side by side, 1 thread(s) each" in parallel.stdout
+    assert "time per method: wall time vs the FLOP-ideal time" in parallel.stdout
+    runs = {p.parent.name.split("-")[0] + p.parent.name.split("-")[1]: p.parent for p in out.glob("*/result.json")}
+    assert sorted(runs) == ["acdcs0.9", "acdcs0.95", "dense" + "s0", "gmps0.9", "gmps0.95"]
+    # GMP 0.95 alone, 1 thread, matched to the same measured AC/DC run (copied): the same run id
+    alone = tmp_path / "alone"
+    shutil.copytree(runs["acdcs0.95"], alone / runs["acdcs0.95"].name)
+    single = subprocess.run([sys.executable, "-m", "acdc_bench", "run", "--suite", "fashion-mnist", "--method", "gmp",
+                             "--sparsity", "0.95", "--out", str(alone), "--no-progress", *TINY],
+                            env=dict(env, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE"), capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    assert (alone / runs["gmps0.95"].name / "result.json").exists()
+    mine = pd.read_csv(alone / runs["gmps0.95"].name / "metrics.csv").drop(columns=["wall_time_s"])
+    theirs = pd.read_csv(runs["gmps0.95"] / "metrics.csv").drop(columns=["wall_time_s"])
+    pd.testing.assert_frame_equal(mine, theirs)

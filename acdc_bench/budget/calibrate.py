@@ -14,12 +14,13 @@ measured residuals of a finished run,
 
     r = (log(training FLOPs / budget), logit(actual sparsity) - logit(target)),
 
-solved with Broyden's method: the first point is the suite's recipe at the length the
+solved with Broyden's method: the first point is the suite's shipped calibrated point
+(``budget.calibration.start``) when it has one, else the suite's recipe at the length the
 planner estimates; every finished run updates the Jacobian estimate (starting from
 the method's ``calibration_jacobian``) and proposes the next point
 ``x - J^-1 r`` (each coordinate's move capped at a factor 3). The chain stops at the
 first run whose FLOPs are within :data:`acdc_bench.budget.plan.MATCH_TOLERANCE` of the budget
-and whose sparsity is within the method's ``calibration_sparsity_tolerance`` of the
+and whose sparsity is within ``budget.calibration.sparsity_tolerance`` of the
 target, or after ``max_runs`` runs. Every run of the chain is a real, finished run in
 the output folder (the chain is re-derived from them, so an interrupted reproduction
 resumes it); its ``result.json`` records its place in the chain, and the comparison

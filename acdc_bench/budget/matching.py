@@ -94,6 +94,24 @@ def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, ou
     return None
 
 
+#: The suite fields a shipped calibration point was derived under (``budget.calibration.start.when``).
+START_CONTEXT = ("epochs", "batch_size", "train_subset", "dataset", "model")
+
+
+def _shipped_start(settings: dict, method: str, sparsity: float, suite: dict) -> tuple[int, float] | None:
+    """(steps, option value) of ``budget.calibration.start.<method>.<sparsity>``, if the suite has it
+    and the run's suite still has the fields it was derived under (``when``): a ``--set epochs=4``
+    or a ``train_subset`` makes another budget, where the shipped point would be far off."""
+    start = settings.get("start") or {}
+    when = start.get("when") or {}
+    if any(suite.get(key) != value for key, value in when.items()):
+        return None
+    for key, entry in (start.get(method) or {}).items():
+        if abs(float(key) - sparsity) <= 1e-9:
+            return int(entry["steps"]), float(entry["value"])
+    return None
+
+
 def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: dict, planner, steps: int,
                 out: Path | None, warm_start: bool = True) -> dict:
     """The calibration chain of an emergent-cost method, re-derived from the run folders in ``out``.
@@ -129,7 +147,11 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
         return run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
                           budget=run_budget, train_steps=steps, method_options=run_options)
 
-    if warm_start and out is not None and Path(out).is_dir():
+    shipped = _shipped_start(settings, method, sparsity, suite)
+    if shipped is not None:  # the suite ships this cell's calibrated point: the chain starts there
+        steps, value = shipped
+        estimate, started_from = budget_flops, "suite budget.calibration.start"
+    elif warm_start and out is not None and Path(out).is_dir():
         recipe = config_at(steps, options, {"mode": "matched"})
         donor = None if (Path(out) / recipe["run_id"]).exists() else _accepted_elsewhere(suite, method, sparsity, seed, out)
         if donor is not None:

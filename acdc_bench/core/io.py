@@ -61,3 +61,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
         raise RuntimeError(
             f"checkpoint {path} could not be loaded safely ({error}); delete it to restart the run"
         ) from error
+
+
+def flatten(mapping: dict, separator: str = "_", keep: tuple = (), prefix: str = "") -> dict:
+    """Nested dicts as one level, ``parent<separator>child`` keys; the keys in ``keep`` stay whole."""
+    flat: dict = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in keep:
+            flat.update(flatten(value, separator, keep, f"{name}{separator}"))
+        else:
+            flat[name] = value
+    return flat

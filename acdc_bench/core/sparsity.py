@@ -449,3 +449,97 @@ def mask_overlap(previous: Sequence[torch.Tensor], current: Sequence[torch.Tenso
     inter = sum(int((a & b).sum()) for a, b in zip(previous, current))
     union = sum(int((a | b).sum()) for a, b in zip(previous, current))
     return inter / union if union else 1.0
+
+
+# --------------------------------------------------------------------------- N:M patterns
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """``"N:M"`` -> ``(N, M)``: at most N non-zeros in every group of M consecutive input weights."""
+    parts = str(pattern).strip().split(":")
+    try:
+        n, m = (int(part) for part in parts) if len(parts) == 2 else (0, 0)
+    except ValueError:
+        n, m = 0, 0
+    if not 1 <= n < m:
+        raise ValueError(f"pattern {pattern!r} must be 'N:M' with integers 1 <= N < M, e.g. '2:4' "
+                         f"(at most N non-zeros in every M consecutive input weights)")
+    return n, m
+
+
+def check_pattern_target(pattern: str, target_sparsity: float) -> tuple[int, int]:
+    """``(N, M)`` of ``pattern``, or a ValueError when ``target_sparsity`` is not the pattern's 1 - N/M."""
+    n, m = parse_pattern(pattern)
+    if abs(target_sparsity - (1.0 - n / m)) > 1e-6:
+        raise ValueError(f"pattern '{pattern}' keeps {n} of every {m} weights, i.e. sparsity {1.0 - n / m:g}: "
+                         f"run it at sparsity {1.0 - n / m:g}, not {target_sparsity:g}")
+    return n, m
+
+
+def nm_keep(sparsity: float, n: int, m: int) -> int:
+    """Weights kept per group of ``m`` at ``sparsity`` under an N:M pattern.
+
+    ``n`` at the pattern's own sparsity 1 - n/m; below it (a gradual schedule such as GMP's
+    ramp) ``m - floor(sparsity m)``, never fewer than ``n``: the masks pass through
+    (m-1):m, ... and reach n:m at the target, each at most as sparse as the schedule asks.
+    """
+    if sparsity > 1.0 - n / m + 1e-9:
+        raise ValueError(f"an {n}:{m} pattern cannot be sparser than {1.0 - n / m:g}, got sparsity {sparsity:g}")
+    return max(n, m - math.floor(sparsity * m + 1e-9))
+
+
+def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` largest magnitudes of every group of ``m`` consecutive input weights.
+
+    Groups run along dim 1, the input dimension: a linear weight ``[out, in]`` in each row, a
+    conv weight ``[out, in, kh, kw]`` over ``in`` at each ``(out, kh, kw)`` (the grouping of
+    IST-DASLab/ACDC's ``MagnitudeNMPruner``). Ties keep the lower input index. When ``in`` is
+    not a multiple of ``m`` the last group of each row is shorter; it too keeps at most ``n``
+    (all of it when it holds ``n`` or fewer).
+    """
+    if weight.dim() < 2:
+        raise ValueError(f"an N:M mask needs a weight with an input dimension (2-D or more), got shape {tuple(weight.shape)}")
+    scores = weight.detach().abs().float().movedim(1, -1)  # [out, *kernel, in]
+    width = scores.shape[-1]
+    pad = (-width) % m
+    if pad:  # padding sorts below every real magnitude: never kept ahead of a real weight
+        scores = torch.nn.functional.pad(scores, (0, pad), value=-1.0)
+    groups = scores.reshape(-1, m)
+    order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+    keep = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device).scatter_(1, order, True)
+    return keep.reshape(scores.shape)[..., :width].movedim(-1, 1).contiguous()
+
+
+def nm_group_nonzeros(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    """Non-zeros of every group of ``m`` consecutive input entries (dim 1; the last group of a row may be shorter)."""
+    moved = (tensor.detach() != 0).movedim(1, -1).to(torch.int32)
+    pad = (-moved.shape[-1]) % m
+    if pad:
+        moved = torch.nn.functional.pad(moved, (0, pad))
+    return moved.reshape(-1, m).sum(dim=1)
+
+
+def nm_density(shape: Sequence[int], keep: int, m: int) -> float:
+    """Density of an N:M mask keeping ``keep`` of every ``m`` input weights of a weight of ``shape``."""
+    width = int(shape[1])
+    full, rest = divmod(width, m)
+    return (full * keep + min(rest, keep)) / width
+
+
+def nm_masks(layers: Sequence[PrunableLayer], pattern: str, sparsity: float, target_sparsity: float,
+             keep_dense: Sequence[str] = ()) -> list[torch.Tensor]:
+    """N:M magnitude masks of every layer at ``sparsity`` (:func:`nm_keep`); ``keep_dense`` layers all ones."""
+    n, m = check_pattern_target(pattern, target_sparsity)
+    keep = nm_keep(sparsity, n, m)
+    check_names_exist(layers, keep_dense, "keep_dense")
+    return [torch.ones_like(layer.weight, dtype=torch.bool) if keep >= m or _matches(layer.name, keep_dense)
+            else nm_mask(layer.weight, keep, m) for layer in layers]
+
+
+def nm_densities(layers: Sequence[PrunableLayer], pattern: str, sparsity: float, target_sparsity: float,
+                 keep_dense: Sequence[str] = ()) -> list[float]:
+    """Per-layer densities of :func:`nm_masks` (exact: they do not depend on the weights)."""
+    n, m = check_pattern_target(pattern, target_sparsity)
+    keep = nm_keep(sparsity, n, m)
+    check_names_exist(layers, keep_dense, "keep_dense")
+    return [1.0 if _matches(layer.name, keep_dense) else nm_density(layer.shape, keep, m) for layer in layers]

@@ -165,6 +165,10 @@ class MaskedConfig:
     keep_dense: list[str] = dataclasses.field(default_factory=list)
     include: list[str] = dataclasses.field(default_factory=list)
     exclude: list[str] = dataclasses.field(default_factory=list)
+    #: ``"N:M"`` (e.g. ``"2:4"``): at most N non-zeros in every group of M consecutive input weights
+    #: of each pruned layer, chosen by magnitude (:func:`acdc_bench.core.sparsity.nm_mask`); the run's
+    #: target sparsity is then 1 - N/M. None: unstructured masks.
+    pattern: str | None = None
 
     def validate(self) -> None:
         if self.distribution not in DISTRIBUTIONS:
@@ -173,6 +177,20 @@ class MaskedConfig:
             )
         if self.distribution == "global" and self.keep_dense:
             raise ValueError("keep_dense applies to 'uniform' or 'erk'; with 'global' use exclude")
+        if self.pattern is not None:
+            from acdc_bench.core.sparsity import parse_pattern
+
+            parse_pattern(self.pattern)
+            # Masks that grow connections anywhere (RigL, SET: their config has update_interval) are
+            # never built by prune_by_magnitude, so they could not keep the pattern.
+            if "update_interval" in {field.name for field in dataclasses.fields(self)}:
+                raise ValueError(f"pattern '{self.pattern}' applies to magnitude-pruned masks (acdc, gmp, a "
+                                 f"MaskedMethod that prunes with prune_by_magnitude); RigL and SET grow "
+                                 f"connections anywhere: leave pattern unset")
+            if self.distribution != "uniform":
+                raise ValueError(f"pattern '{self.pattern}' gives every pruned layer the density N/M: use "
+                                 f"distribution 'uniform' (keep_dense names the layers left dense), not "
+                                 f"'{self.distribution}'")
 
 
 class MaskedMethod(SparsityMethod):
@@ -192,9 +210,13 @@ class MaskedMethod(SparsityMethod):
         self.masking = False
 
     def prune_by_magnitude(self, sparsity: float) -> None:
-        """Masks from the current magnitudes with the configured distribution; weights re-masked."""
+        """Masks from the current magnitudes with the configured distribution (or N:M ``pattern``); weights re-masked."""
         weights = [layer.weight for layer in self.layers]
-        if self.config.distribution == "global":
+        if getattr(self.config, "pattern", None) is not None:
+            from acdc_bench.core.sparsity import nm_masks
+
+            masks = nm_masks(self.layers, self.config.pattern, sparsity, self.target_sparsity, self.config.keep_dense)
+        elif self.config.distribution == "global":
             masks = global_magnitude_masks(weights, sparsity)
         else:
             densities = layer_densities(self.config.distribution, self.layers, sparsity, self.config.keep_dense)
@@ -205,6 +227,10 @@ class MaskedMethod(SparsityMethod):
 
     def distribution_densities(self, sparsity: float) -> list[float]:
         """Expected per-layer densities at ``sparsity``; for ``global``, from the current magnitudes."""
+        if getattr(self.config, "pattern", None) is not None:
+            from acdc_bench.core.sparsity import nm_densities
+
+            return nm_densities(self.layers, self.config.pattern, sparsity, self.target_sparsity, self.config.keep_dense)
         if self.config.distribution == "global":
             masks = global_magnitude_masks([layer.weight for layer in self.layers], sparsity)
             return [float(m.float().mean()) for m in masks]

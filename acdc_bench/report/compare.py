@@ -88,22 +88,43 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
 
     Candidates share dataset, model, method (ids mapped through
     :data:`DATASET_NAMES`, :data:`MODEL_NAMES`, :data:`METHOD_NAMES`), target
-    sparsity and variant (training length, '' == '1x': a 5x schedule is
-    another experiment, so it is never matched to a 1x run). Among them:
+    sparsity (or, when no row has that target, a reported sparsity within 5e-5:
+    STR's published rows are filed under a nominal target, 0.965 for its 96.11%)
+    and variant. A variant tag is read word by word (paper suites'
+    ``reproduce.variants``, e.g. ``5x uniform``, ``2x uniform``, ``2:4``): the
+    training length (``2x``; '' == ``1x``: a 5x schedule is another experiment,
+    so it is never matched to a 1x run) and any other word but a distribution
+    word (``2:4``) must be the row's; a distribution word (``global``,
+    ``uniform``, ``erk``) restricts the rows to that distribution. Among them:
     status verified > reported > unverified, then the same layer distribution
     (main word, then exact text), then file order.
     """
     if reference is None or reference.empty or target_sparsity is None or math.isnan(target_sparsity):
         return None
-    candidates = reference[
-        (reference["dataset"].map(name_key) == name_key(display_name("dataset", dataset)))
-        & (reference["model"].map(name_key) == name_key(display_name("model", model)))
-        & (reference["method"].map(name_key) == name_key(display_name("method", method)))
-        & ((reference["target_sparsity"] - target_sparsity).abs() < SPARSITY_TOLERANCE)
-    ]
+    distribution_words = ("global", "uniform", "erk")
+
+    def parts(tag) -> tuple[str, tuple[str, ...], str]:
+        """(length, other words, distribution word) of a variant tag; length '' for the suite's own."""
+        words = str(tag if isinstance(tag, str) else "").lower().replace(",", " ").split()
+        lengths = [w for w in words if re.fullmatch(r"\d+(\.\d+)?x", w)]
+        length = f"{float(lengths[0][:-1]):g}x" if lengths else ""
+        spread = next((w for w in words if w in distribution_words), "")
+        rest = tuple(sorted(w for w in words if w not in lengths and w not in distribution_words))
+        return ("" if length == "1x" else length), rest, spread
+
+    same = ((reference["dataset"].map(name_key) == name_key(display_name("dataset", dataset)))
+            & (reference["model"].map(name_key) == name_key(display_name("model", model)))
+            & (reference["method"].map(name_key) == name_key(display_name("method", method))))
+    candidates = reference[same & ((reference["target_sparsity"] - target_sparsity).abs() < SPARSITY_TOLERANCE)]
+    if candidates.empty and "reported_sparsity" in reference:
+        candidates = reference[same & ((reference["reported_sparsity"] - target_sparsity).abs() < 5e-5)]
     if candidates.empty:
         return None
-    candidates = candidates[candidates["variant"].map(_variant_key) == _variant_key(variant)]
+    length, rest, spread = parts(variant)
+    candidates = candidates[[parts(v)[:2] == (length, rest) for v in candidates["variant"]]]
+    if spread:
+        candidates = candidates[candidates["distribution"].map(_distribution_key) == spread]
+        distribution = spread
     if candidates.empty:
         return None
     other_distribution = candidates["distribution"].map(_distribution_key) != _distribution_key(distribution)

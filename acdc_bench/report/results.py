@@ -27,14 +27,17 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from acdc_bench.core.io import flatten
+from acdc_bench.run import folder
+
 log = logging.getLogger(__name__)
 
-RESULT_SCHEMA_VERSION = 1
-RESULT_FILE = "result.json"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.csv"
-CHECKPOINT_FILE = "checkpoint.pt"
-RUNNING_MARKER = "RUNNING"
+# The run-folder format is acdc_bench.run.folder's; these are its names.
+RESULT_SCHEMA_VERSION = folder.RESULT_SCHEMA_VERSION
+RESULT_FILE = folder.RESULT
+CONFIG_FILE = folder.CONFIG
+METRICS_FILE = folder.METRICS
+CHECKPOINT_FILE = folder.CHECKPOINT
 
 #: Keys every ``result.json`` of schema version 1 carries.
 RESULT_REQUIRED_KEYS = (
@@ -121,16 +124,9 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
     return sorted(run_dirs)
 
 
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into ``parent_child`` keys, keeping ``layer_densities`` whole."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "layer_densities":
-            flat.update(_flatten(value, f"{name}_"))
-        else:
-            flat[name] = value
-    return flat
+def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts as ``parent_child`` keys, ``layer_densities`` kept whole."""
+    return flatten(mapping, "_", keep=("layer_densities",))
 
 
 def _is_number(value: Any) -> bool:
@@ -195,6 +191,26 @@ def _epochs_completed(run_dir: Path) -> float:
     return float(len(metrics)) if len(metrics) else math.nan
 
 
+def _locked(run_dir: Path) -> bool:
+    """Whether the run folder's lock names a live process on this host (it is training now).
+
+    Reads the ``.lock`` file only (taking the lock, even shared, could make a run that starts
+    at that instant fail); a killed holder's stale PID reads as not training."""
+    try:
+        words = (run_dir / folder.LOCK).read_text().split()
+    except OSError:
+        return False
+    if len(words) < 4 or words[0] != "pid" or words[3] != os.uname().nodename:
+        return False
+    try:
+        os.kill(int(words[1]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _read_run(run_dir: Path) -> dict[str, Any]:
     """Return one row of :func:`load_runs` for ``run_dir``; never raises on bad content."""
     row: dict[str, Any] = {}
@@ -216,8 +232,8 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
         status, reasons = "corrupt", problems
     else:
         status, reasons = "incomplete", ["no result.json"]
-        if (run_dir / RUNNING_MARKER).exists():
-            reasons.append("RUNNING marker present")
+        if _locked(run_dir):
+            reasons.append("being trained now (run folder locked)")
         reasons.append("checkpoint.pt present (resumable)" if resumable else "no checkpoint.pt")
         if not (run_dir / METRICS_FILE).exists():
             reasons.append("no metrics.csv")

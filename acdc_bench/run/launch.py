@@ -18,18 +18,38 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One planned run. A run of a paper-suite cell (``reproduce.variants``,
+    :mod:`acdc_bench.budget.listing`) also carries the cell's name, its variant tag (None: the
+    run's own) and its method options and recipe keys over the suite's."""
+
     method: str
     sparsity: float
     seed: int
     budget: str  # "paper" or "matched"
+    cell: str = ""
+    variant: str | None = None
+    options: dict | None = None
+    recipe: dict | None = None
+
+    def __hash__(self) -> int:  # options and recipe are dicts: the cell's name stands for them
+        return hash((self.method, self.sparsity, self.seed, self.budget, self.cell, self.variant))
 
 
-def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=None) -> list[list[RunSpec]]:
-    """Waves of runs: wave 0 holds the dense runs and the budget references, wave 1 the rest."""
+def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=None, cells=None) -> list[list[RunSpec]]:
+    """Waves of runs: wave 0 holds the dense runs and the budget references, wave 1 the rest.
+
+    A suite with ``reproduce.variants`` runs its cells (``cells``: only those named); ``methods``
+    keeps the cells of those methods (a method without a cell runs plain at the sparsities) and
+    ``sparsities`` each cell's listed sparsities among those given. See :mod:`acdc_bench.budget.listing`.
+    """
     from acdc_bench.config import check_sparsity
     from acdc_bench.methods import get_method
 
     plan = suite["reproduce"]
+    if plan.get("variants") is not None:
+        return _plan_cells(suite, methods, sparsities, seeds, budget, cells)
+    if cells:
+        raise ValueError(f"--cells: suite {suite['suite']} has no reproduce.variants (its runs are reproduce.methods)")
     methods = methods or plan.get("methods") or ["dense", "acdc"]
     sparsities = [check_sparsity(s, "--sparsities") for s in (sparsities or plan.get("sparsities") or [0.9])]
     seeds = seeds or plan.get("seeds") or [0]
@@ -50,10 +70,58 @@ def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=Non
     return [wave for wave in (first, second) if wave]
 
 
-def _config(suite: dict, spec: RunSpec, out: Path) -> dict:
-    from acdc_bench.budget.matching import resolve_budget
+def _plan_cells(suite: dict, methods, sparsities, seeds, budget, names) -> list[list[RunSpec]]:
+    """:func:`plan_runs` for a suite with ``reproduce.variants``: one run per cell, sparsity and seed."""
+    from acdc_bench.budget.listing import suite_cells, variant_length
+    from acdc_bench.config import check_sparsity
+    from acdc_bench.methods import get_method
 
-    return resolve_budget(suite, spec.method, spec.sparsity, spec.seed, spec.budget, None, out)
+    plan = suite["reproduce"]
+    seeds = seeds or plan.get("seeds") or [0]
+    budget = budget or suite["budget"]["mode"]
+    reference = suite["budget"].get("reference", "acdc")
+    cells = suite_cells(suite)
+    if names:
+        unknown = sorted(set(names) - {cell["cell"] for cell in cells})
+        if unknown:
+            raise ValueError(f"--cells: unknown cell(s) {unknown}; suite {suite['suite']} has: "
+                             f"{', '.join(cell['cell'] for cell in cells)}")
+        cells = [cell for cell in cells if cell["cell"] in names]
+    given = [check_sparsity(s, "--sparsities") for s in sparsities] if sparsities else None
+    if methods:
+        for method in methods:
+            get_method(method)  # a clear error for an unknown name before anything runs
+        plain = [m for m in methods if m not in {cell["method"] for cell in cells}]
+        cells = [cell for cell in cells if cell["method"] in methods]
+        default = given or [check_sparsity(s, "--sparsities") for s in plan.get("sparsities") or [0.9]]
+        cells += [{"cell": m, "method": m, "options": {}, "recipe": {}, "variant": None, "tag": "",
+                   "sparsities": [0.0] if m == "dense" else default} for m in plain]
+    if given is not None:
+        cells = [dict(cell, sparsities=[s for s in cell["sparsities"] if any(abs(s - g) < 1e-9 for g in given)])
+                 if cell["method"] != "dense" else cell for cell in cells]
+        if not any(cell["sparsities"] for cell in cells if cell["method"] != "dense"):
+            raise ValueError(f"--sparsities {' '.join(f'{g:g}' for g in given)}: no selected cell of suite "
+                             f"{suite['suite']} runs at these; add a cell to reproduce.variants or name a method "
+                             f"without a cell in --methods")
+    if budget == "matched":  # every method gets the reference's FLOPs: a length variant repeats 1x
+        cells = [cell for cell in cells if variant_length(cell["tag"]) == 1.0]
+    first, second = [], []
+    for seed in seeds:
+        for cell in cells:
+            for sparsity in cell["sparsities"]:
+                spec = RunSpec(cell["method"], 0.0 if cell["method"] == "dense" else sparsity, seed, budget,
+                               cell["cell"], cell["variant"], cell["options"] or None, cell["recipe"] or None)
+                wave = first if (cell["method"] in ("dense", reference) or budget == "paper") else second
+                wave.append(spec)
+    first.sort(key=lambda spec: spec.method != "dense")  # dense first (stable: cell order otherwise)
+    return [wave for wave in (first, second) if wave]
+
+
+def _config(suite: dict, spec: RunSpec, out: Path) -> dict:
+    """The resolved config of ``spec`` (its cell's options and variant tag; its budget)."""
+    from acdc_bench.budget.listing import spec_config
+
+    return spec_config(suite, spec, out)
 
 
 def _duration(seconds: float) -> str:
@@ -70,10 +138,102 @@ def _chain_note(config: dict) -> str:
 
 
 def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
-    if args.launcher == "local":
-        run_local(suite, waves, out, args)
-    else:
+    if args.launcher != "local":
         run_submitit(suite, waves, out, args)
+    elif (getattr(args, "jobs", 1) or 1) > 1:
+        run_parallel(suite, waves, out, args)
+    else:
+        run_local(suite, waves, out, args)
+
+
+# --------------------------------------------------------------------------- side by side on one machine
+
+
+def _worker_start(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: str | None) -> dict:
+    """In a worker process: one run, or a calibration chain to its end; the last result."""
+    from acdc_bench.run.loop import train
+
+    while True:
+        result = train(config, out, data_root=data_root, progress=False, log=lambda *_: None)
+        if not (config.get("budget") or {}).get("calibration"):
+            return result
+        following = _config(suite, spec, out)
+        if following["run_id"] == config["run_id"]:
+            return result
+        config = following
+
+
+def _epochs_done(run_dir: Path) -> int:
+    try:
+        return max(0, len((run_dir / "metrics.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
+    """``--jobs N``: N runs side by side, each in its own process with cores / N threads
+    (``OMP_WAIT_POLICY=PASSIVE``: a spinning OpenMP pool slows the other processes 5-20x).
+
+    Wave by wave (the dense runs and budget references first); each run's config is resolved
+    when it is submitted, a calibration chain runs to its end in one worker. A run computes
+    exactly what it computes alone with the same number of threads. One status line every
+    ``--status-every`` seconds (default 30) names what runs and how far each has got.
+    """
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    from acdc_bench.run.folder import read_result
+
+    jobs = int(args.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    total = sum(len(wave) for wave in waves)
+    environment = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)  # inherited by the workers, read before their torch starts
+    started, done = time.perf_counter(), 0
+    print(f"{total} runs of suite {suite['suite']}: {jobs} side by side, {threads} thread(s) each", flush=True)
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_start,
+                                 initargs=(threads,)) as pool:
+            for wave in waves:
+                running = {}
+                for spec in wave:
+                    config = _config(suite, spec, out)
+                    if read_result(out / config["run_id"]) is not None:
+                        done += 1
+                        print(f"[{done}/{total}] {config['run_id']}: finished already", flush=True)
+                        continue
+                    future = pool.submit(_run_spec, suite, config, spec, out, args.data_root)
+                    running[future] = (spec, config)
+                while running:
+                    finished, _ = wait(running, timeout=getattr(args, "status_every", 30), return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        spec, config = running.pop(future)
+                        result = future.result()  # a failed run stops the reproduction with its error
+                        done += 1
+                        print(f"[{done}/{total}] {spec.method} sparsity {spec.sparsity:g} seed {spec.seed}: top-1 "
+                              f"{result['top1']:.2f}% at sparsity {result['actual_sparsity']:.4f} "
+                              f"({_duration(time.perf_counter() - started)} elapsed)", flush=True)
+                    if running and not finished:
+                        active = [c for future, (_, c) in running.items() if future.running()]
+                        status = ", ".join(f"{c['method']} {c['sparsity']:g} seed {c['seed']} epoch "
+                                           f"{_epochs_done(out / c['run_id'])}/{c['epochs']}" for c in active)
+                        print(f"[{done}/{total} done, {_duration(time.perf_counter() - started)} elapsed] "
+                              f"running: {status}; {len(running) - len(active)} queued", flush=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    print(f"all {total} runs of suite {suite['suite']} finished in {_duration(time.perf_counter() - started)} -> {out}")
 
 
 def _steps(config: dict) -> int | None:

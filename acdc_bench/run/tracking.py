@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+from acdc_bench.core.io import flatten
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT = "acdc_bench"
@@ -55,14 +57,8 @@ def _loggable(row: dict[str, Any]) -> dict[str, float]:
     return values
 
 
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
+    return flatten(mapping, "/")
 
 
 def _wandb_run_id(run_dir: Path) -> str:
