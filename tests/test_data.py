@@ -101,13 +101,12 @@ def write_py2_pickle(path: Path, obj) -> None:
         Py2Pickler(f, protocol=2).dump(obj)
 
 
-@pytest.fixture
-def cifar_root(tmp_path, sample_images) -> Path:
-    images, labels = sample_images
-    pixels = rgb(images, 32).reshape(len(images), 3072).numpy()  # R, G, B planes per row
-    folder = tmp_path / "cifar-100-python"
+def write_cifar100(root: Path, pixels: np.ndarray, labels: torch.Tensor, splits: dict[str, slice]) -> Path:
+    """``root/cifar-100-python/{train,test,meta}`` in the real pickle format; ``pixels`` are rows of
+    R, G, B planes (3072 values), ``splits`` which rows go into ``train`` and ``test``."""
+    folder = root / "cifar-100-python"
     folder.mkdir()
-    for split, rows in (("train", slice(0, 96)), ("test", slice(96, 128))):
+    for split, rows in splits.items():
         n = len(pixels[rows])
         write_py2_pickle(folder / split, {
             Py2Str(b"data"): np.ascontiguousarray(pixels[rows]),
@@ -120,7 +119,14 @@ def cifar_root(tmp_path, sample_images) -> Path:
         Py2Str(b"fine_label_names"): [Py2Str(b"class_%d" % i) for i in range(100)],
         Py2Str(b"coarse_label_names"): [Py2Str(b"super_%d" % i) for i in range(20)],
     })
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def cifar_root(tmp_path, sample_images) -> Path:
+    images, labels = sample_images
+    pixels = rgb(images, 32).reshape(len(images), 3072).numpy()  # R, G, B planes per row
+    return write_cifar100(tmp_path, pixels, labels, {"train": slice(0, 96), "test": slice(96, 128)})
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +18,7 @@ from acdc_bench.core.sparsity import nm_group_nonzeros
 from acdc_bench.report.compare import match_published
 from acdc_bench.report.results import load_reference
 from acdc_bench.run.launch import RunSpec, plan_runs
-from test_data import Py2Str, rgb, sample_images, write_py2_pickle  # noqa: F401 (sample_images: a fixture)
+from test_data import rgb, sample_images, write_cifar100  # noqa: F401 (sample_images: a fixture)
 
 PAPER_SUITES = ("imagenet-resnet50", "imagenet-mobilenetv1", "cifar100-wrn28-10")
 METHODS = ("dense", "acdc", "gmp", "rigl", "str")
@@ -186,21 +185,7 @@ def small_cifar_root(tmp_path, sample_images) -> Path:
     images and 1 test image (the WideResNet evaluates every epoch)."""
     images, labels = sample_images
     pixels = rgb(images[:3], 32).reshape(3, 3072).numpy()
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    for split, rows in (("train", slice(0, 2)), ("test", slice(2, 3))):
-        write_py2_pickle(folder / split, {
-            Py2Str(b"data"): np.ascontiguousarray(pixels[rows]),
-            Py2Str(b"fine_labels"): labels[rows].tolist(),
-            Py2Str(b"coarse_labels"): (labels[rows] // 5).tolist(),
-            Py2Str(b"filenames"): [Py2Str(b"img_%d.png" % i) for i in range(rows.stop - rows.start)],
-            Py2Str(b"batch_label"): Py2Str(split.encode()),
-        })
-    write_py2_pickle(folder / "meta", {
-        Py2Str(b"fine_label_names"): [Py2Str(b"class_%d" % i) for i in range(100)],
-        Py2Str(b"coarse_label_names"): [Py2Str(b"super_%d" % i) for i in range(20)],
-    })
-    return tmp_path
+    return write_cifar100(tmp_path, pixels, labels, {"train": slice(0, 2), "test": slice(2, 3)})
 
 
 @pytest.fixture
