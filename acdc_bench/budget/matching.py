@@ -25,7 +25,7 @@ UNMATCHED = {"dense"}
 def reference_training_flops(suite: dict, sparsity: float, seed: int, out: Path | None) -> tuple[float, str]:
     """The budget: a finished reference run's measured FLOPs, else the reference's estimate."""
     from acdc_bench.budget.plan import Planner
-    from acdc_bench.run.loop import read_result
+    from acdc_bench.run.folder import read_result
 
     reference = suite["budget"].get("reference", "acdc")
     config = run_config(suite, reference, sparsity, seed, budget={"mode": "paper", "reference_training_flops": None})
@@ -82,7 +82,7 @@ def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, ou
     """
     import re
 
-    from acdc_bench.run.loop import read_result
+    from acdc_bench.run.folder import read_result
 
     pattern = re.compile(rf"^{re.escape(method)}-s{re.escape(f'{sparsity:g}')}-seed(\d+)-")
     seeds = sorted({int(m.group(1)) for d in Path(out).iterdir() if (m := pattern.match(d.name))} - {int(seed)})
@@ -126,7 +126,7 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     from acdc_bench.config import CALIBRATION_DEFAULTS
     from acdc_bench.methods import make_config
     from acdc_bench.budget.plan import MATCH_TOLERANCE
-    from acdc_bench.run.loop import read_result
+    from acdc_bench.run.folder import read_result
 
     settings = {**CALIBRATION_DEFAULTS, **(suite["budget"].get("calibration") or {})}
     method_cls = planner.method_cls

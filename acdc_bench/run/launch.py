@@ -257,7 +257,8 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
     each run's planned length (a calibration chain's later runs are not known in advance).
     """
     from acdc_bench.run.tracking import Tracker
-    from acdc_bench.run.loop import read_result, train
+    from acdc_bench.run.folder import read_result
+    from acdc_bench.run.loop import train
 
     specs = [spec for wave in waves for spec in wave]
     planned = [_config(suite, spec, out) for spec in specs]
@@ -359,7 +360,7 @@ def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
 def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], out: Path, args,
                      submitted: set) -> list[RunSpec]:
     """Submit the wave's unfinished runs and wait for them; returns the specs that ran (to resolve again)."""
-    from acdc_bench.run.loop import read_result
+    from acdc_bench.run.folder import read_result
 
     jobs, ran = [], []
     for spec in wave:

@@ -28,7 +28,6 @@ from acdc_bench.data import Data, epoch_seed, load_data
 from acdc_bench.methods.registry import load_plugins
 from acdc_bench.models import build_model
 from acdc_bench.run import distributed, folder
-from acdc_bench.run.folder import read_result  # noqa: F401  (re-exported: older imports)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
