@@ -441,6 +441,42 @@ def test_str_gradients_match_hand_formula():
     assert torch.allclose(module.s.grad, expected_s)
 
 
+def test_str_threshold_function_equals_autograd_bit_for_bit():
+    """The hand-written backward gives autograd's values exactly (forward, dW, ds), ties included."""
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(300, 784), (10, 100), (8, 3, 3, 3)]:
+        raw = torch.randn(shape, generator=generator) * 0.05
+        s_value = torch.tensor(-3.5)
+        raw.view(-1)[:5] = torch.sigmoid(s_value)  # |W| == sigmoid(s): an exact zero either way
+        raw.view(-1)[5:9] = 0.0
+        grad = torch.randn(shape, generator=generator)
+        results = []
+        for function in (soft_threshold, lambda w, s: torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(s))):
+            weight, s = raw.clone().requires_grad_(), s_value.clone().requires_grad_()
+            out = function(weight, s)
+            out.backward(grad)
+            results.append((out.detach(), weight.grad, s.grad))
+        for mine, reference in zip(*results):
+            assert torch.equal(mine, reference)
+    assert float(results[0][2]) != 0.0
+
+
+def test_str_forward_keeps_the_step_count_and_the_meter_uses_it():
+    model = tiny_mlp()
+    method = attach("str", {"s_init": math.log(0.1 / 0.9), "lam": 0.0}, model)
+    for threshold in method.thresholds:
+        threshold.nonzeros = None  # set-up's FLOP measurement ran a forward pass
+    with torch.no_grad():
+        model(torch.randn(2, 20))  # no autograd: an evaluation pass keeps no count
+    assert all(t.nonzeros is None for t in method.thresholds)
+    model(torch.randn(2, 20)).sum().backward()
+    kept = torch.stack([t.nonzeros for t in method.thresholds])
+    assert torch.equal(kept, method.effective_nonzeros())
+    method.before_optimizer_step(0)
+    assert all(t.nonzeros is None for t in method.thresholds)  # read once: the next step counts anew
+    assert int(method.step_training_flops(0)) == 3 * 2 * int(kept.sum())
+
+
 def test_str_setup_optimizer_groups_and_targets():
     model = tiny_mlp()
     options = {"s_init": -5.0, "lam": 1e-3, "targets": {0.9: {"s_init": -7.0, "lam": 2e-3}, "0.95": {"lam": 3e-3}}}
