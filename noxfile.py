@@ -47,6 +47,21 @@ def _fashion_mnist(session: nox.Session) -> None:
                      "or set ACDC_BENCH_DATA to a folder holding the Fashion-MNIST IDX files")
 
 
+def _sparseprop(session: nox.Session) -> None:
+    """sparseprop (sparse CPU kernels, acdc_bench.core.kernels), best effort: it builds from source
+    with -march=native and only without build isolation; without it every layer runs densely."""
+    probe = "from sparseprop.modules.functions import SparseLinearFunction"
+    if subprocess.run([str(PYTHON), "-c", probe], capture_output=True).returncode == 0:
+        return
+    session.log("building sparseprop (sparse CPU kernels) once into the shared environment")
+    try:
+        session.run(str(PYTHON), "-m", "pip", "install", "-q", "pybind11", "wheel", external=True)
+        session.run(str(PYTHON), "-m", "pip", "install", "-q", "--no-build-isolation", "sparseprop==0.1.14",
+                    external=True)
+    except Exception as error:  # nox raises its own CommandFailed
+        session.warn(f"sparseprop did not build ({error}); masked layers run densely (kernels: dense)")
+
+
 def environment(session: nox.Session) -> str:
     """Create or update the shared environment; returns its python."""
     if not PYTHON.exists():
@@ -61,6 +76,7 @@ def environment(session: nox.Session) -> str:
     if not stamp.exists() or stamp.read_text() != digest:
         session.run(str(PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", external=True)
         stamp.write_text(digest)
+    _sparseprop(session)
     _fashion_mnist(session)
     session.env.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
     return str(PYTHON)
@@ -83,7 +99,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def reproduce(session: nox.Session) -> None:
-    """Reproduce a suite end to end (default: fashion-mnist): runs, comparison, leaderboard, plots.
+    """Reproduce a suite end to end (default: fashion-mnist-10): runs, comparison, leaderboard, plots.
 
     Options after ``--`` go to ``acdc-bench reproduce`` (see ``acdc-bench reproduce --help``).
     """
@@ -112,6 +128,14 @@ def bench(session: nox.Session) -> None:
     session.run(python, "-m", "pytest", "benchmarks", "--benchmark-enable", "--benchmark-only",
                 "--benchmark-autosave", "--benchmark-columns=min,median,mean,rounds", *args,
                 external=True, env=env)
+
+
+@nox.session
+def kernels(session: nox.Session) -> None:
+    """Sparse kernels (dense-masked, CSR, sparseprop) per layer shape, and the default suite's whole
+    compressed step with ``-- --whole-step``: benchmarks/sparse_kernels.py, the README's table."""
+    python = environment(session)
+    session.run(python, "benchmarks/sparse_kernels.py", *session.posargs, external=True)
 
 
 @nox.session

@@ -39,8 +39,9 @@ import torch
 from torch import nn
 
 from acdc_bench.core.flops import LayerFlops, TrainingFlopMeter, measure_layer_flops
+from acdc_bench.core.kernels import SparseKernels
 from acdc_bench.core.sparsity import prunable_layers, weight_sparsity
-from acdc_bench.methods.base import SparsityMethod
+from acdc_bench.methods.base import MaskedMethod, SparsityMethod
 from acdc_bench.methods.registry import get_method, make_config
 
 
@@ -51,7 +52,7 @@ class Sparsifier:
     """
 
     def __init__(self, model: nn.Module, method: SparsityMethod, batch_size: int | None,
-                 input_shape: Sequence[int] | None = None):
+                 input_shape: Sequence[int] | None = None, kernels: str = "auto"):
         self.model = model
         self.method = method
         self.layers = method.layers
@@ -66,6 +67,9 @@ class Sparsifier:
         self._examples: int | None = None
         self._hook = None
         self._finalized = False
+        #: Sparse kernels for masked layers where they measure faster (``kernels="dense"``: never).
+        self.kernels = SparseKernels([layer.module for layer in self.layers], kernels) \
+            if isinstance(method, MaskedMethod) else None
 
     # ------------------------------------------------------------------ what the loop reads
     @property
@@ -151,6 +155,10 @@ class Sparsifier:
             self.method.on_epoch_start(epoch)
             self._started_epoch = epoch
         self.method.on_step_start(self._step)
+        if self.kernels is not None:
+            method = self.method
+            self.kernels.sync(method.masks.masks, method.masks.densities(),
+                              method.masking and not method.needs_dense_gradient(self._step))
         self._step_started = True
 
     def _optimizer_step(self, inner, args, kwargs):
@@ -189,6 +197,8 @@ class Sparsifier:
     def finalize(self) -> nn.Module:
         """Plain dense tensors holding exact zeros (STR bakes its thresholds); hooks removed."""
         self.method.finalize()
+        if self.kernels is not None:
+            self.kernels.remove()
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -219,6 +229,7 @@ def sparsify(
     batch_size: int | None = None,
     input_shape: Sequence[int] | None = None,
     flops: LayerFlops | None = None,
+    kernels: str = "auto",
     **options: Any,
 ) -> Sparsifier:
     """Attach the registered method ``method`` to ``model`` and return its :class:`Sparsifier`.
@@ -227,7 +238,9 @@ def sparsify(
     lasts ``epochs`` epochs of ``steps_per_epoch`` optimizer steps, or ``total_steps`` steps
     (the last epoch may then be partial). ``batch_size`` is the examples per step for the FLOP
     meter. ``input_shape`` is one example's shape (default: read from the first training
-    batch); ``flops`` reuses a measurement. ``options`` are the method's own (its ``Config``
+    batch); ``flops`` reuses a measurement. ``kernels``: ``auto`` runs masked layers on sparse
+    kernels where they measure faster (:mod:`acdc_bench.core.kernels`; needs sparseprop), ``dense``
+    never. ``options`` are the method's own (its ``Config``
     fields, e.g. ``distribution``, ``update_interval``); an unknown one is an error naming them.
     """
     method_cls = get_method(method)
@@ -249,4 +262,4 @@ def sparsify(
     instance = method_cls(config, target_sparsity=float(sparsity), epochs=epochs,
                           steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     instance.setup(model, layers, flops)
-    return Sparsifier(model, instance, batch_size, input_shape)
+    return Sparsifier(model, instance, batch_size, input_shape, kernels)

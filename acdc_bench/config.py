@@ -33,6 +33,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "init": None,
     "channels_last": False,
     "compile": False,
+    "kernels": "auto",
     "budget": {"mode": "paper", "reference": "acdc"},
     "reproduce": {"methods": ["dense", "acdc"], "sparsities": [0.9], "seeds": [0]},
     "methods": {},
@@ -62,8 +63,9 @@ CALIBRATION_DEFAULTS = {"max_runs": 5, "sparsity_tolerance": 0.005, "start": {}}
 RECIPE_KEYS = ("optimizer", "lr_schedule", "label_smoothing", "batch_size", "amp", "epochs", "init")
 
 #: Keys that do not change what a run computes; they are left out of the run id. ``recipe`` and
-#: ``method_options`` only echo the top-level recipe keys and ``method_config`` resolved for the run.
-NON_RESULT_KEYS = {"description", "data_root", "num_workers", "reproduce", "methods", "wandb", "resources", "plugins",
+#: ``method_options`` only echo the top-level recipe keys and ``method_config`` resolved for the run;
+#: ``kernels`` changes float rounding only, as the number of threads does.
+NON_RESULT_KEYS = {"description", "data_root", "num_workers", "kernels", "reproduce", "methods", "wandb", "resources", "plugins",
                    "budget", "recipe", "method_options"}
 #: Keys added after run ids were first recorded: left out of the hash while they hold this default,
 #: so that a run whose configuration did not change keeps its id.
@@ -246,6 +248,11 @@ def validate_suite(data: dict, where: str) -> None:
     for key, default in SUITE_DEFAULTS.items():
         _require(data.get(key) is not REQUIRED, where, f"key '{key}' is required")
     _require(data["dataset"] in DATASETS, where, f"dataset '{data['dataset']}' is unknown; allowed: {', '.join(DATASETS)}")
+    from acdc_bench.core.kernels import MODES as KERNEL_MODES
+
+    _require(data.get("kernels", "auto") in KERNEL_MODES, where,
+             f"kernels '{data.get('kernels')}' is unknown; allowed: {', '.join(KERNEL_MODES)} "
+             f"(auto: sparse kernels where they measure faster, acdc_bench.core.kernels)")
     _require(data["model"] in model_names(), where, f"model '{data['model']}' is unknown; allowed: {', '.join(model_names())}")
     validate_recipe(data, where)
     budget = data["budget"]

@@ -148,6 +148,9 @@ class RigL(MaskedMethod):
         return (stop - 1) // interval - (start - 1) // interval
 
     # ------------------------------------------------------------------ hooks
+    def needs_dense_gradient(self, step: int) -> bool:
+        return self.dense_gradient and self.is_update_step(step)
+
     def before_optimizer_step(self, step: int) -> bool:
         if self.is_update_step(step):
             self.update_masks(step)

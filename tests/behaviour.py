@@ -67,7 +67,7 @@ def run_all(out: Path) -> dict:
     from acdc_bench.cli import main
 
     for command in COMMANDS:
-        args = ["run", "--out", str(out), "--no-progress", *command]
+        args = ["run", "--suite", "fashion-mnist", "--out", str(out), "--no-progress", *command]
         for item in SHORT:
             args += ["--set", item]
         if main(args) != 0:

@@ -236,6 +236,11 @@ class MaskedMethod(SparsityMethod):
             return [float(m.float().mean()) for m in masks]
         return layer_densities(self.config.distribution, self.layers, sparsity, self.config.keep_dense)
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        """Whether ``step``'s backward pass must give the dense weight gradient (RigL's growth
+        reads it on update steps); otherwise layers may run sparse kernels (:mod:`acdc_bench.core.kernels`)."""
+        return False
+
     def before_optimizer_step(self, step: int) -> bool:
         if self.masking:
             self.masks.apply_to_grads()

@@ -176,6 +176,26 @@ def _epochs_done(run_dir: Path) -> int:
         return 0
 
 
+def _cell_progress(out: Path, config: dict) -> str:
+    """``epoch E/N`` of the cell's run under way: for a calibration chain (its later runs have
+    other ids and lengths) the cell's most recently written run folder, named ``run k``."""
+    from acdc_bench.methods import get_method
+
+    chain = ((config.get("budget") or {}).get("mode") == "matched"
+             and getattr(get_method(config["method"]), "calibration_option", None))
+    if not chain:
+        return f"epoch {_epochs_done(out / config['run_id'])}/{config['epochs']}"
+    import yaml
+
+    prefix = f"{config['method']}-s{config['sparsity']:g}-seed{config['seed']}-"
+    folders = [p for p in out.glob(f"{prefix}*") if (p / "config.yaml").exists()]
+    if not folders:
+        return f"epoch 0/{config['epochs']}"
+    latest = max(folders, key=lambda p: max(f.stat().st_mtime for f in p.iterdir()))
+    epochs = yaml.safe_load((latest / "config.yaml").read_text()).get("epochs", config["epochs"])
+    return f"run {len(folders)} epoch {_epochs_done(latest)}/{epochs}"
+
+
 def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
     """``--jobs N``: N runs side by side, each in its own process with cores / N threads
     (``OMP_WAIT_POLICY=PASSIVE``: a spinning OpenMP pool slows the other processes 5-20x).
@@ -223,8 +243,8 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
                               f"({_duration(time.perf_counter() - started)} elapsed)", flush=True)
                     if running and not finished:
                         active = [c for future, (_, c) in running.items() if future.running()]
-                        status = ", ".join(f"{c['method']} {c['sparsity']:g} seed {c['seed']} epoch "
-                                           f"{_epochs_done(out / c['run_id'])}/{c['epochs']}" for c in active)
+                        status = ", ".join(f"{c['method']} {c['sparsity']:g} seed {c['seed']} "
+                                           f"{_cell_progress(out, c)}" for c in active)
                         print(f"[{done}/{total} done, {_duration(time.perf_counter() - started)} elapsed] "
                               f"running: {status}; {len(running) - len(active)} queued", flush=True)
     finally:

@@ -124,7 +124,7 @@ def build_run(config: dict, run_dir: Path, data_root: str | None, rank: int, wor
     sparsifier = sparsify(model, config["method"], sparsity=float(config["sparsity"]),
                           steps_per_epoch=data.steps_per_epoch, total_steps=total_steps,
                           batch_size=data.batch_size, input_shape=data.input_shape,
-                          **(config.get("method_config") or {}))
+                          kernels=config.get("kernels", "auto"), **(config.get("method_config") or {}))
     optimizer = sparsifier.wrap(recipe.build_optimizer(model, config["optimizer"]))
     amp_dtype = AMP_DTYPES.get(config.get("amp", "none")) if device.type == "cuda" else None
     train_model = model

@@ -1,0 +1,104 @@
+"""Sparse CPU kernels for masked linear layers, where they measure faster (optional: sparseprop).
+
+A masked method's compressed step computes each layer densely with its masked weight. For
+a large linear layer at a high sparsity on one CPU thread, sparseprop's sparse forward and
+backward (IST-DASLab, the AC/DC authors' lab; ``pip install pybind11 wheel`` then
+``pip install --no-build-isolation sparseprop``) is faster: on this project's 2-core AMD EPYC,
+the default suite's whole compressed step at 95% took 0.78x the dense-masked step with its
+784x300 layer on sparseprop, 1 thread (0.98x at 90%), and 2.3x *longer* with 2 threads; the
+smaller layers were slower on sparseprop at every density (README "Sparse kernels";
+``nox -s kernels`` re-measures). :func:`eligible` is that rule, nothing more clever.
+
+The layer keeps its dense ``weight`` parameter: the forward pass gathers the values at the
+mask (``masked_select``, whose backward scatters the gradient back), so the optimizer,
+the masks, checkpoints and the FLOP meter see the same tensors as before, and the weight
+gradient is the masked dense gradient up to float rounding (tested). Where sparseprop is
+not installed, or the rule does not hold, layers run densely: ``kernels: dense`` in a suite
+(or ``sparsify(..., kernels="dense")``) turns the sparse kernels off.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+from torch import nn
+
+#: The rule measured on the default suite's model (see the module docstring).
+MIN_WEIGHTS = 200_000
+MAX_DENSITY = 0.07
+MODES = ("auto", "dense")
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    try:
+        from sparseprop.modules.functions import SparseLinearFunction  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def eligible(module: nn.Module, density: float) -> bool:
+    """Whether ``module`` at ``density`` runs faster on sparseprop than densely (the measured rule)."""
+    weight = getattr(module, "weight", None)
+    return (type(module) is nn.Linear and weight is not None and weight.device.type == "cpu"
+            and weight.dtype == torch.float32 and weight.numel() >= MIN_WEIGHTS and density <= MAX_DENSITY
+            and torch.get_num_threads() == 1 and available())
+
+
+def _csr_structure(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row pointers, column indices) of ``mask``'s non-zeros, int32, rows in order."""
+    rows, columns = mask.nonzero(as_tuple=True)
+    indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
+    indptr[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
+    return indptr.int(), columns.int()
+
+
+def _sparse_linear_forward(module: nn.Linear, mask: torch.Tensor, structure, x: torch.Tensor) -> torch.Tensor:
+    from sparseprop.modules.functions import SparseLinearFunction
+
+    values = module.weight.masked_select(mask)  # row-major, as the CSR structure
+    out = SparseLinearFunction.apply(x, values, structure, module.bias, module.out_features)
+    # Its output can be a transposed view, which autograd forbids modifying in place (ReLU(inplace=True)).
+    return out.clone(memory_format=torch.contiguous_format) if out._is_view() else out
+
+
+class SparseKernels:
+    """Runs the eligible layers of a mask set through sparseprop while their masks are in force."""
+
+    def __init__(self, modules: Sequence[nn.Module], mode: str = "auto"):
+        if mode not in MODES:
+            raise ValueError(f"kernels '{mode}' is unknown; allowed: {', '.join(MODES)}")
+        self.modules = list(modules)
+        self.mode = mode
+        self._installed: list[tuple[torch.Tensor, int] | None] = [None] * len(self.modules)
+
+    @property
+    def active(self) -> list[bool]:
+        """Per layer: whether its forward pass runs on the sparse kernel now."""
+        return [entry is not None for entry in self._installed]
+
+    def sync(self, masks: Sequence[torch.Tensor], densities: Sequence[float], enabled: bool) -> None:
+        """Before a step's forward pass: the sparse kernel on every eligible layer when ``enabled``
+        (masks in force, no dense gradient wanted), its structure rebuilt when a mask changed."""
+        for index, (module, mask, density) in enumerate(zip(self.modules, masks, densities)):
+            wanted = enabled and self.mode == "auto" and eligible(module, density)
+            installed = self._installed[index]
+            if not wanted:
+                if installed is not None:
+                    del module.forward  # back to nn.Linear.forward
+                    self._installed[index] = None
+                continue
+            if installed is not None and installed[0] is mask and installed[1] == mask._version:
+                continue
+            structure = _csr_structure(mask)
+            module.forward = functools.partial(_sparse_linear_forward, module, mask, structure)
+            self._installed[index] = (mask, mask._version)
+
+    def remove(self) -> None:
+        """Every layer back to its dense forward pass."""
+        self.sync([None] * len(self.modules), [1.0] * len(self.modules), enabled=False)
+
+
