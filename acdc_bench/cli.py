@@ -88,7 +88,7 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 def _jobs(value: str) -> int:
     """``--jobs``: a positive integer, or ``auto``. On the 2-core AMD EPYC machine of this project,
     two dense 4-epoch runs took 1.42x less wall time as 2 jobs x 1 thread than as 1 job x 2 threads
-    (farm-bench, 3 pairs; README "Performance")."""
+    (whole-process timing, 3 pairs A B; README "Performance")."""
     import os
 
     if value == "auto":

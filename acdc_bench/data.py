@@ -31,6 +31,7 @@ what layout it expects and how to fix it.
 from __future__ import annotations
 
 import abc
+import functools
 import gzip
 import hashlib
 import math
@@ -320,9 +321,22 @@ def read_idx(path: str | os.PathLike, expected_ndim: int) -> torch.Tensor:
     """Read an IDX file (gzip-compressed if its name ends in ``.gz``) of unsigned bytes.
 
     Raises ``ValueError`` naming the file if it is truncated, not gzip when it
-    should be, or its magic number is not ``0x0000 08 <expected_ndim>``.
+    should be, or its magic number is not ``0x0000 08 <expected_ndim>``. The decoded tensor
+    is kept per process, keyed by the file's path, size and modification time, so the runs a
+    ``reproduce`` worker trains one after another decompress the data once; do not modify
+    it in place (the loaders copy it).
     """
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ValueError(f"cannot read IDX file {path}: {exc}") from exc
+    return _read_idx(str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected_ndim)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx(name: str, size: int, mtime_ns: int, expected_ndim: int) -> torch.Tensor:
+    path = Path(name)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:

@@ -84,3 +84,31 @@ def test_jobs_run_side_by_side_and_compute_what_each_run_computes_alone(tmp_path
     mine = pd.read_csv(alone / runs["gmps0.95"].name / "metrics.csv").drop(columns=["wall_time_s"])
     theirs = pd.read_csv(runs["gmps0.95"] / "metrics.csv").drop(columns=["wall_time_s"])
     pd.testing.assert_frame_equal(mine, theirs)
+
+
+def test_status_line_names_started_runs_and_a_chain_cells_current_run(tmp_path):
+    """Futures in the pool's call queue report running(): only runs whose folder holds a config are
+    running; a calibration chain's progress is its newest run's (other id, other length)."""
+    from acdc_bench.run.launch import _cell_progress, _started
+
+    plain = {"method": "acdc", "sparsity": 0.9, "seed": 1, "run_id": "acdc-s0.9-seed1-e10-abc", "epochs": 10,
+             "budget": {"mode": "matched"}}
+    chain = {"method": "str", "sparsity": 0.95, "seed": 1, "run_id": "str-s0.95-seed1-st7074-def", "epochs": 31,
+             "budget": {"mode": "matched"}}
+    assert not _started(tmp_path, plain) and not _started(tmp_path, chain)
+    run = tmp_path / plain["run_id"]
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 10\n")
+    (run / "metrics.csv").write_text("epoch\n0\n1\n2\n")
+    assert _started(tmp_path, plain) and _cell_progress(tmp_path, plain) == "epoch 3/10"
+    first = tmp_path / chain["run_id"]
+    first.mkdir()
+    (first / "config.yaml").write_text("epochs: 31\n")
+    (first / "metrics.csv").write_text("epoch\n" + "\n".join(map(str, range(31))) + "\n")
+    time.sleep(0.05)
+    second = tmp_path / "str-s0.95-seed1-st7400-0a1"
+    second.mkdir()
+    (second / "config.yaml").write_text("epochs: 32\n")
+    (second / "metrics.csv").write_text("epoch\n0\n")
+    assert _started(tmp_path, chain)
+    assert _cell_progress(tmp_path, chain) == "run 2 epoch 1/32"

@@ -198,7 +198,9 @@ class MaskedMethod(SparsityMethod):
 
     While ``masking`` is on, the mask multiplies the gradients before the optimizer
     step and is re-applied to the weights after it; training FLOPs per example are
-    3 x the forward FLOPs of the masks in force.
+    3 x the forward FLOPs of the masks in force. While it is on, eligible layers may run
+    sparse kernels (:mod:`acdc_bench.core.kernels`), whose weight gradient is zero off the
+    mask: a step that reads the dense gradient says so in :meth:`needs_dense_gradient`.
     """
 
     Config: ClassVar[type] = MaskedConfig

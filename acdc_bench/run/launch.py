@@ -176,19 +176,31 @@ def _epochs_done(run_dir: Path) -> int:
         return 0
 
 
+def _chain_folders(out: Path, config: dict) -> list[Path] | None:
+    """The run folders of a calibration chain's cell (its later runs have other ids); None if the
+    cell is not a chain."""
+    from acdc_bench.methods import get_method
+
+    if not ((config.get("budget") or {}).get("mode") == "matched"
+            and getattr(get_method(config["method"]), "calibration_option", None)):
+        return None
+    prefix = f"{config['method']}-s{config['sparsity']:g}-seed{config['seed']}-"
+    return [p for p in out.glob(f"{prefix}*") if (p / "config.yaml").exists()]
+
+
+def _started(out: Path, config: dict) -> bool:
+    folders = _chain_folders(out, config)
+    return bool(folders) if folders is not None else (out / config["run_id"] / "config.yaml").exists()
+
+
 def _cell_progress(out: Path, config: dict) -> str:
     """``epoch E/N`` of the cell's run under way: for a calibration chain (its later runs have
     other ids and lengths) the cell's most recently written run folder, named ``run k``."""
-    from acdc_bench.methods import get_method
-
-    chain = ((config.get("budget") or {}).get("mode") == "matched"
-             and getattr(get_method(config["method"]), "calibration_option", None))
-    if not chain:
+    folders = _chain_folders(out, config)
+    if folders is None:
         return f"epoch {_epochs_done(out / config['run_id'])}/{config['epochs']}"
     import yaml
 
-    prefix = f"{config['method']}-s{config['sparsity']:g}-seed{config['seed']}-"
-    folders = [p for p in out.glob(f"{prefix}*") if (p / "config.yaml").exists()]
     if not folders:
         return f"epoch 0/{config['epochs']}"
     latest = max(folders, key=lambda p: max(f.stat().st_mtime for f in p.iterdir()))
@@ -200,8 +212,9 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
     """``--jobs N``: N runs side by side, each in its own process with cores / N threads
     (``OMP_WAIT_POLICY=PASSIVE``: a spinning OpenMP pool slows the other processes 5-20x).
 
-    Wave by wave (the dense runs and budget references first); each run's config is resolved
-    when it is submitted, a calibration chain runs to its end in one worker. A run computes
+    Wave by wave (the dense runs and budget references first), each wave's runs longest first
+    (planned steps); each run's config is resolved when its wave starts, a calibration chain runs
+    to its end in one worker. A run computes
     exactly what it computes alone with the same number of threads. One status line every
     ``--status-every`` seconds (default 30) names what runs and how far each has got.
     """
@@ -224,8 +237,11 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
                                  initargs=(threads,)) as pool:
             for wave in waves:
                 running = {}
-                for spec in wave:
-                    config = _config(suite, spec, out)
+                # Longest first (by planned steps): the short runs fill in beside the long ones,
+                # instead of a long run starting last while the other workers sit idle.
+                planned = [(spec, _config(suite, spec, out)) for spec in wave]
+                planned.sort(key=lambda item: -(_steps(item[1]) or 0))
+                for spec, config in planned:
                     if read_result(out / config["run_id"]) is not None:
                         done += 1
                         print(f"[{done}/{total}] {config['run_id']}: finished already", flush=True)
@@ -242,7 +258,10 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
                               f"{result['top1']:.2f}% at sparsity {result['actual_sparsity']:.4f} "
                               f"({_duration(time.perf_counter() - started)} elapsed)", flush=True)
                     if running and not finished:
-                        active = [c for future, (_, c) in running.items() if future.running()]
+                        # A future handed to the pool's call queue already reports running(); a run
+                        # has started once its folder holds its config.
+                        active = [c for future, (_, c) in running.items()
+                                  if future.running() and _started(out, c)]
                         status = ", ".join(f"{c['method']} {c['sparsity']:g} seed {c['seed']} "
                                            f"{_cell_progress(out, c)}" for c in active)
                         print(f"[{done}/{total} done, {_duration(time.perf_counter() - started)} elapsed] "
