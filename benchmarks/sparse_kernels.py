@@ -300,7 +300,7 @@ def markdown(rows: list[dict]) -> str:
             if backend not in row["ms"]:
                 return "n/a"
             return f"{row['ms'][backend]:.3f} ({row['ratio'][backend]:.2f}x)"
-        error = max(v for k, v in row["max_rel_error"].items() if k != "dense-masked")
+        error = max((v for k, v in row["max_rel_error"].items() if k != "dense-masked"), default=0.0)
         lines.append(f"| {row['layer']} | {row['batch']} | {row['density']:g} | {row['threads']} | "
                      f"{row['ms']['dense-masked']:.3f} | {cell('csr')} | {cell('sparseprop')} | {error:.1e} |")
     return "\n".join(lines)
