@@ -53,12 +53,18 @@ def _sparseprop(session: nox.Session) -> None:
     probe = "from sparseprop.modules.functions import SparseLinearFunction"
     if subprocess.run([str(PYTHON), "-c", probe], capture_output=True).returncode == 0:
         return
+    failed = VENV / ".sparseprop-build-failed"  # delete it to try again
+    if failed.exists():
+        session.warn(f"sparseprop is not installed (its build failed before; delete {failed} to retry): "
+                     "masked layers run densely")
+        return
     session.log("building sparseprop (sparse CPU kernels) once into the shared environment")
     try:
         session.run(str(PYTHON), "-m", "pip", "install", "-q", "pybind11", "wheel", external=True)
         session.run(str(PYTHON), "-m", "pip", "install", "-q", "--no-build-isolation", "sparseprop==0.1.14",
                     external=True)
     except Exception as error:  # nox raises its own CommandFailed
+        failed.write_text(str(error))
         session.warn(f"sparseprop did not build ({error}); masked layers run densely (kernels: dense)")
 
 
