@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -45,16 +44,6 @@ LAYERS = [
     ("resnet50 fc 2048x1000", "linear", (1000, 2048), (16, 2048)),
 ]
 BACKENDS = ["dense-masked", "csr", "sparseprop"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------- in the worker
@@ -334,9 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timing with {threads} thread(s) ...", file=sys.stderr, flush=True)
         done = subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True)
         rows += json.loads(done.stdout)
-    import torch
+    from _harness import machine as machine_facts
 
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    facts = machine_facts()
+    machine = f"{facts['cpu']}, {facts['cores']} cores, torch {facts['torch']}"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
