@@ -193,6 +193,18 @@ def _started(out: Path, config: dict) -> bool:
     return bool(folders) if folders is not None else (out / config["run_id"] / "config.yaml").exists()
 
 
+def _last_write(folder: Path) -> float:
+    """The newest modification time in ``folder`` (a file renamed away meanwhile, as atomic
+    writes do, is skipped)."""
+    newest = 0.0
+    for path in folder.iterdir():
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except OSError:
+            continue
+    return newest
+
+
 def _cell_progress(out: Path, config: dict) -> str:
     """``epoch E/N`` of the cell's run under way: for a calibration chain (its later runs have
     other ids and lengths) the cell's most recently written run folder, named ``run k``."""
@@ -203,7 +215,7 @@ def _cell_progress(out: Path, config: dict) -> str:
 
     if not folders:
         return f"epoch 0/{config['epochs']}"
-    latest = max(folders, key=lambda p: max(f.stat().st_mtime for f in p.iterdir()))
+    latest = max(folders, key=_last_write)
     epochs = yaml.safe_load((latest / "config.yaml").read_text()).get("epochs", config["epochs"])
     return f"run {len(folders)} epoch {_epochs_done(latest)}/{epochs}"
 
