@@ -1,7 +1,7 @@
 """Where a method's training step spends its time: ms per step and torch.profiler's operator table.
 
     python benchmarks/profile_step.py [--suite fashion-mnist-10] [--threads 1] [--steps 100]
-                                      [--profile] [--kernels auto|dense] [CASE ...]
+                                      [--profile] [--kernels auto|dense] [--pair] [CASE ...]
 
 Cases (default: all): dense, acdc-sparse (a compressed epoch), acdc-dense (a decompressed one),
 rigl (its masks as set up; an update step every dT), str (from its start). Each builds the run exactly as
@@ -39,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--kernels", default="auto", choices=["auto", "dense"])
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table (100 steps)")
+    parser.add_argument("--sparsity", type=float, help="the target instead of the case's 0.95")
+    parser.add_argument("--distribution", help="the masked methods' distribution instead of the suite's")
+    parser.add_argument("--pair", action="store_true",
+                        help="time kernels auto against dense, one step of each in turn (the ratio to quote)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # read by every OpenMP runtime at its start
     import torch
 
     torch.set_num_threads(args.threads)
@@ -49,45 +54,88 @@ def main(argv: list[str] | None = None) -> int:
 
     suite = suites.load_suite(args.suite)
     for name in args.cases or list(CASES):
-        method, sparsity, fraction = CASES[name]
-        config = dict(suites.run_config(suite, method, sparsity, seed=0, budget={"mode": "paper"}),
-                      kernels=args.kernels)
-        run = loop.build_run(config, Path(tempfile.mkdtemp()), None, 0, 1, 0)
-        sparsifier, per_epoch = run.sparsifier, run.data.steps_per_epoch
-        if fraction is None:  # AC/DC: the first epoch of the wanted phase after the warm-up
-            wanted = name.split("-")[1]
-            epoch = next(e for e in range(1, run.epochs)
-                         if sparsifier.method.phase(e) == wanted and sparsifier.method.phase(e - 1) != wanted)
-        else:
-            epoch = int(fraction * run.epochs)
-        sparsifier.seek(epoch * per_epoch)
-        if fraction is None:
-            sparsifier.method.on_epoch_start(epoch)  # AC/DC's phase change: prune, or masks to ones
-        run.train_model.train()
-        batches = list(run.data.train_batches(epoch))
-        if 20 + args.steps + (100 if args.profile else 0) >= per_epoch:
-            parser.error(f"--steps {args.steps}: the timed steps must stay inside one epoch of {per_epoch} steps")
-
-        def steps(n: int) -> None:
-            for i in range(n):
-                inputs, targets = batches[i]
-                loop.train_step(run.train_model, sparsifier, run.optimizer, run.scaler, run.criterion,
-                                inputs, targets, len(targets))
-
-        steps(20)
+        if args.pair:
+            auto, dense = (_build(suites, loop, suite, name, mode, args.sparsity, args.distribution)
+                           for mode in ("auto", "dense"))
+            for built in (auto, dense):
+                _check_room(parser, built, args.steps)
+                built.steps(20)
+            times = {"auto": [], "dense": []}
+            for _ in range(args.steps):  # interleaved: one step of each in turn
+                for mode, built in (("auto", auto), ("dense", dense)):
+                    start = time.perf_counter()
+                    built.steps(1)
+                    times[mode].append(time.perf_counter() - start)
+            ratios = sorted(a / b for a, b in zip(times["auto"], times["dense"]))
+            median = {mode: sorted(v)[len(v) // 2] * 1e3 for mode, v in times.items()}
+            print(f"{name:12s} kernels auto {median['auto']:.2f} ms, dense {median['dense']:.2f} ms a step; "
+                  f"median ratio of pairs {ratios[len(ratios) // 2]:.3f} ({args.steps} pairs, {args.threads} "
+                  f"thread(s), sparse kernels on {sum(auto.active)} of {len(auto.active)} layers)", flush=True)
+            continue
+        built = _build(suites, loop, suite, name, args.kernels, args.sparsity, args.distribution)
+        _check_room(parser, built, args.steps + (100 if args.profile else 0))
+        built.steps(20)
         start = time.perf_counter()
-        steps(args.steps)
+        built.steps(args.steps)
         elapsed = (time.perf_counter() - start) / args.steps
-        kernels = sparsifier.kernels.active if sparsifier.kernels is not None else []
-        print(f"{name:12s} {elapsed * 1e3:7.2f} ms/step  (epoch {epoch}, {args.threads} thread(s), "
-              f"sparse kernels on {sum(kernels)} of {len(kernels)} layers)", flush=True)
+        print(f"{name:12s} {elapsed * 1e3:7.2f} ms/step  (epoch {built.epoch}, {args.threads} thread(s), "
+              f"sparse kernels on {sum(built.active)} of {len(built.active)} layers)", flush=True)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                steps(100)
+                built.steps(100)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
+
+
+class _Built:
+    """One case's run, positioned at its epoch; ``steps(n)`` trains the epoch's next n batches."""
+
+    def __init__(self, loop, run, epoch: int):
+        self.loop, self.run, self.epoch = loop, run, epoch
+        self.batches = list(run.data.train_batches(epoch))
+        self.next = 0
+
+    @property
+    def active(self) -> list[bool]:
+        kernels = self.run.sparsifier.kernels
+        return kernels.active if kernels is not None else []
+
+    def steps(self, n: int) -> None:
+        run = self.run
+        for _ in range(n):
+            inputs, targets = self.batches[self.next]
+            self.next += 1
+            self.loop.train_step(run.train_model, run.sparsifier, run.optimizer, run.scaler, run.criterion,
+                                 inputs, targets, len(targets))
+
+
+def _build(suites, loop, suite: dict, name: str, kernels: str, sparsity: float | None = None,
+           distribution: str | None = None) -> _Built:
+    method, default_sparsity, fraction = CASES[name]
+    sparsity = default_sparsity if sparsity is None or method == "dense" else sparsity
+    if distribution is not None and method in ("acdc", "rigl"):
+        suite = suites.apply_overrides(suite, [f"methods.{method}.distribution={distribution}"], "--distribution")
+    config = dict(suites.run_config(suite, method, sparsity, seed=0, budget={"mode": "paper"}), kernels=kernels)
+    run = loop.build_run(config, Path(tempfile.mkdtemp()), None, 0, 1, 0)
+    sparsifier, per_epoch = run.sparsifier, run.data.steps_per_epoch
+    if fraction is None:  # AC/DC: the first epoch of the wanted phase after the warm-up
+        wanted = name.split("-")[1]
+        epoch = next(e for e in range(1, run.epochs)
+                     if sparsifier.method.phase(e) == wanted and sparsifier.method.phase(e - 1) != wanted)
+    else:
+        epoch = int(fraction * run.epochs)
+    sparsifier.seek(epoch * per_epoch)
+    if fraction is None:
+        sparsifier.method.on_epoch_start(epoch)  # AC/DC's phase change: prune, or masks to ones
+    run.train_model.train()
+    return _Built(loop, run, epoch)
+
+
+def _check_room(parser, built: _Built, steps: int) -> None:
+    if 20 + steps >= len(built.batches):
+        parser.error(f"--steps {steps}: the timed steps must stay inside one epoch of {len(built.batches)} steps")
 
 
 if __name__ == "__main__":

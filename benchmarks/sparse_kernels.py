@@ -85,6 +85,8 @@ def _backend_step(backend: str, kind: str, spec, weight, mask):
     import torch
     import torch.nn.functional as F
 
+    factor = mask.to(weight.dtype)  # as MaskSet multiplies: same dtype (a bool mask takes a slow cast)
+
     if kind == "linear":
         if backend == "dense-masked":
             w = weight.clone().requires_grad_()
@@ -92,7 +94,7 @@ def _backend_step(backend: str, kind: str, spec, weight, mask):
             def run(x):
                 out = F.linear(x, w)
                 out.backward(run.grad)
-                grad_w = w.grad.mul_(mask)  # the compressed phase masks the dense gradient
+                grad_w = w.grad.mul_(factor)  # the compressed phase masks the dense gradient
                 w.grad = None
                 return out, grad_w
             run.forward = lambda x: F.linear(x, w)
@@ -133,7 +135,7 @@ def _backend_step(backend: str, kind: str, spec, weight, mask):
         def run(x):
             out = F.conv2d(x, w, stride=stride, padding=padding)
             out.backward(run.grad)
-            grad_w = w.grad.mul_(mask)
+            grad_w = w.grad.mul_(factor)
             w.grad = None
             return out, grad_w
         run.forward = lambda x: F.conv2d(x, w, stride=stride, padding=padding)
@@ -249,7 +251,7 @@ def whole_step(threads: int, densities: list[float], repeats: int) -> list[dict]
             fc1 = SparseLinear(pruned[0][0].clone(), torch.nn.Parameter(biases[0].clone())) if sparse_fc1 else None
             params = ([fc1.W_val, fc1.bias] if fc1 is not None else [weights[0], bias[0]]) + weights[1:] + bias[1:]
             optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
-            masks = [m for _, m in pruned]
+            masks = [m.float() for _, m in pruned]  # as MaskSet multiplies: same dtype (a bool mask takes a slow cast)
 
             def step():
                 h = fc1(x) if fc1 is not None else F.linear(x, weights[0], bias[0])

@@ -3,23 +3,27 @@
 A masked method's compressed step computes each layer densely with its masked weight. For
 a large linear layer at a high sparsity on one CPU thread, sparseprop's sparse forward and
 backward (IST-DASLab, the AC/DC authors' lab; ``pip install pybind11 wheel`` then
-``pip install --no-build-isolation sparseprop``) is faster: on this project's 2-core AMD EPYC,
-the default suite's whole compressed step at 95% took 0.78x the dense-masked step with its
-784x300 layer on sparseprop, 1 thread (0.98x at 90%), and 2.3x *longer* with 2 threads; the
-smaller layers were slower on sparseprop at every density (README "Sparse kernels";
-``nox -s kernels`` re-measures). :func:`eligible` is that rule, nothing more clever.
+``pip install --no-build-isolation sparseprop``) is faster. Measured on this project's 2-core
+AMD EPYC, the default suite's whole compressed step through this module, paired step by step
+against dense-masked (``python benchmarks/profile_step.py acdc-sparse --pair --distribution
+uniform --sparsity S``; README "Sparse kernels"): 0.84x at 2% density of the 784x300 layer,
+0.955x at 5%, 1.05x at 7%; RigL's 95% ERK step (that layer 3.85% dense) 0.91x. With 2 threads
+sparseprop is 2-6x slower, and the smaller layers were slower at every density.
+:func:`eligible` is that rule, nothing more clever.
 
 The layer keeps its dense ``weight`` parameter: the forward pass gathers the values at the
-mask (``masked_select``, whose backward scatters the gradient back), so the optimizer,
-the masks, checkpoints and the FLOP meter see the same tensors as before, and the weight
-gradient is the masked dense gradient up to float rounding (tested). Where sparseprop is
-not installed, or the rule does not hold, layers run densely: ``kernels: dense`` in a suite
-(or ``sparsify(..., kernels="dense")``) turns the sparse kernels off.
+mask (``index_select`` with the mask's flat indices, whose backward scatters the gradient
+back; ``masked_select`` cost more than the kernel saved), so the optimizer, the masks,
+checkpoints and the FLOP meter see the same tensors as before, and the weight gradient is the
+masked dense gradient up to float rounding (tested). Where sparseprop is not installed, or the
+rule does not hold, layers run densely: ``kernels: dense`` in a suite (or
+``sparsify(..., kernels="dense")``) turns the sparse kernels off.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Sequence
 
 import torch
@@ -27,7 +31,7 @@ from torch import nn
 
 #: The rule measured on the default suite's model (see the module docstring).
 MIN_WEIGHTS = 200_000
-MAX_DENSITY = 0.07
+MAX_DENSITY = 0.05
 MODES = ("auto", "dense")
 
 
@@ -41,26 +45,30 @@ def available() -> bool:
 
 
 def eligible(module: nn.Module, density: float) -> bool:
-    """Whether ``module`` at ``density`` runs faster on sparseprop than densely (the measured rule)."""
+    """Whether ``module`` at ``density`` runs faster on sparseprop than densely (the measured rule).
+
+    One thread means torch's *and* sparseprop's: its OpenMP runtime takes ``OMP_NUM_THREADS`` when
+    it starts (``reproduce --jobs`` sets it for its workers), not ``torch.set_num_threads``."""
     weight = getattr(module, "weight", None)
     return (type(module) is nn.Linear and weight is not None and weight.device.type == "cpu"
             and weight.dtype == torch.float32 and weight.numel() >= MIN_WEIGHTS and density <= MAX_DENSITY
-            and torch.get_num_threads() == 1 and available())
+            and torch.get_num_threads() == 1 and os.environ.get("OMP_NUM_THREADS") == "1" and available())
 
 
-def _csr_structure(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row pointers, column indices) of ``mask``'s non-zeros, int32, rows in order."""
+def _csr_structure(mask: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """((row pointers, column indices), flat indices) of ``mask``'s non-zeros, rows in order."""
     rows, columns = mask.nonzero(as_tuple=True)
     indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
     indptr[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
-    return indptr.int(), columns.int()
+    return (indptr.int(), columns.int()), rows * mask.shape[1] + columns
 
 
 def _sparse_linear_forward(module: nn.Linear, mask: torch.Tensor, structure, x: torch.Tensor) -> torch.Tensor:
     from sparseprop.modules.functions import SparseLinearFunction
 
-    values = module.weight.masked_select(mask)  # row-major, as the CSR structure
-    out = SparseLinearFunction.apply(x, values, structure, module.bias, module.out_features)
+    csr, flat = structure
+    values = module.weight.view(-1).index_select(0, flat)  # row-major, as the CSR structure
+    out = SparseLinearFunction.apply(x, values, csr, module.bias, module.out_features)
     # Its output can be a transposed view, which autograd forbids modifying in place (ReLU(inplace=True)).
     return out.clone(memory_format=torch.contiguous_format) if out._is_view() else out
 
