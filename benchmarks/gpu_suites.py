@@ -55,6 +55,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from acdc_bench.gpu_bench import Bench
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("imagenet-resnet50", "imagenet-mobilenetv1", "cifar100-wrn28-10")
 METHODS = ("dense", "acdc", "gmp", "rigl", "str")
@@ -103,26 +105,10 @@ class Cell:
         self.inputs = torch.randn(self.batch, *shape, generator=generator).to(device)
         self.targets = torch.randint(0, dataset.num_classes, (self.batch,), generator=generator).to(device)
 
-    def start_epoch(self, epoch: int) -> None:
-        """What the training loop does at an epoch start: the lr, then the method's hook."""
-        from acdc_bench import recipe
-
-        for group in self.optimizer.param_groups:
-            group["lr"] = recipe.lr_at(self.config, epoch)
-        self.method.on_epoch_start(epoch)
-        self.model.train()
-
-    def is_update(self, step: int) -> bool:
-        check = getattr(self.method, "is_update_step", None)
-        return bool(check(step)) if check is not None else False
-
-    def steps_from(self, start: int, count: int, skip_updates: bool = True) -> list[int]:
-        steps, step = [], start
-        while len(steps) < count:
-            if not (skip_updates and self.is_update(step)):
-                steps.append(step)
-            step += 1
-        return steps
+    # The schedule positions exactly as the GPU throughput benchmark takes them (same attributes).
+    start_epoch = Bench.start_epoch
+    is_update = Bench.is_update
+    steps_from = Bench.steps_from
 
     def run(self, steps: list[int]) -> None:
         from acdc_bench.run.loop import train_step
@@ -178,8 +164,8 @@ def measure(suite_name: str, method_name: str, args, device: torch.device) -> di
     else:
         cell.start_epoch(0)
         first = 0
-    warm = cell.steps_from(first, args.warmup)
-    timed = cell.steps_from(warm[-1] + 1 if warm else first, args.steps)
+    warm = cell.steps_from(first, args.warmup, skip_updates=True)
+    timed = cell.steps_from(warm[-1] + 1 if warm else first, args.steps, skip_updates=True)
     cell.run(warm)
     seconds = cell.timed(timed)
     per_step = seconds / len(timed)
