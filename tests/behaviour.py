@@ -36,13 +36,21 @@ SKIPPED_RESULT_KEYS = {"wall_time_s", "versions", "command"}
 
 
 def cpu_name() -> str:
+    """The CPU type as far as floating-point results go: its name, family and model, and the vector
+    instructions torch's kernels use. The name alone is not enough: a hypervisor may call two
+    generations "AMD EPYC", and they round differently (an AVX2 and an AVX-512 machine did)."""
+    import torch
+
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return (f"{name} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+            f"torch {torch.backends.cpu.get_cpu_capability()})")
 
 
 def _numbers(value, prefix=""):
