@@ -25,13 +25,15 @@ TORCH = {"torch": "2.14.1", "torchvision": "0.29.1"}
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _installed_torch() -> dict:
-    probe = "import torch, torchvision; print(torch.__version__, torchvision.__version__)"
-    result = subprocess.run([str(PYTHON), "-c", probe], capture_output=True, text=True)
-    if result.returncode:
-        return {}
-    versions = [v.split("+")[0] for v in result.stdout.split()]
-    return dict(zip(TORCH, versions))
+def _installed(*names: str) -> dict:
+    """The installed versions of ``names`` in the shared environment (from the packages' metadata:
+    importing torch to ask would cost seconds on every session)."""
+    probe = ("import importlib.metadata as m, sys\n"
+             "for name in sys.argv[1:]:\n"
+             "    try: print(name, m.version(name).split('+')[0])\n"
+             "    except m.PackageNotFoundError: pass")
+    result = subprocess.run([str(PYTHON), "-c", probe, *names], capture_output=True, text=True)
+    return dict(line.split() for line in result.stdout.splitlines()) if result.returncode == 0 else {}
 
 
 def _fashion_mnist(session: nox.Session) -> None:
@@ -50,8 +52,7 @@ def _fashion_mnist(session: nox.Session) -> None:
 def _sparseprop(session: nox.Session) -> None:
     """sparseprop (sparse CPU kernels, acdc_bench.core.kernels), best effort: it builds from source
     with -march=native and only without build isolation; without it every layer runs densely."""
-    probe = "from sparseprop.modules.functions import SparseLinearFunction"
-    if subprocess.run([str(PYTHON), "-c", probe], capture_output=True).returncode == 0:
+    if _installed("sparseprop"):
         return
     failed = VENV / ".sparseprop-build-failed"  # delete it to try again
     if failed.exists():
@@ -74,7 +75,7 @@ def environment(session: nox.Session) -> str:
         session.log(f"creating the shared environment {VENV}")
         session.run(sys.executable, "-m", "venv", str(VENV), external=True)
         session.run(str(PYTHON), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
-    if _installed_torch() != TORCH:
+    if _installed(*TORCH) != TORCH:
         session.log("installing torch and torchvision once into the shared environment")
         session.run(str(PYTHON), "-m", "pip", "install", *(f"{k}=={v}" for k, v in TORCH.items()), external=True)
     stamp = VENV / ".acdc-bench-installed"

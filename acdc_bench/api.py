@@ -114,7 +114,10 @@ class Sparsifier:
 
         optimizer.step = step
         self.optimizer = optimizer
-        self._hook = self.model.register_forward_pre_hook(self._before_forward)
+        # Kept out of torch.compile's graphs (the hooks are Python with side effects). Applied here,
+        # not as a decorator: torch.compiler.disable imports torch._dynamo, about 1 s that a process
+        # importing acdc_bench only to plan or report would pay.
+        self._hook = self.model.register_forward_pre_hook(torch.compiler.disable(self._before_forward))
         return optimizer
 
     def seek(self, step: int) -> None:
@@ -128,7 +131,6 @@ class Sparsifier:
         """The number of training examples in the next step (over all ranks), for the FLOP meter."""
         self._examples = int(examples)
 
-    @torch.compiler.disable
     def _before_forward(self, module, args) -> None:
         if not module.training or self._finalized:
             return
