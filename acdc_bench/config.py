@@ -167,6 +167,13 @@ def method_recipe(suite: dict, method: str) -> dict | None:
     return recipe
 
 
+def _start_point(point) -> bool:
+    """A shipped calibration point: ``{steps: <positive int>, value: <positive number>}``."""
+    return (isinstance(point, dict) and set(point) == {"steps", "value"} and isinstance(point["steps"], int)
+            and not isinstance(point["steps"], bool) and point["steps"] > 0
+            and isinstance(point["value"], (int, float)) and point["value"] > 0)
+
+
 def _require(cond: bool, where: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"{where}: {message}")
@@ -270,7 +277,7 @@ def validate_suite(data: dict, where: str) -> None:
     _require(isinstance(tolerance, (int, float)) and 0 < tolerance < 1, where,
              f"budget.calibration.sparsity_tolerance must be a number in (0, 1), got {tolerance!r}")
     start = calibration.get("start") or {}
-    _require(isinstance(start, dict), where, "budget.calibration.start must map method -> sparsity -> {steps, value}")
+    _require(isinstance(start, dict), where, "budget.calibration.start must map method -> sparsity -> {steps, value, seeds: {seed: {steps, value}}}")
     when = start.get("when") or {}
     _require(isinstance(when, dict) and not set(when) - {"epochs", "batch_size", "train_subset", "dataset", "model"},
              where, f"budget.calibration.start.when may hold epochs, batch_size, train_subset, dataset, model; got {when!r}")
@@ -278,10 +285,18 @@ def validate_suite(data: dict, where: str) -> None:
         if name == "when":
             continue
         for key, entry in (cells or {}).items():
-            ok = (isinstance(entry, dict) and set(entry) == {"steps", "value"} and isinstance(entry["steps"], int)
-                  and entry["steps"] > 0 and isinstance(entry["value"], (int, float)) and entry["value"] > 0)
-            _require(ok, where, f"budget.calibration.start.{name}.{key} must be {{steps: <positive int>, "
-                                f"value: <positive number>}}, got {entry!r}")
+            seeds = entry.get("seeds") if isinstance(entry, dict) else None
+            _require(seeds is None or isinstance(seeds, dict), where,
+                     f"budget.calibration.start.{name}.{key}.seeds must map seed -> {{steps, value}}, got {seeds!r}")
+            own = {k: v for k, v in entry.items() if k != "seeds"} if isinstance(entry, dict) else entry
+            points = [(f"{name}.{key}", own)] + [(f"{name}.{key}.seeds.{seed}", point)
+                                                   for seed, point in (seeds or {}).items()]
+            for label, point in points:
+                _require(_start_point(point), where, f"budget.calibration.start.{label} must be {{steps: <positive "
+                                                     f"int>, value: <positive number>}}, got {point!r}")
+            _require(all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds or {}),
+                     where, f"budget.calibration.start.{name}.{key}.seeds: seeds must be integers >= 0, "
+                            f"got {sorted(map(str, seeds or {}))}")
             check_sparsity(key, f"{where}: budget.calibration.start.{name}")
     load_plugins(data.get("plugins") or [])
     methods = data["methods"] or {}

@@ -376,3 +376,30 @@ def test_a_chain_starts_at_the_calibrated_point_the_suite_ships(tmp_path):
     assert short["budget"]["calibration"]["started_from"] is None and short["budget"]["calibration"]["value"] == 0.004
     with pytest.raises(ConfigError, match="budget.calibration.start.str.0.9 must be"):
         load_suite("fashion-mnist", ["budget.calibration.start={str: {0.9: {steps: 0, value: 1}}}"])
+
+
+def test_a_seed_of_its_own_starts_at_its_own_shipped_point(tmp_path):
+    """``start.<method>.<sparsity>.seeds`` holds further seeds' accepted points; other seeds take the
+    target's own point."""
+    shipped = ("budget.calibration.start={when: {epochs: 20}, str: {0.9: {steps: 11390, value: 0.00263, "
+               "seeds: {1: {steps: 10000, value: 0.0031}}}}}")
+    suite = load_suite("fashion-mnist", [shipped])
+    for seed in (0, 1, 2):
+        acdc = run_config(suite, "acdc", 0.9, seed, budget={"mode": "paper", "reference_training_flops": None})
+        write_result(tmp_path, acdc, training_flops=1.0e12, actual_sparsity=0.9)
+    points = {}
+    for seed in (0, 1, 2):
+        config = resolve_budget(suite, "str", 0.9, seed, "matched", out=tmp_path)
+        calibration = config["budget"]["calibration"]
+        assert calibration["started_from"] == "suite budget.calibration.start" and calibration["iteration"] == 0
+        points[seed] = (config["train_steps"], calibration["value"], config["method_config"]["targets"][0.9]["lam"])
+    assert points == {0: (11390, 0.00263, 0.00263), 1: (10000, 0.0031, 0.0031), 2: (11390, 0.00263, 0.00263)}
+    # the seed's own point is accepted like the target's: no second run
+    seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)
+    write_result(tmp_path, seed1, training_flops=0.99e12, actual_sparsity=0.8970)
+    assert resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)["run_id"] == seed1["run_id"]
+    for bad, message in [("{1: {steps: 10000}}", r"start.str.0.9.seeds.1 must be"),
+                         ("{-1: {steps: 10000, value: 0.003}}", "seeds must be integers >= 0"),
+                         ("[1, 2]", r"start.str.0.9.seeds must map seed")]:
+        with pytest.raises(ConfigError, match=message):
+            load_suite("fashion-mnist", [f"budget.calibration.start={{str: {{0.9: {{steps: 1, value: 1, seeds: {bad}}}}}}}"])

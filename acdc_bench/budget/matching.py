@@ -98,16 +98,21 @@ def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, ou
 START_CONTEXT = ("epochs", "batch_size", "train_subset", "dataset", "model")
 
 
-def _shipped_start(settings: dict, method: str, sparsity: float, suite: dict) -> tuple[int, float] | None:
+def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suite: dict) -> tuple[int, float] | None:
     """(steps, option value) of ``budget.calibration.start.<method>.<sparsity>``, if the suite has it
     and the run's suite still has the fields it was derived under (``when``): a ``--set epochs=4``
-    or a ``train_subset`` makes another budget, where the shipped point would be far off."""
+    or a ``train_subset`` makes another budget, where the shipped point would be far off.
+
+    The entry's ``seeds: {seed: {steps, value}}`` holds the accepted points of further seeds'
+    chains (STR's final sparsity at one point differs between seeds by several times the
+    tolerance); a seed not listed starts at the entry's own ``steps`` and ``value``."""
     start = settings.get("start") or {}
     when = start.get("when") or {}
     if any(suite.get(key) != value for key, value in when.items()):
         return None
     for key, entry in (start.get(method) or {}).items():
         if abs(float(key) - sparsity) <= 1e-9:
+            entry = {int(k): v for k, v in (entry.get("seeds") or {}).items()}.get(int(seed), entry)
             return int(entry["steps"]), float(entry["value"])
     return None
 
@@ -147,7 +152,7 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
         return run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
                           budget=run_budget, train_steps=steps, method_options=run_options)
 
-    shipped = _shipped_start(settings, method, sparsity, suite)
+    shipped = _shipped_start(settings, method, sparsity, seed, suite)
     if shipped is not None:  # the suite ships this cell's calibrated point: the chain starts there
         steps, value = shipped
         estimate, started_from = budget_flops, "suite budget.calibration.start"
