@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from acdc_bench.config import ConfigError, load_suite, suite_names
@@ -322,18 +323,21 @@ def cmd_reproduce(args) -> int:
         listing = dry_run(suite, runs, out)
         print(json.dumps(listing, indent=2) if args.json else format_dry_run(listing))
         return 0
+    started = time.perf_counter()
     run_all(suite, runs, out, args)
+    elapsed = time.perf_counter() - started
     leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
     finished = load_runs(out)
     report(suite["suite"], finished, load_reference(), out, leaderboard_dir)
-    print_timing(finished)
+    print_timing(finished, elapsed, args)
     return 0
 
 
-def print_timing(runs) -> None:
-    """The reproduction's calibration chains and its wall time against the FLOP-ideal time."""
+def print_timing(runs, elapsed: float | None = None, args=None) -> None:
+    """The reproduction's calibration chains, its runs' time against the FLOP-ideal time, and the
+    time this invocation spent training."""
     from acdc_bench.report.results import drop_superseded
-    from acdc_bench.report.timing import calibration_summary, flop_ideal_table, format_flop_ideal
+    from acdc_bench.report.timing import calibration_summary, flop_ideal_table, format_duration, format_flop_ideal
 
     for line in calibration_summary(runs):
         print(line)
@@ -341,6 +345,11 @@ def print_timing(runs) -> None:
     kept = drop_superseded(runs)
     if len(kept) != len(runs):
         print(f"  (of these, {len(runs) - len(kept)} calibration run(s) were superseded by a later run of their chain)")
+    if elapsed is not None:
+        how = (f"{args.launcher} launcher" if getattr(args, "launcher", "local") != "local"
+               else f"{getattr(args, 'jobs', 1) or 1} job(s) side by side")
+        print(f"  (the wall column sums each run's own time, whenever it ran; this invocation trained for "
+              f"{format_duration(elapsed)} elapsed, {how})")
 
 
 #: The subcommands: name -> (handler, its arguments, help).

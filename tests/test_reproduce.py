@@ -1,6 +1,7 @@
 """`reproduce`: a whole (tiny) suite end to end, killed midway and finished on the second try."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def test_jobs_run_side_by_side_and_compute_what_each_run_computes_alone(tmp_path
     assert parallel.returncode == 0, parallel.stdout + parallel.stderr
     assert "2 side by side, 1 thread(s) each" in parallel.stdout
     assert "time per method: wall time vs the FLOP-ideal time" in parallel.stdout
+    assert re.search(r"this invocation trained for \d+m\d\ds elapsed, 2 job\(s\) side by side", parallel.stdout)
     runs = {p.parent.name.split("-")[0] + p.parent.name.split("-")[1]: p.parent for p in out.glob("*/result.json")}
     assert sorted(runs) == ["acdcs0.9", "acdcs0.95", "dense" + "s0", "gmps0.9", "gmps0.95"]
     # GMP 0.95 alone, 1 thread, matched to the same measured AC/DC run (copied): the same run id
