@@ -277,7 +277,8 @@ def validate_suite(data: dict, where: str) -> None:
     _require(isinstance(tolerance, (int, float)) and 0 < tolerance < 1, where,
              f"budget.calibration.sparsity_tolerance must be a number in (0, 1), got {tolerance!r}")
     start = calibration.get("start") or {}
-    _require(isinstance(start, dict), where, "budget.calibration.start must map method -> sparsity -> {steps, value, seeds: {seed: {steps, value}}}")
+    _require(isinstance(start, dict), where, "budget.calibration.start must map method -> sparsity -> "
+                                             "{steps, value, seeds: {seed: {steps, value}}}")
     when = start.get("when") or {}
     _require(isinstance(when, dict) and not set(when) - {"epochs", "batch_size", "train_subset", "dataset", "model"},
              where, f"budget.calibration.start.when may hold epochs, batch_size, train_subset, dataset, model; got {when!r}")

@@ -38,7 +38,8 @@ SKIPPED_RESULT_KEYS = {"wall_time_s", "versions", "command"}
 def cpu_name() -> str:
     """The CPU type as far as floating-point results go: its name, family and model, and the vector
     instructions torch's kernels use. The name alone is not enough: a hypervisor may call two
-    generations "AMD EPYC", and they round differently (an AVX2 and an AVX-512 machine did)."""
+    generations "AMD EPYC", and they round differently (a record made on one failed on the other
+    in the eighth significant digit)."""
     import torch
 
     fields = {}
