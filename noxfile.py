@@ -51,7 +51,9 @@ def _fashion_mnist(session: nox.Session) -> None:
 
 def _sparseprop(session: nox.Session) -> None:
     """sparseprop (sparse CPU kernels, acdc_bench.core.kernels), best effort: it builds from source
-    with -march=native and only without build isolation; without it every layer runs densely."""
+    with -march=native and only without build isolation; without it every layer runs densely.
+    Installed means its package metadata is there: a failed build leaves none, and its extension
+    links no torch library (ldd), so a torch reinstall does not break it."""
     if _installed("sparseprop"):
         return
     failed = VENV / ".sparseprop-build-failed"  # delete it to try again

@@ -324,20 +324,21 @@ def cmd_reproduce(args) -> int:
         print(json.dumps(listing, indent=2) if args.json else format_dry_run(listing))
         return 0
     started = time.perf_counter()
-    run_all(suite, runs, out, args)
+    trained = run_all(suite, runs, out, args)
     elapsed = time.perf_counter() - started
     leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
     finished = load_runs(out)
     report(suite["suite"], finished, load_reference(), out, leaderboard_dir)
-    print_timing(finished, elapsed, args)
+    print_timing(finished, (trained, elapsed), args)
     return 0
 
 
-def print_timing(runs, elapsed: float | None = None, args=None) -> None:
-    """The reproduction's calibration chains, its runs' time against the FLOP-ideal time, and the
-    time this invocation spent training."""
+def print_timing(runs, invocation: tuple[int, float] | None = None, args=None) -> None:
+    """The reproduction's calibration chains, its runs' time against the FLOP-ideal time, and what
+    this invocation trained: ``invocation`` is (runs trained, elapsed seconds)."""
     from acdc_bench.report.results import drop_superseded
-    from acdc_bench.report.timing import calibration_summary, flop_ideal_table, format_duration, format_flop_ideal
+    from acdc_bench.report.timing import calibration_summary, flop_ideal_table, format_flop_ideal
+    from acdc_bench.run.launch import format_duration
 
     for line in calibration_summary(runs):
         print(line)
@@ -345,11 +346,14 @@ def print_timing(runs, elapsed: float | None = None, args=None) -> None:
     kept = drop_superseded(runs)
     if len(kept) != len(runs):
         print(f"  (of these, {len(runs) - len(kept)} calibration run(s) were superseded by a later run of their chain)")
-    if elapsed is not None:
-        how = (f"{args.launcher} launcher" if getattr(args, "launcher", "local") != "local"
-               else f"{getattr(args, 'jobs', 1) or 1} job(s) side by side")
-        print(f"  (the wall column sums each run's own time, whenever it ran; this invocation trained for "
-              f"{format_duration(elapsed)} elapsed, {how})")
+    if invocation is not None:
+        trained, elapsed = invocation
+        jobs = getattr(args, "jobs", 1) or 1
+        how = (f"as {args.launcher} jobs" if getattr(args, "launcher", "local") != "local"
+               else "in 1 job" if jobs == 1 else f"in {jobs} jobs side by side")
+        now = (f"this invocation trained {trained} run(s) in {format_duration(elapsed)} elapsed, {how}" if trained
+               else "this invocation trained nothing: every run had finished before")
+        print(f"  (the wall column sums each run's own time, whenever it ran; {now})")
 
 
 #: The subcommands: name -> (handler, its arguments, help).

@@ -290,11 +290,12 @@ def validate_suite(data: dict, where: str) -> None:
             _require(seeds is None or isinstance(seeds, dict), where,
                      f"budget.calibration.start.{name}.{key}.seeds must map seed -> {{steps, value}}, got {seeds!r}")
             own = {k: v for k, v in entry.items() if k != "seeds"} if isinstance(entry, dict) else entry
-            points = [(f"{name}.{key}", own)] + [(f"{name}.{key}.seeds.{seed}", point)
-                                                   for seed, point in (seeds or {}).items()]
-            for label, point in points:
-                _require(_start_point(point), where, f"budget.calibration.start.{label} must be {{steps: <positive "
-                                                     f"int>, value: <positive number>}}, got {point!r}")
+            _require(_start_point(own), where, f"budget.calibration.start.{name}.{key} must be {{steps: <positive "
+                                               f"int>, value: <positive number>}} (and optionally seeds: {{seed: "
+                                               f"{{steps, value}}}}), got {entry!r}")
+            for seed, point in (seeds or {}).items():
+                _require(_start_point(point), where, f"budget.calibration.start.{name}.{key}.seeds.{seed} must be "
+                                                     f"{{steps: <positive int>, value: <positive number>}}, got {point!r}")
             _require(all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds or {}),
                      where, f"budget.calibration.start.{name}.{key}.seeds: seeds must be integers >= 0, "
                             f"got {sorted(map(str, seeds or {}))}")

@@ -403,3 +403,28 @@ def test_a_seed_of_its_own_starts_at_its_own_shipped_point(tmp_path):
                          ("[1, 2]", r"start.str.0.9.seeds must map seed")]:
         with pytest.raises(ConfigError, match=message):
             load_suite("fashion-mnist", [f"budget.calibration.start={{str: {{0.9: {{steps: 1, value: 1, seeds: {bad}}}}}}}"])
+
+
+def test_two_chains_of_one_cell_keep_the_last_finished_end(tmp_path, caplog):
+    """A suite's shipped start changed after a chain ran: the folder holds the old chain (iterations
+    0-1) and the new one (iteration 0, finished later). The tables use the new chain's run, once."""
+    import os
+
+    rows = [("old-0", 0, None, 100), ("old-1", 1, "old-0", 200), ("new-0", 0, None, 300),
+            ("other-seed", 0, None, 50)]
+    records = []
+    for run_id, iteration, previous, finished_at in rows:
+        (tmp_path / run_id).mkdir()
+        (tmp_path / run_id / "result.json").write_text("{}")
+        os.utime(tmp_path / run_id / "result.json", (finished_at, finished_at))
+        records.append({"suite": "s", "method": "str", "target_sparsity": 0.9, "budget_mode": "matched",
+                        "status": "finished", "seed": 2 if run_id == "other-seed" else 1, "run_id": run_id,
+                        "run_dir": str(tmp_path / run_id), "budget_calibration_iteration": iteration,
+                        "budget_calibration_previous_run": previous})
+    runs = pd.DataFrame(records)
+    with caplog.at_level("WARNING"):
+        assert drop_superseded(runs)["run_id"].tolist() == ["new-0", "other-seed"]
+    assert "2 calibration chains of str 0.9 seed 1" in caplog.text and "using new-0" in caplog.text
+    # the old chain finished last (copied back, say): its end wins, never both
+    os.utime(tmp_path / "old-1" / "result.json", (400, 400))
+    assert drop_superseded(runs)["run_id"].tolist() == ["old-1", "other-seed"]

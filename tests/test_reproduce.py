@@ -51,9 +51,11 @@ def test_kill_midway_then_rerun_keeps_finished_runs_and_completes(tmp_path):
     assert all(after[name] == stamp for name, stamp in before.items()), "a finished run was retrained"
     assert "finished already" in rerun.stdout
     assert "[3/3]" in rerun.stdout
+    assert f"this invocation trained {3 - len(before)} run(s) in " in rerun.stdout
 
     third = subprocess.run(command(out, leaderboards), env=env, capture_output=True, text=True, check=True)
     assert third.stdout.count("finished already") == 3
+    assert "this invocation trained nothing: every run had finished before" in third.stdout
     table = pd.read_csv(out / "compare.csv")
     assert set(table["method"]) == {"dense", "acdc"}
     board = read_leaderboard(leaderboards / "fashion-mnist.csv")
@@ -72,7 +74,8 @@ def test_jobs_run_side_by_side_and_compute_what_each_run_computes_alone(tmp_path
     assert parallel.returncode == 0, parallel.stdout + parallel.stderr
     assert "2 side by side, 1 thread(s) each" in parallel.stdout
     assert "time per method: wall time vs the FLOP-ideal time" in parallel.stdout
-    assert re.search(r"this invocation trained for \d+m\d\ds elapsed, 2 job\(s\) side by side", parallel.stdout)
+    assert re.search(r"this invocation trained 5 run\(s\) in \d+m\d\ds elapsed, in 2 jobs side by side",
+                     parallel.stdout)
     runs = {p.parent.name.split("-")[0] + p.parent.name.split("-")[1]: p.parent for p in out.glob("*/result.json")}
     assert sorted(runs) == ["acdcs0.9", "acdcs0.95", "dense" + "s0", "gmps0.9", "gmps0.95"]
     # GMP 0.95 alone, 1 thread, matched to the same measured AC/DC run (copied): the same run id

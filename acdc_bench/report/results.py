@@ -290,7 +290,11 @@ def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` without the budget-calibration runs a later run of the same chain replaced.
 
     A matched STR cell is a chain of runs (``budget_calibration_iteration`` 0, 1, ...;
-    see :mod:`acdc_bench.budget.calibrate`); the tables and plots use its last finished run.
+    see :mod:`acdc_bench.budget.calibrate`); the tables and plots use its last finished run:
+    a finished run that another finished run names as its ``previous_run`` is superseded.
+    A folder may hold two chains of one cell and seed when the suite's shipped calibration
+    start changed after the first was run; then the most recently finished chain end is kept
+    (``result.json``'s time; the higher iteration where that is unknown), with a warning.
     Runs outside a chain, and unfinished runs, are kept.
     """
     column = "budget_calibration_iteration"
@@ -300,12 +304,32 @@ def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:
     chained = iteration.notna() & (runs["status"] == "finished")
     if not chained.any():
         return runs
-    keys = ["suite", "method", "target_sparsity", "seed", "budget_mode"]
-    last = iteration[chained].groupby([runs.loc[chained, key].round(6) if key == "target_sparsity" else runs.loc[chained, key]
-                                       for key in keys], dropna=False).transform("max")
     superseded = pd.Series(False, index=runs.index)
-    superseded[chained] = iteration[chained] < last
+    if "budget_calibration_previous_run" in runs:
+        named = set(runs.loc[chained, "budget_calibration_previous_run"].dropna())
+        superseded = chained & runs["run_id"].isin(named)
+    ends = runs[chained & ~superseded]
+    keys = [ends[key].round(6) if key == "target_sparsity" else ends[key]
+            for key in ("suite", "method", "target_sparsity", "seed", "budget_mode")]
+    for _, group in ends.groupby(keys, dropna=False):
+        if len(group) < 2:
+            continue
+        order = sorted(group.index, key=lambda i: (_finished_at(group.loc[i]), iteration[i]))
+        superseded.loc[order[:-1]] = True
+        log.warning("%d calibration chains of %s %g seed %s in one folder: using %s, the last to finish; "
+                    "delete the others' folders (%s) if the suite's calibration start changed since they ran",
+                    len(group), group.loc[order[-1], "method"], group.loc[order[-1], "target_sparsity"],
+                    group.loc[order[-1], "seed"], group.loc[order[-1], "run_id"],
+                    ", ".join(str(group.loc[i, "run_id"]) for i in order[:-1]))
     return runs[~superseded]
+
+
+def _finished_at(row) -> float:
+    """When a run wrote its ``result.json`` (0 when unknown)."""
+    try:
+        return (Path(row["run_dir"]) / RESULT_FILE).stat().st_mtime
+    except (KeyError, TypeError, OSError):
+        return 0.0
 
 
 def load_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 
-def format_duration(seconds: float) -> str:
+def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
@@ -37,9 +37,9 @@ def format_flop_ideal(table: pd.DataFrame, dense_rate: float | None = None) -> s
     lines = ["time per method: wall time vs the FLOP-ideal time (metered training FLOPs at the dense "
              "runs' FLOP rate on this machine)"]
     for row in table.itertuples():
-        ideal = "-" if row.flop_ideal_s != row.flop_ideal_s else format_duration(row.flop_ideal_s)
+        ideal = "-" if row.flop_ideal_s != row.flop_ideal_s else _duration(row.flop_ideal_s)
         ratio = "-" if row.ratio != row.ratio else f"{row.ratio:.2f}x"
-        lines.append(f"  {row.method:<8} {row.runs:>3} runs  wall {format_duration(row.wall_time_s):>7}  "
+        lines.append(f"  {row.method:<8} {row.runs:>3} runs  wall {_duration(row.wall_time_s):>7}  "
                      f"FLOP-ideal {ideal:>7}  ratio {ratio}")
     return "\n".join(lines)
 

@@ -124,7 +124,7 @@ def _config(suite: dict, spec: RunSpec, out: Path) -> dict:
     return spec_config(suite, spec, out)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
@@ -137,13 +137,14 @@ def _chain_note(config: dict) -> str:
     return f" ({note})" if note else ""
 
 
-def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
+def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
+    """Run every unfinished run of ``waves``; returns how many runs this call trained (a calibration
+    chain's further runs included)."""
     if args.launcher != "local":
-        run_submitit(suite, waves, out, args)
-    elif (getattr(args, "jobs", 1) or 1) > 1:
-        run_parallel(suite, waves, out, args)
-    else:
-        run_local(suite, waves, out, args)
+        return run_submitit(suite, waves, out, args)
+    if (getattr(args, "jobs", 1) or 1) > 1:
+        return run_parallel(suite, waves, out, args)
+    return run_local(suite, waves, out, args)
 
 
 # --------------------------------------------------------------------------- side by side on one machine
@@ -155,17 +156,20 @@ def _worker_start(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: str | None) -> dict:
-    """In a worker process: one run, or a calibration chain to its end; the last result."""
+def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: str | None) -> tuple[dict, int]:
+    """In a worker process: one run, or a calibration chain to its end; the last result and the
+    number of runs trained."""
     from acdc_bench.run.loop import train
 
+    trained = 0
     while True:
         result = train(config, out, data_root=data_root, progress=False, log=lambda *_: None)
+        trained += 1
         if not (config.get("budget") or {}).get("calibration"):
-            return result
+            return result, trained
         following = _config(suite, spec, out)
         if following["run_id"] == config["run_id"]:
-            return result
+            return result, trained
         config = following
 
 
@@ -220,7 +224,7 @@ def _cell_progress(out: Path, config: dict) -> str:
     return f"run {len(folders)} epoch {_epochs_done(latest)}/{epochs}"
 
 
-def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
+def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     """``--jobs N``: N runs side by side, each in its own process with cores / N threads
     (``OMP_WAIT_POLICY=PASSIVE``: a spinning OpenMP pool slows the other processes 5-20x).
 
@@ -242,7 +246,7 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
     environment = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)  # inherited by the workers, read before their torch starts
-    started, done = time.perf_counter(), 0
+    started, done, trained = time.perf_counter(), 0, 0
     print(f"{total} runs of suite {suite['suite']}: {jobs} side by side, {threads} thread(s) each", flush=True)
     try:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_start,
@@ -264,11 +268,11 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
                     finished, _ = wait(running, timeout=getattr(args, "status_every", 30), return_when=FIRST_COMPLETED)
                     for future in finished:
                         spec, config = running.pop(future)
-                        result = future.result()  # a failed run stops the reproduction with its error
-                        done += 1
+                        result, runs = future.result()  # a failed run stops the reproduction with its error
+                        done, trained = done + 1, trained + runs
                         print(f"[{done}/{total}] {spec.method} sparsity {spec.sparsity:g} seed {spec.seed}: top-1 "
                               f"{result['top1']:.2f}% at sparsity {result['actual_sparsity']:.4f} "
-                              f"({_duration(time.perf_counter() - started)} elapsed)", flush=True)
+                              f"({format_duration(time.perf_counter() - started)} elapsed)", flush=True)
                     if running and not finished:
                         # A future handed to the pool's call queue already reports running(); a run
                         # has started once its folder holds its config.
@@ -276,7 +280,7 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
                                   if future.running() and _started(out, c)]
                         status = ", ".join(f"{c['method']} {c['sparsity']:g} seed {c['seed']} "
                                            f"{_cell_progress(out, c)}" for c in active)
-                        print(f"[{done}/{total} done, {_duration(time.perf_counter() - started)} elapsed] "
+                        print(f"[{done}/{total} done, {format_duration(time.perf_counter() - started)} elapsed] "
                               f"running: {status}; {len(running) - len(active)} queued", flush=True)
     finally:
         for key, value in saved.items():
@@ -284,7 +288,8 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> No
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    print(f"all {total} runs of suite {suite['suite']} finished in {_duration(time.perf_counter() - started)} -> {out}")
+    print(f"all {total} runs of suite {suite['suite']} finished in {format_duration(time.perf_counter() - started)} -> {out}")
+    return trained
 
 
 def _steps(config: dict) -> int | None:
@@ -301,7 +306,7 @@ def _steps(config: dict) -> int | None:
         return None
 
 
-def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
+def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     """Every run in this process, in order, with overall progress and an estimate of the time left.
 
     The estimate is the time per optimizer step so far times the steps still to train, from
@@ -316,7 +321,7 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
     pending = [0 if read_result(out / c["run_id"]) is not None else _steps(c) for c in planned]
     chains = any((c.get("budget") or {}).get("calibration") for c in planned)
     started = time.perf_counter()
-    trained_time, trained_steps = 0.0, 0
+    trained_time, trained_steps, trained = 0.0, 0, 0
     for index, spec in enumerate(specs, 1):
         # Resolved when it is about to run, so that a matched run's budget is its reference's
         # measured FLOPs (``planned`` above, for the time-left estimate, may hold estimates).
@@ -329,19 +334,20 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
             steps_left = [_steps(config)] + pending[index:]
             eta = ""
             if trained_steps and None not in steps_left:
-                eta = f", about {_duration(trained_time / trained_steps * sum(steps_left))} left"
+                eta = f", about {format_duration(trained_time / trained_steps * sum(steps_left))} left"
                 eta += " plus any further calibration runs" if chains else ""
             print(f"[{index}/{len(specs)}] {spec.method} sparsity {spec.sparsity:g} seed {spec.seed}{_chain_note(config)} "
-                  f"({index - 1} done, {remaining + 1} to go, {_duration(time.perf_counter() - started)} elapsed{eta})",
+                  f"({index - 1} done, {remaining + 1} to go, {format_duration(time.perf_counter() - started)} elapsed{eta})",
                   flush=True)
             run_started = time.perf_counter()
             tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
             train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
             trained_time += time.perf_counter() - run_started
-            trained_steps += _steps(config) or 0
+            trained_steps, trained = trained_steps + (_steps(config) or 0), trained + 1
             if (config.get("budget") or {}).get("calibration"):
                 config = _config(suite, spec, out)  # the chain's next run, or the same finished run
-    print(f"all {len(specs)} runs of suite {suite['suite']} finished in {_duration(time.perf_counter() - started)} -> {out}")
+    print(f"all {len(specs)} runs of suite {suite['suite']} finished in {format_duration(time.perf_counter() - started)} -> {out}")
+    return trained
 
 
 class RunJob:
@@ -399,13 +405,17 @@ def _executor(suite: dict, out: Path, args):
     return executor
 
 
-def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> None:
-    """Each run as its own job; a wave is submitted once the wave before it (the budget references) is done."""
+def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
+    """Each run as its own job; a wave is submitted once the wave before it (the budget references) is
+    done. Returns the number of jobs submitted."""
     executor = _executor(suite, out, args)
+    trained = 0
     for number, wave in enumerate(waves, 1):
         pending, submitted = list(wave), set()
         while pending:  # a calibration chain re-enters with its next run once its last one finished
             pending = _submit_and_wait(executor, suite, number, pending, out, args, submitted)
+        trained += len(submitted)
+    return trained
 
 
 def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], out: Path, args,
