@@ -19,25 +19,15 @@ import argparse
 import math
 import random
 
-from acdc_bench.budget.calibrate import (MAX_LOG_STEP, Observation, _solve, broyden_jacobian, next_point,
-                                         residual, within_tolerance)
+from acdc_bench.budget.calibrate import (Observation, _logit, broyden_jacobian, next_point, residual, step_from,
+                                         within_tolerance)
+from acdc_bench.methods import get_method, make_config
 
 #: STR's shipped ``calibration_jacobian`` (the prior every chain starts from).
-PRIOR = [[0.17, -1.14], [1.05, 1.99]]
+PRIOR = get_method("str").calibration_jacobian(make_config(get_method("str"), {}))
 #: A true response 20-40% off the prior, each entry.
 OTHER = [[0.3, -0.9], [1.3, 2.6]]
 FLOPS_TOLERANCE, SPARSITY_TOLERANCE, TARGET, MAX_RUNS = 0.02, 0.005, 0.9, 5
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
-def _step_from(base: Observation, jacobian, initial):
-    r = residual(base, 1.0, TARGET)
-    move = _solve(jacobian, (-r[0], -r[1])) or _solve(initial, (-r[0], -r[1]))
-    move = [max(-MAX_LOG_STEP, min(MAX_LOG_STEP, m)) for m in move]
-    return max(1, round(math.exp(base.x[0] + move[0]))), math.exp(base.x[1] + move[1]), None
 
 
 def _jacobian_skipping_small_moves(observations, initial, smallest: float):
@@ -55,11 +45,11 @@ def _score(obs: Observation) -> float:
 
 VARIANTS = {
     "current (calibrate.next_point)": lambda obs, initial: next_point(obs, 1.0, TARGET, initial),
-    "skip updates after moves < 0.06": lambda obs, initial: _step_from(
-        obs[-1], _jacobian_skipping_small_moves(obs, initial, 0.06), initial),
-    "step from the best run so far": lambda obs, initial: _step_from(
-        min(obs, key=_score), broyden_jacobian(obs, 1.0, TARGET, initial), initial),
-    "keep the prior Jacobian": lambda obs, initial: _step_from(obs[-1], initial, initial),
+    "skip updates after moves < 0.06": lambda obs, initial: step_from(
+        obs[-1], _jacobian_skipping_small_moves(obs, initial, 0.06), 1.0, TARGET, initial),
+    "step from the best run so far": lambda obs, initial: step_from(
+        min(obs, key=_score), broyden_jacobian(obs, 1.0, TARGET, initial), 1.0, TARGET, initial),
+    "keep the prior Jacobian": lambda obs, initial: step_from(obs[-1], initial, 1.0, TARGET, initial),
 }
 
 

@@ -102,13 +102,18 @@ def broyden_jacobian(observations: list[Observation], budget: float, target: flo
 
 def next_point(observations: list[Observation], budget: float, target: float, initial_jacobian,
                min_steps: int = 1) -> tuple[int, float, float]:
-    """The next (steps, knob) of the chain and the FLOPs the model predicts for it.
-
-    A singular updated Jacobian falls back to ``initial_jacobian``.
-    """
-    last = observations[-1]
-    r = residual(last, budget, target)
+    """The next (steps, knob) of the chain and the FLOPs the model predicts for it: a step from the
+    last run with the Broyden-updated Jacobian (see :func:`step_from`)."""
     jacobian = broyden_jacobian(observations, budget, target, initial_jacobian)
+    return step_from(observations[-1], jacobian, budget, target, initial_jacobian, min_steps)
+
+
+def step_from(last: Observation, jacobian, budget: float, target: float, initial_jacobian,
+              min_steps: int = 1) -> tuple[int, float, float]:
+    """The (steps, knob) that ``jacobian`` predicts zeroes ``last``'s residual, each coordinate's move
+    capped at :data:`MAX_LOG_STEP`, and the FLOPs predicted there. A singular ``jacobian`` falls back
+    to ``initial_jacobian``."""
+    r = residual(last, budget, target)
     move = _solve(jacobian, (-r[0], -r[1]))
     if move is None:
         jacobian = [list(map(float, row)) for row in initial_jacobian]
