@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from acdc_bench.config import ConfigError, load_suite, suite_names
+from acdc_bench import numerics
+from acdc_bench.config import ConfigError, load_suite, suite_names, suite_numerics
 from acdc_bench.run.folder import RunLocked
 
 
@@ -19,7 +20,12 @@ DEFAULT_SUITE = "fashion-mnist-10"
 def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default=DEFAULT_SUITE, help=f"shipped suite ({', '.join(suite_names())}) or a YAML path")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a suite field, e.g. --set optimizer.lr=0.1 (repeatable)")
+                        help="override a suite field, e.g. --set optimizer.lr=0.1 (repeatable); the value is "
+                             "YAML 1.2: --set methods.acdc.pattern=2:4 is the string '2:4', 1e-4 a float")
+    parser.add_argument("--numerics", choices=numerics.MODES, default=None,
+                        help="portable: ATen, MKL and oneDNN capped to AVX2, identical results on any x86-64 CPU "
+                             "(default, also the suite's `numerics` key); native: the CPU's own instruction set, "
+                             "faster where AVX-512/AMX pays, reproducible on that CPU type only")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -375,9 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that train: their process must compute under the run's numerics before torch starts.
+TRAINING_COMMANDS = ("run", "reproduce", "verify")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Called without ``argv`` (the ``acdc-bench`` program) a training command
+    pins its numerics before torch starts, re-executing itself if torch had started already;
+    called in-process with ``argv`` under other numerics, it stops with the fix instead."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "numerics", None):
+            args.overrides = [*args.overrides, f"numerics={args.numerics}"]
+        if args.command in TRAINING_COMMANDS:
+            numerics.ensure(suite_numerics(args.suite, args.overrides), reexec=argv is None)
         return COMMANDS[args.command][0](args)
     except (ConfigError, ValueError, FileNotFoundError, RunLocked) as error:
         print(f"acdc-bench {args.command}: error: {error}", file=sys.stderr)

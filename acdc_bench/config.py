@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from acdc_bench import numerics
+
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 REQUIRED = object()
@@ -34,6 +36,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "channels_last": False,
     "compile": False,
     "kernels": "auto",
+    "numerics": None,
     "budget": {"mode": "paper", "reference": "acdc"},
     "reproduce": {"methods": ["dense", "acdc"], "sparsities": [0.9], "seeds": [0]},
     "methods": {},
@@ -97,11 +100,25 @@ def resolve_suite_path(suite: str | Path) -> Path:
     )
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML 1.2 (core schema), safely: ``2:4`` is a string and ``1e-4`` a float, as a reader of
+    today's YAML expects (PyYAML's YAML 1.1 reads ``2:4`` as the base-60 integer 124 and
+    ``1e-4`` as a string)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML: {error}") from error
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.path=value (e.g. optimizer.lr=0.1)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    value = parse_yaml(raw, f"--set {text}") if raw.strip() else None
+    return key.strip().split("."), value
 
 
 def apply_overrides(suite: dict, overrides: list[str], where: str) -> dict:
@@ -123,13 +140,18 @@ def apply_overrides(suite: dict, overrides: list[str], where: str) -> dict:
     return suite
 
 
+def suite_numerics(suite: str | Path, overrides: list[str] | None = None) -> str:
+    """The numerics mode a suite (with ``overrides``) runs under, read without importing torch."""
+    path = resolve_suite_path(suite)
+    raw = parse_yaml(path.read_text(), str(path))
+    raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides or [], str(path))
+    return numerics.check_mode(raw.get("numerics") or numerics.default_mode())
+
+
 def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
     """Load, override and validate a suite; returns the suite dict with defaults filled in."""
     path = resolve_suite_path(suite)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    raw = parse_yaml(path.read_text(), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a suite file must be a YAML mapping of keys to values")
     unknown = sorted(set(raw) - set(SUITE_DEFAULTS))
@@ -141,6 +163,8 @@ def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
     data.setdefault("suite", path.stem)
     if data["suite"] is None:
         data["suite"] = path.stem
+    if data.get("numerics") is None:
+        data["numerics"] = numerics.default_mode()
     _split_recipes(data, str(path))
     validate_suite(data, str(path))
     data["_path"] = str(path)
@@ -260,6 +284,9 @@ def validate_suite(data: dict, where: str) -> None:
     _require(data.get("kernels", "auto") in KERNEL_MODES, where,
              f"kernels '{data.get('kernels')}' is unknown; allowed: {', '.join(KERNEL_MODES)} "
              f"(auto: sparse kernels where they measure faster, acdc_bench.core.kernels)")
+    _require(data.get("numerics") in numerics.MODES, where,
+             f"numerics {data.get('numerics')!r} is unknown; allowed: {', '.join(numerics.MODES)} (portable: "
+             f"identical results on any x86-64 CPU with AVX2; native: the CPU's own instruction set)")
     _require(data["model"] in model_names(), where, f"model '{data['model']}' is unknown; allowed: {', '.join(model_names())}")
     validate_recipe(data, where)
     budget = data["budget"]

@@ -1,18 +1,20 @@
 """Short runs of every method whose metrics must not change when the code is refactored.
 
 ``python -m tests.behaviour record`` writes ``tests/data/behaviour.json`` from the current code;
-``tests/test_behaviour.py`` re-runs the same commands and compares. Runs on one CPU type are
-bit-for-bit deterministic; another CPU type (AMD EPYC vs Intel Xeon) gives slightly different
-floating-point results, so there only the integer fields (steps, FLOPs of mask-based methods,
-examples) are compared exactly and the rest within a loose tolerance.
+``tests/test_behaviour.py`` re-runs the same commands and compares every value exactly. The runs
+compute under portable numerics (:mod:`acdc_bench.numerics`: ATen, MKL and oneDNN capped to
+AVX2, pinned before torch starts in a process of their own), so the record holds bit for bit on
+any x86-64 CPU with AVX2, whatever the numerics of the process that asks for it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import platform
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 try:  # under pytest, tests/ is on sys.path
@@ -20,6 +22,7 @@ try:  # under pytest, tests/ is on sys.path
 except ImportError:  # python -m tests.behaviour
     from tests.helpers import SHORT
 
+ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "data" / "behaviour.json"
 #: One line each: the ``acdc-bench run`` arguments (after ``--out``).
 COMMANDS = [
@@ -32,26 +35,8 @@ COMMANDS = [
     ["--method", "rigl", "--sparsity", "0.9", "--budget", "matched", "--set", "methods.rigl.update_interval=3"],
     ["--method", "str", "--sparsity", "0.9", "--budget", "matched", "--set", "budget.calibration.max_runs=2"],
 ]
-SKIPPED_RESULT_KEYS = {"wall_time_s", "versions", "command"}
-
-
-def cpu_name() -> str:
-    """The CPU type as far as floating-point results go: its name, family and model, and the vector
-    instructions torch's kernels use. The name alone is not enough: a hypervisor may call two
-    generations "AMD EPYC", and they round differently (a record made on one failed on the other
-    in the eighth significant digit)."""
-    import torch
-
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    return (f"{name} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
-            f"torch {torch.backends.cpu.get_cpu_capability()})")
+#: Result fields that describe the machine or the moment, not what was computed.
+SKIPPED_RESULT_KEYS = {"wall_time_s", "versions", "command", "numerics"}
 
 
 def _numbers(value, prefix=""):
@@ -71,16 +56,30 @@ def _numbers(value, prefix=""):
     return {prefix[:-1]: value}
 
 
-def run_all(out: Path) -> dict:
-    """Run every command into ``out``; {run_id: {"metrics": rows, "result": flat numbers}}."""
+def _run_commands(out: Path) -> None:
+    """Every command, in this process (which must compute under portable numerics)."""
     from acdc_bench.cli import main
 
     for command in COMMANDS:
-        args = ["run", "--suite", "fashion-mnist", "--out", str(out), "--no-progress", *command]
+        args = ["run", "--suite", "fashion-mnist", "--out", str(out), "--no-progress", "--numerics", "portable",
+                *command]
         for item in SHORT:
             args += ["--set", item]
         if main(args) != 0:
             raise RuntimeError(f"acdc-bench {' '.join(args)} failed")
+
+
+def run_all(out: Path) -> dict:
+    """Run every command into ``out`` in a fresh process with portable numerics pinned (one thread,
+    so that the thread count cannot change a reduction); {run_id: {"metrics": rows, "result": flat numbers}}."""
+    from acdc_bench.numerics import PORTABLE_ENV
+
+    environment = dict(os.environ, **PORTABLE_ENV, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    environment.pop("ACDC_BENCH_NUMERICS", None)
+    done = subprocess.run([sys.executable, "-m", "tests.behaviour", "run", str(out)], cwd=ROOT, env=environment,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the behaviour runs failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     runs = {}
     for run_dir in sorted(p for p in out.iterdir() if (p / "result.json").exists()):
         with open(run_dir / "metrics.csv", newline="") as handle:
@@ -92,14 +91,15 @@ def run_all(out: Path) -> dict:
 
 def record(out: Path) -> None:
     runs = run_all(out)
-    GOLDEN.write_text(json.dumps({"cpu": cpu_name(), "runs": runs}, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {len(runs)} runs on {cpu_name()} -> {GOLDEN}")
+    GOLDEN.write_text(json.dumps({"numerics": "portable", "runs": runs}, indent=1, sort_keys=True) + "\n")
+    print(f"recorded {len(runs)} runs under portable numerics -> {GOLDEN}")
 
 
 if __name__ == "__main__":
-    import tempfile
-
-    if sys.argv[1:] != ["record"]:
+    if sys.argv[1:2] == ["run"] and len(sys.argv) == 3:
+        _run_commands(Path(sys.argv[2]))
+    elif sys.argv[1:] == ["record"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            record(Path(tmp))
+    else:
         sys.exit("usage: python -m tests.behaviour record")
-    with tempfile.TemporaryDirectory() as tmp:
-        record(Path(tmp))

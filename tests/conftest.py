@@ -1,5 +1,15 @@
-import pytest
-import torch
+import os
+
+from acdc_bench import numerics  # imports no torch
+
+# The tests compute under the numerics a user's run gets by default (portable: ATen, MKL and oneDNN
+# capped to AVX2), pinned before torch starts. ACDC_BENCH_NUMERICS=native runs them on the CPU's
+# own instruction set instead.
+if numerics.default_mode() == "portable":
+    os.environ.update(numerics.PORTABLE_ENV)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -48,6 +47,8 @@ def atomic_write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[s
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch  # here, not at import: the command line pins numerics before torch starts
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -55,6 +56,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    import torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - re-raised with the path and a fix

@@ -399,6 +399,12 @@ def _executor(suite: dict, out: Path, args):
         slurm_signal_delay_s=120,
         name=f"acdc-{suite['suite']}",
     )
+    if suite.get("numerics") == "portable":
+        # Pinned in the job script, before its Python (and torch) starts: a node of another CPU type
+        # computes what this machine computes. (submitit-local jobs inherit this process's environment.)
+        from acdc_bench.numerics import PORTABLE_ENV
+
+        parameters["slurm_setup"] = [f"export {key}={value}" for key, value in PORTABLE_ENV.items()]
     if args.slurm_partition or resources.get("partition"):
         parameters["slurm_partition"] = args.slurm_partition or resources["partition"]
     executor.update_parameters(**parameters)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from acdc_bench import recipe
+from acdc_bench import numerics, recipe
 from acdc_bench.api import Sparsifier, sparsify
 from acdc_bench.config import dump_yaml
 from acdc_bench.core.io import atomic_torch_save, load_checkpoint
@@ -50,6 +50,7 @@ class Run:
     criterion: nn.Module
     amp_dtype: torch.dtype | None
     channels_last: bool
+    kernels: str
     epochs: int
     total_steps: int
     state: dict = field(default_factory=lambda: {"epoch": 0, "rows": [], "wall_time_s": 0.0, "dense_pair": None})
@@ -68,13 +69,16 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
         log(f"[{config['run_id']}] finished already: top-1 {finished['top1']:.2f}% "
             f"(sparsity {finished['actual_sparsity']:.4f}); not retraining")
         return finished
+    if config.get("numerics"):
+        numerics.check_run(config["numerics"])  # before anything is computed or written
     rank, world_size, local_rank = distributed.distributed_context()
     with folder.lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
         if folder.read_result(run_dir) is not None:  # finished by another process meanwhile
             return train(config, out_dir, data_root=data_root, progress=progress, tracker=tracker, log=log)
+        check_resumable(config, run_dir)
         run = build_run(config, run_dir, data_root, rank, world_size, local_rank)
         if run.is_main:
-            folder.write_config(run_dir, dump_yaml(config))
+            folder.write_config(run_dir, dump_yaml(dict(config, environment=environment(run))))
         restore(run, log)
         if tracker is not None and run.is_main:
             tracker.start(run_dir, config, config["run_id"])
@@ -105,11 +109,43 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
 # --------------------------------------------------------------------------- building and restoring
 
 
+def check_resumable(config: dict, run_dir: Path) -> None:
+    """A run folder made under one numerics mode never continues under another: its epochs so far
+    were rounded one way, the rest would be rounded another, and the result would match neither."""
+    if not (run_dir / folder.CHECKPOINT).exists() or not (run_dir / folder.CONFIG).exists():
+        return
+    import yaml
+
+    try:
+        before = yaml.safe_load((run_dir / folder.CONFIG).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # config.yaml is rewritten from this run's config below
+    made = before.get("numerics") or "native"
+    now = config.get("numerics") or "native"
+    if made != now:
+        raise numerics.NumericsError(
+            f"{run_dir} was started under {made} numerics and cannot resume under {now}: its finished epochs "
+            f"were computed with other float rounding. Resume it with --numerics {made}, or delete the folder "
+            f"to start again")
+
+
+def environment(run: Run) -> dict:
+    """What the run's numbers depend on besides its config (``config.yaml``'s ``environment``,
+    ``result.json``'s ``numerics``): numerics mode, CPU, instruction set, threads, versions."""
+    info = numerics.describe(run.config.get("numerics") or "native")
+    info["world_size"] = run.world_size
+    info["kernels"] = run.kernels  # sparseprop's kernels where they measure faster (auto), or none (dense)
+    return info
+
+
 def build_run(config: dict, run_dir: Path, data_root: str | None, rank: int, world_size: int, local_rank: int) -> Run:
     """Data, model, method (through :func:`sparsify`), optimizer, AMP: the run's objects."""
     load_plugins(config.get("plugins") or [])
     device = distributed.pick_device(local_rank)
     distributed.configure_cuda(device)
+    numerics.configure_device(config.get("numerics"), device)
+    # sparseprop is compiled for the build machine's CPU (-march=native): off under portable numerics.
+    kernels = "dense" if config.get("numerics") == "portable" else config.get("kernels", "auto")
     seed = int(config["seed"])
     random.seed(seed)
     torch.manual_seed(seed)
@@ -124,7 +160,7 @@ def build_run(config: dict, run_dir: Path, data_root: str | None, rank: int, wor
     sparsifier = sparsify(model, config["method"], sparsity=float(config["sparsity"]),
                           steps_per_epoch=data.steps_per_epoch, total_steps=total_steps,
                           batch_size=data.batch_size, input_shape=data.input_shape,
-                          kernels=config.get("kernels", "auto"), **(config.get("method_config") or {}))
+                          kernels=kernels, **(config.get("method_config") or {}))
     optimizer = sparsifier.wrap(recipe.build_optimizer(model, config["optimizer"]))
     amp_dtype = AMP_DTYPES.get(config.get("amp", "none")) if device.type == "cuda" else None
     train_model = model
@@ -136,7 +172,7 @@ def build_run(config: dict, run_dir: Path, data_root: str | None, rank: int, wor
                model=model, train_model=train_model, sparsifier=sparsifier, optimizer=optimizer,
                scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                criterion=nn.CrossEntropyLoss(label_smoothing=float(config.get("label_smoothing", 0.0))),
-               amp_dtype=amp_dtype, channels_last=channels_last,
+               amp_dtype=amp_dtype, channels_last=channels_last, kernels=kernels,
                epochs=math.ceil(total_steps / data.steps_per_epoch), total_steps=total_steps)
 
 
@@ -425,5 +461,6 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
         "world_size": run.world_size,
         "wall_time_s": wall_time,
         "versions": distributed.versions(),
+        "numerics": environment(run),
         "command": " ".join(sys.argv),
     }

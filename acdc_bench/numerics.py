@@ -1,0 +1,185 @@
+"""Portable numerics: the same command gives bit-identical results on any x86-64 CPU with AVX2.
+
+Float rounding on a CPU follows the instructions the math libraries pick at start-up: ATen's
+vectorised kernels (AVX2 or AVX-512), MKL's BLAS (per CPU generation, and AMX on recent Xeons)
+and oneDNN's convolutions. Two CPU types therefore train two different models from one seed,
+and accuracies move by tenths of a point, the size of the gaps between methods. Under
+``numerics: portable`` (the default of every suite) each library is capped to AVX2 before torch
+starts, through the environment variables that they read once, at start-up:
+
+- ``ATEN_CPU_CAPABILITY=avx2``: ATen's own kernels (reductions, softmax, elementwise);
+- ``MKL_CBWR=AVX2``: MKL's conditional numerical reproducibility on its AVX2 code path (BLAS);
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's convolutions and matrix products.
+
+sparseprop's kernels are compiled with ``-march=native``, so they stay off under portable
+numerics (``kernels: auto`` runs every layer densely; an explicit request is an error).
+
+``numerics: native`` leaves the libraries free to use whatever the CPU has: faster where AVX-512
+or AMX pays, reproducible on that CPU type only. A run records its mode, CPU, instruction set,
+threads and library versions (:func:`describe`); the mode is part of its run id. On a GPU,
+``portable`` turns on deterministic algorithms (repeatable on one GPU model; see
+:func:`configure_device`).
+
+This module imports torch only inside functions, so that the command line can pin the
+environment before torch initialises (:func:`ensure`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+MODES = ("portable", "native")
+#: The default mode of a suite that does not say, unless ``ACDC_BENCH_NUMERICS`` names another.
+DEFAULT = "portable"
+ENV_DEFAULT = "ACDC_BENCH_NUMERICS"
+#: What each library reads at start-up to stay on AVX2 (see the module docstring).
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: Set once the command line has re-executed itself to pin the environment (never loops).
+_REEXEC_MARK = "ACDC_BENCH_NUMERICS_REEXEC"
+
+
+class NumericsError(ValueError):
+    """The process runs under other numerics than the run asks for; the message says how to fix it."""
+
+
+def default_mode() -> str:
+    """The mode of a suite that does not set ``numerics``: ``$ACDC_BENCH_NUMERICS`` or portable."""
+    mode = os.environ.get(ENV_DEFAULT) or DEFAULT
+    if mode not in MODES:
+        raise NumericsError(f"{ENV_DEFAULT}={mode!r} is unknown; allowed: {', '.join(MODES)}")
+    return mode
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise NumericsError(f"numerics {mode!r} is unknown; allowed: {', '.join(MODES)} "
+                            f"(portable: identical results on any x86-64 CPU with AVX2; native: the CPU's own "
+                            f"instruction set, reproducible on that CPU type only)")
+    return mode
+
+
+def environment_pinned(environ=None) -> bool:
+    """Whether ``environ`` (default: this process's) caps every library to AVX2."""
+    environ = os.environ if environ is None else environ
+    return all(environ.get(key) == value for key, value in PORTABLE_ENV.items())
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+def active() -> str:
+    """The mode this process's math libraries run under. Portable needs the pinned environment
+    and, once torch is imported, ATen on AVX2 (a CPU without AVX2 cannot run portable numerics).
+    On a CPU other than x86 there is nothing to cap: the CPU's own rounding is the only one."""
+    if not _x86():
+        return "native"
+    if not environment_pinned():
+        return "native"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.backends.cpu.get_cpu_capability() != "AVX2":
+        return "native"
+    return "portable"
+
+
+def ensure(mode: str, *, reexec: bool = False) -> None:
+    """Make this process run under ``mode``.
+
+    Before torch is imported, portable numerics are pinned by setting the environment (inherited
+    by every process this one starts: parallel jobs, torchrun workers, submitit jobs). Once torch
+    has started, its libraries cannot change: with ``reexec`` (the command line) the process
+    starts again with the environment pinned; otherwise it is an error that says what to do.
+    ``native`` accepts any environment: it is the libraries' own choice.
+    """
+    check_mode(mode)
+    if mode == "native" or not _x86() or active() == "portable":
+        return
+    if "torch" not in sys.modules:
+        os.environ.update(PORTABLE_ENV)
+        return
+    if reexec and not os.environ.get(_REEXEC_MARK):
+        environ = dict(os.environ, **PORTABLE_ENV, **{_REEXEC_MARK: "1"})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+    raise NumericsError(
+        "this run asks for portable numerics, but torch started in this process without them "
+        f"(ATen on {_capability()}, environment {_pinned_text()}). Set "
+        + " ".join(f"{k}={v}" for k, v in PORTABLE_ENV.items())
+        + " before Python starts (or before `import torch`), or choose native numerics "
+          "(`--numerics native`, suite key `numerics: native`, or ACDC_BENCH_NUMERICS=native).")
+
+
+def _capability() -> str:
+    torch = sys.modules.get("torch")
+    return torch.backends.cpu.get_cpu_capability() if torch is not None else "not started"
+
+
+def _pinned_text() -> str:
+    return ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in PORTABLE_ENV)
+
+
+def check_run(mode: str) -> None:
+    """Before a run trains: this process computes under ``mode``, or a clear error."""
+    check_mode(mode)
+    if mode == "portable" and _x86() and active() != "portable":
+        ensure(mode)  # raises with the fix, since torch has started
+
+
+def cpu_model() -> str:
+    """The CPU's name, family and model (/proc/cpuinfo), or what the platform says."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
+    return name
+
+
+def describe(mode: str) -> dict:
+    """What a run's numbers depend on besides its config: the mode, the CPU, the instruction set
+    each library runs, the thread count and the library versions (``config.yaml``, ``result.json``)."""
+    import torch
+
+    info = {
+        "mode": mode,
+        "active": active(),
+        "cpu": cpu_model(),
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "environment": {key: os.environ.get(key) for key in PORTABLE_ENV},
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "mkl": _first_line(torch.__config__.show(), "Math Kernel Library"),
+        "onednn": _first_line(torch.__config__.show(), "MKL-DNN"),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
+    return info
+
+
+def _first_line(text: str, needle: str) -> str | None:
+    for line in text.splitlines():
+        if needle in line:
+            return line.strip(" -")
+    return None
+
+
+def configure_device(mode: str, device) -> None:
+    """GPU runs under portable numerics: deterministic algorithms (repeatable on one GPU model;
+    cuBLAS needs its workspace setting before the first product)."""
+    if mode != "portable" or getattr(device, "type", "cpu") != "cuda":
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
