@@ -33,6 +33,7 @@ Epochs are counted from the steps: step ``t`` belongs to epoch ``t // steps_per_
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -43,6 +44,11 @@ from acdc_bench.core.kernels import SparseKernels
 from acdc_bench.core.sparsity import prunable_layers, weight_sparsity
 from acdc_bench.methods.base import MaskedMethod, SparsityMethod
 from acdc_bench.methods.registry import get_method, make_config
+
+
+#: How far a run whose method sets no tolerance of its own (STR) may end from its target: the
+#: harness's default ``budget.calibration.sparsity_tolerance`` (0.5 points).
+DEFAULT_SPARSITY_TOLERANCE = 0.005
 
 
 class Sparsifier:
@@ -67,6 +73,8 @@ class Sparsifier:
         self._examples: int | None = None
         self._hook = None
         self._finalized = False
+        #: Set by :meth:`finalize`: :meth:`target_report` at the end of training.
+        self.final: dict | None = None
         #: Sparse kernels for masked layers where they measure faster (``kernels="dense"``: never).
         self.kernels = SparseKernels([layer.module for layer in self.layers], kernels) \
             if isinstance(method, MaskedMethod) else None
@@ -90,6 +98,13 @@ class Sparsifier:
     def sparsity(self) -> float:
         """Actual sparsity over the prunable weights now (from the effective weights)."""
         return weight_sparsity(self.layers)[0]
+
+    @property
+    def mask_sparsity(self) -> float:
+        """The sparsity the method holds in force: its masks' while they are on (a weight that is zero
+        on the mask, as a newly grown RigL weight is, counts as kept), else the exact zeros of the
+        effective weights (STR, a dense phase). :attr:`sparsity` counts exact zeros only."""
+        return self.method.final_sparsity()
 
     @property
     def phase(self) -> str:
@@ -196,8 +211,31 @@ class Sparsifier:
             self.epoch_metrics = method.on_epoch_end(step // method.steps_per_epoch) or {}
 
     # ------------------------------------------------------------------ the end, and resuming
-    def finalize(self) -> nn.Module:
-        """Plain dense tensors holding exact zeros (STR bakes its thresholds); hooks removed."""
+    def target_report(self, tolerance: float | None = None) -> dict:
+        """The sparsity this run reached beside what its method promised: ``target``, ``promised``
+        (the target as the distribution or N:M pattern lays it out), ``reached`` (the masks in force;
+        STR: the exact zeros), ``tolerance`` (the method's own, else ``tolerance``, else
+        :data:`DEFAULT_SPARSITY_TOLERANCE`), ``within``, and ``cause`` when it missed."""
+        method = self.method
+        promised, reached = method.promised_sparsity(), method.final_sparsity()
+        allowed = method.sparsity_tolerance if method.sparsity_tolerance is not None else (
+            DEFAULT_SPARSITY_TOLERANCE if tolerance is None else float(tolerance))
+        within = abs(reached - promised) <= allowed
+        return {"target": float(method.target_sparsity), "promised": promised, "reached": reached,
+                "tolerance": allowed, "within": within, "cause": None if within else method.miss_cause()}
+
+    def finalize(self, *, tolerance: float | None = None, warn: bool = True) -> nn.Module:
+        """Plain dense tensors holding exact zeros (STR bakes its thresholds); hooks removed.
+
+        The sparsity reached beside the target is kept in :attr:`final` (:meth:`target_report` with
+        ``tolerance``, taken while the masks are still in force); a run that missed its target warns
+        (``warn=False``: the caller reports it)."""
+        if not self._finalized:
+            self.final = self.target_report(tolerance)
+            if warn and not self.final["within"]:
+                warnings.warn(f"{self.method.name}: sparsity {self.final['reached']:.4f} at the end, the target "
+                              f"is {self.final['promised']:.4f} (+- {self.final['tolerance']:g}): "
+                              f"{self.final['cause']}", stacklevel=2)
         self.method.finalize()
         if self.kernels is not None:
             self.kernels.remove()
@@ -232,6 +270,7 @@ def sparsify(
     input_shape: Sequence[int] | None = None,
     flops: LayerFlops | None = None,
     kernels: str = "auto",
+    check_schedule: bool = True,
     **options: Any,
 ) -> Sparsifier:
     """Attach the registered method ``method`` to ``model`` and return its :class:`Sparsifier`.
@@ -244,6 +283,8 @@ def sparsify(
     kernels where they measure faster (:mod:`acdc_bench.core.kernels`; needs sparseprop), ``dense``
     never. ``options`` are the method's own (its ``Config``
     fields, e.g. ``distribution``, ``update_interval``); an unknown one is an error naming them.
+    A schedule that cannot reach its target in the run's steps is an error here, before training
+    (``check_schedule=False``: a planner trying lengths).
     """
     method_cls = get_method(method)
     config = make_config(method_cls, options, where="sparsify: ")
@@ -264,4 +305,7 @@ def sparsify(
     instance = method_cls(config, target_sparsity=float(sparsity), epochs=epochs,
                           steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     instance.setup(model, layers, flops)
+    problem = instance.schedule_problem() if check_schedule else None
+    if problem:
+        raise ValueError(f"sparsify: {problem}")
     return Sparsifier(model, instance, batch_size, input_shape, kernels)

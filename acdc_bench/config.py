@@ -160,6 +160,9 @@ def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
     data = copy.deepcopy(SUITE_DEFAULTS)
     data.update(raw)
     data = apply_overrides(data, overrides or [], str(path))
+    # A user's --set of a recipe key wins over a method's recipe too (run_config re-applies it).
+    data["_recipe_overrides"] = [text for text in overrides or []
+                                 if text.split("=", 1)[0].strip().split(".")[0] in RECIPE_KEYS]
     data.setdefault("suite", path.stem)
     if data["suite"] is None:
         data["suite"] = path.stem
@@ -391,11 +394,20 @@ def run_config(
         raise ConfigError(f"{where}: methods.{method}: {error}") from error
 
     config = {key: copy.deepcopy(value) for key, value in suite.items() if not key.startswith("_") and key not in ("methods", "reproduce")}
-    budget = budget or {"mode": "paper", "reference_training_flops": None}
+    budget = dict(budget or {"mode": "paper", "reference_training_flops": None})
+    # How far a method without a tolerance of its own (STR) may end from its target (not in the run id).
+    calibration = (suite.get("budget") or {}).get("calibration") or {}
+    budget.setdefault("sparsity_tolerance", float(calibration.get("sparsity_tolerance",
+                                                                  CALIBRATION_DEFAULTS["sparsity_tolerance"])))
     recipe = method_recipe(suite, method)
     if recipe and budget.get("mode", "paper") == "paper":
         config = apply_recipe(config, recipe, sparsity)
         source = f"methods.{method}.recipe"
+        overrides = suite.get("_recipe_overrides") or []
+        if overrides:  # the user's --set of a recipe key is never dropped: it wins over the recipe
+            config = apply_overrides(config, overrides, where)
+            validate_recipe(config, f"{where}: methods.{method}.recipe with {' '.join(overrides)}")
+            source += " with --set " + ", ".join(overrides)
     elif recipe:
         source = f"suite (budget {budget.get('mode')}: methods.{method}.recipe ignored, one shared recipe)"
     else:

@@ -130,6 +130,17 @@ class GMP(MaskedMethod):
         self._density_cache: dict[float, list[float]] = {}
 
     # ------------------------------------------------------------------ schedule
+    def schedule_problem(self) -> str | None:
+        """The pruning window must end inside the run: t0 < t1 <= the last step."""
+        if self.end_step <= self.total_steps - 1:
+            return None
+        start_fraction, end_fraction, _ = self.config.resolve(self.target_sparsity)
+        return (f"GMP's pruning window, steps {self.start_step}..{self.end_step} (start_fraction {start_fraction:g}, "
+                f"end_fraction {end_fraction:g} of the run), lies outside this run's {self.total_steps} step(s) "
+                f"(0..{self.total_steps - 1}): the mask would never reach {self.target_sparsity:g}. Give the run "
+                f"more steps (--epochs, --set epochs=, a smaller batch_size or a larger train_subset) or start "
+                f"pruning earlier (methods.gmp.start_fraction, e.g. 0)")
+
     def sparsity_at(self, step: int) -> float:
         """The cubic schedule's target at ``step`` (continuous in ``step``)."""
         return cubic_sparsity(step, self.target_sparsity, self.start_step, self.end_step)

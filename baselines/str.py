@@ -201,6 +201,11 @@ class STR(SparsityMethod):
         self.thresholds: list[SoftThreshold] = []
         self._step_nonzeros: torch.Tensor | None = None
 
+    def miss_cause(self) -> str:
+        return (f"STR's sparsity follows lam and s_init (here lam={self.lam:.4g}, s_init={self.s_init:g}), not the "
+                f"target: set methods.str.targets[{self.target_sparsity:g}] to values that reach it in this run's "
+                f"{self.total_steps} steps, or run under budget: matched, which calibrates lam by running")
+
     @classmethod
     def calibration_value(cls, config: StrConfig, target_sparsity: float) -> float:
         return config.resolve(target_sparsity)[1]

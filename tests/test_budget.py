@@ -15,7 +15,7 @@ from acdc_bench.config import ConfigError, load_suite, run_config
 #: The chain tests start from STR's recipe, not from the calibrated point the suite ships.
 RECIPE_START = ["budget.calibration.start={}"]
 from acdc_bench.methods import get_method, make_config
-from acdc_bench.report.results import drop_superseded
+from acdc_bench.report.results import drop_superseded, load_runs
 
 from helpers import SHORT, needs_fashion
 
@@ -231,7 +231,9 @@ def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thr
     from acdc_bench.run.launch import plan_runs, run_local
     from acdc_bench.report.results import load_runs
 
-    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=2"])
+    # 4 epochs of STR do not reach 90%: the sparsity check is opened, the chain then runs on the FLOPs
+    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=2",
+                                                               "budget.calibration.sparsity_tolerance=0.95"])
     waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
     args = Namespace(wandb=False, data_root=None, no_progress=True)
     run_local(suite, waves, tmp_path, args)
@@ -253,6 +255,20 @@ def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thr
     before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/result.json")}
     run_local(suite, waves, tmp_path, args)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/result.json")} == before
+
+
+@needs_fashion
+def test_a_chain_whose_last_run_misses_the_target_is_an_error(tmp_path, one_thread):
+    """A calibration run with runs left is a step of its chain; the last one allowed must hit the target."""
+    from acdc_bench.run.launch import plan_runs, run_local
+    from acdc_bench.run.loop import TargetMissed
+
+    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=1"])
+    waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
+    with pytest.raises(TargetMissed, match="str promises 0.9000"):
+        run_local(suite, waves, tmp_path, Namespace(wandb=False, data_root=None, no_progress=True))
+    runs = load_runs(tmp_path).set_index("method")
+    assert runs.loc["acdc", "status"] == "finished" and runs.loc["str", "status"] == "failed"
 
 
 def test_a_corrupt_chain_result_is_a_clear_error(tmp_path):
@@ -289,7 +305,8 @@ class InlineExecutor:
 def test_cluster_launcher_runs_the_str_chain_wave_by_wave(tmp_path, one_thread, monkeypatch):
     from acdc_bench.run import launch
 
-    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=2"])
+    suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=2",
+                                                               "budget.calibration.sparsity_tolerance=0.95"])
     waves = launch.plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
     executor = InlineExecutor()
     monkeypatch.setattr(launch, "_executor", lambda *a: executor)

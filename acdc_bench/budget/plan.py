@@ -62,7 +62,7 @@ class Planner:
         self.epochs_count = math.ceil(self.total_steps / self.steps_per_epoch)
         self.method = sparsify(self.model, self.config["method"], sparsity=float(self.config["sparsity"]),
                                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                               batch_size=int(self.config["batch_size"]), flops=self.flops,
+                               batch_size=int(self.config["batch_size"]), flops=self.flops, check_schedule=False,
                                **(self.config.get("method_config") or {})).method
         return self
 
@@ -100,6 +100,9 @@ class Planner:
 def plan(config: dict) -> dict:
     """The ``plan`` command's data for one run configuration."""
     planner = Planner(config)
+    problem = planner.method.schedule_problem()
+    if problem:  # what `run` would refuse before training, plan refuses too
+        raise ValueError(f"{config['run_id']}: {problem}")
     rows = planner.epochs()
     total = sum(row["training_flops"] for row in rows)
     return {

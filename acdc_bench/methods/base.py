@@ -60,6 +60,10 @@ class SparsityMethod:
     #: starting from the Jacobian guess ``calibration_jacobian(config)``. None (GMP, RigL, AC/DC):
     #: the planner's estimate from ``planned_densities`` is exact enough to solve the length alone.
     calibration_option: ClassVar[str | None] = None
+    #: How far a finished run's sparsity may fall from :meth:`promised_sparsity` (a fraction of the
+    #: prunable weights). None: the method does not hold its target by construction (STR's follows
+    #: ``lam`` and ``s_init``), so the run is held to the suite's ``budget.calibration.sparsity_tolerance``.
+    sparsity_tolerance: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -150,6 +154,26 @@ class SparsityMethod:
     def finalize(self) -> None:
         """Turn the trained model into plain dense tensors holding exact zeros (STR bakes here)."""
 
+    # ------------------------------------------------------------------ what a run promises
+    def promised_sparsity(self) -> float:
+        """The sparsity a finished run must hold (the target; an N:M pattern's own, for instance)."""
+        return float(self.target_sparsity)
+
+    def final_sparsity(self) -> float:
+        """The sparsity in force at the end of training: exact zeros of the effective weights."""
+        from acdc_bench.core.sparsity import weight_sparsity
+
+        return weight_sparsity(self.layers)[0]
+
+    def schedule_problem(self) -> str | None:
+        """Why this run's schedule cannot reach its target in ``total_steps``, found before training
+        (None: it can). The message names the options to change."""
+        return None
+
+    def miss_cause(self) -> str:
+        """What decides this method's final sparsity, for the error of a run that missed it."""
+        return f"{self.name}'s schedule did not reach its target in this run's {self.total_steps} steps"
+
     def state_dict(self) -> dict:
         return {}
 
@@ -204,6 +228,8 @@ class MaskedMethod(SparsityMethod):
     """
 
     Config: ClassVar[type] = MaskedConfig
+    #: Per-layer top-k rounds each layer's kept count to a whole weight: far below 0.1 points.
+    sparsity_tolerance: ClassVar[float | None] = 1e-3
 
     def setup(self, model, layers, flops) -> None:
         super().setup(model, layers, flops)
@@ -237,6 +263,18 @@ class MaskedMethod(SparsityMethod):
             masks = global_magnitude_masks([layer.weight for layer in self.layers], sparsity)
             return [float(m.float().mean()) for m in masks]
         return layer_densities(self.config.distribution, self.layers, sparsity, self.config.keep_dense)
+
+    def promised_sparsity(self) -> float:
+        """The target as the distribution (or N:M pattern) lays it out over the layers: ``keep_dense``
+        layers and an N:M group that cannot reach the target make it lower."""
+        densities = self.distribution_densities(self.target_sparsity)
+        total = sum(layer.numel for layer in self.layers)
+        return 1.0 - sum(d * layer.numel for d, layer in zip(densities, self.layers)) / total
+
+    def final_sparsity(self) -> float:
+        """The masks' sparsity while they are in force (a weight that is zero on the mask, as a grown
+        one is, still counts as kept); the exact zeros when no mask is in force."""
+        return self.masks.sparsity() if self.masking else super().final_sparsity()
 
     def needs_dense_gradient(self, step: int) -> bool:
         """Whether ``step``'s backward pass must give the dense weight gradient (RigL's growth

@@ -346,7 +346,7 @@ def plot_all(runs: pd.DataFrame, reference: pd.DataFrame | None, out_dir: str | 
         log.warning("suite %s has no runs; no plots", suite)
         return []
     table = compare_table(runs, reference, suite=suite)
-    with_metrics = drop_superseded(suite_runs[suite_runs["status"] != "corrupt"])
+    with_metrics = drop_superseded(suite_runs[~suite_runs["status"].isin(["corrupt", "failed"])])
     steps = []
     if table.empty:
         log.warning("suite %s has no finished runs; accuracy plots skipped", suite)

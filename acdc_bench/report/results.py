@@ -8,7 +8,9 @@ to ``metrics.csv`` and writes ``result.json`` atomically, last. So:
 - ``incomplete``: no ``result.json`` yet (still running, interrupted, or
   crashed); ``resumable`` tells whether a ``checkpoint.pt`` is there;
 - ``corrupt``: ``result.json`` is unreadable, not an object, misses keys or
-  holds the wrong types; ``error`` says why.
+  holds the wrong types; ``error`` says why;
+- ``failed``: the run trained to its end but missed the sparsity its method promises
+  (``failed.txt``, no ``result.json``): never a result; ``error`` holds the message.
 
 :func:`load_runs` lists every run folder, whatever its state, and never raises
 on a bad folder.
@@ -38,6 +40,7 @@ RESULT_FILE = folder.RESULT
 CONFIG_FILE = folder.CONFIG
 METRICS_FILE = folder.METRICS
 CHECKPOINT_FILE = folder.CHECKPOINT
+FAILED_FILE = folder.FAILED
 
 #: Keys every ``result.json`` of schema version 1 carries.
 RESULT_REQUIRED_KEYS = (
@@ -77,10 +80,7 @@ NUMERIC_RUN_COLUMNS = [
     "schema_version", "epochs_completed",
 ]
 
-METRICS_COLUMNS = [
-    "epoch", "phase", "lr", "train_loss", "train_top1", "test_loss", "top1",
-    "sparsity", "training_flops", "mask_overlap", "wall_time_s",
-]
+METRICS_COLUMNS = folder.METRIC_COLUMNS
 
 REFERENCE_COLUMNS = [
     "source_id", "dataset", "model", "method", "variant", "distribution",
@@ -230,6 +230,8 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
                        epochs_completed=float(result["epochs"]))
             return row
         status, reasons = "corrupt", problems
+    elif (run_dir / FAILED_FILE).exists():
+        status, reasons = "failed", [(run_dir / FAILED_FILE).read_text(encoding="utf-8", errors="replace").strip()]
     else:
         status, reasons = "incomplete", ["no result.json"]
         if _locked(run_dir):
@@ -279,7 +281,7 @@ def load_runs(*roots: str | os.PathLike) -> pd.DataFrame:
     for column in NUMERIC_RUN_COLUMNS:
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("float64")
     for column in ("variant", "distribution", "error"):
-        runs[column] = runs[column].fillna("").astype(str)
+        runs[column] = runs[column].astype(object).fillna("").astype(str)
     runs["resumable"] = runs["resumable"].fillna(False).astype(bool)
     counts = runs["status"].value_counts().to_dict()
     log.info("loaded %d run folders from %s: %s", len(runs), ", ".join(map(str, roots)), counts)

@@ -41,6 +41,7 @@ from acdc_bench.core.io import (
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
+FAILED = "failed.txt"
 MODEL_FINAL = "model_final.pt"
 MODEL_DENSE = "model_dense.pt"
 PREDICTIONS = "predictions.npz"
@@ -50,7 +51,7 @@ RESULT_SCHEMA_VERSION = 1
 
 METRIC_COLUMNS = [
     "epoch", "phase", "lr", "train_loss", "train_top1", "test_loss", "top1",
-    "sparsity", "training_flops", "mask_overlap", "wall_time_s",
+    "sparsity", "mask_sparsity", "training_flops", "mask_overlap", "wall_time_s",
 ]
 
 
@@ -100,6 +101,19 @@ def lock_run(run_dir: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def write_failure(run_dir: Path, message: str) -> None:
+    """``failed.txt``: why a run that trained to its end is not a result (it missed its target)."""
+    atomic_write_text(Path(run_dir) / FAILED, message + "\n")
+
+
+def read_failure(run_dir: Path) -> str | None:
+    path = Path(run_dir) / FAILED
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def write_config(run_dir: Path, text: str) -> None:

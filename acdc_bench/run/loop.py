@@ -91,7 +91,8 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
             row = {
                 "epoch": epoch, "phase": run.sparsifier.method.phase(epoch), "lr": lr,
                 "train_loss": train_loss, "train_top1": train_top1, "test_loss": test_loss, "top1": top1,
-                "sparsity": run.sparsifier.sparsity, "training_flops": run.sparsifier.training_flops,
+                "sparsity": run.sparsifier.sparsity, "mask_sparsity": run.sparsifier.mask_sparsity,
+                "training_flops": run.sparsifier.training_flops,
                 "mask_overlap": run.sparsifier.epoch_metrics.get("mask_overlap"),
                 "wall_time_s": time.perf_counter() - started,
             }
@@ -99,7 +100,8 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
             run.state["epoch"] = epoch + 1
             run.state["wall_time_s"] = time.perf_counter() - started
             save_checkpoint(run)
-        run.sparsifier.finalize()
+        run.sparsifier.finalize(tolerance=(config.get("budget") or {}).get("sparsity_tolerance"), warn=False)
+        check_target(run)
         result = finish(run, time.perf_counter() - started, tracker, log)
     if world_size > 1:
         distributed.dist.barrier()
@@ -377,6 +379,29 @@ def record_epoch(run: Run, row: dict, predictions: torch.Tensor, tracker, log) -
             folder.write_dense_model(run.run_dir, run.model.state_dict())
 
 
+class TargetMissed(ValueError):
+    """A run ended outside its target sparsity: it is not a result (no ``result.json``)."""
+
+
+def check_target(run: Run) -> None:
+    """A run that missed what its method promises is an error, never a result; except a calibration
+    run with runs left in its chain, which is a step of the chain (its result says
+    ``within_tolerance: false`` and a later run supersedes it)."""
+    report = run.sparsifier.final
+    if report["within"]:
+        return
+    calibration = (run.config.get("budget") or {}).get("calibration")
+    if calibration and int(calibration["iteration"]) + 1 < int(calibration["max_runs"]):
+        return
+    message = (f"{run.config['run_id']}: sparsity {report['reached']:.4f} at the end of training, but "
+               f"{run.config['method']} promises {report['promised']:.4f} (target {report['target']:g}, tolerance "
+               f"{report['tolerance']:g}): {report['cause']}. Not written as a result; {folder.FAILED} in the run "
+               f"folder says so")
+    if run.is_main:
+        folder.write_failure(run.run_dir, message)
+    raise TargetMissed(message)
+
+
 def gather_predictions(run: Run, classes: torch.Tensor) -> torch.Tensor | None:
     """One value per test example (a predicted class, a label), in dataset order, on rank 0
     (None on the others)."""
@@ -460,6 +485,7 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
         "examples_seen": meter.examples,
         "world_size": run.world_size,
         "wall_time_s": wall_time,
+        "sparsity_check": {k: v for k, v in run.sparsifier.final.items() if k != "cause"},
         "versions": distributed.versions(),
         "numerics": environment(run),
         "command": " ".join(sys.argv),
