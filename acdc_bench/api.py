@@ -101,9 +101,10 @@ class Sparsifier:
 
     @property
     def mask_sparsity(self) -> float:
-        """The sparsity the method holds in force: its masks' while they are on (a weight that is zero
-        on the mask, as a newly grown RigL weight is, counts as kept), else the exact zeros of the
-        effective weights (STR, a dense phase). :attr:`sparsity` counts exact zeros only."""
+        """The sparsity the method holds in force: a masked method's masks while they are on (a weight
+        that is zero on the mask, as a newly grown RigL weight is, counts as kept) and 0 while they
+        are off (a dense phase); STR's exact zeros. :attr:`sparsity` counts exact zeros only (a
+        weight that never receives a gradient, such as one fed by an always-black pixel, stays zero)."""
         return self.method.final_sparsity()
 
     @property

@@ -273,8 +273,8 @@ class MaskedMethod(SparsityMethod):
 
     def final_sparsity(self) -> float:
         """The masks' sparsity while they are in force (a weight that is zero on the mask, as a grown
-        one is, still counts as kept); the exact zeros when no mask is in force."""
-        return self.masks.sparsity() if self.masking else super().final_sparsity()
+        one is, still counts as kept); 0 while none is (a dense phase)."""
+        return self.masks.sparsity() if self.masking else 0.0
 
     def needs_dense_gradient(self, step: int) -> bool:
         """Whether ``step``'s backward pass must give the dense weight gradient (RigL's growth

@@ -10,8 +10,17 @@ from acdc_bench.methods.registry import register_method
 class Dense(SparsityMethod):
     """Dense training: no masks; the reference for every FLOP multiplier."""
 
+    sparsity_tolerance = 0.0
+
     def planned_densities(self, epoch: int) -> list[float]:
         return [1.0] * len(self.layers)
 
     def dense_pair_epoch(self) -> int | None:
         return self.epochs - 1
+
+    def promised_sparsity(self) -> float:
+        """Dense training promises no sparsity, whatever target it is given."""
+        return 0.0
+
+    def final_sparsity(self) -> float:
+        return 0.0
