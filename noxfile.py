@@ -116,6 +116,13 @@ def reproduce(session: nox.Session) -> None:
 
 
 @nox.session
+def verify(session: nox.Session) -> None:
+    """Re-run seed 0 of every cell of the shipped default reproduction and hold each run to
+    leaderboards/<suite>.runs.csv: identical or different, run by run (``-- --all``: every run)."""
+    _cli(session, "verify", *session.posargs)
+
+
+@nox.session
 def compare(session: nox.Session) -> None:
     """Print and write the comparison table of a suite's finished runs."""
     _cli(session, "compare", *session.posargs)

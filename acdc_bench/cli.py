@@ -98,10 +98,8 @@ def _jobs(value: str) -> int:
     (whole-process timing, 3 pairs A B; README "Performance")."""
     import os
 
-    if value == "auto":
-        import torch
-
-        return 1 if torch.cuda.is_available() else max(1, min(8, os.cpu_count() or 1))
+    if value == "auto":  # resolved by resolve_jobs once numerics are pinned (it starts torch)
+        return "auto"
     try:
         jobs = int(value)
     except ValueError:
@@ -109,6 +107,29 @@ def _jobs(value: str) -> int:
     if jobs < 1:
         raise argparse.ArgumentTypeError(f"--jobs must be a positive integer or auto, got {value!r}")
     return jobs
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_suite_arguments(parser)
+    parser.add_argument("--all", action="store_true",
+                        help="re-run every run of the record (default: seed 0 of every cell in it)")
+    parser.add_argument("--record", default=None,
+                        help="the run record to hold the runs to (default: leaderboards/<suite>.runs.csv)")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="train into DIR and keep it (default: a temporary folder, removed at the end)")
+    parser.add_argument("--jobs", type=_jobs, default="auto", help="runs side by side (as reproduce --jobs)")
+    parser.add_argument("--data-root", default=None, help="data folder (else the suite's data_root or $ACDC_BENCH_DATA)")
+    parser.add_argument("--plugin", action="append", default=[], help="import this module to register a method")
+
+
+def resolve_jobs(args) -> None:
+    """``--jobs auto``: one per core (at most 8) on a CPU machine, 1 with a GPU."""
+    import os
+
+    if getattr(args, "jobs", None) == "auto":
+        import torch
+
+        args.jobs = 1 if torch.cuda.is_available() else max(1, min(8, os.cpu_count() or 1))
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -273,11 +294,13 @@ def report(suite_name: str, runs, reference, compare_dir: Path, leaderboard_dir:
     from acdc_bench.report.compare import compare_table, format_compare, write_compare
     from acdc_bench.report.leaderboard import build_leaderboard, export_leaderboard
     from acdc_bench.report.plots import plot_all
+    from acdc_bench.report.verify import export_run_record
 
     table = compare_table(runs, reference, suite=suite_name)
     print(format_compare(table))
     written = write_compare(table, compare_dir)
     written += export_leaderboard(build_leaderboard(runs, reference, suite_name), leaderboard_dir / f"{suite_name}.csv")
+    written += export_run_record(runs, leaderboard_dir / f"{suite_name}.csv")
     written += plot_all(runs, reference, leaderboard_dir / "plots" / suite_name, suite_name)
     unfinished = runs[runs["status"] != "finished"] if not runs.empty else runs
     for _, row in unfinished.iterrows():
@@ -329,6 +352,7 @@ def cmd_reproduce(args) -> int:
         listing = dry_run(suite, runs, out)
         print(json.dumps(listing, indent=2) if args.json else format_dry_run(listing))
         return 0
+    resolve_jobs(args)
     started = time.perf_counter()
     trained = run_all(suite, runs, out, args)
     elapsed = time.perf_counter() - started
@@ -337,6 +361,37 @@ def cmd_reproduce(args) -> int:
     report(suite["suite"], finished, load_reference(), out, leaderboard_dir)
     print_timing(finished, (trained, elapsed), args)
     return 0
+
+
+def cmd_verify(args) -> int:
+    """Re-run the record's seed-0 runs (``--all``: every run) and hold each to the record."""
+    import tempfile
+    from argparse import Namespace
+
+    from acdc_bench.report.results import load_runs
+    from acdc_bench.report.verify import compare_with_record, format_outcomes, read_record
+    from acdc_bench.run.launch import plan_runs, run_all
+
+    suite = _suite(args)
+    record = read_record(args.record or Path("leaderboards") / f"{suite['suite']}.runs.csv")
+    seeds = sorted({int(seed) for seed in record["seed"]}) if args.all else [0]
+    record = record[record["seed"].astype(int).isin(seeds)]
+    if record.empty:
+        raise ConfigError(f"the record holds no run of seed(s) {seeds}: nothing to verify")
+    methods = sorted(set(record["method"]))
+    sparsities = sorted({float(value) for value in record.loc[record["method"] != "dense", "target_sparsity"]})
+    waves = plan_runs(suite, methods=methods, sparsities=sparsities or None, seeds=seeds)
+    print(f"verify: re-running {sum(len(w) for w in waves)} cell(s) of {suite['suite']} (seeds {seeds}) under "
+          f"{numerics.active()} numerics on {numerics.cpu_model()}", flush=True)
+    resolve_jobs(args)
+    with tempfile.TemporaryDirectory(prefix="acdc-verify-") as scratch:
+        out = Path(args.keep) if args.keep else Path(scratch)
+        run_args = Namespace(launcher="local", jobs=args.jobs, data_root=args.data_root, wandb=False,
+                             no_progress=True, status_every=30)
+        run_all(suite, waves, out, run_args)
+        outcomes = compare_with_record(record, load_runs(out))
+    print(format_outcomes(outcomes, numerics.cpu_model(), numerics.active()))
+    return 0 if outcomes and all(o["verdict"] == "identical" for o in outcomes) else 1
 
 
 def print_timing(runs, invocation: tuple[int, float] | None = None, args=None) -> None:
@@ -370,6 +425,9 @@ COMMANDS = {
     "reproduce": (cmd_reproduce, _reproduce_arguments, "run a whole suite, then compare, export and plot"),
     "compare": (cmd_compare, _report_arguments, "per-sparsity table of every method against AC/DC and the published numbers"),
     "leaderboard": (cmd_leaderboard, _report_arguments, "export leaderboards/<suite>.csv (+ .md) and the plots"),
+    "verify": (cmd_verify, _verify_arguments,
+               "re-run seed 0 of every cell of the shipped record (leaderboards/<suite>.runs.csv) and say, "
+               "run by run, identical or different"),
 }
 
 

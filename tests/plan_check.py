@@ -14,7 +14,7 @@ from acdc_bench.methods import get_method
 LR_RELATIVE = 8 * torch.finfo(torch.float64).eps
 
 
-def assert_plan_matches_run(config: dict, run_dir: Path) -> None:
+def assert_plan_matches_run(config: dict, run_dir: Path, num_classes: int | None = None) -> None:
     """Per epoch: the phase, the learning rate, and, for a method that holds its target by
     construction, the sparsity of the masks in force and the epoch's training FLOPs.
 
@@ -24,12 +24,13 @@ def assert_plan_matches_run(config: dict, run_dir: Path) -> None:
     two differ by at most ``sum_l (f_l // n_l + f_l % n_l)`` forward FLOPs (x 3 for training). The
     mask sparsity is compared at the epoch's middle step (the plan's) and its end (the run's):
     the runs that use this check take one step per epoch, or hold one mask through an epoch.
-    STR's sparsity and cost emerge from training: only its phase and lr are planned."""
-    report = plan(config)
+    STR's sparsity and cost emerge from training: only its phase and lr are planned.
+    ``num_classes``: the class count of the run's data where it is not the model's registered one."""
+    report = plan(config, num_classes)
     with open(run_dir / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(report["rows"]) == report["epochs"], (len(rows), report["epochs"])
-    planner = Planner(config)
+    planner = Planner(config, num_classes)
     flops = planner.flops
     total = sum(flops.numels)
     per_example = sum(f // n + f % n for f, n in zip(flops.dense, flops.numels))

@@ -38,12 +38,14 @@ class Planner:
     re-plans the same method for another run length cheaply (used by budget matching).
     """
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, num_classes: int | None = None):
         import torch
 
         torch.manual_seed(int(config["seed"]))
         self.config = config
-        self.model = build_model(config["model"])
+        # The model's registered class count (the real data's); a data set on disk with fewer
+        # classes (a test's small ImageFolder) gives a smaller classifier: pass its count.
+        self.model = build_model(config["model"], num_classes)
         self.method_cls = get_method(config["method"])
         self.method_config = make_config(self.method_cls, config.get("method_config"))
         self.layers = prunable_layers(
@@ -97,9 +99,9 @@ class Planner:
         return sum(row["training_flops"] for row in self.epochs())
 
 
-def plan(config: dict) -> dict:
-    """The ``plan`` command's data for one run configuration."""
-    planner = Planner(config)
+def plan(config: dict, num_classes: int | None = None) -> dict:
+    """The ``plan`` command's data for one run configuration (``num_classes``: see :class:`Planner`)."""
+    planner = Planner(config, num_classes)
     problem = planner.method.schedule_problem()
     if problem:  # what `run` would refuse before training, plan refuses too
         raise ValueError(f"{config['run_id']}: {problem}")

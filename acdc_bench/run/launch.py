@@ -377,19 +377,10 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.config, self.out, self.data_root))
 
 
-def _executor(suite: dict, out: Path, args):
-    try:
-        import submitit
-    except ImportError as error:
-        raise ValueError("--launcher slurm needs submitit: pip install 'acdc-bench[slurm]'") from error
-    folder = out / "submitit" / "%j"
-    if args.launcher == "submitit-local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=args.timeout_min or 60)
-        return executor
+def slurm_parameters(suite: dict, args) -> dict:
+    """The submitit parameters of one run's Slurm job, from the suite's ``resources`` and the options."""
     resources = dict(suite.get("resources") or {})
     gpus = args.gpus_per_node or resources.get("gpus_per_node", 1)
-    executor = submitit.AutoExecutor(folder=folder)
     parameters = dict(
         nodes=args.nodes or resources.get("nodes", 1),
         gpus_per_node=gpus,
@@ -407,6 +398,21 @@ def _executor(suite: dict, out: Path, args):
         parameters["slurm_setup"] = [f"export {key}={value}" for key, value in PORTABLE_ENV.items()]
     if args.slurm_partition or resources.get("partition"):
         parameters["slurm_partition"] = args.slurm_partition or resources["partition"]
+    return parameters
+
+
+def _executor(suite: dict, out: Path, args):
+    try:
+        import submitit
+    except ImportError as error:
+        raise ValueError("--launcher slurm needs submitit: pip install 'acdc-bench[slurm]'") from error
+    folder = out / "submitit" / "%j"
+    if args.launcher == "submitit-local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=args.timeout_min or 60)
+        return executor
+    executor = submitit.AutoExecutor(folder=folder)
+    parameters = slurm_parameters(suite, args)
     executor.update_parameters(**parameters)
     return executor
 

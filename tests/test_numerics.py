@@ -1,0 +1,98 @@
+"""Portable numerics: pinned before torch starts, recorded, part of the run id, never mixed in one run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from acdc_bench import numerics
+from acdc_bench.cli import main
+from acdc_bench.config import load_suite, run_config
+from helpers import needs_fashion
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--suite", "fashion-mnist", "--method", "dense", "--sparsity", "0", "--budget", "paper", "--epochs", "1",
+        "--set", "train_subset=256", "--no-progress"]
+
+
+def _unpinned_environment() -> dict:
+    environment = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+    environment.pop(numerics.ENV_DEFAULT, None)
+    return environment
+
+
+def test_the_mode_is_part_of_the_run_id_and_checked():
+    portable = run_config(load_suite("fashion-mnist-10"), "acdc", 0.9)
+    native = run_config(load_suite("fashion-mnist-10", ["numerics=native"]), "acdc", 0.9)
+    assert (portable["numerics"], native["numerics"]) == ("portable", "native")
+    assert portable["run_id"] != native["run_id"]
+    with pytest.raises(ValueError, match="numerics 'fast' is unknown; allowed: portable, native"):
+        load_suite("fashion-mnist-10", ["numerics=fast"])
+
+
+def test_this_test_process_runs_portable_numerics():
+    import torch
+
+    assert numerics.active() == "portable" and torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def test_torch_started_without_the_pins_is_an_error_naming_the_fix(monkeypatch):
+    monkeypatch.delenv("MKL_CBWR")
+    assert numerics.active() == "native"
+    with pytest.raises(numerics.NumericsError, match="MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 before Python starts") as error:
+        numerics.ensure("portable")
+    assert "--numerics native" in str(error.value)
+    numerics.ensure("native")  # the libraries' own choice: nothing to pin
+
+
+def test_an_in_process_call_under_other_numerics_stops_before_training(tmp_path):
+    code = ("import sys, torch; from acdc_bench.cli import main; "
+            f"raise SystemExit(main(['run', '--out', {str(tmp_path)!r}, *{TINY!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_unpinned_environment(), capture_output=True,
+                          text=True)
+    assert done.returncode == 2, done.stderr
+    assert "asks for portable numerics, but torch started in this process without them" in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@needs_fashion
+def test_the_command_line_restarts_itself_pinned_and_records_the_environment(tmp_path):
+    """torch imported before the command line ran (as a wrapper script might): it re-executes itself
+    with the pins set, trains, and config.yaml and result.json say what it ran under."""
+    code = ("import sys, torch; from acdc_bench.cli import main; "
+            f"sys.argv = ['acdc-bench', 'run', '--out', {str(tmp_path)!r}, *{TINY!r}]; raise SystemExit(main())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_unpinned_environment(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (config_path,) = tmp_path.glob("*/config.yaml")
+    environment = yaml.safe_load(config_path.read_text())["environment"]
+    assert environment["mode"] == environment["active"] == "portable"
+    assert environment["aten_capability"] == "AVX2" and environment["environment"] == numerics.PORTABLE_ENV
+    assert environment["kernels"] == "dense"  # sparseprop is built for the build machine's CPU: off
+    assert environment["cpu"] == numerics.cpu_model() and environment["threads"] >= 1
+
+
+def test_a_run_folder_never_resumes_under_other_numerics(tmp_path):
+    from acdc_bench.run.loop import train
+
+    config = run_config(load_suite("fashion-mnist", ["train_subset=256"]), "dense", 0.0, epochs=1)
+    run_dir = tmp_path / config["run_id"]
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config, numerics="native")))
+    (run_dir / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(numerics.NumericsError, match="started under native numerics and cannot resume under portable"):
+        train(config, tmp_path, progress=False, log=lambda *a: None)
+
+
+def test_the_slurm_job_script_pins_portable_numerics():
+    from argparse import Namespace
+
+    from acdc_bench.run.launch import slurm_parameters
+
+    args = Namespace(gpus_per_node=None, nodes=None, timeout_min=None, slurm_partition=None)
+    setup = slurm_parameters(load_suite("fashion-mnist-10"), args)["slurm_setup"]
+    assert setup == [f"export {k}={v}" for k, v in numerics.PORTABLE_ENV.items()]
+    assert "slurm_setup" not in slurm_parameters(load_suite("fashion-mnist-10", ["numerics=native"]), args)
