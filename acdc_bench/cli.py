@@ -452,7 +452,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "numerics", None):
             args.overrides = [*args.overrides, f"numerics={args.numerics}"]
         if args.command in TRAINING_COMMANDS:
-            numerics.ensure(suite_numerics(args.suite, args.overrides), reexec=argv is None)
+            mode = suite_numerics(args.suite, args.overrides)
+            numerics.ensure(mode, reexec=argv is None)
+            if mode == "native":
+                print(f"acdc-bench {args.command}: native numerics: the math libraries use this CPU's own "
+                      f"instructions ({numerics.cpu_model()}); the numbers repeat on this CPU type only, and "
+                      f"the runs get ids of their own", file=sys.stderr, flush=True)
         return COMMANDS[args.command][0](args)
     except (ConfigError, ValueError, FileNotFoundError, RunLocked) as error:
         print(f"acdc-bench {args.command}: error: {error}", file=sys.stderr)

@@ -18,7 +18,7 @@ _FLOPS: dict = {}
 
 
 def _layer_flops(model, model_name: str, layers):
-    key = (model_name, tuple(layer.name for layer in layers))
+    key = (model_name, tuple((layer.name, tuple(layer.shape)) for layer in layers))
     if key not in _FLOPS:
         _FLOPS[key] = measure_layer_flops(model, layers, model_spec(model_name).input_shape)
     return _FLOPS[key]
