@@ -80,7 +80,7 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leaderboard-dir", default=None, help="default: leaderboards/ in the working directory")
     parser.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local")
     parser.add_argument("--jobs", type=_jobs, default="auto",
-                        help="local runs side by side, each with cores / jobs threads; auto (default): one per "
+                        help="local runs side by side, each with cores / jobs threads (1 under portable numerics on a CPU); auto (default): one per "
                              "core (at most 8) on a CPU machine, 1 with a GPU")
     parser.add_argument("--status-every", type=float, default=30, help="seconds between status lines (--jobs > 1)")
     parser.add_argument("--slurm-partition", default=None)

@@ -11,6 +11,7 @@ chain is accepted or has run ``budget.calibration.max_runs`` runs.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,15 @@ def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
 # --------------------------------------------------------------------------- side by side on one machine
 
 
+def one_thread_per_run(suite: dict) -> bool:
+    """Under portable numerics a CPU run of a suite trains on 1 thread, whatever the machine's cores:
+    a reduction split over another number of threads rounds differently, and `reproduce` and
+    `verify` must give the shipped record's numbers on a 2-core and on a 64-core machine alike."""
+    import torch
+
+    return suite.get("numerics") == "portable" and not torch.cuda.is_available()
+
+
 def _worker_start(threads: int) -> None:
     import torch
 
@@ -225,7 +235,8 @@ def _cell_progress(out: Path, config: dict) -> str:
 
 
 def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
-    """``--jobs N``: N runs side by side, each in its own process with cores / N threads
+    """``--jobs N``: N runs side by side, each in its own process with cores / N threads (1 under
+    portable numerics on a CPU: :func:`one_thread_per_run`)
     (``OMP_WAIT_POLICY=PASSIVE``: a spinning OpenMP pool slows the other processes 5-20x).
 
     Wave by wave (the dense runs and budget references first), each wave's runs longest first
@@ -241,7 +252,7 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
     from acdc_bench.run.folder import read_result
 
     jobs = int(args.jobs)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = 1 if one_thread_per_run(suite) else max(1, (os.cpu_count() or 1) // jobs)
     total = sum(len(wave) for wave in waves)
     environment = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     saved = {key: os.environ.get(key) for key in environment}
@@ -316,6 +327,12 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     from acdc_bench.run.folder import read_result
     from acdc_bench.run.loop import train
 
+    import torch
+
+    if one_thread_per_run(suite) and torch.get_num_threads() != 1:
+        print(f"portable numerics: every run on 1 thread (a run's numbers depend on its thread count; "
+              f"--jobs {min(8, os.cpu_count() or 1)} uses the other cores)", flush=True)
+        torch.set_num_threads(1)
     specs = [spec for wave in waves for spec in wave]
     planned = [_config(suite, spec, out) for spec in specs]
     pending = [0 if read_result(out / c["run_id"]) is not None else _steps(c) for c in planned]
