@@ -25,7 +25,7 @@ def _unpinned_environment() -> dict:
 
 
 def test_the_mode_is_part_of_the_run_id_and_checked():
-    portable = run_config(load_suite("fashion-mnist-10"), "acdc", 0.9)
+    portable = run_config(load_suite("fashion-mnist-10", ["numerics=portable"]), "acdc", 0.9)
     native = run_config(load_suite("fashion-mnist-10", ["numerics=native"]), "acdc", 0.9)
     assert (portable["numerics"], native["numerics"]) == ("portable", "native")
     assert portable["run_id"] != native["run_id"]
@@ -33,10 +33,13 @@ def test_the_mode_is_part_of_the_run_id_and_checked():
         load_suite("fashion-mnist-10", ["numerics=fast"])
 
 
-def test_this_test_process_runs_portable_numerics():
+def test_this_test_process_runs_the_default_numerics():
+    """Portable unless the suite is run with ACDC_BENCH_NUMERICS=native (the host's own instructions)."""
     import torch
 
-    assert numerics.active() == "portable" and torch.backends.cpu.get_cpu_capability() == "AVX2"
+    assert numerics.active() == numerics.default_mode()
+    if numerics.default_mode() == "portable":
+        assert torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 def test_torch_started_without_the_pins_is_an_error_naming_the_fix(monkeypatch):
@@ -78,12 +81,14 @@ def test_the_command_line_restarts_itself_pinned_and_records_the_environment(tmp
 def test_a_run_folder_never_resumes_under_other_numerics(tmp_path):
     from acdc_bench.run.loop import train
 
+    mode = numerics.default_mode()  # this process's
+    other = "native" if mode == "portable" else "portable"
     config = run_config(load_suite("fashion-mnist", ["train_subset=256"]), "dense", 0.0, epochs=1)
     run_dir = tmp_path / config["run_id"]
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config, numerics="native")))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config, numerics=other)))
     (run_dir / "checkpoint.pt").write_bytes(b"")
-    with pytest.raises(numerics.NumericsError, match="started under native numerics and cannot resume under portable"):
+    with pytest.raises(numerics.NumericsError, match=f"started under {other} numerics and cannot resume under {mode}"):
         train(config, tmp_path, progress=False, log=lambda *a: None)
 
 
@@ -93,6 +98,6 @@ def test_the_slurm_job_script_pins_portable_numerics():
     from acdc_bench.run.launch import slurm_parameters
 
     args = Namespace(gpus_per_node=None, nodes=None, timeout_min=None, slurm_partition=None)
-    setup = slurm_parameters(load_suite("fashion-mnist-10"), args)["slurm_setup"]
+    setup = slurm_parameters(load_suite("fashion-mnist-10", ["numerics=portable"]), args)["slurm_setup"]
     assert setup == [f"export {k}={v}" for k, v in numerics.PORTABLE_ENV.items()]
     assert "slurm_setup" not in slurm_parameters(load_suite("fashion-mnist-10", ["numerics=native"]), args)

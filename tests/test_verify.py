@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from acdc_bench import numerics
 from acdc_bench.cli import main
 from acdc_bench.report.verify import read_record
 from helpers import SHORT, needs_fashion
@@ -17,13 +18,13 @@ def test_verify_says_identical_for_a_rerun_and_names_what_differs(tmp_path, caps
                  "--no-progress"]) == 0
     path = boards / "fashion-mnist.runs.csv"
     record = read_record(path)
-    assert sorted(record["seed"].astype(int)) == [0, 0, 1, 1] and set(record["numerics"]) == {"portable"}
+    assert sorted(record["seed"].astype(int)) == [0, 0, 1, 1] and set(record["numerics"]) == {numerics.default_mode()}
     assert record["metrics_sha256"].str.len().eq(64).all()
     capsys.readouterr()
 
     assert main(["verify", *common, "--record", str(path), "--jobs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "2 identical" in out and "different" not in out and "portable numerics" in out
+    assert "2 identical" in out and "different" not in out and f"{numerics.default_mode()} numerics" in out
 
     acdc = record.index[(record["method"] == "acdc") & (record["seed"] == "0")][0]
     record.loc[acdc, "top1"] = "12.5"
