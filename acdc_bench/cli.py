@@ -92,7 +92,7 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _jobs(value: str) -> int:
+def _jobs(value: str) -> int | str:
     """``--jobs``: a positive integer, or ``auto``. On the 2-core AMD EPYC machine of this project,
     two dense 4-epoch runs took 1.42x less wall time as 2 jobs x 1 thread than as 1 job x 2 threads
     (whole-process timing, 3 pairs A B; README "Performance")."""
@@ -381,7 +381,7 @@ def cmd_verify(args) -> int:
     methods = sorted(set(record["method"]))
     sparsities = sorted({float(value) for value in record.loc[record["method"] != "dense", "target_sparsity"]})
     waves = plan_runs(suite, methods=methods, sparsities=sparsities or None, seeds=seeds)
-    print(f"verify: re-running {sum(len(w) for w in waves)} cell(s) of {suite['suite']} (seeds {seeds}) under "
+    print(f"verify: re-running {sum(len(w) for w in waves)} run(s) of {suite['suite']} (seeds {seeds}) under "
           f"{numerics.active()} numerics on {numerics.cpu_model()}", flush=True)
     resolve_jobs(args)
     with tempfile.TemporaryDirectory(prefix="acdc-verify-") as scratch:

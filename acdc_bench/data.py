@@ -545,6 +545,9 @@ def _candidate_roots(spec: DatasetSpec, root: str | os.PathLike | None) -> list[
     candidates = []
     env_root = os.environ.get(DATA_ROOT_ENV)
     if env_root:
+        if not Path(env_root).is_dir():  # a typo must not fall back to other data in silence
+            raise DataError(f"{DATA_ROOT_ENV}={env_root} is not a folder: point it at the folder holding the "
+                            f"data sets (or unset it to use the default locations)")
         candidates += [Path(env_root) / spec.name, Path(env_root)]
     if spec.default_root:
         candidates.append(Path(spec.default_root))

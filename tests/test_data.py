@@ -400,3 +400,10 @@ def test_train_subset_of_an_imagefolder_tree_holds_every_class(imagenet_root):
     data = load_data("imagenet", root=imagenet_root, batch_size=2, seed=0, train_subset=2)
     _, targets = collect(data.train_batches(0))
     assert sorted(torch.cat(targets).tolist()) == [0, 1]  # the first 2 files would both be class 0
+
+
+def test_a_data_variable_naming_no_folder_is_an_error(tmp_path, monkeypatch):
+    """ACDC_BENCH_DATA=/a/typo must not fall back to the Debian data in silence."""
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "missing"))
+    with pytest.raises(DataError, match=r"ACDC_BENCH_DATA=.*missing is not a folder"):
+        load_data("fashion-mnist", root=None, batch_size=32, seed=0)
