@@ -32,9 +32,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_suite_arguments(parser)
     parser.add_argument("--method", required=True,
                         help="registered method name (dense, acdc, gmp, rigl, str, ...); plan also takes 'all'")
-    parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None, help="run length (default: the suite's)")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1) (dense: ignored)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="run length (default: the suite's, or the method's recipe); with a matched budget only "
+                             "for the budget reference and dense: use --budget paper or --set epochs=N")
     parser.add_argument("--plugin", action="append", default=[], help="import this module to register a method")
 
 
@@ -42,54 +44,64 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_run_arguments(parser)
     parser.add_argument("--out", default=None, help="output folder (default: runs/<suite>)")
     parser.add_argument("--data-root", default=None, help="data folder (else the suite's data_root or $ACDC_BENCH_DATA)")
-    parser.add_argument("--budget", choices=["paper", "matched"], default=None, help="override the suite's budget mode")
+    parser.add_argument("--budget", choices=["paper", "matched"], default=None,
+                        help="paper: each method on its own recipe and length; matched: the length solved for the "
+                             "reference's training FLOPs (default: the suite's budget.mode)")
     parser.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE decides online/offline)")
 
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     _add_run_arguments(parser)
-    parser.add_argument("--budget", choices=["paper", "matched"], default=None)
+    parser.add_argument("--budget", choices=["paper", "matched"], default=None,
+                        help="the budget mode to plan under (default: the suite's budget.mode)")
     parser.add_argument("--out", default=None, help="run folders holding finished budget references (default: runs/<suite>)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def _flops_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--distribution", choices=["global", "uniform", "erk"], default="erk")
-    parser.add_argument("--sparsity", type=float, default=0.8)
+    parser.add_argument("--model", default="resnet50", choices=MODEL_CHOICES, help="the model to measure")
+    parser.add_argument("--distribution", choices=["global", "uniform", "erk"], default="erk",
+                        help="how the sparsity is spread over the layers")
+    parser.add_argument("--sparsity", type=float, default=0.8, help="overall sparsity in [0, 1)")
     parser.add_argument("--keep-dense", nargs="*", default=[], help="layer names kept dense (uniform/erk)")
     parser.add_argument("--checkpoint", default=None, help="a trained model's state dict: measure its real non-zeros")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --distribution global")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     _add_suite_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=None, help="default: the suite's reproduce.methods")
-    parser.add_argument("--sparsities", nargs="+", type=float, default=None)
-    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--sparsities", nargs="+", type=float, default=None,
+                        help="target sparsities (default: the suite's reproduce.sparsities)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the suite's reproduce.seeds)")
     parser.add_argument("--cells", nargs="+", default=None, metavar="CELL",
                         help="only these cells of the suite's reproduce.variants (paper suites)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list every planned run (cost estimate, published reference) and train nothing")
     parser.add_argument("--json", action="store_true", help="with --dry-run: the listing as JSON")
-    parser.add_argument("--budget", choices=["paper", "matched"], default=None)
-    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--budget", choices=["paper", "matched"], default=None,
+                        help="override the suite's budget.mode for every run")
+    parser.add_argument("--data-root", default=None, help="data folder (else the suite's data_root or $ACDC_BENCH_DATA)")
     parser.add_argument("--out", default=None, help="run folders (default: runs/<suite>)")
     parser.add_argument("--leaderboard-dir", default=None, help="default: leaderboards/ in the working directory")
-    parser.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local")
+    parser.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
+                        help="local: in this machine's processes (--jobs); slurm: one Slurm job per run through "
+                             "submitit; submitit-local: the same jobs as local processes")
     parser.add_argument("--jobs", type=_jobs, default="auto",
                         help="local runs side by side, each with cores / jobs threads (1 under portable numerics on a CPU); auto (default): one per "
                              "core (at most 8) on a CPU machine, 1 with a GPU")
     parser.add_argument("--status-every", type=float, default=30, help="seconds between status lines (--jobs > 1)")
-    parser.add_argument("--slurm-partition", default=None)
-    parser.add_argument("--gpus-per-node", type=int, default=None)
-    parser.add_argument("--nodes", type=int, default=None)
-    parser.add_argument("--timeout-min", type=int, default=None)
-    parser.add_argument("--plugin", action="append", default=[])
-    parser.add_argument("--wandb", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--slurm-partition", default=None, help="Slurm partition (default: the suite's resources.partition)")
+    parser.add_argument("--gpus-per-node", type=int, default=None,
+                        help="GPUs (and tasks) per Slurm job (default: the suite's resources.gpus_per_node, else 1)")
+    parser.add_argument("--nodes", type=int, default=None, help="nodes per Slurm job (default: the suite's, else 1)")
+    parser.add_argument("--timeout-min", type=int, default=None,
+                        help="a job's time limit in minutes; it requeues itself and resumes (default: the suite's, else 1440)")
+    parser.add_argument("--plugin", action="append", default=[], help="import this module to register a method (repeatable)")
+    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE decides online/offline)")
+    parser.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
 
 
 def _jobs(value: str) -> int | str:
@@ -133,16 +145,21 @@ def resolve_jobs(args) -> None:
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", default=DEFAULT_SUITE)
+    parser.add_argument("--suite", default=DEFAULT_SUITE,
+                        help="the suite whose runs to read (a run of another suite is listed as skipped)")
     parser.add_argument("--runs", nargs="+", default=None, help="run folders to read (default: runs/<suite>)")
-    parser.add_argument("--out", default=None, help="where to write (default: the run folder / leaderboards/)")
+    parser.add_argument("--out", default=None,
+                        help="where every file goes (default: compare, the first --runs folder; leaderboard, "
+                             "<first --runs folder>/leaderboard; the shipped leaderboards/ only when named)")
     parser.add_argument("--reference", default=None, help="published CSV (default: the shipped leaderboards/reference/published.csv)")
 
 
 def _suite(args) -> dict:
-    """The suite with its plugins and the command line's ``--plugin`` modules imported."""
+    """The suite with its plugins and the command line's ``--plugin`` modules imported (those
+    first: a suite may name the methods they register)."""
     from acdc_bench.methods import load_plugins
 
+    load_plugins(list(getattr(args, "plugin", []) or []))
     suite = load_suite(args.suite, args.overrides)
     suite["plugins"] = list(suite.get("plugins") or []) + list(getattr(args, "plugin", []) or [])
     load_plugins(suite["plugins"])
@@ -280,12 +297,32 @@ def _suite_name(suite: str) -> str:
 
 
 def _load(args, suite_name: str):
-    from acdc_bench.report.results import load_reference, load_runs
+    """The finished runs of ``suite_name`` under ``--runs`` (default ``runs/<suite>``) and the
+    published table. Every run folder left out is listed with its reason; nothing to compare is an
+    error (before anything is written)."""
+    from acdc_bench.report.results import load_reference, load_runs, select_runs
 
-    roots = args.runs or [Path("runs") / suite_name]
+    roots = [Path(root) for root in (args.runs or [Path("runs") / suite_name])]
+    missing = [str(root) for root in roots if not root.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no run folder {', '.join(missing)} (--runs names folders holding run folders)")
     runs = load_runs(*roots)
-    if not runs.empty and "suite" in runs:
-        runs = runs[runs["suite"].isna() | (runs["suite"] == suite_name)]
+    skipped = []
+    if not runs.empty:
+        other = runs["suite"].notna() & (runs["suite"] != suite_name)
+        skipped += [f"{row.run_dir}: a run of suite {row.suite}, not {suite_name} (compare it with --suite {row.suite})"
+                    for row in runs[other].itertuples()]
+        runs = runs[~other]
+        skipped += [f"{row.run_dir}: {row.status}: {row.error}" for row in runs[runs["status"] != "finished"].itertuples()]
+    runs, notices = select_runs(runs)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    for line in notices:
+        print(f"note: {line}", file=sys.stderr)
+    if runs.empty or not (runs["status"] == "finished").any():
+        raise ConfigError(f"nothing to compare: no finished run of suite {suite_name} in {', '.join(map(str, roots))}"
+                          + (f" ({len(skipped)} run folder(s) skipped, listed above)" if skipped else "")
+                          + "; nothing was written")
     return runs, load_reference(args.reference)
 
 
@@ -321,11 +358,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
+    """Everything goes to ``--out`` (default: beside the runs read, ``<runs>/leaderboard/``): the
+    shipped ``leaderboards/`` is written only when named."""
     suite_name = _suite_name(args.suite)
     runs, reference = _load(args, suite_name)
-    out = Path(args.out) if args.out else Path("leaderboards")
-    compare_dir = Path(args.runs[0]) if args.runs else Path("runs") / suite_name
-    report(suite_name, runs, reference, compare_dir, out)
+    first = Path(args.runs[0]) if args.runs else Path("runs") / suite_name
+    out = Path(args.out) if args.out else first / "leaderboard"
+    report(suite_name, runs, reference, out, out)
     return 0
 
 
@@ -431,11 +470,31 @@ COMMANDS = {
 }
 
 
+EXAMPLES = """examples:
+  acdc-bench run --method acdc --sparsity 0.9 --set train_subset=2000 --set epochs=4 --budget paper
+      a smoke run of seconds on Fashion-MNIST (--set values are YAML 1.2)
+  acdc-bench plan --suite imagenet-resnet50 --method rigl --sparsity 0.9
+      per-epoch phase, sparsity, lr and training FLOPs of the official RigL recipe, nothing trained
+  acdc-bench reproduce --methods acdc gmp --seeds 0 1 2 && acdc-bench verify
+      a reproduction with intervals and verdicts, then the shipped numbers checked on this machine
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written; every option's default shown."""
+
+
+#: ``acdc_bench.models.model_names()``, written out so that building the parser does not start torch
+#: (the numerics are pinned after parsing); tests/test_cli_help.py holds the two equal.
+MODEL_CHOICES = ("lenet-300-100", "mobilenetv1", "resnet50", "wrn28-10")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="acdc-bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="acdc-bench", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=_HelpFormatter)
     subcommands = parser.add_subparsers(dest="command", required=True)
     for name, (_, add_arguments, text) in COMMANDS.items():
-        add_arguments(subcommands.add_parser(name, help=text))
+        add_arguments(subcommands.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter))
     return parser
 
 

@@ -69,7 +69,7 @@ RECIPE_KEYS = ("optimizer", "lr_schedule", "label_smoothing", "batch_size", "amp
 #: ``method_options`` only echo the top-level recipe keys and ``method_config`` resolved for the run;
 #: ``kernels`` changes float rounding only, as the number of threads does.
 NON_RESULT_KEYS = {"description", "data_root", "num_workers", "kernels", "reproduce", "methods", "wandb", "resources", "plugins",
-                   "budget", "recipe", "method_options"}
+                   "budget", "recipe", "method_options", "cell", "overrides"}
 #: Keys added after run ids were first recorded: left out of the hash while they hold this default,
 #: so that a run whose configuration did not change keeps its id.
 LATER_KEYS = {"init": None}
@@ -160,6 +160,7 @@ def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
     data = copy.deepcopy(SUITE_DEFAULTS)
     data.update(raw)
     data = apply_overrides(data, overrides or [], str(path))
+    data["_overrides"] = list(overrides or [])
     # A user's --set of a recipe key wins over a method's recipe too (run_config re-applies it).
     data["_recipe_overrides"] = [text for text in overrides or []
                                  if text.split("=", 1)[0].strip().split(".")[0] in RECIPE_KEYS]
@@ -441,8 +442,29 @@ def run_config(
     config["seed"] = int(seed)
     config["budget"] = budget
     config["recipe"] = recipe_summary(config, source)
+    config["overrides"] = list(suite.get("_overrides") or [])
+    config["cell"] = cell_id(suite, method, sparsity, budget.get("mode", "paper"),
+                             epochs if budget.get("mode", "paper") != "matched" else None)
     config["run_id"] = run_id(config)
     return config
+
+
+def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs: int | None,
+            variant: str | None = None) -> str:
+    """What a run of one table row was asked to compute, every seed alike: the suite's keys that
+    change results (overrides applied), the method with its options and recipe, the target, the
+    budget mode and an explicit length. A matched run's solved length and a calibrated option
+    are answers to these inputs, not inputs, so the seeds of one cell share it (``compare`` and
+    the leaderboards group runs by it)."""
+    inputs = {key: value for key, value in suite.items()
+              if not key.startswith("_") and key not in NON_RESULT_KEYS and key != "suite"}
+    inputs.update(method=method, sparsity=round(float(sparsity), 9), budget_mode=budget_mode, epochs=epochs,
+                  options=(suite.get("methods") or {}).get(method) or {}, recipe=method_recipe(suite, method),
+                  reference=(suite.get("budget") or {}).get("reference") if budget_mode == "matched" else None)
+    if variant:
+        inputs["variant"] = variant
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{method}-s{float(sparsity):g}-{digest}"
 
 
 def recipe_summary(config: dict, source: str = "suite") -> dict:

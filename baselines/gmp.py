@@ -132,8 +132,9 @@ class GMP(MaskedMethod):
     # ------------------------------------------------------------------ schedule
     def schedule_problem(self) -> str | None:
         """The pruning window must end inside the run: t0 < t1 <= the last step."""
-        if self.end_step <= self.total_steps - 1:
-            return None
+        problem = super().schedule_problem()
+        if problem or self.end_step <= self.total_steps - 1:
+            return problem
         start_fraction, end_fraction, _ = self.config.resolve(self.target_sparsity)
         return (f"GMP's pruning window, steps {self.start_step}..{self.end_step} (start_fraction {start_fraction:g}, "
                 f"end_fraction {end_fraction:g} of the run), lies outside this run's {self.total_steps} step(s) "
@@ -167,6 +168,11 @@ class GMP(MaskedMethod):
         """Sparsity of the mask the forward pass of ``step`` uses (piecewise constant)."""
         last = self.last_update_step(step)
         return 0.0 if last is None else self.sparsity_at(last)
+
+    def phase(self, epoch: int) -> str:
+        """``dense`` until the epoch in which the first mask comes into force, ``sparse`` from it on."""
+        last = min(self.total_steps, (epoch + 1) * self.steps_per_epoch) - 1
+        return "dense" if self.last_update_step(last) is None else "sparse"
 
     # ------------------------------------------------------------------ hooks
     def on_step_start(self, step: int) -> None:

@@ -693,7 +693,7 @@ def _run_plugin_through_cli(tmp_path, monkeypatch, name: str, preimport: bool) -
         importlib.import_module(module)
     out = tmp_path / "runs"
     code = main(["run", "--suite", "fashion-mnist", "--method", name, "--plugin", module,
-                 "--sparsity", "0.8", "--epochs", "1", "--set", "train_subset=2000", "--out", str(out),
+                 "--sparsity", "0.8", "--epochs", "1", "--budget", "paper", "--set", "train_subset=2000", "--out", str(out),
                  "--no-progress"])
     assert code == 0
     results = list(out.glob("*/result.json"))

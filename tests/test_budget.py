@@ -22,10 +22,21 @@ from helpers import SHORT, needs_fashion
 
 
 def write_result(out: Path, config: dict, **values) -> None:
-    """A finished run's result.json with the fields the budget code reads."""
+    """A finished run's result.json: a valid one (``acdc_bench.run.folder.validate_result``) built
+    from ``config``, with ``values`` (what the budget code reads) on top."""
     folder = out / config["run_id"]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text(json.dumps({"run_id": config["run_id"], **values}))
+    budget = {"reference_training_flops": None, "achieved_ratio": None, **(config.get("budget") or {}),
+              **values.pop("budget", {})}
+    result = {"schema_version": 1, "run_id": config["run_id"], "suite": config["suite"], "dataset": config["dataset"],
+              "model": config["model"], "method": config["method"], "variant": config.get("variant", ""),
+              "distribution": "", "target_sparsity": config["sparsity"], "actual_sparsity": config["sparsity"],
+              "layer_densities": {}, "top1": 80.0, "top1_dense": None, "training_flops": None,
+              "dense_training_flops": None, "training_flops_multiplier": None, "inference_flops": None,
+              "dense_inference_flops": None, "inference_flops_multiplier": None, "epochs": config["epochs"],
+              "seed": config["seed"], "budget": budget, "wall_time_s": 1.0, "versions": {}}
+    result.update(values)
+    (folder / "result.json").write_text(json.dumps(result))
 
 
 # =========================================================================== Broyden steps

@@ -40,7 +40,7 @@ import math
 import re
 from pathlib import Path
 
-from acdc_bench.config import (RECIPE_KEYS, ConfigError, apply_recipe, check_sparsity, method_recipe, run_id,
+from acdc_bench.config import (RECIPE_KEYS, ConfigError, apply_recipe, cell_id, check_sparsity, method_recipe, run_id,
                                validate_recipe)
 
 CELL_KEYS = ("cell", "method", "options", "recipe", "sparsities", "variant", "published", "note")
@@ -177,10 +177,12 @@ def spec_config(suite: dict, spec, out: Path | None) -> dict:
     """
     from acdc_bench.budget.matching import resolve_budget
 
-    config = resolve_budget(spec_suite(suite, spec), spec.method, spec.sparsity, spec.seed, spec.budget, None, out)
+    cell_suite = spec_suite(suite, spec)
+    config = resolve_budget(cell_suite, spec.method, spec.sparsity, spec.seed, spec.budget, None, out)
     variant = getattr(spec, "variant", None)
     if variant is not None and config.get("variant") != variant:
         config["variant"] = variant
+        config["cell"] = cell_id(cell_suite, spec.method, spec.sparsity, spec.budget, None, variant)
         config["run_id"] = run_id(config)
     return config
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from acdc_bench.config import run_config
+from acdc_bench.config import ConfigError, run_config
 
 #: Methods that always run their own length: the dense baseline is the unit of every multiplier.
 UNMATCHED = {"dense"}
@@ -33,7 +33,12 @@ def reference_training_flops(suite: dict, sparsity: float, seed: int, out: Path 
         finished = read_result(Path(out) / config["run_id"])
         if finished is not None:
             return float(finished["training_flops"]), f"measured by run {config['run_id']}"
-    return Planner(config).estimated_training_flops(), f"estimated for {reference} (run {config['run_id']} not found)"
+    try:
+        estimate = Planner(config).estimated_training_flops()
+    except ValueError as error:  # the reference's own schedule does not fit this run
+        raise ConfigError(f"{reference} is this suite's budget reference (budget.reference) and its run cannot be "
+                          f"planned, so no matched run can: {error}") from error
+    return estimate, f"estimated for {reference} (run {config['run_id']} not found)"
 
 
 def resolve_budget(
@@ -52,6 +57,12 @@ def resolve_budget(
     from acdc_bench.budget.plan import Planner, solve_matched_steps
 
     reference = suite["budget"].get("reference", "acdc")
+    if mode == "matched" and epochs is not None and method not in UNMATCHED and method != reference:
+        raise ConfigError(
+            f"--epochs {epochs} with a matched budget: a matched {method} run's length is solved from "
+            f"{reference}'s training FLOPs, so --epochs would be ignored. Train {epochs} epoch(s) of {method}'s "
+            f"own schedule with --budget paper, or shorten the whole suite with --set epochs={epochs} (the "
+            f"budget then matches the shorter {reference} run)")
     if mode == "paper" or method in UNMATCHED or method == reference or epochs is not None:
         note = None if mode == "paper" else ("explicit --epochs" if epochs is not None else f"{method} runs its own length")
         return run_config(suite, method, sparsity, seed, epochs=epochs,

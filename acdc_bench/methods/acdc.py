@@ -53,6 +53,11 @@ class AcdcConfig(MaskedConfig):
                 setattr(self, key, value)
 
 
+#: The lengths AcdcConfig defaults to: the official ImageNet schedule, written for 100 epochs.
+PAPER_LENGTHS = {k: v for k, v in PRESETS["imagenet-100"].items() if k != "schedule_epochs"}
+KEYWORDS = ("schedule_epochs", "warmup_epochs", "phase_epochs", "final_dense_epochs", "final_sparse_epochs")
+
+
 def acdc_phases(
     epochs: int,
     warmup_epochs: int,
@@ -61,7 +66,62 @@ def acdc_phases(
     final_sparse_epochs: int,
     schedule_epochs: int | None = None,
 ) -> list[str]:
-    """Phase (``dense``/``sparse``) of every epoch of an AC/DC run."""
+    """Phase (``dense``/``sparse``) of every epoch of an AC/DC run.
+
+    The lengths are written for ``schedule_epochs`` (default: the run's own length, or 100 for the
+    default lengths, the official ImageNet schedule) and scale to the run. Where the scaled schedule
+    does not fit, the run keeps the schedule's proportions with fewer alternating phases
+    (:func:`fitted_phases`); a run too short even for that is an error naming the keywords to set."""
+    lengths = dict(warmup_epochs=warmup_epochs, phase_epochs=phase_epochs, final_dense_epochs=final_dense_epochs,
+                   final_sparse_epochs=final_sparse_epochs)
+    try:
+        return _official_phases(epochs, schedule_epochs=schedule_epochs, **lengths)
+    except ValueError as error:
+        if min(lengths.values()) < 0 or phase_epochs < 1 or final_sparse_epochs < 1:
+            raise
+        base = schedule_epochs or (100 if lengths == PAPER_LENGTHS else None)
+        fitted = fitted_phases(epochs, base, **lengths) if base else None
+        if fitted is None:
+            raise ValueError(f"{error}, and a run of {epochs} epoch(s) is too short to keep its proportions (at "
+                             f"least a compressed, a decompressed and a final compressed epoch). Give lengths that "
+                             f"fit: sparsify(..., " + ", ".join(f"{k}=..." for k in KEYWORDS) + "), or in a suite "
+                             + ", ".join(f"methods.acdc.{k}" for k in KEYWORDS)
+                             + f", or methods.acdc.preset ({', '.join(PRESETS)})") from None
+        return fitted
+
+
+def fitted_phases(epochs: int, base_epochs: int, warmup_epochs: int, phase_epochs: int, final_dense_epochs: int,
+                  final_sparse_epochs: int) -> list[str] | None:
+    """The schedule written for ``base_epochs`` shrunk to ``epochs`` with its proportions: each length
+    scaled (a phase at least 1 epoch, the final decompressed phase at least 1 where it has one), as
+    many alternating phases as fit (an odd number: starting and ending compressed), the warm-up
+    dropped before the alternation is; None when not even one compressed, one decompressed and the
+    final compressed epoch fit."""
+    scale = epochs / base_epochs
+    n_phases = max(1, (base_epochs - warmup_epochs - final_dense_epochs - final_sparse_epochs) // phase_epochs)
+    phase = max(1, round(phase_epochs * scale))
+    dense = max(1 if final_dense_epochs else 0, round(final_dense_epochs * scale))
+    sparse = max(1, round(final_sparse_epochs * scale))
+    for warmup in (round(warmup_epochs * scale), 0):
+        n = n_phases if n_phases % 2 else n_phases - 1
+        while n >= 1 and warmup + n * phase + dense + sparse > epochs:
+            n -= 2
+        if n >= 1:
+            phases = ["dense"] * warmup
+            for index in range(n):
+                phases += ["sparse" if index % 2 == 0 else "dense"] * phase
+            return phases + ["dense"] * dense + ["sparse"] * (epochs - warmup - n * phase - dense)
+    return None
+
+
+def _official_phases(
+    epochs: int,
+    warmup_epochs: int,
+    phase_epochs: int,
+    final_dense_epochs: int,
+    final_sparse_epochs: int,
+    schedule_epochs: int | None = None,
+) -> list[str]:
     lengths = [warmup_epochs, phase_epochs, final_dense_epochs, final_sparse_epochs]
     if min(lengths) < 0 or phase_epochs < 1 or final_sparse_epochs < 1:
         raise ValueError(f"AC/DC schedule lengths must be >= 0 (phase and final sparse >= 1), got {lengths}")
@@ -72,7 +132,7 @@ def acdc_phases(
             f"AC/DC schedule does not fit {base_epochs} epochs: after warm-up {warmup_epochs}, "
             f"final dense {final_dense_epochs} and final sparse {final_sparse_epochs}, the "
             f"{alternating} alternating epochs must be an odd number (>= 1) of {phase_epochs}-epoch "
-            f"phases (starting and ending compressed); adjust the lengths or use a preset"
+            f"phases (starting and ending compressed)"
         )
     n_phases = alternating // phase_epochs
     if epochs != base_epochs:
@@ -82,10 +142,7 @@ def acdc_phases(
         final_dense_epochs = round(final_dense_epochs * scale)
         final_sparse_epochs = epochs - warmup_epochs - n_phases * phase_epochs - final_dense_epochs
         if final_sparse_epochs < 1:
-            raise ValueError(
-                f"AC/DC schedule written for {base_epochs} epochs cannot be scaled to {epochs} epochs; "
-                f"give explicit lengths (methods.acdc.*_epochs) for this run length"
-            )
+            raise ValueError(f"AC/DC schedule written for {base_epochs} epochs cannot be scaled to {epochs} epochs")
     phases = ["dense"] * warmup_epochs
     for index in range(n_phases):
         phases += ["sparse" if index % 2 == 0 else "dense"] * phase_epochs

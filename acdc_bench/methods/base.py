@@ -271,6 +271,19 @@ class MaskedMethod(SparsityMethod):
         total = sum(layer.numel for layer in self.layers)
         return 1.0 - sum(d * layer.numel for d, layer in zip(densities, self.layers)) / total
 
+    def schedule_problem(self) -> str | None:
+        """An N:M ``pattern`` that cannot reach the target (2:4 keeps half: it cannot reach 0.9)."""
+        pattern = getattr(self.config, "pattern", None)
+        if pattern is None:
+            return None
+        from acdc_bench.core.sparsity import check_pattern_target
+
+        try:
+            check_pattern_target(pattern, self.target_sparsity)
+        except ValueError as error:
+            return f"{error} (methods.{self.name}.pattern, or sparsify's pattern=)"
+        return None
+
     def final_sparsity(self) -> float:
         """The masks' sparsity while they are in force (a weight that is zero on the mask, as a grown
         one is, still counts as kept); 0 while none is (a dense phase)."""

@@ -29,7 +29,7 @@ import pandas as pd
 
 from acdc_bench.core.io import atomic_write_text
 from acdc_bench.report import stats
-from acdc_bench.report.results import drop_superseded
+from acdc_bench.report.results import drop_superseded, select_runs
 from acdc_bench.run.folder import read_predictions
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ METHOD_NAMES = {"acdc": "AC/DC", "rigl": "RigL", "gmp": "GMP", "str": "STR", "se
 ACDC_METHOD = "acdc"
 STATUS_PREFERENCE = {"verified": 0, "reported": 1, "unverified": 2}
 
-GROUP_COLUMNS = ["suite", "dataset", "model", "method", "variant", "target_sparsity"]
-COMPARE_COLUMNS = GROUP_COLUMNS + [
+#: One row of the comparison: a cell (what the runs were asked to compute, seeds aside:
+#: :func:`acdc_bench.config.cell_id`) of one method, variant and target.
+GROUP_COLUMNS = ["suite", "dataset", "model", "method", "variant", "target_sparsity", "cell"]
+COMPARE_COLUMNS = GROUP_COLUMNS + ["differs", "train_subset", "numerics", "overrides", "budget_flag",
     "top1_mean", "top1_std", "seeds", "top1_ci_low", "top1_ci_high", "ci_kind",
     "actual_sparsity", "training_flops_multiplier", "inference_flops_multiplier", "top1_dense_mean",
     "delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high", "verdict_vs_acdc", "verdict_basis",
@@ -139,6 +141,69 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     return candidates.loc[best]
 
 
+def _first(values: pd.Series, default=None):
+    """The first non-missing value of a column of one cell (its runs share it), else ``default``."""
+    for value in values:
+        if isinstance(value, (list, dict)) or not pd.isna(value):
+            return value
+    return default
+
+
+#: A matched run whose measured training FLOPs are off its budget by more than this is flagged in every table.
+BUDGET_FLAG_TOLERANCE = 0.02
+
+
+def _budget_flag(group: pd.DataFrame) -> str:
+    """Why a matched cell is not a matched comparison: a run whose achieved cost (measured FLOPs over
+    the budget) is off by more than :data:`BUDGET_FLAG_TOLERANCE`; empty when every run held it."""
+    if "budget_achieved_ratio" not in group or "budget_mode" not in group:
+        return ""
+    matched = group[group["budget_mode"] == "matched"]
+    ratios = pd.to_numeric(matched["budget_achieved_ratio"], errors="coerce").dropna()
+    off = ratios[(ratios - 1.0).abs() > BUDGET_FLAG_TOLERANCE]
+    if off.empty:
+        return ""
+    return (f"over or under budget: {len(off)} of {len(matched)} matched run(s) spent "
+            + ", ".join(f"{ratio:.3f}x" for ratio in off) + " of their budget")
+
+
+def _differences(table: pd.DataFrame, finished: pd.DataFrame) -> list[str]:
+    """For rows that share method, variant and target but not their cell: the config keys whose
+    values differ between those cells (from one run's ``config.yaml`` each), as ``key=value``."""
+    import yaml
+
+    from acdc_bench.core.io import flatten
+
+    ignore = ("seed", "run_id", "cell", "train_steps", "overrides", "budget", "method_options", "environment",
+              "recipe", "epochs", "description", "data_root", "num_workers", "wandb", "resources", "plugins")
+    configs = {}
+    for cell, group in finished.groupby("cell", sort=False):
+        try:
+            config = yaml.safe_load((Path(str(group["run_dir"].iloc[0])) / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError, KeyError):
+            config = {}
+        if (config.get("budget") or {}).get("mode") != "matched":
+            ignore_here = tuple(k for k in ignore if k != "epochs")
+        else:
+            ignore_here = ignore
+        configs[cell] = {k: v for k, v in flatten({k: v for k, v in config.items() if k not in ignore_here}, ".").items()
+                         if ".targets." not in f".{k}."}
+        configs[cell]["budget_mode"] = (config.get("budget") or {}).get("mode")
+    texts = []
+    for _, row in table.iterrows():
+        siblings = table[(table["suite"] == row["suite"]) & (table["method"] == row["method"])
+                         & (table["variant"] == row["variant"])
+                         & ((table["target_sparsity"] - row["target_sparsity"]).abs() < SPARSITY_TOLERANCE)]
+        if len(siblings) < 2:
+            texts.append("")
+            continue
+        mine = configs.get(row["cell"], {})
+        others = [configs.get(cell, {}) for cell in siblings["cell"] if cell != row["cell"]]
+        keys = sorted({key for other in others for key in set(mine) | set(other) if mine.get(key) != other.get(key)})
+        texts.append(", ".join(f"{key}={mine.get(key)}" for key in keys) or "(same config, another cell id)")
+    return texts
+
+
 def _acdc_index(table: pd.DataFrame, row: pd.Series):
     """Index of our AC/DC cell in the same suite/dataset/model/sparsity as ``row`` (None if none).
 
@@ -150,6 +215,12 @@ def _acdc_index(table: pd.DataFrame, row: pd.Series):
         & (table["dataset"] == row["dataset"]) & (table["model"] == row["model"])
         & ((table["target_sparsity"] - row["target_sparsity"]).abs() < SPARSITY_TOLERANCE)
     ]
+    # Only an AC/DC trained on the same data subset under the same numerics is a reference.
+    def text(value) -> str:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    same_data = (acdc["train_subset"].map(text) == text(row["train_subset"])) & (acdc["numerics"] == row["numerics"])
+    acdc = acdc[same_data]
     for variant in (row["variant"], ""):
         same = acdc[acdc["variant"] == variant]
         if len(same) == 1:
@@ -275,7 +346,13 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     ``epochs``, ``run_ids`` (';'-joined).
     Sorted by suite, dataset, model, sparsity, method, variant.
     """
-    finished = drop_superseded(runs[runs["status"] == "finished"]).copy() if "status" in runs else runs.iloc[0:0].copy()
+    if "status" in runs:
+        selected, notices = select_runs(runs)
+        for notice in notices:
+            log.warning(notice)
+        finished = drop_superseded(selected[selected["status"] == "finished"]).copy()
+    else:
+        finished = runs.iloc[0:0].copy()
     if suite is not None:
         finished = finished[finished["suite"] == suite]
     if finished.empty:
@@ -283,13 +360,13 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     finished["variant"] = finished["variant"].fillna("").astype(str)
     finished["distribution"] = finished["distribution"].fillna("").astype(str)
     finished["target_sparsity"] = finished["target_sparsity"].round(6)
+    for column in ("cell", "numerics_mode", "train_subset"):
+        if column not in finished:
+            finished[column] = math.nan
+    finished["cell"] = finished["cell"].fillna("").astype(str)
 
     rows, cells = [], []
     for keys, group in finished.groupby(GROUP_COLUMNS, dropna=False, sort=True):
-        duplicated = group["seed"][group["seed"].duplicated()]
-        if len(duplicated):
-            log.warning("%s: seeds %s appear in more than one run; all are averaged",
-                        dict(zip(GROUP_COLUMNS, keys)), sorted(duplicated.unique().tolist()))
         top1 = group["top1"].astype(float)
         run_dirs = group["run_dir"] if "run_dir" in group else pd.Series("", index=group.index)
         single = ~group["seed"].duplicated(keep=False)
@@ -314,8 +391,13 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
             "epochs": group["epochs"].max(),
             "run_ids": ";".join(sorted(group["run_id"].astype(str))),
             "calibration": _calibration_note(group),
+            "train_subset": _first(group["train_subset"]),
+            "numerics": _first(group["numerics_mode"], "native"),
+            "overrides": " ".join(_first(group["overrides"], []) or []) if "overrides" in group else "",
+            "budget_flag": _budget_flag(group),
         })
     table = pd.DataFrame(rows)
+    table["differs"] = _differences(table, finished)
     versus = []
     for index, row in table.iterrows():
         acdc_index = _acdc_index(table, row)
@@ -364,7 +446,8 @@ def _interval_text(low: float, high: float, *, signed: bool = False) -> str:
 
 
 def _label(row) -> str:
-    return display_name("method", row["method"]) + (f" {row['variant']}" if row["variant"] else "")
+    label = display_name("method", row["method"]) + (f" {row['variant']}" if row["variant"] else "")
+    return label + (f" [{row['differs']}]" if row.get("differs") else "")
 
 
 def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -380,7 +463,8 @@ def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         if not math.isnan(row["published_top1"]):
             published = f"{row['published_top1']:.2f} ({row['published_source']}, {row['published_status']})"
         inside = row["published_inside_ci"]
-        cells.append([display_name("method", row["method"]), row["variant"] or "-", top1,
+        method = display_name("method", row["method"]) + (" *" if row.get("differs") or row.get("budget_flag") else "")
+        cells.append([method, row["variant"] or "-", top1,
                       _interval_text(row["top1_ci_low"], row["top1_ci_high"]), str(int(row["seeds"])),
                       _number(row["actual_sparsity"], 4), _number(row["training_flops_multiplier"], 3),
                       _number(row["inference_flops_multiplier"], 3), _number(row["delta_vs_acdc"], signed=True),
@@ -397,6 +481,8 @@ def _interval_notes(block: pd.DataFrame) -> list[str]:
         note = f"{_label(row)}: top-1 CI {row['ci_kind']}"
         if row["verdict_basis"] != "AC/DC itself":
             note += f"; vs AC/DC {row['verdict_vs_acdc']}: {row['verdict_basis']}"
+        if row.get("budget_flag"):
+            note += f"; NOT a matched comparison: {row['budget_flag']}"
         notes.append(note)
     return notes
 

@@ -37,6 +37,10 @@ source                     str      ``acdc_bench`` for our runs, else the citati
 source_status              str      ``measured`` (ours) or the reference status: ``verified``,
                                     ``reported``, ``unverified``
 run_ids                    str      our run ids joined by ';' ('' for published rows)
+train_subset               Int64    training examples our runs used (<NA>: the whole training set)
+overrides                  str      the ``--set`` overrides our runs were trained with ('' for none)
+note                       str      what sets a row apart from another of the same method and
+                                    target (``differs: key=value``), or a budget its runs missed
 ========================== ======== ==========================================================
 
 Rows are sorted by dataset, model, sparsity (to 3 decimals), then value (best first).
@@ -71,13 +75,13 @@ LEADERBOARD_COLUMNS = [
     "task", "dataset", "model", "method", "variant", "distribution", "metric", "value", "value_std",
     "value_ci_low", "value_ci_high", "sparsity",
     "training_flops_multiplier", "inference_flops_multiplier", "epochs", "seeds", "source",
-    "source_status", "run_ids",
+    "source_status", "run_ids", "train_subset", "overrides", "note",
 ]
 STRING_COLUMNS = ["task", "dataset", "model", "method", "variant", "distribution", "metric",
-                  "source", "source_status", "run_ids"]
+                  "source", "source_status", "run_ids", "overrides", "note"]
 INTERVAL_COLUMNS = ["value_std", "value_ci_low", "value_ci_high"]
 FLOAT_COLUMNS = ["value", *INTERVAL_COLUMNS, "sparsity", "training_flops_multiplier", "inference_flops_multiplier"]
-INTEGER_COLUMNS = ["epochs", "seeds"]
+INTEGER_COLUMNS = ["epochs", "seeds", "train_subset"]
 NON_EMPTY_COLUMNS = ["task", "dataset", "model", "method", "metric", "source", "source_status"]
 
 
@@ -115,6 +119,8 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
         "inference_flops_multiplier": row.inference_flops_multiplier,
         "epochs": row.epochs, "seeds": row.seeds, "source": OUR_SOURCE,
         "source_status": OUR_SOURCE_STATUS, "run_ids": row.run_ids,
+        "train_subset": row.train_subset, "overrides": row.overrides,
+        "note": "; ".join(text for text in (f"differs: {row.differs}" if row.differs else "", row.budget_flag) if text),
     } for row in ours.itertuples()]
 
     suite_runs = runs[runs["suite"] == suite] if "suite" in runs else runs.iloc[0:0]

@@ -42,25 +42,13 @@ METRICS_FILE = folder.METRICS
 CHECKPOINT_FILE = folder.CHECKPOINT
 FAILED_FILE = folder.FAILED
 
-#: Keys every ``result.json`` of schema version 1 carries.
-RESULT_REQUIRED_KEYS = (
-    "schema_version", "run_id", "suite", "dataset", "model", "method", "variant",
-    "distribution", "target_sparsity", "actual_sparsity", "layer_densities",
-    "top1", "top1_dense", "training_flops", "dense_training_flops",
-    "training_flops_multiplier", "inference_flops", "dense_inference_flops",
-    "inference_flops_multiplier", "epochs", "seed", "budget", "wall_time_s",
-    "versions",
-)
-#: Result keys that must hold a finite number.
-RESULT_NUMBER_KEYS = ("target_sparsity", "actual_sparsity", "top1", "epochs", "seed")
-#: Result keys that must hold a number or null.
-RESULT_OPTIONAL_NUMBER_KEYS = (
-    "top1_dense", "training_flops", "dense_training_flops", "training_flops_multiplier",
-    "inference_flops", "dense_inference_flops", "inference_flops_multiplier", "wall_time_s",
-)
-#: Result keys that hold a mapping.
-RESULT_DICT_KEYS = ("layer_densities", "budget", "versions")
-BUDGET_KEYS = ("mode", "reference_training_flops", "achieved_ratio")
+# The result schema lives with the run folder (acdc_bench.run.folder); re-exported here.
+RESULT_REQUIRED_KEYS = folder.RESULT_REQUIRED_KEYS
+RESULT_NUMBER_KEYS = folder.RESULT_NUMBER_KEYS
+RESULT_OPTIONAL_NUMBER_KEYS = folder.RESULT_OPTIONAL_NUMBER_KEYS
+RESULT_DICT_KEYS = folder.RESULT_DICT_KEYS
+BUDGET_KEYS = folder.BUDGET_KEYS
+validate_result = folder.validate_result
 
 #: Columns of :func:`load_runs`, in order; flattened extras follow before the status columns.
 RUN_COLUMNS = [
@@ -127,38 +115,6 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
 def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
     """Nested dicts as ``parent_child`` keys, ``layer_densities`` kept whole."""
     return flatten(mapping, "_", keep=("layer_densities",))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def validate_result(result: Any) -> list[str]:
-    """Return the problems that make ``result`` (parsed result.json) unusable; empty if none."""
-    if not isinstance(result, dict):
-        return [f"result.json holds a {type(result).__name__}, not an object"]
-    problems = []
-    missing = [key for key in RESULT_REQUIRED_KEYS if key not in result]
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    version = result.get("schema_version")
-    if "schema_version" in result and version != RESULT_SCHEMA_VERSION:
-        problems.append(f"unsupported schema_version {version!r} (expected {RESULT_SCHEMA_VERSION})")
-    for key in RESULT_NUMBER_KEYS:
-        if key in result and not (_is_number(result[key]) and math.isfinite(result[key])):
-            problems.append(f"{key} is {result[key]!r}, not a finite number")
-    for key in RESULT_OPTIONAL_NUMBER_KEYS:
-        if key in result and result[key] is not None and not _is_number(result[key]):
-            problems.append(f"{key} is {result[key]!r}, not a number or null")
-    for key in RESULT_DICT_KEYS:
-        if key in result and not isinstance(result[key], dict):
-            problems.append(f"{key} is {type(result[key]).__name__}, not an object")
-    budget = result.get("budget")
-    if isinstance(budget, dict):
-        missing_budget = [key for key in BUDGET_KEYS if key not in budget]
-        if missing_budget:
-            problems.append(f"budget misses keys: {', '.join(missing_budget)}")
-    return problems
 
 
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
@@ -286,6 +242,49 @@ def load_runs(*roots: str | os.PathLike) -> pd.DataFrame:
     counts = runs["status"].value_counts().to_dict()
     log.info("loaded %d run folders from %s: %s", len(runs), ", ".join(map(str, roots)), counts)
     return runs
+
+
+#: One table cell and seed: two finished runs with the same key are one measurement taken twice.
+SEED_KEY = ["suite", "method", "variant", "target_sparsity", "cell", "seed"]
+
+
+def select_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``runs`` with each seed of each cell once, and a notice per run left out.
+
+    A cell (``cell``: what the run was asked to compute, seeds aside; see
+    :func:`acdc_bench.config.cell_id`) counts each seed once: of two finished runs of one cell and
+    seed (a run re-made under another id, say), the one finished last supersedes the other, and the
+    notice names both folders. A calibration chain's earlier runs are not duplicates: they stay (the
+    tables use the chain's last run, :func:`drop_superseded`)."""
+    if runs.empty or "status" not in runs:
+        return runs, []
+    ends = drop_superseded(runs[runs["status"] == "finished"])
+    if ends.empty:
+        return runs, []
+    keys = pd.DataFrame({column: (ends[column] if column in ends else pd.Series(math.nan, index=ends.index))
+                         for column in SEED_KEY})
+    keys["target_sparsity"] = pd.to_numeric(keys["target_sparsity"], errors="coerce").round(6)
+    keys = keys.astype(str)
+    dropped, notices = [], []
+    for _, group in ends.groupby([keys[column] for column in SEED_KEY], sort=True):
+        if len(group) < 2:
+            continue
+        finished_at = {index: _result_time(group.at[index, "run_dir"]) for index in group.index}
+        order = sorted(group.index, key=lambda index: finished_at[index])
+        kept = order[-1]
+        for index in order[:-1]:
+            dropped.append(index)
+            notices.append(f"seed {group.at[index, 'seed']:g} of {group.at[index, 'method']} "
+                           f"{group.at[index, 'target_sparsity']:g} ({group.at[index, 'cell']}) was run twice: "
+                           f"{group.at[kept, 'run_dir']} (finished last) supersedes {group.at[index, 'run_dir']}")
+    return runs.drop(index=dropped), notices
+
+
+def _result_time(run_dir) -> float:
+    try:
+        return (Path(str(run_dir)) / RESULT_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,13 +60,80 @@ class RunLocked(RuntimeError):
     """Another live process is training this run."""
 
 
+#: Keys every ``result.json`` of schema version 1 carries.
+RESULT_REQUIRED_KEYS = (
+    "schema_version", "run_id", "suite", "dataset", "model", "method", "variant",
+    "distribution", "target_sparsity", "actual_sparsity", "layer_densities",
+    "top1", "top1_dense", "training_flops", "dense_training_flops",
+    "training_flops_multiplier", "inference_flops", "dense_inference_flops",
+    "inference_flops_multiplier", "epochs", "seed", "budget", "wall_time_s",
+    "versions",
+)
+#: Result keys that must hold a finite number.
+RESULT_NUMBER_KEYS = ("target_sparsity", "actual_sparsity", "top1", "epochs", "seed")
+#: Result keys that must hold a number or null.
+RESULT_OPTIONAL_NUMBER_KEYS = (
+    "top1_dense", "training_flops", "dense_training_flops", "training_flops_multiplier",
+    "inference_flops", "dense_inference_flops", "inference_flops_multiplier", "wall_time_s",
+)
+#: Result keys that hold a mapping.
+RESULT_DICT_KEYS = ("layer_densities", "budget", "versions")
+BUDGET_KEYS = ("mode", "reference_training_flops", "achieved_ratio")
+
+
+class CorruptResult(ValueError):
+    """A ``result.json`` that does not parse or validate; the message names the file and the fix."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_result(result: Any) -> list[str]:
+    """Return the problems that make ``result`` (parsed result.json) unusable; empty if none."""
+    if not isinstance(result, dict):
+        return [f"result.json holds a {type(result).__name__}, not an object"]
+    problems = []
+    missing = [key for key in RESULT_REQUIRED_KEYS if key not in result]
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    version = result.get("schema_version")
+    if "schema_version" in result and version != RESULT_SCHEMA_VERSION:
+        problems.append(f"unsupported schema_version {version!r} (expected {RESULT_SCHEMA_VERSION})")
+    for key in RESULT_NUMBER_KEYS:
+        if key in result and not (_is_number(result[key]) and math.isfinite(result[key])):
+            problems.append(f"{key} is {result[key]!r}, not a finite number")
+    for key in RESULT_OPTIONAL_NUMBER_KEYS:
+        if key in result and result[key] is not None and not _is_number(result[key]):
+            problems.append(f"{key} is {result[key]!r}, not a number or null")
+    for key in RESULT_DICT_KEYS:
+        if key in result and not isinstance(result[key], dict):
+            problems.append(f"{key} is {type(result[key]).__name__}, not an object")
+    budget = result.get("budget")
+    if isinstance(budget, dict):
+        missing_budget = [key for key in BUDGET_KEYS if key not in budget]
+        if missing_budget:
+            problems.append(f"budget misses keys: {', '.join(missing_budget)}")
+    return problems
+
+
 def read_result(run_dir: str | os.PathLike) -> dict | None:
-    """The run's ``result.json`` when the run is finished (the file parses), else None."""
+    """The run's ``result.json`` when the run is finished, None when there is none yet.
+
+    A result that does not parse or validate is :class:`CorruptResult`, naming the file and what is
+    wrong: never mistaken for an unfinished run (which would be trained over) nor for a result."""
     path = Path(run_dir) / RESULT
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    if not path.exists():
         return None
+    fix = f"delete {Path(run_dir)} to train the run again, or restore the file"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CorruptResult(f"{path} does not parse ({error}): {fix}") from error
+    problems = validate_result(result)
+    if problems:
+        raise CorruptResult(f"{path} is not a valid result ({'; '.join(problems)}): {fix}")
+    return result
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:

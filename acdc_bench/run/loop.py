@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,11 +73,17 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
     if config.get("numerics"):
         numerics.check_run(config["numerics"])  # before anything is computed or written
     rank, world_size, local_rank = distributed.distributed_context()
+    fresh = rank == 0 and not run_dir.exists()
     with folder.lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
         if folder.read_result(run_dir) is not None:  # finished by another process meanwhile
             return train(config, out_dir, data_root=data_root, progress=progress, tracker=tracker, log=log)
-        check_resumable(config, run_dir)
-        run = build_run(config, run_dir, data_root, rank, world_size, local_rank)
+        try:
+            check_resumable(config, run_dir)
+            run = build_run(config, run_dir, data_root, rank, world_size, local_rank)
+        except BaseException:
+            if fresh:  # a run that never started leaves no folder behind (a missing data root, say)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         if run.is_main:
             folder.write_config(run_dir, dump_yaml(dict(config, environment=environment(run))))
         restore(run, log)
@@ -485,6 +492,9 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
         "examples_seen": meter.examples,
         "world_size": run.world_size,
         "wall_time_s": wall_time,
+        "cell": config.get("cell"),
+        "train_subset": config.get("train_subset"),
+        "overrides": list(config.get("overrides") or []),
         "sparsity_check": {k: v for k, v in run.sparsifier.final.items() if k != "cause"},
         "versions": distributed.versions(),
         "numerics": environment(run),
