@@ -363,7 +363,7 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     for column in ("cell", "numerics_mode", "train_subset"):
         if column not in finished:
             finished[column] = math.nan
-    finished["cell"] = finished["cell"].fillna("").astype(str)
+    finished["cell"] = finished["cell"].astype(object).fillna("").astype(str)
 
     rows, cells = [], []
     for keys, group in finished.groupby(GROUP_COLUMNS, dropna=False, sort=True):
