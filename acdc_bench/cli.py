@@ -331,8 +331,12 @@ def report(suite_name: str, runs, reference, compare_dir: Path, leaderboard_dir:
     from acdc_bench.report.compare import compare_table, format_compare, write_compare
     from acdc_bench.report.leaderboard import build_leaderboard, export_leaderboard
     from acdc_bench.report.plots import plot_all
+    from acdc_bench.report.results import select_runs
     from acdc_bench.report.verify import export_run_record
 
+    runs, notices = select_runs(runs)  # each seed of a cell once (a no-op after _load)
+    for line in notices:
+        print(f"note: {line}", file=sys.stderr)
     table = compare_table(runs, reference, suite=suite_name)
     print(format_compare(table))
     written = write_compare(table, compare_dir)
