@@ -95,8 +95,14 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status-every", type=float, default=30, help="seconds between status lines (--jobs > 1)")
     parser.add_argument("--slurm-partition", default=None, help="Slurm partition (default: the suite's resources.partition)")
     parser.add_argument("--gpus-per-node", type=int, default=None,
-                        help="GPUs (and tasks) per Slurm job (default: the suite's resources.gpus_per_node, else 1)")
+                        help="GPUs per node of a Slurm job, 0 for a CPU partition (default: the suite's "
+                             "resources.gpus_per_node, else 1)")
     parser.add_argument("--nodes", type=int, default=None, help="nodes per Slurm job (default: the suite's, else 1)")
+    parser.add_argument("--tasks-per-node", type=int, default=None,
+                        help="Slurm tasks per node (default: the suite's resources.tasks_per_node, else one per GPU, "
+                             "1 with --gpus-per-node 0)")
+    parser.add_argument("--cpus-per-task", type=int, default=None,
+                        help="CPUs per Slurm task (default: the suite's resources.cpus_per_task, else 8)")
     parser.add_argument("--timeout-min", type=int, default=None,
                         help="a job's time limit in minutes; it requeues itself and resumes (default: the suite's, else 1440)")
     parser.add_argument("--plugin", action="append", default=[], help="import this module to register a method (repeatable)")

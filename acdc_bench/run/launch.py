@@ -397,16 +397,22 @@ class RunJob:
 def slurm_parameters(suite: dict, args) -> dict:
     """The submitit parameters of one run's Slurm job, from the suite's ``resources`` and the options."""
     resources = dict(suite.get("resources") or {})
-    gpus = args.gpus_per_node or resources.get("gpus_per_node", 1)
+
+    def option(name: str, default):  # the command line's value, even 0, else the suite's, else the default
+        value = getattr(args, name, None)
+        return value if value is not None else resources.get(name, default)
+
+    gpus = int(option("gpus_per_node", 1))
     parameters = dict(
-        nodes=args.nodes or resources.get("nodes", 1),
-        gpus_per_node=gpus,
-        tasks_per_node=gpus,
-        cpus_per_task=resources.get("cpus_per_task", 8),
-        timeout_min=args.timeout_min or resources.get("timeout_min", 1440),
+        nodes=option("nodes", 1),
+        tasks_per_node=int(option("tasks_per_node", max(1, gpus))),  # one task per GPU; 1 on a CPU partition
+        cpus_per_task=int(option("cpus_per_task", 8)),
+        timeout_min=option("timeout_min", 1440),
         slurm_signal_delay_s=120,
         name=f"acdc-{suite['suite']}",
     )
+    if gpus > 0:  # a CPU partition gets no GPU request at all (Slurm rejects --gpus-per-node there)
+        parameters["gpus_per_node"] = gpus
     if suite.get("numerics") == "portable":
         # Pinned in the job script, before its Python (and torch) starts: a node of another CPU type
         # computes what this machine computes. (submitit-local jobs inherit this process's environment.)
