@@ -114,8 +114,6 @@ def _jobs(value: str) -> int | str:
     """``--jobs``: a positive integer, or ``auto``. On the 2-core AMD EPYC machine of this project,
     two dense 4-epoch runs took 1.42x less wall time as 2 jobs x 1 thread than as 1 job x 2 threads
     (whole-process timing, 3 pairs A B; README "Performance")."""
-    import os
-
     if value == "auto":  # resolved by resolve_jobs once numerics are pinned (it starts torch)
         return "auto"
     try:

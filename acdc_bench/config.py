@@ -160,10 +160,7 @@ def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
     data = copy.deepcopy(SUITE_DEFAULTS)
     data.update(raw)
     data = apply_overrides(data, overrides or [], str(path))
-    data["_overrides"] = list(overrides or [])
-    # A user's --set of a recipe key wins over a method's recipe too (run_config re-applies it).
-    data["_recipe_overrides"] = [text for text in overrides or []
-                                 if text.split("=", 1)[0].strip().split(".")[0] in RECIPE_KEYS]
+    data["_overrides"] = list(overrides or [])  # run_config re-applies those of recipe keys over a recipe
     data.setdefault("suite", path.stem)
     if data["suite"] is None:
         data["suite"] = path.stem
@@ -404,7 +401,8 @@ def run_config(
     if recipe and budget.get("mode", "paper") == "paper":
         config = apply_recipe(config, recipe, sparsity)
         source = f"methods.{method}.recipe"
-        overrides = suite.get("_recipe_overrides") or []
+        overrides = [text for text in suite.get("_overrides") or []
+                     if text.split("=", 1)[0].strip().split(".")[0] in RECIPE_KEYS]
         if overrides:  # the user's --set of a recipe key is never dropped: it wins over the recipe
             config = apply_overrides(config, overrides, where)
             validate_recipe(config, f"{where}: methods.{method}.recipe with {' '.join(overrides)}")

@@ -12,7 +12,7 @@ starts, through the environment variables that they read once, at start-up:
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's convolutions and matrix products.
 
 sparseprop's kernels are compiled with ``-march=native``, so they stay off under portable
-numerics (``kernels: auto`` runs every layer densely; an explicit request is an error).
+numerics (``kernels: auto`` runs every layer densely).
 
 ``numerics: native`` leaves the libraries free to use whatever the CPU has: faster where AVX-512
 or AMX pays, reproducible on that CPU type only. A run records its mode, CPU, instruction set,
@@ -122,13 +122,6 @@ def _pinned_text() -> str:
     return ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in PORTABLE_ENV)
 
 
-def check_run(mode: str) -> None:
-    """Before a run trains: this process computes under ``mode``, or a clear error."""
-    check_mode(mode)
-    if mode == "portable" and _x86() and active() != "portable":
-        ensure(mode)  # raises with the fix, since torch has started
-
-
 def cpu_model() -> str:
     """The CPU's name, family and model (/proc/cpuinfo), or what the platform says."""
     fields: dict[str, str] = {}
@@ -149,6 +142,7 @@ def describe(mode: str) -> dict:
     each library runs, the thread count and the library versions (``config.yaml``, ``result.json``)."""
     import torch
 
+    build = torch.__config__.show()
     info = {
         "mode": mode,
         "active": active(),
@@ -157,8 +151,8 @@ def describe(mode: str) -> dict:
         "environment": {key: os.environ.get(key) for key in PORTABLE_ENV},
         "threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
-        "mkl": _first_line(torch.__config__.show(), "Math Kernel Library"),
-        "onednn": _first_line(torch.__config__.show(), "MKL-DNN"),
+        "mkl": _first_line(build, "Math Kernel Library"),
+        "onednn": _first_line(build, "MKL-DNN"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -103,7 +103,7 @@ WORKLOADS = {w.key: w for w in _with_rounds(workloads())}
 
 
 def use_short_workloads() -> None:
-    """Switch this session to the short workloads (the dict is updated in place)."""
+    """Switch this process to the short workloads (the dict is updated in place)."""
     global SHORT
     SHORT = True
     WORKLOADS.update({w.key: w for w in _with_rounds(workloads(short=True))})
@@ -389,17 +389,10 @@ def machine() -> dict:
     """Where the figures come from: CPU model, cores, torch threads and versions."""
     import platform
 
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from acdc_bench.numerics import cpu_model
+
     return {
-        "cpu": model or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -418,7 +411,7 @@ def _row(group, workload, what, value, target=None, kind="ratio", **extra) -> di
 
 
 def summary_rows() -> list[dict]:
-    """The ratios of this session's results (and ``extra_info`` filled in for the saved JSON)."""
+    """The ratios of this benchmark run's results (and ``extra_info`` filled in for the saved JSON)."""
     rows = []
     for workload in WORKLOADS:
         ref = reference_step(workload)

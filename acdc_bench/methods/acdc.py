@@ -74,11 +74,11 @@ def acdc_phases(
     (:func:`fitted_phases`); a run too short even for that is an error naming the keywords to set."""
     lengths = dict(warmup_epochs=warmup_epochs, phase_epochs=phase_epochs, final_dense_epochs=final_dense_epochs,
                    final_sparse_epochs=final_sparse_epochs)
+    if min(lengths.values()) < 0 or phase_epochs < 1 or final_sparse_epochs < 1:
+        raise ValueError(f"AC/DC schedule lengths must be >= 0 (phase and final sparse >= 1), got {list(lengths.values())}")
     try:
-        return _official_phases(epochs, schedule_epochs=schedule_epochs, **lengths)
+        return _official_phases(epochs, schedule_epochs or epochs, **lengths)
     except ValueError as error:
-        if min(lengths.values()) < 0 or phase_epochs < 1 or final_sparse_epochs < 1:
-            raise
         base = schedule_epochs or (100 if lengths == PAPER_LENGTHS else None)
         fitted = fitted_phases(epochs, base, **lengths) if base else None
         if fitted is None:
@@ -107,25 +107,22 @@ def fitted_phases(epochs: int, base_epochs: int, warmup_epochs: int, phase_epoch
         while n >= 1 and warmup + n * phase + dense + sparse > epochs:
             n -= 2
         if n >= 1:
-            phases = ["dense"] * warmup
-            for index in range(n):
-                phases += ["sparse" if index % 2 == 0 else "dense"] * phase
-            return phases + ["dense"] * dense + ["sparse"] * (epochs - warmup - n * phase - dense)
+            return _layout(warmup, n, phase, dense, epochs - warmup - n * phase - dense)
     return None
 
 
-def _official_phases(
-    epochs: int,
-    warmup_epochs: int,
-    phase_epochs: int,
-    final_dense_epochs: int,
-    final_sparse_epochs: int,
-    schedule_epochs: int | None = None,
-) -> list[str]:
-    lengths = [warmup_epochs, phase_epochs, final_dense_epochs, final_sparse_epochs]
-    if min(lengths) < 0 or phase_epochs < 1 or final_sparse_epochs < 1:
-        raise ValueError(f"AC/DC schedule lengths must be >= 0 (phase and final sparse >= 1), got {lengths}")
-    base_epochs = schedule_epochs or epochs
+def _layout(warmup: int, n_phases: int, phase: int, final_dense: int, final_sparse: int) -> list[str]:
+    """Dense warm-up, ``n_phases`` alternating phases starting compressed, final dense, final sparse."""
+    phases = ["dense"] * warmup
+    for index in range(n_phases):
+        phases += ["sparse" if index % 2 == 0 else "dense"] * phase
+    return phases + ["dense"] * final_dense + ["sparse"] * final_sparse
+
+
+def _official_phases(epochs: int, base_epochs: int, *, warmup_epochs: int, phase_epochs: int,
+                     final_dense_epochs: int, final_sparse_epochs: int) -> list[str]:
+    """The lengths, written for ``base_epochs``, scaled to ``epochs`` as the official configs scale
+    them (every alternating phase kept); a ValueError where they do not fit."""
     alternating = base_epochs - warmup_epochs - final_dense_epochs - final_sparse_epochs
     if alternating < phase_epochs or alternating % phase_epochs or (alternating // phase_epochs) % 2 == 0:
         raise ValueError(
@@ -143,11 +140,7 @@ def _official_phases(
         final_sparse_epochs = epochs - warmup_epochs - n_phases * phase_epochs - final_dense_epochs
         if final_sparse_epochs < 1:
             raise ValueError(f"AC/DC schedule written for {base_epochs} epochs cannot be scaled to {epochs} epochs")
-    phases = ["dense"] * warmup_epochs
-    for index in range(n_phases):
-        phases += ["sparse" if index % 2 == 0 else "dense"] * phase_epochs
-    phases += ["dense"] * final_dense_epochs + ["sparse"] * final_sparse_epochs
-    return phases
+    return _layout(warmup_epochs, n_phases, phase_epochs, final_dense_epochs, final_sparse_epochs)
 
 
 @register_method("acdc")

@@ -35,20 +35,10 @@ from acdc_bench.run import folder
 log = logging.getLogger(__name__)
 
 # The run-folder format is acdc_bench.run.folder's; these are its names.
-RESULT_SCHEMA_VERSION = folder.RESULT_SCHEMA_VERSION
 RESULT_FILE = folder.RESULT
 CONFIG_FILE = folder.CONFIG
 METRICS_FILE = folder.METRICS
 CHECKPOINT_FILE = folder.CHECKPOINT
-FAILED_FILE = folder.FAILED
-
-# The result schema lives with the run folder (acdc_bench.run.folder); re-exported here.
-RESULT_REQUIRED_KEYS = folder.RESULT_REQUIRED_KEYS
-RESULT_NUMBER_KEYS = folder.RESULT_NUMBER_KEYS
-RESULT_OPTIONAL_NUMBER_KEYS = folder.RESULT_OPTIONAL_NUMBER_KEYS
-RESULT_DICT_KEYS = folder.RESULT_DICT_KEYS
-BUDGET_KEYS = folder.BUDGET_KEYS
-validate_result = folder.validate_result
 
 #: Columns of :func:`load_runs`, in order; flattened extras follow before the status columns.
 RUN_COLUMNS = [
@@ -176,7 +166,7 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     if result_path.exists():
         try:
             result = json.loads(result_path.read_text(encoding="utf-8"))
-            problems = validate_result(result)
+            problems = folder.validate_result(result)  # the schema lives with the run folder
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             result, problems = None, [f"result.json unreadable: {error}"]
         if isinstance(result, dict):  # a corrupt result keeps what it has, never counts as finished
@@ -186,8 +176,8 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
                        epochs_completed=float(result["epochs"]))
             return row
         status, reasons = "corrupt", problems
-    elif (run_dir / FAILED_FILE).exists():
-        status, reasons = "failed", [(run_dir / FAILED_FILE).read_text(encoding="utf-8", errors="replace").strip()]
+    elif (failure := folder.read_failure(run_dir)) is not None:
+        status, reasons = "failed", [failure]
     else:
         status, reasons = "incomplete", ["no result.json"]
         if _locked(run_dir):
@@ -269,8 +259,7 @@ def select_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for _, group in ends.groupby([keys[column] for column in SEED_KEY], sort=True):
         if len(group) < 2:
             continue
-        finished_at = {index: _result_time(group.at[index, "run_dir"]) for index in group.index}
-        order = sorted(group.index, key=lambda index: finished_at[index])
+        order = sorted(group.index, key=lambda index: _finished_at(group.loc[index]))
         kept = order[-1]
         for index in order[:-1]:
             dropped.append(index)
@@ -278,13 +267,6 @@ def select_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                            f"{group.at[index, 'target_sparsity']:g} ({group.at[index, 'cell']}) was run twice: "
                            f"{group.at[kept, 'run_dir']} (finished last) supersedes {group.at[index, 'run_dir']}")
     return runs.drop(index=dropped), notices
-
-
-def _result_time(run_dir) -> float:
-    try:
-        return (Path(str(run_dir)) / RESULT_FILE).stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:

@@ -71,7 +71,7 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
             f"(sparsity {finished['actual_sparsity']:.4f}); not retraining")
         return finished
     if config.get("numerics"):
-        numerics.check_run(config["numerics"])  # before anything is computed or written
+        numerics.ensure(config["numerics"])  # torch has started: a clear error unless it computes so
     rank, world_size, local_rank = distributed.distributed_context()
     fresh = rank == 0 and not run_dir.exists()
     with folder.lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
