@@ -106,6 +106,31 @@ def tests(session: nox.Session) -> None:
                     external=True, env={"ACDC_BENCH_SHORT": "1"})
 
 
+SLURM_PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """``reproduce --launcher slurm`` against a real single-node Slurm on 127.0.0.1 (Debian's slurmctld,
+    slurmd and munge, installed here when missing): a two-run suite on a CPU partition with a job
+    requeued mid-run, held equal to the same runs without Slurm; an sbatch refusal and a job Slurm can
+    never start, each one clear line. Needs root (the daemons run as root); about two minutes."""
+    python = environment(session)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from slurm_cluster import missing
+
+    if missing():
+        if not (shutil.which("apt-get") and os.geteuid() == 0):
+            session.error(f"Slurm programs missing ({', '.join(missing())}): as root, "
+                          f"apt-get install {' '.join(SLURM_PACKAGES)}")
+        session.log(f"installing Debian's {', '.join(SLURM_PACKAGES)} (a single-node test cluster)")
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", *SLURM_PACKAGES, external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    session.run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_slurm_cluster.py",
+                *session.posargs, external=True, env={"ACDC_BENCH_SLURM": "require"})
+
+
 @nox.session
 def reproduce(session: nox.Session) -> None:
     """Reproduce a suite end to end (default: fashion-mnist-10): runs, comparison, leaderboard, plots.

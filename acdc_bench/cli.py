@@ -11,6 +11,7 @@ from pathlib import Path
 from acdc_bench import numerics
 from acdc_bench.config import ConfigError, load_suite, suite_names, suite_numerics
 from acdc_bench.run.folder import RunLocked
+from acdc_bench.run.launch import JobsFailed
 
 
 #: The suite every command uses unless told otherwise: three seeds in about 10 minutes on 2 CPU cores.
@@ -478,9 +479,19 @@ COMMANDS = {
 }
 
 
-EXAMPLES = """examples:
-  acdc-bench run --method acdc --sparsity 0.9 --set train_subset=2000 --set epochs=4 --budget paper
-      a smoke run of seconds on Fashion-MNIST (--set values are YAML 1.2)
+#: A run of seconds on Fashion-MNIST that keeps the default suite's matched budget: every schedule,
+#: AC/DC's (the budget reference) included, fits the 4 epochs. tests/test_cli_help.py runs it.
+SMOKE_RUN = "acdc-bench run --method gmp --sparsity 0.9 --set train_subset=2000 --set epochs=4"
+
+RUN_EXAMPLES = f"""example:
+  {SMOKE_RUN}
+      a smoke run of seconds on 2,000 Fashion-MNIST examples, its length matched to AC/DC's
+      training FLOPs as in the full suite (--set values are YAML 1.2)
+"""
+
+EXAMPLES = f"""examples:
+  {SMOKE_RUN}
+      a smoke run of seconds on Fashion-MNIST, matched budget kept (--set values are YAML 1.2)
   acdc-bench plan --suite imagenet-resnet50 --method rigl --sparsity 0.9
       per-epoch phase, sparsity, lr and training FLOPs of the official RigL recipe, nothing trained
   acdc-bench reproduce --methods acdc gmp --seeds 0 1 2 && acdc-bench verify
@@ -502,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=_HelpFormatter)
     subcommands = parser.add_subparsers(dest="command", required=True)
     for name, (_, add_arguments, text) in COMMANDS.items():
-        add_arguments(subcommands.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter))
+        add_arguments(subcommands.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter,
+                                             epilog=RUN_EXAMPLES if name == "run" else None))
     return parser
 
 
@@ -531,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         # matched budget); its message says which and what to do
         print(f"acdc-bench {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except JobsFailed as error:  # the runs' own failures, each named with its logs
+        print(f"acdc-bench {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

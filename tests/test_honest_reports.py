@@ -226,3 +226,47 @@ def test_slurm_jobs_on_a_cpu_partition_ask_for_no_gpu():
     two = slurm_parameters(dict(suite, resources={"gpus_per_node": 2}), Namespace(gpus_per_node=None, nodes=None,
                                                                                    timeout_min=None, slurm_partition=None))
     assert (two["gpus_per_node"], two["tasks_per_node"]) == (2, 2)  # one DDP task per GPU
+
+
+@needs_fashion
+def test_the_smoke_run_of_the_help_trains_in_seconds_under_the_matched_budget(tmp_path, capsys, one_thread):
+    import shlex
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert cli.SMOKE_RUN in capsys.readouterr().out
+    argv = shlex.split(cli.SMOKE_RUN)[1:]
+    started = time.perf_counter()
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["budget"]["mode"] == "matched" and result["target_sparsity"] == 0.9
+    assert time.perf_counter() - started < 60
+
+
+class _FakeJob:
+    def __init__(self, job_id):
+        self.job_id = job_id
+
+
+def test_a_slurm_job_pending_for_ever_is_cancelled_with_the_options_to_change(monkeypatch):
+    import subprocess
+
+    from acdc_bench.run import launch
+
+    cancelled = []
+    monkeypatch.setattr(launch, "_queue", lambda ids: {"7": ("RUNNING", "None"), "8": ("PENDING", "PartitionConfig")})
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: cancelled.append(command))
+    with pytest.raises(launch.SlurmError, match=r"can never start job 8 of b .*PartitionConfig.*--cpus-per-task 8"):
+        launch._watch_slurm([("a", _FakeJob("7")), ("b", _FakeJob("8"))], "--cpus-per-task 8", 1)
+    assert cancelled == [["scancel", "7", "8"]]
+
+
+def test_a_slurm_job_pending_for_resources_or_requeued_is_waited_on(monkeypatch):
+    from acdc_bench.run import launch
+
+    looks = iter([{"7": ("PENDING", "Resources")}, {"7": ("PENDING", "BeginTime")}, {"7": ("RUNNING", "None")}, {}])
+    monkeypatch.setattr(launch, "_queue", lambda ids: next(looks))
+    monkeypatch.setattr(launch, "POLL_S", 0)
+    launch._watch_slurm([("a", _FakeJob("7"))], "", 1)  # returns once the job has left the queue
+    assert next(looks, "all read") == "all read"

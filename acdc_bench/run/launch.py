@@ -12,6 +12,7 @@ chain is accepted or has run ``budget.calibration.max_runs`` runs.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,6 +386,10 @@ class RunJob:
             # when the task sees the whole node, GPU 0 when Slurm binds one GPU per task. (export()'s
             # default would hide all but one GPU, and cuda:LOCAL_RANK would not exist for LOCAL_RANK > 0.)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if one_thread_per_run(self.config):  # as a local run: a CPU job of N cores computes what 1 core does
+            import torch
+
+            torch.set_num_threads(1)
         return train(self.config, self.out, data_root=self.data_root, progress=False)
 
     def checkpoint(self, *args, **kwargs):
@@ -440,6 +445,106 @@ def _executor(suite: dict, out: Path, args):
     return executor
 
 
+class SlurmError(ValueError):
+    """Slurm refused a job or can never start it: a request the cluster cannot meet (a user's input)."""
+
+
+#: squeue's pending reasons for a job that waits on a request the partition can never meet (not on
+#: busy nodes): Slurm keeps such a job pending for ever.
+NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "ReqNodeNotAvail", "BadConstraints",
+                "InvalidQOS", "InvalidAccount", "DependencyNeverSatisfied", "QOSMaxCpuPerJobLimit",
+                "QOSMaxGRESPerJob", "QOSMaxNodePerJobLimit")
+
+#: Seconds between two looks at the queue while the jobs of a wave run (a test may shorten it).
+POLL_S = 10.0
+
+
+class JobsFailed(RuntimeError):
+    """Jobs of a wave failed (their runs raised, or Slurm killed them); the message names each job's logs."""
+
+
+def _left_a_result(job, grace_s: float = 30.0) -> bool:
+    """Whether every task of a job that has left Slurm's queue wrote its result pickle (waiting up to
+    ``grace_s`` for a shared file system to show it). A job cancelled, killed or out of memory did not."""
+    tasks = [job] if job.num_tasks == 1 else [job.task(k) for k in range(job.num_tasks)]
+    deadline = time.monotonic() + grace_s
+    while not all(task.paths.result_pickle.exists() for task in tasks):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+def _request(parameters: dict) -> str:
+    """What a job asks of Slurm, in the words of the options that change it."""
+    partition = parameters.get("slurm_partition")
+    return (f"--nodes {parameters.get('nodes', 1)} --tasks-per-node {parameters.get('tasks_per_node', 1)} "
+            f"--cpus-per-task {parameters.get('cpus_per_task')} --gpus-per-node {parameters.get('gpus_per_node', 0)}"
+            f" --timeout-min {parameters.get('timeout_min')}"
+            + (f" --slurm-partition {partition}" if partition else " (the default partition)"))
+
+
+FIX = ("set --gpus-per-node (0 on a CPU partition), --tasks-per-node, --cpus-per-task, --timeout-min or "
+       "--slurm-partition (or the suite's resources:) to what the partition has; `sinfo -o '%P %D %c %m %G %l'` "
+       "lists its nodes, CPUs, memory, GPUs and time limit")
+
+
+def _submit(executor, job: RunJob, run_id: str, request: str, args):
+    """Submit one job; an sbatch refusal is one clear line naming the request and the options to change."""
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):  # submitit prints sbatch's complaint: it goes into our line
+            return executor.submit(job)
+    except Exception as error:  # noqa: BLE001 - submitit raises FailedJobError(sbatch's stderr)
+        if getattr(args, "launcher", "") != "slurm" or type(error).__name__ != "FailedJobError":
+            sys.stderr.write(said.getvalue())
+            raise
+        said = " ".join(line.removeprefix("sbatch: error: ") for line in str(error).strip().splitlines()[-2:])
+        raise SlurmError(f"sbatch refused the job of {run_id}: {said}. It asked for "
+                         f"{request}; {FIX}") from None
+
+
+def _queue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``{job id: (state, reason)}`` of the jobs still in Slurm's queue (squeue); a finished job is absent."""
+    import subprocess
+
+    listed = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r"], capture_output=True,
+                            text=True, check=False)
+    if listed.returncode != 0:  # squeue answers "Invalid job id" once every job has left the queue
+        return {}
+    queue = {}
+    for line in listed.stdout.splitlines():
+        job_id, state, reason = line.split("|", 2)
+        queue[job_id.split("_")[0]] = (state, reason)
+    return queue
+
+
+def _watch_slurm(jobs: list, request: str, number: int) -> None:
+    """Wait until every job of the wave has left Slurm's queue. A job that pends for a reason Slurm can
+    never resolve (:data:`NEVER_STARTS`) is cancelled and raised as one line naming the options to
+    change, never waited on for ever. A requeued job stays in the queue and is waited on."""
+    import subprocess
+
+    waiting = {job.job_id: run_id for run_id, job in jobs}
+    while waiting:
+        queue = _queue(list(waiting))
+        for job_id, run_id in list(waiting.items()):
+            if job_id not in queue:
+                del waiting[job_id]
+                continue
+            state, reason = queue[job_id]
+            if state == "PENDING" and reason.split(",")[0].split(":")[0] in NEVER_STARTS:
+                subprocess.run(["scancel", *waiting], check=False)
+                raise SlurmError(f"wave {number}: Slurm can never start job {job_id} of {run_id} (pending, reason "
+                                 f"{reason}); it asked for {request}; {FIX}. "
+                                 f"The wave's jobs were cancelled ({', '.join(waiting)})")
+        if waiting:
+            time.sleep(POLL_S)
+
+
 def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     """Each run as its own job; a wave is submitted once the wave before it (the budget references) is
     done. Returns the number of jobs submitted."""
@@ -458,6 +563,8 @@ def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], ou
     """Submit the wave's unfinished runs and wait for them; returns the specs that ran (to resolve again)."""
     from acdc_bench.run.folder import read_result
 
+    slurm = getattr(args, "launcher", "") == "slurm"
+    request = _request(slurm_parameters(suite, args)) if slurm else ""
     jobs, ran = [], []
     for spec in wave:
         config = _config(suite, spec, out)
@@ -465,15 +572,22 @@ def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], ou
             print(f"wave {number}: {config['run_id']} finished already")
             continue
         if config["run_id"] in submitted:
-            raise RuntimeError(f"wave {number}: the job of {config['run_id']} succeeded but {out / config['run_id']} "
+            raise JobsFailed(f"wave {number}: the job of {config['run_id']} succeeded but {out / config['run_id']} "
                                f"has no result.json; the jobs must write to the same --out folder as this process")
         submitted.add(config["run_id"])
-        job = executor.submit(RunJob(config, str(out), args.data_root))
+        job = _submit(executor, RunJob(config, str(out), args.data_root), config["run_id"], request, args)
         print(f"wave {number}: submitted {config['run_id']}{_chain_note(config)} as job {job.job_id}")
         jobs.append((config["run_id"], job))
         ran.append(spec)
+    if slurm and jobs:
+        _watch_slurm(jobs, request, number)
     failed = []
     for run_id, job in jobs:
+        if slurm and not _left_a_result(job):
+            print(f"wave {number}: {run_id} (job {job.job_id}) FAILED: it left Slurm's queue without a result "
+                  f"(cancelled, killed, or out of memory or time); see {job.paths.stderr}")
+            failed.append(f"{run_id} (job {job.job_id}, logs in {job.paths.folder})")
+            continue
         try:
             job.results()  # every task's result (a multi-GPU job has one task per GPU); waits through requeues
         except Exception as error:  # noqa: BLE001 - wait for the whole wave, then report every failure
@@ -482,5 +596,6 @@ def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], ou
             continue
         print(f"wave {number}: {run_id} (job {job.job_id}) finished")
     if failed:
-        raise RuntimeError(f"wave {number}: {len(failed)} job(s) failed: " + "; ".join(failed))
+        raise JobsFailed(f"wave {number}: {len(failed)} job(s) failed: " + "; ".join(failed) + "; a rerun of the "
+                         "same command resumes each from its last checkpoint")
     return ran
