@@ -288,6 +288,12 @@ def sparsify(
     (``check_schedule=False``: a planner trying lengths).
     """
     method_cls = get_method(method)
+    if method_cls.sparsity_options and not set(options) & set(method_cls.sparsity_options):
+        names = ", ".join(f"{name}=" for name in method_cls.sparsity_options)
+        raise ValueError(
+            f"sparsify: {method}'s sparsity follows its options, not sparsity={sparsity!r}: give {names} "
+            f"(e.g. the values a calibration found for your model and run length); the run's sparsity is then "
+            f"reported beside the target by finalize() (Sparsifier.final)")
     config = make_config(method_cls, options, where="sparsify: ")
     if batch_size is not None and hasattr(config, "for_batch_size"):  # options in examples (RigL's spacing)
         config = config.for_batch_size(int(batch_size))

@@ -194,6 +194,7 @@ class STR(SparsityMethod):
     Config: ClassVar[type] = StrConfig
     #: Under a matched budget the run length and lam are calibrated together (acdc_bench.budget.calibrate).
     calibration_option: ClassVar[str] = "lam"
+    sparsity_options: ClassVar[tuple[str, ...]] = ("lam", "s_init", "targets")
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)

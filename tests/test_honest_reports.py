@@ -270,3 +270,14 @@ def test_a_slurm_job_pending_for_resources_or_requeued_is_waited_on(monkeypatch)
     monkeypatch.setattr(launch, "POLL_S", 0)
     launch._watch_slurm([("a", _FakeJob("7"))], "", 1)  # returns once the job has left the queue
     assert next(looks, "all read") == "all read"
+
+
+def test_sparsify_refuses_an_str_target_it_cannot_honour_naming_the_options():
+    model = nn.Sequential(nn.Linear(16, 8))
+    with pytest.raises(ValueError, match=r"str's sparsity follows its options, not sparsity=0\.9: give lam=, s_init=, "
+                                         r"targets="):
+        acdc_bench.sparsify(model, "str", sparsity=0.9, steps_per_epoch=1, epochs=1, input_shape=(16,))
+    sparsifier = acdc_bench.sparsify(model, "str", sparsity=0.9, steps_per_epoch=1, epochs=1, input_shape=(16,),
+                                     lam=1e-4, s_init=-100.0)
+    with pytest.warns(UserWarning, match="sparsity 0.0000 at the end"):
+        sparsifier.finalize()

@@ -64,6 +64,10 @@ class SparsityMethod:
     #: prunable weights). None: the method does not hold its target by construction (STR's follows
     #: ``lam`` and ``s_init``), so the run is held to the suite's ``budget.calibration.sparsity_tolerance``.
     sparsity_tolerance: ClassVar[float | None] = None
+    #: The options that set how sparse a run ends when the target does not (STR: ``lam``, ``s_init``
+    #: or a ``targets`` entry). :func:`acdc_bench.sparsify` refuses a call that gives none of them:
+    #: the defaults are tuned for one recipe, and ``sparsity=`` alone would be a promise not kept.
+    sparsity_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
