@@ -132,6 +132,15 @@ def slurm(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (MkDocs, Material theme, API reference by mkdocstrings) into
+    build/site/, with ``--strict``: a broken link or a missing API page fails. ``-- serve`` serves it."""
+    python = environment(session)
+    command = session.posargs or ["build", "--strict"]
+    session.run(python, "-m", "mkdocs", *command, external=True, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
 def reproduce(session: nox.Session) -> None:
     """Reproduce a suite end to end (default: fashion-mnist-10): runs, comparison, leaderboard, plots.
 

@@ -1,6 +1,6 @@
 """GMP: gradual magnitude pruning (Zhu and Gupta 2017), as run on ImageNet by Gale et al. 2019.
 
-Faithful to RECIPES.md:
+Faithful to docs/references.md:
 
 - the target sparsity at step t follows the cubic schedule
   ``s_t = s_f (1 - (1 - p)^3)`` with ``p = clip((t - t0) / (t1 - t0), 0, 1)``

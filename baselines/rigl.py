@@ -1,6 +1,6 @@
 """RigL: Rigging the Lottery (Evci et al., ICML 2020).
 
-Faithful to RECIPES.md and the official code (``google-research/rigl``):
+Faithful to docs/references.md and the official code (``google-research/rigl``):
 
 - random initial masks with fixed per-layer densities, ERK (all layers sparse, the
   default) or uniform (``keep_dense``, e.g. ``conv1``: RigL keeps the first layer

@@ -1,6 +1,6 @@
 """STR: Soft Threshold weight Reparameterization (Kusupati et al., ICML 2020).
 
-Faithful to RECIPES.md and the official code (``RAIVNLab/STR``, ``STRConv`` with
+Faithful to docs/references.md and the official code (``RAIVNLab/STR``, ``STRConv`` with
 ``sparse_function: sigmoid``):
 
 - every prunable layer (all convs and the fc by default) holds one learnable scalar

@@ -110,11 +110,11 @@ def _hooks_in_order(text: str) -> list[str]:
     return __import__("re").findall(r"^\s{4}`?(\w+)\(", text, __import__("re").M)
 
 
-def test_readme_lists_the_hooks_of_the_method_contract_in_call_order():
+def test_the_docs_list_the_hooks_of_the_method_contract_in_call_order():
     from acdc_bench.methods import base
 
-    readme = (PACKAGE.parent / "README.md").read_text()
-    section = readme.split("Hooks, in call order", 1)[1].split("```", 2)[1]
+    page = (PACKAGE.parent / "docs" / "your-own-method.md").read_text()
+    section = page.split("Hooks, in call order", 1)[1].split("```", 2)[1]
     contract = _hooks_in_order(base.__doc__)
     assert contract[:3] == ["setup", "bind_optimizer", "on_epoch_start"] and "finalize" in contract
     assert _hooks_in_order(section) == contract

@@ -1,6 +1,6 @@
 """FLOP accounting: per-layer dense forward FLOPs, sparse inference FLOPs and the training-FLOP meter.
 
-Convention (RECIPES.md, one for every method): only convolution and linear layers
+Convention (docs/references.md, one for every method): only convolution and linear layers
 count, a multiply-add is 2 FLOPs, backward = 2 x forward. A layer's sparse forward
 FLOPs are its dense forward FLOPs times its density, so they are exact integers:
 non-zeros x (dense FLOPs per weight).

@@ -1,6 +1,6 @@
 """AC/DC: Alternating Compressed/DeCompressed training (Peste et al., NeurIPS 2021).
 
-Faithful to the official configs (``configs/neurips/iht_*``), see RECIPES.md:
+Faithful to the official configs (``configs/neurips/iht_*``), see docs/references.md:
 
 - dense warm-up, then phases alternating compressed (sparse) / decompressed (dense),
   starting and ending compressed, then a longer final decompressed phase and a

@@ -1,0 +1,135 @@
+"""The documentation: the README stays a short manual, the site builds with ``--strict``, every
+Python example and every CLI line a user would paste runs, and nothing points outside the
+repository or tells how the project was made."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import needs_fashion
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+#: A Python block whose first line is ``# path/to/module.py`` is a file the user writes, not a script.
+FILE_BLOCK = re.compile(r"# ([\w/]+\.py)\n")
+
+
+def _blocks(language: str) -> list[tuple[str, str]]:
+    """(``page:line``, code) of every fenced block in ``language`` in the README and docs/."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for match in FENCE.finditer(text):
+            if match.group(1) == language:
+                line = text[:match.start()].count("\n") + 1
+                found.append((f"{page.relative_to(ROOT)}:{line}", match.group(2)))
+    return found
+
+
+def _cli_lines() -> list[tuple[str, str]]:
+    return [(where, line.strip()) for where, code in _blocks("bash") for line in code.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+#: Lines of the docs the tests do not run, and why: the tests themselves (nox), installing, and
+#: what needs ImageNet or several GPUs. Every other line is run.
+NOT_RUN = (("python3 -m pip install nox && nox ", "the two commands themselves"),
+           ("nox -s ", "a nox session: its command is what is tested"),
+           ("torchrun ", "needs the ImageNet data and GPUs"))
+
+
+def _not_run(line: str) -> str | None:
+    for prefix, why in NOT_RUN:
+        if line.startswith(prefix):
+            return why
+    if "--data-root /data" in line:
+        return "needs the ImageNet data"
+    return None
+
+
+def test_the_readme_is_a_short_manual():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    first_screen = "\n".join(text.splitlines()[:60])
+    assert "nox -s reproduce" in first_screen and "nox -s tests" in first_screen
+    for topic in ("## What you get", "## A method in your own training loop", "## The paper suites and clusters"):
+        assert topic in text
+    for link in re.findall(r"\]\((docs/[\w-]+\.md)(?:#[\w-]+)?\)", text):
+        assert (ROOT / link).exists(), link
+
+
+def test_nothing_points_outside_the_repository_or_tells_how_it_was_made():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    history = re.compile(r"previous session|last stop|for the record|no GPU was lent|this session|"
+                         r"\(was [\d.]|a first version of|before the change", re.I)
+    offenders = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".yaml", ".toml", ".csv", ".cfg", ".txt"} or name.startswith("tests/test_docs"):
+            continue
+        text = path.read_text(errors="replace")
+        if "../shared" in text or "RECIPES.md" in text:
+            offenders.append(f"{name}: points outside the repository")
+        if path.suffix == ".md" and history.search(text):
+            offenders.append(f"{name}: {history.search(text).group(0)!r}")
+    assert not offenders, offenders
+
+
+def test_the_docs_site_builds_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    assert built.returncode == 0, built.stderr[-3000:]
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    for name in ("sparsify", "Sparsifier", "SparsityMethod", "register_method", "validate_result", "target_report"):
+        assert name in api
+    cli = (tmp_path / "site" / "cli" / "index.html").read_text()
+    assert "acdc-bench reproduce" in cli and "--gpus-per-node" in cli
+
+
+def _write_files(tmp_path: Path) -> None:
+    """The modules the docs ask a user to write (a plugin), as files in ``tmp_path``."""
+    for _, code in _blocks("python"):
+        file = FILE_BLOCK.match(code)
+        if file:
+            path = tmp_path / file.group(1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (path.parent / "__init__.py").touch()
+            path.write_text(code)
+
+
+@pytest.mark.parametrize("where,code", [b for b in _blocks("python") if not FILE_BLOCK.match(b[1])],
+                         ids=lambda value: value if ":" in str(value) and "\n" not in str(value) else "")
+def test_every_python_example_runs(where, code, tmp_path):
+    _write_files(tmp_path)
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1"))
+    assert ran.returncode == 0, f"{where}:\n{ran.stderr[-3000:]}"
+
+
+def test_every_cli_line_is_run_or_says_why_not():
+    lines = _cli_lines()
+    assert lines
+    for where, line in lines:
+        assert line.startswith("acdc-bench ") or _not_run(line), f"{where}: {line!r} is neither run nor exempt"
+
+
+@needs_fashion
+@pytest.mark.parametrize("where,line", [item for item in _cli_lines() if not _not_run(item[1])],
+                         ids=lambda value: value if ":" in str(value) and " " not in str(value) else "")
+def test_every_cli_line_runs(where, line, tmp_path):
+    import shlex
+
+    _write_files(tmp_path)
+    argv = shlex.split(line)
+    ran = subprocess.run([sys.executable, "-m", "acdc_bench", *argv[1:]], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1",
+                                                          WANDB_MODE="disabled"))
+    assert ran.returncode == 0, f"{where}: {line}\n{ran.stderr[-3000:]}"
