@@ -71,6 +71,7 @@ class Sparsifier:
         self._started_epoch = -1      # the last epoch whose on_epoch_start ran
         self._step_started = False    # on_step_start ran for self._step
         self._examples: int | None = None
+        self._warned_late = False     # the forward pre-hook was found not to run (warned once)
         self._hook = None
         self._finalized = False
         #: Set by :meth:`finalize`: :meth:`target_report` at the end of training.
@@ -133,7 +134,8 @@ class Sparsifier:
         # Kept out of torch.compile's graphs (the hooks are Python with side effects). Applied here,
         # not as a decorator: torch.compiler.disable imports torch._dynamo, about 1 s that a process
         # importing acdc_bench only to plan or report would pay.
-        self._hook = self.model.register_forward_pre_hook(torch.compiler.disable(self._before_forward))
+        self._hook = self.model.register_forward_pre_hook(torch.compiler.disable(self._before_forward),
+                                                          with_kwargs=True)
         return optimizer
 
     def seek(self, step: int) -> None:
@@ -147,21 +149,35 @@ class Sparsifier:
         """The number of training examples in the next step (over all ranks), for the FLOP meter."""
         self._examples = int(examples)
 
-    def _before_forward(self, module, args) -> None:
+    def _before_forward(self, module, args, kwargs) -> None:
         if not module.training or self._finalized:
             return
         if self.method.flops is None:
-            self._measure_flops(args)
+            self._measure_flops(args, kwargs)
         self.start_step()
 
-    def _measure_flops(self, args) -> None:
-        shape = self._input_shape
-        if shape is None:
-            if not args or not isinstance(args[0], torch.Tensor):
-                raise ValueError("sparsify: the model's first input is not a tensor; pass input_shape= "
-                                 "(one example's shape, e.g. (3, 224, 224)) to measure its FLOPs")
-            shape = tuple(args[0].shape[1:])
-        self.method.flops = measure_layer_flops(self.model, self.layers, shape)
+    def measure_flops(self, *args, **kwargs) -> None:
+        """Measure the model's FLOPs now from a training batch's model inputs (cut to their first
+        example), for a loop whose training forward does not call the model ``sparsify`` was given
+        (a LightningModule whose ``training_step`` calls a submodule). Usually automatic."""
+        self._measure_flops(args, kwargs)
+
+    def _measure_flops(self, args: tuple, kwargs: dict) -> None:
+        """FLOPs from ``input_shape``, else from the first example of the first training batch: every
+        tensor argument cut to its first row (a transformer's ``input_ids=`` and ``attention_mask=``
+        too, so its FLOPs follow the real sequence length)."""
+        if self._input_shape is not None:
+            self.method.flops = measure_layer_flops(self.model, self.layers, self._input_shape)
+            return
+
+        def first(value):
+            return value[:1] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+
+        if not any(isinstance(v, torch.Tensor) for v in (*args, *kwargs.values())):
+            raise ValueError("sparsify: the model's inputs hold no tensor; pass input_shape= (one example's "
+                             "shape, e.g. (3, 224, 224)) to measure its FLOPs")
+        example = (tuple(first(a) for a in args), {k: first(v) for k, v in kwargs.items()})
+        self.method.flops = measure_layer_flops(self.model, self.layers, example=example)
 
     def start_step(self) -> None:
         """Run the hooks due before this step's forward pass (idempotent within a step)."""
@@ -180,13 +196,31 @@ class Sparsifier:
         self._step_started = True
 
     def _optimizer_step(self, inner, args, kwargs):
+        # A closure (Lightning's automatic optimization, ``optimizer.step(closure)``) computes the
+        # loss and its gradients: it runs first, so that the method's hooks see this step's
+        # gradients; the optimizer then steps without it (an optimizer that re-evaluates its
+        # closure several times, such as LBFGS, is not supported).
+        closure = kwargs.pop("closure", None) if "closure" in kwargs else (args[0] if args else None)
+        if closure is not None:
+            args = args[1:] if args and args[0] is closure else args
+            with torch.enable_grad():
+                loss = closure()
+        if not self._step_started and not self._warned_late:
+            self._warned_late = True
+            warnings.warn(
+                "sparsify: the step's hooks did not run before its forward pass (they run now, at "
+                "optimizer.step()): the model's forward pre-hook never fired. Either the model was compiled "
+                "(torch.compile) before sparsify(...).wrap() attached the hook, in this process, so the compiled "
+                "code does not call it: attach first, or call torch._dynamo.reset() after wrap(); or the loop's "
+                "training forward calls a submodule, not the model given to sparsify: call "
+                "sparsifier.start_step() before each step's forward.", RuntimeWarning, stacklevel=3)
         self.start_step()
         step = self._step
         result = None
         if self.method.before_optimizer_step(step):
             result = inner(*args, **kwargs)
         self._end_step(step)
-        return result
+        return loss if closure is not None else result
 
     def skipped_step(self) -> None:
         """A step whose optimizer update did not run (``GradScaler`` found inf/NaN gradients):
@@ -199,8 +233,10 @@ class Sparsifier:
         method = self.method
         method.after_optimizer_step(step)
         if method.flops is None:
-            raise RuntimeError("sparsify: no training forward pass ran before optimizer.step(), so the "
-                               "model's FLOPs are unknown; pass input_shape= to sparsify")
+            raise RuntimeError("sparsify: no training forward pass of the model ran before optimizer.step(), so "
+                               "its FLOPs are unknown; pass input_shape= to sparsify (the hook that measures them "
+                               "does not fire when the loop calls a submodule, or when the model was compiled "
+                               "before wrap())")
         examples = self._examples if self._examples is not None else self.batch_size
         if examples is None:
             raise ValueError("sparsify: batch_size is unknown; pass batch_size= or call step_examples(n) every step")

@@ -75,9 +75,9 @@ def _run_commands(out: Path) -> None:
 def run_all(out: Path) -> dict:
     """Run every command into ``out`` in a fresh process with portable numerics pinned (one thread,
     so that the thread count cannot change a reduction); {run_id: {"metrics": rows, "result": flat numbers}}."""
-    from acdc_bench.numerics import PORTABLE_ENV
+    from acdc_bench.numerics import pinned_environment
 
-    environment = dict(os.environ, **PORTABLE_ENV, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    environment = dict(os.environ, **pinned_environment(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     environment.pop("ACDC_BENCH_NUMERICS", None)
     done = subprocess.run([sys.executable, "-m", "tests.behaviour", "run", str(out)], cwd=ROOT, env=environment,
                           capture_output=True, text=True)

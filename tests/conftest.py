@@ -6,7 +6,7 @@ from acdc_bench import numerics  # imports no torch
 # capped to AVX2), pinned before torch starts. ACDC_BENCH_NUMERICS=native runs them on the CPU's
 # own instruction set instead.
 if numerics.default_mode() == "portable":
-    os.environ.update(numerics.PORTABLE_ENV)
+    os.environ.update(numerics.pinned_environment())
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -133,3 +133,11 @@ def test_every_cli_line_runs(where, line, tmp_path):
                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1",
                                                           WANDB_MODE="disabled"))
     assert ran.returncode == 0, f"{where}: {line}\n{ran.stderr[-3000:]}"
+
+
+def test_each_framework_is_shown_in_at_most_10_lines():
+    page = (ROOT / "docs" / "integrations.md").read_text()
+    blocks = [m.group(2) for m in FENCE.finditer(page) if m.group(1) == "python"]
+    assert len(blocks) == 3  # the Trainer, Lightning, timm
+    for code in blocks:
+        assert len([line for line in code.splitlines() if line.strip()]) <= 10, code

@@ -99,5 +99,15 @@ def test_the_slurm_job_script_pins_portable_numerics():
 
     args = Namespace(gpus_per_node=None, nodes=None, timeout_min=None, slurm_partition=None)
     setup = slurm_parameters(load_suite("fashion-mnist-10", ["numerics=portable"]), args)["slurm_setup"]
-    assert setup == [f"export {k}={v}" for k, v in numerics.PORTABLE_ENV.items()]
+    assert setup[:3] == [f"export {k}={v}" for k, v in numerics.PORTABLE_ENV.items()]
+    assert setup[3].startswith("export TORCHINDUCTOR_CACHE_DIR=") and "aten-avx2" in setup[3]
     assert "slurm_setup" not in slurm_parameters(load_suite("fashion-mnist-10", ["numerics=native"]), args)
+
+
+def test_portable_processes_keep_an_inductor_cache_of_their_own(monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    pinned = numerics.pinned_environment()
+    assert pinned["TORCHINDUCTOR_CACHE_DIR"].endswith("_aten-avx2")
+    assert {k: pinned[k] for k in numerics.PORTABLE_ENV} == numerics.PORTABLE_ENV
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")  # the user's own choice is kept
+    assert "TORCHINDUCTOR_CACHE_DIR" not in numerics.pinned_environment()

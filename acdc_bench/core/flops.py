@@ -60,15 +60,21 @@ class LayerFlops:
 
 
 def measure_layer_flops(
-    model: nn.Module, layers: Sequence[PrunableLayer], input_shape: Sequence[int]
+    model: nn.Module, layers: Sequence[PrunableLayer], input_shape: Sequence[int] | None = None, *,
+    example: tuple[tuple, dict] | None = None,
 ) -> LayerFlops:
-    """Run one example through ``model`` under ``FlopCounterMode`` and read each layer's FLOPs."""
+    """Run one example through ``model`` under ``FlopCounterMode`` and read each layer's FLOPs: zeros of
+    ``input_shape`` (one example's shape), or ``example``, the ``(args, kwargs)`` of a real call with a
+    batch of one (a transformer's token ids, so that its FLOPs follow the real sequence length)."""
     device = next(model.parameters()).device
+    if example is None:
+        example = ((torch.zeros(1, *input_shape, device=device),), {})
+    args, kwargs = example
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape, device=device))
+            model(*args, **kwargs)
     finally:
         model.train(was_training)
     counts = counter.get_flop_counts()

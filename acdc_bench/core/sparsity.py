@@ -42,8 +42,13 @@ def prunable_layers(
     """Conv and linear weights of ``model`` in module order; biases and BatchNorm never.
 
     ``include`` (if given) keeps only modules whose name matches one of the patterns
-    (exact name or shell-style glob); ``exclude`` drops the matching ones.
+    (exact name or shell-style glob); ``exclude`` drops the matching ones. A Hugging Face
+    transformer (a ``PreTrainedModel``) without ``include`` prunes the Linear layers of its
+    blocks only (attention and MLP: :func:`transformer_block_layers`), as the BERT pruning
+    literature does; embeddings, norms, the pooler and the LM or classifier head stay dense.
     """
+    if not include and _is_hf_transformer(model):
+        include = transformer_block_layers(model)
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
@@ -64,6 +69,25 @@ def prunable_layers(
             f"(include={list(include)}, exclude={list(exclude)}); check the module names"
         )
     return layers
+
+
+def _is_hf_transformer(model: nn.Module) -> bool:
+    """A Hugging Face ``PreTrainedModel``, told by its class hierarchy (transformers is not imported)."""
+    return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers")
+               for cls in type(model).__mro__)
+
+
+def transformer_block_layers(model: nn.Module) -> list[str]:
+    """The names of the Linear layers inside a transformer's repeated blocks (the members of an
+    ``nn.ModuleList``: ``encoder.layer.N``, ``layers.N``, ``h.N``): attention projections and the
+    MLP. Heads, poolers and embeddings sit outside the blocks."""
+    blocks = [name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and any(name.startswith(f"{block}.") for block in blocks)]
+    if not names:
+        raise ValueError(f"{type(model).__name__}: no Linear layer inside a block (nn.ModuleList) of this "
+                         "transformer; name the layers to prune with include=[...]")
+    return names
 
 
 def check_names_exist(layers: Sequence[PrunableLayer], names: Sequence[str], what: str) -> None:

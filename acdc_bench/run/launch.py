@@ -423,7 +423,9 @@ def slurm_parameters(suite: dict, args) -> dict:
         # computes what this machine computes. (submitit-local jobs inherit this process's environment.)
         from acdc_bench.numerics import PORTABLE_ENV
 
-        parameters["slurm_setup"] = [f"export {key}={value}" for key, value in PORTABLE_ENV.items()]
+        # the cluster node's own inductor cache for portable processes (numerics.INDUCTOR_CACHE)
+        parameters["slurm_setup"] = [f"export {key}={value}" for key, value in PORTABLE_ENV.items()] + [
+            'export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-${TMPDIR:-/tmp}/torchinductor_${USER}_aten-avx2}"']
     if args.slurm_partition or resources.get("partition"):
         parameters["slurm_partition"] = args.slurm_partition or resources["partition"]
     return parameters

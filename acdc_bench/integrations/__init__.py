@@ -1,0 +1,46 @@
+"""Callbacks that attach a method to the training loops researchers use, through :func:`acdc_bench.sparsify`:
+
+- :mod:`acdc_bench.integrations.hf`: ``SparsityCallback`` for the Hugging Face ``Trainer``
+  (``pip install 'acdc-bench[hf]'``);
+- :mod:`acdc_bench.integrations.lightning`: ``SparsityCallback`` for Lightning
+  (``pip install 'acdc-bench[lightning]'``).
+
+Importing :mod:`acdc_bench` never needs them; importing an integration without its framework is
+an error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def require(module: str, extra: str, integration: str):
+    """Import ``module`` or raise an ImportError that names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"acdc_bench.integrations.{integration} needs {module.split('.')[0]}: "
+                          f"pip install 'acdc-bench[{extra}]'") from error
+
+
+#: The file beside a framework's checkpoint that holds the sparsifier's state (masks, step, meter).
+STATE_FILE = "acdc_bench_sparsifier.pt"
+
+
+def attach_resumed(model, attach, state: dict | None):
+    """``attach()`` (a :func:`acdc_bench.sparsify` call) on a model a framework has already restored
+    from a checkpoint, then the sparsifier's saved ``state``. A method's ``setup`` may apply its
+    initial masks to the weights (RigL's random ones): the restored parameters are put back after
+    the saved masks are loaded, so the run continues from exactly what the checkpoint holds."""
+    import torch
+
+    if state is None:
+        return attach()
+    restored = {name: param.detach().clone() for name, param in model.named_parameters()}
+    sparsifier = attach()
+    sparsifier.load_state_dict(state)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in restored:
+                param.copy_(restored[name])
+    return sparsifier

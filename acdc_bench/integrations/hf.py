@@ -1,0 +1,105 @@
+"""The Hugging Face ``Trainer`` callback::
+
+    from acdc_bench.integrations.hf import SparsityCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      callbacks=[SparsityCallback("gmp", sparsity=0.9)])
+    trainer.train()
+
+The run's length and batch come from the Trainer (``max_steps``, or the epochs times the
+optimizer steps per epoch after gradient accumulation; the global batch over all processes).
+The method is attached at ``on_train_begin`` to the model and the Trainer's optimizer, so
+``optimizer.step()`` runs its hooks; a transformer prunes the Linear layers of its blocks by
+default (:func:`acdc_bench.core.sparsity.prunable_layers`). Every log line gets ``sparsity``,
+``mask_sparsity``, ``sparsity_phase`` (1 sparse, 0 dense) and ``training_flops``. The
+sparsifier's state is saved into each checkpoint folder (``acdc_bench_sparsifier.pt``) and
+restored from the checkpoint ``trainer.train(resume_from_checkpoint=...)`` resumes from, so a
+resumed run continues exactly. At the end of training the masks are applied for good
+(``finalize``) and :attr:`SparsityCallback.final` reports the sparsity reached beside the target.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from acdc_bench.integrations import STATE_FILE, attach_resumed, require
+
+transformers = require("transformers", "hf", "hf")
+
+
+class SparsityCallback(transformers.TrainerCallback):
+    """Attach ``method`` at ``sparsity`` (and its ``options``, as for :func:`acdc_bench.sparsify`)
+    to a ``transformers.Trainer``'s model and optimizer."""
+
+    def __init__(self, method: str, *, sparsity: float, input_shape=None, **options: Any):
+        self.method, self.sparsity, self.input_shape, self.options = method, float(sparsity), input_shape, options
+        self.sparsifier = None
+        #: ``Sparsifier.final`` after training: target, sparsity reached, tolerance, whether it was met.
+        self.final: dict | None = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        from acdc_bench import sparsify
+        from acdc_bench.core.io import load_checkpoint
+
+        if optimizer is None or model is None:
+            raise RuntimeError("SparsityCallback: the Trainer passed no model or optimizer to on_train_begin")
+        accumulation = args.gradient_accumulation_steps
+        try:
+            batches = len(train_dataloader)
+            steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+        except TypeError:  # an iterable data set: max_steps is the whole run
+            steps_per_epoch = state.max_steps
+        batch = args.per_device_train_batch_size * accumulation * max(args.world_size, 1)
+        saved = None
+        if state.global_step > 0:  # resuming: the checkpoint Trainer resumed from is checkpoint-<global step>
+            path = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}",
+                                STATE_FILE)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"SparsityCallback: resuming at step {state.global_step} but {path} does not "
+                                        "exist; the checkpoint was not written with this callback")
+            saved = load_checkpoint(path)
+
+        def attach():
+            sparsifier = sparsify(model, self.method, sparsity=self.sparsity, steps_per_epoch=steps_per_epoch,
+                                  total_steps=state.max_steps, batch_size=batch, input_shape=self.input_shape,
+                                  **self.options)
+            # the torch optimizer inside accelerate's wrapper: its step() is what the wrapper calls
+            sparsifier.wrap(getattr(optimizer, "optimizer", optimizer))
+            return sparsifier
+
+        self.sparsifier = attach_resumed(model, attach, saved)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # the step's hooks before its first forward pass even where the model's forward pre-hook does
+        # not fire (a model the Trainer compiled, torch_compile=True)
+        if self.sparsifier is not None and self.sparsifier.method.flops is not None:
+            self.sparsifier.start_step()
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.sparsifier is None or not state.is_world_process_zero:
+            return
+        from acdc_bench.core.io import atomic_torch_save
+
+        folder = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        atomic_torch_save(self.sparsifier.state_dict(), os.path.join(folder, STATE_FILE))
+
+    def metrics(self) -> dict:
+        s = self.sparsifier
+        return {"sparsity": s.sparsity, "mask_sparsity": s.mask_sparsity,
+                "sparsity_phase": 1.0 if s.phase == "sparse" else 0.0, "training_flops": float(s.training_flops)}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.sparsifier is None or logs is None:
+            return
+        extra = self.metrics()
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)  # the Trainer copied the line before the callbacks saw it
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.sparsifier is not None and self.final is None:
+            self.sparsifier.finalize()
+            self.final = self.sparsifier.final
+
+

@@ -1,0 +1,105 @@
+"""The Lightning callback::
+
+    from acdc_bench.integrations.lightning import SparsityCallback
+
+    trainer = lightning.Trainer(max_epochs=10, callbacks=[SparsityCallback("rigl", sparsity=0.9)])
+    trainer.fit(module, loader)
+
+The run's length is ``trainer.estimated_stepping_batches`` (optimizer steps, after gradient
+accumulation), an epoch ``trainer.num_training_batches`` batches; the batch size per step is
+the training dataloader's, times the accumulation and the number of processes. The method is
+attached at ``on_fit_start`` to the LightningModule and its (single) optimizer, so the
+optimizer's ``step()`` runs its hooks. ``sparsity``, ``mask_sparsity``, ``sparsity_phase``
+(1 sparse, 0 dense) and ``training_flops`` are logged through the module's logger at every
+epoch's end. The sparsifier's state goes into the Lightning checkpoint (the callback's
+``state_dict``), so ``trainer.fit(..., ckpt_path=...)`` continues exactly. At the end of
+training the masks are applied for good and :attr:`SparsityCallback.final` reports the sparsity
+reached beside the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from acdc_bench.integrations import attach_resumed, require
+
+pl = require("lightning.pytorch", "lightning", "lightning")
+
+
+class SparsityCallback(pl.Callback):
+    """Attach ``method`` at ``sparsity`` (and its ``options``, as for :func:`acdc_bench.sparsify`)
+    to a Lightning module and its optimizer."""
+
+    def __init__(self, method: str, *, sparsity: float, input_shape=None, **options: Any):
+        self.method, self.sparsity, self.input_shape, self.options = method, float(sparsity), input_shape, options
+        self.sparsifier = None
+        self._restored: dict | None = None
+        #: ``Sparsifier.final`` after training: target, sparsity reached, tolerance, whether it was met.
+        self.final: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"SparsityCallback[{self.method}, {self.sparsity:g}]"
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from acdc_bench import sparsify
+
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"SparsityCallback drives one optimizer; this module configures {len(trainer.optimizers)}")
+        total = int(trainer.estimated_stepping_batches)
+        accumulation = trainer.accumulate_grad_batches
+        batches = trainer.num_training_batches
+        steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1) \
+            if batches != float("inf") else total
+        loader = trainer.train_dataloader
+        per_device = getattr(loader, "batch_size", None)
+        batch = per_device * accumulation * trainer.world_size if per_device else None
+        optimizer = trainer.optimizers[0]
+
+        def attach():
+            sparsifier = sparsify(pl_module, self.method, sparsity=self.sparsity, steps_per_epoch=steps_per_epoch,
+                                  total_steps=total, batch_size=batch, input_shape=self.input_shape, **self.options)
+            sparsifier.wrap(getattr(optimizer, "optimizer", optimizer))  # the torch optimizer inside a wrapper
+            return sparsifier
+
+        self.sparsifier = attach_resumed(pl_module, attach, self._restored)
+        self._restored = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """The step's hooks before its forward pass, whether ``training_step`` calls the module itself
+        or a submodule of it; the FLOPs from the first batch (``module(batch[0])``, or ``module(**batch)``
+        for a dict) unless ``input_shape`` was given."""
+        s = self.sparsifier
+        if s.method.flops is None:
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            try:
+                s.measure_flops(**inputs) if isinstance(inputs, dict) else s.measure_flops(inputs)
+            except Exception as error:  # noqa: BLE001 - the module's forward does not take the batch
+                raise ValueError(f"SparsityCallback: could not measure the model's FLOPs by calling the module on "
+                                 f"the first batch's inputs ({type(error).__name__}: {error}); pass input_shape= "
+                                 "(one example's shape) to SparsityCallback") from error
+        s.start_step()
+
+    def state_dict(self) -> dict:
+        return self.sparsifier.state_dict() if self.sparsifier is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not state_dict:
+            return
+        if self.sparsifier is not None:
+            self.sparsifier.load_state_dict(state_dict)
+        else:  # restored before on_fit_start attaches the method: kept until then
+            self._restored = state_dict
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        s = self.sparsifier
+        if s is None:
+            return
+        pl_module.log_dict({"sparsity": s.sparsity, "mask_sparsity": s.mask_sparsity,
+                            "sparsity_phase": 1.0 if s.phase == "sparse" else 0.0,
+                            "training_flops": float(s.training_flops)}, on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.sparsifier is not None and self.final is None:
+            self.sparsifier.finalize()
+            self.final = self.sparsifier.final

@@ -1,0 +1,382 @@
+"""The framework integrations: the Hugging Face Trainer and Lightning callbacks, a timm model in a
+user's loop, transformers' default prunable layers, and ``torch.compile``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+
+# --------------------------------------------------------------------------- Hugging Face Trainer
+class TokenData(torch.utils.data.Dataset):
+    """Synthetic token classification data: 32 sequences of 16 ids, the label set by the first id."""
+
+    def __init__(self, n: int = 32, length: int = 16):
+        generator = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(5, 100, (n, length), generator=generator)
+        self.labels = (self.ids[:, 0] > 50).long()
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
+
+
+def tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    return transformers.BertForSequenceClassification(config)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _trainer(out, callback, *, stop_at: int | None = None, steps: int = 24):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+
+    class StopAt(transformers.TrainerCallback):  # a run killed after its checkpoint at `stop_at`
+        def on_step_begin(self, args, state, control, **kwargs):
+            if stop_at is not None and state.global_step == stop_at:
+                raise Interrupt
+
+    args = transformers.TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=8,
+                                          save_steps=12, logging_steps=4, report_to=[], use_cpu=True, seed=0,
+                                          learning_rate=1e-3, disable_tqdm=True)
+    return transformers.Trainer(model=tiny_bert(), args=args, train_dataset=TokenData(),
+                                callbacks=[callback, StopAt()])
+
+
+def _encoder_linear_sparsity(model) -> float:
+    zeros = total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and ".encoder.layer." in f".{name}":
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return zeros / total
+
+
+@pytest.mark.parametrize("method", ["gmp", "acdc", "rigl"])
+def test_hf_trainer_reaches_the_target_logs_and_resumes_exactly(tmp_path, method):
+    from acdc_bench.integrations.hf import SparsityCallback
+
+    whole = SparsityCallback(method, sparsity=0.9)
+    trainer = _trainer(tmp_path / "whole", whole)
+    trainer.train()
+    model = trainer.model
+    assert whole.final["within"] and abs(_encoder_linear_sparsity(model) - 0.9) < 1e-3
+    assert bool((model.classifier.weight != 0).all()) and bool((model.bert.pooler.dense.weight != 0).all())
+    logged = [line for line in trainer.state.log_history if "loss" in line]
+    assert logged and all("sparsity" in line and line["training_flops"] > 0 for line in logged)
+    assert logged[-1]["training_flops"] > logged[0]["training_flops"]
+
+    first = SparsityCallback(method, sparsity=0.9)
+    with pytest.raises(Interrupt):
+        _trainer(tmp_path / "resumed", first, stop_at=12).train()
+    resumed = SparsityCallback(method, sparsity=0.9)
+    again = _trainer(tmp_path / "resumed", resumed)
+    again.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-12"))
+    assert resumed.sparsifier.training_flops == whole.sparsifier.training_flops
+    expected, got = model.state_dict(), again.model.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:  # the same weights, bit for bit, and so the same masks
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_transformers_prune_the_linear_layers_of_their_blocks_by_default():
+    from acdc_bench.core.sparsity import prunable_layers
+
+    model = tiny_bert()
+    names = [layer.name for layer in prunable_layers(model)]
+    assert len(names) == 2 * 6 and all(name.startswith("bert.encoder.layer.") for name in names)
+    assert any(name.endswith("attention.self.query") for name in names)
+    assert any(name.endswith("intermediate.dense") for name in names)
+    only = prunable_layers(model, include=["classifier"])  # include replaces the default
+    assert [layer.name for layer in only] == ["classifier"]
+    fewer = prunable_layers(model, exclude=["*.attention.*"])
+    assert len(fewer) == 2 * 2
+
+
+def test_the_flop_meter_follows_the_real_sequence_length():
+    import acdc_bench
+
+    flops = {}
+    for length in (8, 16):
+        model = tiny_bert()
+        sparsifier = acdc_bench.sparsify(model, "dense", sparsity=0.0, steps_per_epoch=1, epochs=1, batch_size=2)
+        optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+        ids = torch.randint(5, 100, (2, length))
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.zeros(2, dtype=torch.long)).loss.backward()
+        optimizer.step()
+        flops[length] = sparsifier.training_flops
+    # every pruned layer is a Linear applied once per token: FLOPs scale with the tokens
+    assert flops[16] == 2 * flops[8] and flops[8] == 2 * 3 * 2 * 8 * sum(
+        layer.numel for layer in sparsifier.layers)
+
+
+# --------------------------------------------------------------------------- Lightning
+def _lightning_module():
+    pl = pytest.importorskip("lightning.pytorch")
+
+    class Classifier(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    return Classifier()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle fixed by the epoch (Lightning calls ``set_epoch``), so a resumed run sees the same order."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch)).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+def _loader():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 20, generator=generator)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, sampler=EpochSampler(128))
+
+
+def _fit(out, callback, *, epochs: int, ckpt_path=None, stop_at: int | None = None):
+    pl = pytest.importorskip("lightning.pytorch")
+
+    class StopAt(pl.Callback):  # a run killed after its checkpoint of epoch `stop_at - 1`
+        def on_train_epoch_start(self, trainer, pl_module):
+            if stop_at is not None and trainer.current_epoch == stop_at:
+                raise Interrupt
+
+    module = _lightning_module()
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=str(out), logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                         callbacks=[callback, StopAt(), pl.callbacks.ModelCheckpoint(dirpath=str(out), save_top_k=-1,
+                                                                                      every_n_epochs=1)])
+    trainer.fit(module, _loader(), ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def test_lightning_rigl_reaches_the_target_and_resumes_exactly(tmp_path):
+    from acdc_bench.integrations.lightning import SparsityCallback
+
+    options = dict(update_interval=4, distribution="uniform")
+    whole = SparsityCallback("rigl", sparsity=0.9, **options)
+    model, _ = _fit(tmp_path / "whole", whole, epochs=6)
+    assert whole.final["within"] and abs(whole.final["reached"] - 0.9) < 1e-3
+    assert whole.sparsifier.step == 6 * 8 and whole.sparsifier.training_flops > 0
+
+    first = SparsityCallback("rigl", sparsity=0.9, **options)
+    with pytest.raises(Interrupt):
+        _fit(tmp_path / "part", first, epochs=6, stop_at=3)
+    (checkpoint,) = [p for p in (tmp_path / "part").glob("epoch=2*.ckpt")]
+    resumed = SparsityCallback("rigl", sparsity=0.9, **options)
+    again, _ = _fit(tmp_path / "resumed", resumed, epochs=6, ckpt_path=str(checkpoint))
+    assert resumed.sparsifier.training_flops == whole.sparsifier.training_flops
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
+# --------------------------------------------------------------------------- torch.compile
+COMPILED = [("dense", {}), ("acdc", {}), ("gmp", {}), ("rigl", {"update_interval": 2}), ("set", {"update_interval": 2}),
+            ("str", {"lam": 1e-4, "s_init": -5.0})]
+
+
+def _forward_bound(model: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager output of a Flatten/Linear/ReLU stack and the bound on how far another order of
+    its sums may land from it: each Linear adds 2 gamma_n (|a| |W|^T + |b|) (n = fan-in + 1) and
+    carries the error it receives through |W|^T; ReLU is 1-Lipschitz."""
+    from tolerance import reduction_bound
+
+    a, bound = x.flatten(1), torch.zeros(())
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            weight = layer.weight.detach()
+            magnitude = a.abs() @ weight.abs().T + layer.bias.detach().abs()
+            bound = reduction_bound(magnitude, weight.shape[1] + 1) + bound @ weight.abs().T \
+                if bound.dim() else reduction_bound(magnitude, weight.shape[1] + 1)
+        a = layer(a).detach() if not isinstance(layer, nn.Flatten) else a
+    return a, bound
+
+
+@pytest.mark.parametrize("method,options", COMPILED, ids=[m for m, _ in COMPILED])
+def test_every_method_trains_a_compiled_model_without_a_graph_break_per_step(method, options):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    import acdc_bench
+    from tolerance import assert_within
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10))
+    target = 0.0 if method == "dense" else 0.9
+    sparsifier = acdc_bench.sparsify(model, method, sparsity=target, epochs=4, steps_per_epoch=3, batch_size=32,
+                                     input_shape=(1, 28, 28), **options)
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    compiled = torch.compile(model)
+    seen = []
+    for step in range(12):
+        x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(compiled(x), y).backward()
+        optimizer.step()
+        seen.append((sum(counters["graph_break"].values()), counters["stats"]["unique_graphs"]))
+    # one break, where the hooks run before the graph, at the first call; none per step, no recompiles
+    assert seen[2] == seen[-1] and seen[-1][0] <= 1, seen
+    assert all("Sparsifier._before_forward" in reason for reason in counters["graph_break"])
+    if method in ("acdc", "gmp", "rigl", "set"):  # the compiled run ends at the target, masks in force
+        assert abs(sparsifier.mask_sparsity - target) < 1e-3
+    x = torch.randn(64, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        got = compiled(x)
+        expected, bound = _forward_bound(model, x)
+    assert_within(got, expected, bound, f"{method}: compiled forward")
+
+
+@pytest.mark.slow
+def test_a_suite_with_compile_true_trains_to_its_target(tmp_path):
+    from acdc_bench.cli import main
+    from helpers import SHORT
+
+    assert main(["run", "--suite", "fashion-mnist", "--method", "acdc", "--sparsity", "0.9", "--budget", "paper",
+                 "--out", str(tmp_path), "--no-progress", "--set=compile=true",
+                 *[f"--set={o}" for o in SHORT]]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    import json
+
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["sparsity_check"]["within"] and result["steps"] == 4 * 8
+
+
+def test_a_model_compiled_before_the_hooks_were_attached_is_named_not_silent():
+    import torch._dynamo
+
+    import acdc_bench
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 30), nn.ReLU(), nn.Linear(30, 10))
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(8, 1, 28, 28)
+    compiled(x)  # compiled and run before sparsify: its code does not call hooks added later
+    sparsifier = acdc_bench.sparsify(model, "gmp", sparsity=0.5, epochs=2, steps_per_epoch=2, batch_size=8,
+                                     input_shape=(1, 28, 28))
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    compiled(x).sum().backward()
+    with pytest.warns(RuntimeWarning, match=r"compiled \(torch.compile\) before sparsify\(...\).wrap\(\)"):
+        optimizer.step()
+    torch._dynamo.reset()  # the fix the warning names: the hooks fire again
+    compiled(x).sum().backward()
+    assert sparsifier._step_started
+
+
+# --------------------------------------------------------------------------- transformers, every method
+TRANSFORMER_CASES = [("dense", 0.0, {}), ("acdc", 0.9, {"distribution": "global"}),
+                     ("acdc", 0.5, {"distribution": "uniform", "pattern": "2:4"}), ("gmp", 0.9, {"distribution": "erk"}),
+                     ("gmp", 0.9, {"distribution": "uniform"}), ("rigl", 0.9, {"distribution": "erk", "update_interval": 2}),
+                     ("set", 0.9, {"distribution": "uniform", "update_interval": 2}), ("str", 0.9, {"lam": 1e-3, "s_init": -5.0})]
+
+
+@pytest.mark.parametrize("method,sparsity,options", TRANSFORMER_CASES,
+                         ids=[f"{m}-{o.get('distribution', '')}{o.get('pattern', '')}" for m, _, o in TRANSFORMER_CASES])
+def test_every_method_and_distribution_trains_a_transformer(method, sparsity, options):
+    import acdc_bench
+
+    model = tiny_bert()
+    sparsifier = acdc_bench.sparsify(model, method, sparsity=sparsity, epochs=4, steps_per_epoch=2, batch_size=4,
+                                     **options)
+    optimizer = sparsifier.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    data = TokenData(8)
+    for step in range(8):
+        batch = {k: torch.stack([data[i][k] for i in range(4 * (step % 2), 4 * (step % 2) + 4)]) for k in data[0]}
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    assert sparsifier.training_flops > 0 and all(name.startswith("bert.encoder.layer.")
+                                                 for name in (layer.name for layer in sparsifier.layers))
+    sparsifier.finalize(warn=False)
+    if method != "str":  # STR's sparsity follows lam and s_init
+        assert sparsifier.final["within"], sparsifier.final
+
+
+# --------------------------------------------------------------------------- data parallel through the frameworks
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["hf", "lightning"])
+def test_masks_agree_on_both_ranks_of_a_framework_ddp_run(framework, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("transformers" if framework == "hf" else "lightning")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    script = Path(__file__).with_name("frameworks_ddp.py")
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                          "127.0.0.1", "--master-port", str(port), str(script), framework, str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env=dict(env, OMP_NUM_THREADS="1"))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    zero, one = (torch.load(tmp_path / f"masks-{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert zero.keys() == one.keys() and zero
+    for name in zero:
+        assert torch.equal(zero[name], one[name]), name
+    density = sum(int(m.sum()) for m in zero.values()) / sum(m.numel() for m in zero.values())
+    assert abs(density - 0.1) < 1e-3
+
+
+# --------------------------------------------------------------------------- optional dependencies
+def test_an_integration_without_its_framework_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    for module in ("acdc_bench.integrations.hf", "acdc_bench.integrations.lightning"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    with pytest.raises(ImportError, match=r"needs transformers: pip install 'acdc-bench\[hf\]'"):
+        importlib.import_module("acdc_bench.integrations.hf")
+    with pytest.raises(ImportError, match=r"needs lightning: pip install 'acdc-bench\[lightning\]'"):
+        importlib.import_module("acdc_bench.integrations.lightning")
+
+
+def test_importing_acdc_bench_needs_no_framework():
+    import subprocess
+    import sys
+
+    probe = ("import sys, acdc_bench, acdc_bench.integrations; acdc_bench.sparsify; "
+             "print(sorted(m for m in ('transformers', 'lightning', 'timm', 'accelerate') if m in sys.modules))")
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and ran.stdout.strip() == "[]", ran.stderr
