@@ -148,7 +148,8 @@ def test_dry_run_text_for_mobilenet(tmp_path, capsys):
     assert main(["reproduce", "--suite", "imagenet-mobilenetv1", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     text = capsys.readouterr().out
     assert "9 planned runs, 5 with a published reference" in text
-    assert "acdc-readme 70.41 (verified)" in text and "str-readme 62.10 (verified), reported sparsity 0.8901" in text
+    assert "acdc-readme 70.41 (verified, best epoch)" in text
+    assert "str-readme 62.10 (verified, best epoch), reported sparsity 0.8901" in text
     assert not (tmp_path / "r").exists()
     assert main(["reproduce", "--suite", "imagenet-mobilenetv1", "--json"]) == 2  # --json needs --dry-run
 

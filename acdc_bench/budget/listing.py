@@ -212,7 +212,7 @@ def dry_run(suite: dict, waves, out: Path | None, reference=None) -> dict:
 
     reference = load_reference() if reference is None else reference
     cells = {cell["cell"]: cell for cell in suite_cells(suite)}
-    rows = []
+    rows, matched, places = [], set(), set()
     for number, wave in enumerate(waves):
         for spec in wave:
             config = spec_config(suite, spec, out)
@@ -224,10 +224,13 @@ def dry_run(suite: dict, waves, out: Path | None, reference=None) -> dict:
             match = match_published(reference, dataset=config["dataset"], model=config["model"],
                                     method=config["method"], target_sparsity=float(config["sparsity"]),
                                     variant=config.get("variant", ""), distribution=distribution)
+            places.add((config["dataset"], config["model"]))
             published = None
             if match is not None:
+                matched.add(match.name)
                 published = {"source_id": str(match["source_id"]), "top1": float(match["top1"]),
-                             "status": str(match["status"]), "variant": _text(match["variant"]),
+                             "status": str(match["status"]), "selection": str(match.get("selection", "unknown")),
+                             "variant": _text(match["variant"]),
                              "distribution": _text(match["distribution"])}
                 reported = match.get("reported_sparsity")
                 if reported is not None and not (isinstance(reported, float) and math.isnan(reported)):
@@ -254,10 +257,38 @@ def dry_run(suite: dict, waves, out: Path | None, reference=None) -> dict:
     return {
         "suite": suite["suite"],
         "runs": rows,
+        "unmatched_published": _unmatched(reference, places, matched),
         "planned": len(rows),
         "with_published": sum(row["published"] is not None for row in rows),
         "estimated_training_flops_multiplier_total": sum(row["estimated_training_flops_multiplier"] for row in rows),
     }
+
+
+def _unmatched(reference, places: set, matched: set) -> list[dict]:
+    """The published rows of the suite's data sets and models that no planned run is compared with, and why."""
+    from acdc_bench.report.compare import display_name, name_key
+
+    keys = {(name_key(display_name("dataset", d)), name_key(display_name("model", m))) for d, m in places}
+
+    def point(row) -> tuple:
+        return (name_key(row["dataset"]), name_key(row["model"]), name_key(row["method"]),
+                round(float(row["target_sparsity"]), 6), _text(row["variant"]).lower().replace("1x", ""))
+
+    chosen = {point(reference.loc[index]): reference.loc[index, "source_id"] for index in matched}
+    unmatched = []
+    for index, row in reference.iterrows():
+        if index in matched or (name_key(row["dataset"]), name_key(row["model"])) not in keys:
+            continue
+        instead = chosen.get(point(row))
+        why = ("an aggregator value tied to no checkpoint: listed, never compared" if row["status"] == "aggregator"
+               else f"the planned run at this point is compared with {instead} instead" if instead
+               else "no planned run of this method, sparsity and variant"
+               if not (isinstance(row["target_sparsity"], float) and math.isnan(row["target_sparsity"]))
+               else "the source gives no sparsity")
+        unmatched.append({"source_id": row["source_id"], "method": row["method"], "variant": _text(row["variant"]),
+                          "distribution": _text(row["distribution"]), "target_sparsity": row["target_sparsity"],
+                          "top1": float(row["top1"]), "selection": row.get("selection", "unknown"), "why": why})
+    return unmatched
 
 
 def format_dry_run(report: dict) -> str:
@@ -269,7 +300,7 @@ def format_dry_run(report: dict) -> str:
         published = row["published"]
         text = "-"
         if published:
-            text = f"{published['source_id']} {published['top1']:.2f} ({published['status']})"
+            text = f"{published['source_id']} {published['top1']:.2f} ({published['status']}, {published['selection']} epoch)"
             if published.get("reported_sparsity") and abs(published["reported_sparsity"] - row["sparsity"]) > 1e-6:
                 text += f", reported sparsity {published['reported_sparsity']:g}"
         lines.append([row["cell"], row["method"], row["variant"] or "-", row["distribution"] or "-",
@@ -281,4 +312,9 @@ def format_dry_run(report: dict) -> str:
     title = (f"suite {report['suite']}: {report['planned']} planned runs, {report['with_published']} with a "
              f"published reference; estimated training FLOPs {report['estimated_training_flops_multiplier_total']:.2f}x "
              f"one dense run in all (--dry-run: nothing trained, no run folder written)")
-    return "\n".join([title, *table])
+    unmatched = [f"  {u['source_id']} {u['method']} {u['variant'] or '-'} {u['distribution'] or '-'} "
+                 f"{u['target_sparsity']:g}: top-1 {u['top1']:.2f} ({u['selection']} epoch): {u['why']}"
+                 for u in report.get("unmatched_published", [])]
+    if unmatched:
+        unmatched.insert(0, f"published rows no planned run is compared with ({len(unmatched)}):")
+    return "\n".join([title, *table, *unmatched])

@@ -51,10 +51,12 @@ STATUS_PREFERENCE = {"verified": 0, "reported": 1, "unverified": 2}
 #: :func:`acdc_bench.config.cell_id`) of one method, variant and target.
 GROUP_COLUMNS = ["suite", "dataset", "model", "method", "variant", "target_sparsity", "cell"]
 COMPARE_COLUMNS = GROUP_COLUMNS + ["differs", "train_subset", "numerics", "overrides", "budget_flag",
-    "top1_mean", "top1_std", "seeds", "top1_ci_low", "top1_ci_high", "ci_kind",
+    "top1_mean", "top1_std", "seeds", "top1_ci_low", "top1_ci_high", "ci_kind", "top1_best_mean",
+    "top1_best_std", "top1_best_ci_low", "top1_best_ci_high", "best_epochs",
     "actual_sparsity", "training_flops_multiplier", "inference_flops_multiplier", "top1_dense_mean",
     "delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high", "verdict_vs_acdc", "verdict_basis",
-    "paired_seeds", "published_top1", "published_source", "published_status", "delta_vs_published",
+    "paired_seeds", "published_top1", "published_source", "published_status", "published_selection",
+    "published_runs", "delta_basis", "delta_vs_published",
     "published_inside_ci", "published_variant", "published_distribution", "published_citation",
     "distribution", "epochs", "run_ids", "calibration",
 ]
@@ -99,10 +101,12 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     word (``2:4``) must be the row's; a distribution word (``global``,
     ``uniform``, ``erk``) restricts the rows to that distribution. Among them:
     status verified > reported > unverified, then the same layer distribution
-    (main word, then exact text), then file order.
+    (main word, then exact text), then file order. An ``aggregator`` row (Papers with Code) is
+    never matched.
     """
     if reference is None or reference.empty or target_sparsity is None or math.isnan(target_sparsity):
         return None
+    reference = reference[reference["status"] != "aggregator"]  # listed, never compared with
     distribution_words = ("global", "uniform", "erk")
 
     def parts(tag) -> tuple[str, tuple[str, ...], str]:
@@ -383,6 +387,7 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
             "top1_ci_low": interval.low,
             "top1_ci_high": interval.high,
             "ci_kind": interval.kind,
+            **_best(group),
             "actual_sparsity": group["actual_sparsity"].mean(),
             "training_flops_multiplier": group["training_flops_multiplier"].mean(),
             "inference_flops_multiplier": group["inference_flops_multiplier"].mean(),
@@ -409,14 +414,17 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     for column in ("delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high"):
         table[column] = table[column].astype("float64")
 
-    published = {"published_top1": [], "published_source": [], "published_status": [],
-                 "published_variant": [], "published_distribution": [], "published_citation": []}
+    published = {"published_top1": [], "published_source": [], "published_status": [], "published_selection": [],
+                 "published_runs": [], "published_variant": [], "published_distribution": [],
+                 "published_citation": []}
     for _, row in table.iterrows():
         match = match_published(reference, dataset=row["dataset"], model=row["model"], method=row["method"],
                                 target_sparsity=row["target_sparsity"], variant=row["variant"],
                                 distribution=row["distribution"])
         published["published_top1"].append(match["top1"] if match is not None else math.nan)
+        published["published_runs"].append(float(match.get("runs", math.nan)) if match is not None else math.nan)
         for column, reference_column in (("published_source", "source_id"), ("published_status", "status"),
+                                         ("published_selection", "selection"),
                                          ("published_variant", "variant"),
                                          ("published_distribution", "distribution"),
                                          ("published_citation", "source")):
@@ -424,12 +432,34 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     for column, values in published.items():
         table[column] = values
     table["published_top1"] = table["published_top1"].astype(float)
-    table["delta_vs_published"] = table["top1_mean"] - table["published_top1"]
+    table["published_runs"] = table["published_runs"].astype(float)
+    # A published best-epoch number is set beside our best-epoch statistic, any other beside our final one
+    best = table["published_selection"] == "best"
+    table["delta_basis"] = ["" if pd.isna(p) else ("best" if b else "final")
+                            for p, b in zip(table["published_top1"], best)]
+    ours = table["top1_best_mean"].where(best, table["top1_mean"])
+    table["delta_vs_published"] = ours - table["published_top1"]
+    # against the interval of the same selection (a best-epoch interval: t over seeds, 2 seeds or more)
+    lows = table["top1_best_ci_low"].where(best, table["top1_ci_low"])
+    highs = table["top1_best_ci_high"].where(best, table["top1_ci_high"])
     inside = [pd.NA if math.isnan(published) or math.isnan(low) or math.isnan(high) else low <= published <= high
-              for published, low, high in zip(table["published_top1"], table["top1_ci_low"], table["top1_ci_high"])]
+              for published, low, high in zip(table["published_top1"], lows, highs)]
     table["published_inside_ci"] = pd.array(inside, dtype="boolean")
     table = table.sort_values(["suite", "dataset", "model", "target_sparsity", "method", "variant"])
     return table[COMPARE_COLUMNS].reset_index(drop=True)
+
+
+def _best(group: pd.DataFrame) -> dict:
+    """The cell's best-epoch top-1 (mean and std over seeds) and each seed's best epoch (1-based)."""
+    best = pd.to_numeric(group.get("top1_best", pd.Series(math.nan, index=group.index)), errors="coerce")
+    epochs = pd.to_numeric(group.get("best_epoch", pd.Series(math.nan, index=group.index)), errors="coerce")
+    known = bool(best.notna().all())
+    interval = stats.mean_interval(best.tolist()) if known and len(best) >= 2 else None
+    return {"top1_best_mean": best.mean() if known else math.nan,
+            "top1_best_std": best.std(ddof=1) if known and len(best) > 1 else math.nan,
+            "top1_best_ci_low": interval.low if interval else math.nan,
+            "top1_best_ci_high": interval.high if interval else math.nan,
+            "best_epochs": " ".join(str(int(e) + 1) for e in epochs) if known else ""}
 
 
 def _number(value: float, digits: int = 2, *, signed: bool = False) -> str:
@@ -452,24 +482,32 @@ def _label(row) -> str:
 
 def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of one sparsity block."""
-    header = ["method", "variant", "top-1 %", "95% CI", "seeds", "sparsity", "train FLOPs x", "infer FLOPs x",
-              "d vs AC/DC", "d 95% CI", "verdict", "published top-1", "d vs published", "published in CI"]
+    header = ["method", "variant", "top-1 %", "95% CI", "best-epoch top-1", "seeds", "sparsity", "train FLOPs x",
+              "infer FLOPs x", "d vs AC/DC", "d 95% CI", "verdict", "published top-1", "d vs published",
+              "published in CI"]
     cells = []
     for _, row in block.iterrows():
         top1 = _number(row["top1_mean"])
         if not math.isnan(row["top1_std"]):
             top1 += f" ± {row['top1_std']:.2f}"
+        best = _number(row["top1_best_mean"])
+        if not math.isnan(row["top1_best_std"]):
+            best += f" ± {row['top1_best_std']:.2f}"
         published = "-"
         if not math.isnan(row["published_top1"]):
-            published = f"{row['published_top1']:.2f} ({row['published_source']}, {row['published_status']})"
+            published = (f"{row['published_top1']:.2f} ({row['published_source']}, {row['published_status']}, "
+                         f"{row['published_selection']} epoch)")
         inside = row["published_inside_ci"]
         method = display_name("method", row["method"]) + (" *" if row.get("differs") or row.get("budget_flag") else "")
+        delta = _number(row["delta_vs_published"], signed=True)
+        if row["delta_basis"]:
+            delta += f" ({row['delta_basis']})"
         cells.append([method, row["variant"] or "-", top1,
-                      _interval_text(row["top1_ci_low"], row["top1_ci_high"]), str(int(row["seeds"])),
+                      _interval_text(row["top1_ci_low"], row["top1_ci_high"]), best, str(int(row["seeds"])),
                       _number(row["actual_sparsity"], 4), _number(row["training_flops_multiplier"], 3),
                       _number(row["inference_flops_multiplier"], 3), _number(row["delta_vs_acdc"], signed=True),
                       _interval_text(row["delta_vs_acdc_ci_low"], row["delta_vs_acdc_ci_high"], signed=True),
-                      row["verdict_vs_acdc"], published, _number(row["delta_vs_published"], signed=True),
+                      row["verdict_vs_acdc"], published, delta,
                       "-" if pd.isna(inside) else ("inside" if inside else "outside")])
     return header, cells
 
@@ -483,6 +521,12 @@ def _interval_notes(block: pd.DataFrame) -> list[str]:
             note += f"; vs AC/DC {row['verdict_vs_acdc']}: {row['verdict_basis']}"
         if row.get("budget_flag"):
             note += f"; NOT a matched comparison: {row['budget_flag']}"
+        if row.get("published_selection") == "best":
+            note += (f"; {row['published_source']} is a best-epoch number, set beside our best-epoch top-1"
+                     + (" (selected on ImageNet's validation set, which is also its test set: optimistic)"
+                        if "imagenet" in str(row["dataset"]).lower() else ""))
+        elif row.get("published_selection") == "unknown" and row.get("published_source"):
+            note += f"; {row['published_source']} does not say which epoch: set beside our final top-1"
         notes.append(note)
     return notes
 
@@ -521,8 +565,11 @@ def format_compare_markdown(table: pd.DataFrame) -> str:
     parts = ["# Comparison with AC/DC and published results", ""]
     if table.empty:
         return "\n".join(parts + ["No finished runs to compare.", ""])
-    parts.append("top-1 is mean ± sample std over seeds (percent); d = difference in top-1 points; "
-                 "FLOPs x = multiple of the dense run's FLOPs.")
+    parts.append("top-1 is the final epoch's, mean ± sample std over seeds (percent); best-epoch top-1 is each "
+                 "run's best test top-1 over the epochs at its final sparsity (AC/DC's dense epochs and GMP's ramp "
+                 "excluded), as published best-epoch checkpoints are selected; d = difference in top-1 points, "
+                 "against a published number taken on the same selection (`(best)` or `(final)`); FLOPs x = "
+                 "multiple of the dense run's FLOPs.")
     parts += ["", "95% CI of top-1: t-interval over seeds; with one seed, the test-set binomial (Wilson) "
               "interval, which covers test-set sampling only. d vs AC/DC is paired by seed (the seeds both "
               "cells have) with the t-interval of the per-seed differences; verdict `better` / `worse` when "

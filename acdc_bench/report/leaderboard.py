@@ -26,6 +26,11 @@ value_ci_low               float    lower end of the 95% interval of ``value`` (
                                     binomial (Wilson) interval from ``predictions.npz``
 value_ci_high              float    upper end of that interval; both ends are given or neither,
                                     and ``value_ci_low <= value <= value_ci_high``
+value_best                 float    ours: the mean best-epoch top-1 (each run's best epoch at its final
+                                    sparsity); NaN for published rows, whose ``selection`` says
+                                    which epoch ``value`` is
+selection                  str      which epoch ``value`` is: ``final`` (ours), or the published
+                                    row's ``best``, ``final`` or ``unknown``
 sparsity                   float    achieved sparsity (fraction of zero prunable weights), in
                                     [0, 1): our mean actual sparsity; the published reported
                                     sparsity, else its target
@@ -35,7 +40,7 @@ epochs                     Int64    training epochs; <NA> if unknown
 seeds                      Int64    runs averaged (ours); <NA> if not published
 source                     str      ``acdc_bench`` for our runs, else the citation; non-empty
 source_status              str      ``measured`` (ours) or the reference status: ``verified``,
-                                    ``reported``, ``unverified``
+                                    ``reported``, ``unverified``, ``aggregator``
 run_ids                    str      our run ids joined by ';' ('' for published rows)
 train_subset               Int64    training examples our runs used (<NA>: the whole training set)
 overrides                  str      the ``--set`` overrides our runs were trained with ('' for none)
@@ -69,18 +74,18 @@ TASK = "Sparse training / Image classification"
 METRIC = "Top-1 accuracy (%)"
 OUR_SOURCE = "acdc_bench"
 OUR_SOURCE_STATUS = "measured"
-SOURCE_STATUSES = (OUR_SOURCE_STATUS, "verified", "reported", "unverified")
+SOURCE_STATUSES = (OUR_SOURCE_STATUS, "verified", "reported", "unverified", "aggregator")
 
 LEADERBOARD_COLUMNS = [
     "task", "dataset", "model", "method", "variant", "distribution", "metric", "value", "value_std",
-    "value_ci_low", "value_ci_high", "sparsity",
+    "value_ci_low", "value_ci_high", "value_best", "selection", "sparsity",
     "training_flops_multiplier", "inference_flops_multiplier", "epochs", "seeds", "source",
     "source_status", "run_ids", "train_subset", "overrides", "note",
 ]
-STRING_COLUMNS = ["task", "dataset", "model", "method", "variant", "distribution", "metric",
+STRING_COLUMNS = ["task", "dataset", "model", "method", "variant", "distribution", "metric", "selection",
                   "source", "source_status", "run_ids", "overrides", "note"]
 INTERVAL_COLUMNS = ["value_std", "value_ci_low", "value_ci_high"]
-FLOAT_COLUMNS = ["value", *INTERVAL_COLUMNS, "sparsity", "training_flops_multiplier", "inference_flops_multiplier"]
+FLOAT_COLUMNS = ["value", *INTERVAL_COLUMNS, "value_best", "sparsity", "training_flops_multiplier", "inference_flops_multiplier"]
 INTEGER_COLUMNS = ["epochs", "seeds", "train_subset"]
 NON_EMPTY_COLUMNS = ["task", "dataset", "model", "method", "metric", "source", "source_status"]
 
@@ -114,6 +119,7 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
         "method": display_name("method", row.method), "variant": row.variant, "distribution": row.distribution,
         "metric": METRIC, "value": row.top1_mean, "value_std": row.top1_std,
         "value_ci_low": row.top1_ci_low, "value_ci_high": row.top1_ci_high,
+        "value_best": row.top1_best_mean, "selection": "final",
         "sparsity": row.actual_sparsity if not math.isnan(row.actual_sparsity) else row.target_sparsity,
         "training_flops_multiplier": row.training_flops_multiplier,
         "inference_flops_multiplier": row.inference_flops_multiplier,
@@ -139,7 +145,7 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
                 "task": TASK, "dataset": row.dataset, "model": row.model, "method": row.method,
                 "variant": row.variant, "distribution": row.distribution, "metric": METRIC,
                 "value": row.top1, "value_std": row.top1_std, "value_ci_low": math.nan,
-                "value_ci_high": math.nan, "sparsity": sparsity, "training_flops_multiplier": row.train_flops_mult,
+                "value_ci_high": math.nan, "value_best": math.nan, "selection": row.selection, "sparsity": sparsity, "training_flops_multiplier": row.train_flops_mult,
                 "inference_flops_multiplier": row.inference_flops_mult, "epochs": row.epochs, "seeds": math.nan,
                 "source": row.source, "source_status": row.status, "run_ids": "",
             })
@@ -218,9 +224,11 @@ def read_leaderboard(path_csv: str | os.PathLike) -> pd.DataFrame:
     """Read an exported leaderboard CSV back with the schema's dtypes and validate it."""
     frame = pd.read_csv(path_csv, dtype={column: str for column in STRING_COLUMNS}, keep_default_na=False,
                         na_values={column: [""] for column in FLOAT_COLUMNS + INTEGER_COLUMNS})
-    for column in INTERVAL_COLUMNS:  # CSVs written before the intervals existed
+    for column in (*INTERVAL_COLUMNS, "value_best"):  # CSVs written before these columns existed
         if column not in frame.columns:
             frame[column] = math.nan
+    if "selection" not in frame.columns:
+        frame["selection"] = ""
     missing = [column for column in LEADERBOARD_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"{path_csv}: leaderboard columns missing {missing}")
@@ -238,7 +246,7 @@ def format_leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard") ->
     def cell(value, column: str) -> str:
         if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
             return "-"
-        if column in ("value_std",):
+        if column in ("value_std", "value_best"):
             return f"{value:.2f}"
         if column == "sparsity":
             return f"{value:.4f}"
@@ -257,7 +265,9 @@ def format_leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard") ->
     lines = [f"# {title}", "", f"Task: {TASK}. Metric: {METRIC}.", "",
              "value: mean over seeds ± half-width of its 95% interval (t over seeds; with one seed the "
              "test-set binomial interval, which covers test-set sampling only); the interval's ends are "
-             "`value_ci_low` and `value_ci_high` in the CSV. value_std: sample std over seeds.", "",
+             "`value_ci_low` and `value_ci_high` in the CSV. value_std: sample std over seeds. value is the "
+             "final epoch's top-1 for our rows; value_best the mean of each run's best epoch at its final "
+             "sparsity; selection: which epoch a published value is (best, final, unknown).", "",
              "| " + " | ".join(shown) + " |", "| " + " | ".join("---" for _ in shown) + " |"]
     lines += ["| " + " | ".join(value_cell(row) if column == "value" else cell(row[column], column)
                                 for column in shown) + " |" for _, row in df.iterrows()]

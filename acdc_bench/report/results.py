@@ -43,7 +43,7 @@ CHECKPOINT_FILE = folder.CHECKPOINT
 #: Columns of :func:`load_runs`, in order; flattened extras follow before the status columns.
 RUN_COLUMNS = [
     "run_id", "suite", "dataset", "model", "method", "variant", "distribution",
-    "target_sparsity", "actual_sparsity", "top1", "top1_dense", "seed", "epochs",
+    "target_sparsity", "actual_sparsity", "top1", "top1_best", "best_epoch", "top1_dense", "seed", "epochs",
     "training_flops", "dense_training_flops", "training_flops_multiplier",
     "inference_flops", "dense_inference_flops", "inference_flops_multiplier",
     "budget_mode", "budget_reference_training_flops", "budget_achieved_ratio",
@@ -51,7 +51,7 @@ RUN_COLUMNS = [
 ]
 STATUS_COLUMNS = ["epochs_completed", "resumable", "run_dir", "status", "error"]
 NUMERIC_RUN_COLUMNS = [
-    "target_sparsity", "actual_sparsity", "top1", "top1_dense", "seed", "epochs",
+    "target_sparsity", "actual_sparsity", "top1", "top1_best", "best_epoch", "top1_dense", "seed", "epochs",
     "training_flops", "dense_training_flops", "training_flops_multiplier",
     "inference_flops", "dense_inference_flops", "inference_flops_multiplier",
     "budget_reference_training_flops", "budget_achieved_ratio", "wall_time_s",
@@ -69,7 +69,13 @@ REFERENCE_NUMERIC_COLUMNS = [
     "target_sparsity", "reported_sparsity", "top1", "top1_std", "train_flops_mult",
     "inference_flops_mult", "epochs",
 ]
-REFERENCE_STATUSES = ("verified", "reported", "unverified")
+#: ``aggregator``: a value from an aggregator site (Papers with Code) tied to no checkpoint or table;
+#: listed, never the row a cell is compared with.
+REFERENCE_STATUSES = ("verified", "reported", "unverified", "aggregator")
+#: How a published number was selected: the ``best`` epoch's checkpoint (on the validation set; for
+#: ImageNet that is the test set), the ``final`` epoch's, or ``unknown``. Optional columns, with
+#: ``runs`` (how many runs the number summarises; empty: not said).
+REFERENCE_SELECTIONS = ("best", "final", "unknown")
 #: The published numbers ship inside the package (``leaderboards/reference/`` installed as
 #: ``acdc_bench.reference``), so they are found after a non-editable install too.
 DEFAULT_REFERENCE_PATH = Path(str(resources.files("acdc_bench.reference").joinpath("published.csv")))
@@ -172,6 +178,12 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
         if isinstance(result, dict):  # a corrupt result keeps what it has, never counts as finished
             row.update(_flatten(result))
         if not problems:
+            if "top1_best" not in result:  # written before runs recorded it: read it from metrics.csv
+                check = result.get("sparsity_check") or {}
+                metrics = load_metrics(run_dir)
+                row["top1_best"], row["best_epoch"] = folder.best_epoch(
+                    metrics.to_dict("records"), float(check.get("reached", result["actual_sparsity"])),
+                    float(check.get("tolerance", 1e-3)))
             row.update(run_dir=str(run_dir), resumable=resumable, status="finished", error="",
                        epochs_completed=float(result["epochs"]))
             return row
@@ -360,6 +372,16 @@ def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
             line = int(bad.to_numpy().nonzero()[0][0]) + 2
             raise ValueError(f"{path}:{line}: {column} {values[bad].iloc[0]!r} is not a number")
         reference[column] = numbers
+    if "selection" not in reference:
+        reference["selection"] = "unknown"
+    reference["selection"] = reference["selection"].replace("", "unknown")
+    bad_selection = ~reference["selection"].isin(REFERENCE_SELECTIONS)
+    if bad_selection.any():
+        line = int(bad_selection.to_numpy().nonzero()[0][0]) + 2
+        raise ValueError(f"{path}:{line}: selection {reference['selection'][bad_selection].iloc[0]!r} "
+                         f"not in {REFERENCE_SELECTIONS}")
+    reference["runs"] = pd.to_numeric(reference.get("runs", pd.Series("", index=reference.index)).replace("", math.nan),
+                                      errors="coerce").astype("float64")
     bad_status = ~reference["status"].isin(REFERENCE_STATUSES)
     if bad_status.any():
         line = int(bad_status.to_numpy().nonzero()[0][0]) + 2

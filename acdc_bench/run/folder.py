@@ -73,7 +73,7 @@ RESULT_REQUIRED_KEYS = (
 RESULT_NUMBER_KEYS = ("target_sparsity", "actual_sparsity", "top1", "epochs", "seed")
 #: Result keys that must hold a number or null.
 RESULT_OPTIONAL_NUMBER_KEYS = (
-    "top1_dense", "training_flops", "dense_training_flops", "training_flops_multiplier",
+    "top1_best", "best_epoch", "top1_dense", "training_flops", "dense_training_flops", "training_flops_multiplier",
     "inference_flops", "dense_inference_flops", "inference_flops_multiplier", "wall_time_s",
 )
 #: Result keys that hold a mapping.
@@ -87,6 +87,23 @@ class CorruptResult(ValueError):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def best_epoch(rows: list[dict], reached: float, tolerance: float) -> tuple[float | None, int | None]:
+    """``(top1_best, best_epoch)``: the best test top-1 over the epochs whose model held the run's final
+    sparsity (``mask_sparsity`` within ``tolerance`` of ``reached``), and that epoch (0-based, as in
+    ``metrics.csv``). The published AC/DC and STR numbers are such best-epoch checkpoints (their
+    managers keep the best validation accuracy, and ImageNet's validation set is its test set);
+    ``top1`` is the final epoch's. A dense epoch of AC/DC, or GMP's ramp, is not the sparse model and
+    never counts. ``(None, None)`` when no epoch qualifies."""
+    best = None
+    for row in rows:
+        top1, sparsity = float(row["top1"]), float(row.get("mask_sparsity", row.get("sparsity", "nan")))
+        if not abs(sparsity - reached) <= tolerance + 1e-12:
+            continue
+        if best is None or top1 > best[0]:
+            best = (top1, int(float(row["epoch"])))
+    return best if best is not None else (None, None)
 
 
 def validate_result(result: Any) -> list[str]:

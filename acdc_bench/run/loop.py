@@ -462,6 +462,8 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
             abs(budget["achieved_ratio"] - 1.0) <= calibration["flops_tolerance"]
             and abs(actual_sparsity - float(config["sparsity"])) <= calibration["sparsity_tolerance"]))
     pair = run.state.get("dense_pair")
+    final = run.sparsifier.final
+    top1_best, best = folder.best_epoch(run.state["rows"], final["reached"], final["tolerance"])
     return {
         "schema_version": folder.RESULT_SCHEMA_VERSION,
         "run_id": config["run_id"],
@@ -475,6 +477,8 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
         "actual_sparsity": actual_sparsity,
         "layer_densities": densities,
         "top1": top1,
+        "top1_best": top1_best,
+        "best_epoch": best,
         "top1_dense": pair["top1"] if pair else None,
         "dense_pair_epoch": pair["epoch"] if pair else None,
         "training_flops": meter.total,
