@@ -32,8 +32,8 @@ def test_every_group_keeps_at_most_n_and_exactly_n_where_it_can(n, m, shape):
     assert mask.shape == weight.shape and mask.dtype == torch.bool
     counts = nm_group_nonzeros(mask, m)
     assert int(counts.max()) <= n
-    width = shape[1]
-    sizes = [min(m, width - start) for start in range(0, width, m)] * (weight.numel() // width)
+    total = weight.numel()
+    sizes = [min(m, total - start) for start in range(0, total, m)]
     assert counts.tolist() == [min(n, size) for size in sizes]  # a full group keeps exactly n
     assert float(mask.float().mean()) == pytest.approx(nm_density(shape, n, m))
 
@@ -49,6 +49,24 @@ def test_conv_groups_run_over_input_channels_at_each_position():
         assert {c for c in range(4) if mask[o, i0 + c, y, x]} == kept
     # a channels_last weight gives the same mask (logical order)
     assert torch.equal(nm_mask(weight.contiguous(memory_format=torch.channels_last), 2, 4), mask)
+
+
+def test_a_first_conv_groups_across_kernel_positions_as_the_official_pruner():
+    """conv1 of 3 input channels: MagnitudeNMPruner cuts the (out, kh, kw, in) tensor into runs of 4
+    consecutive weights, so a group spans two kernel positions and 2:4 keeps exactly half."""
+    weight = torch.zeros(1, 3, 1, 4)  # out 1, in 3, kh 1, kw 4: (kh, kw, in) order = 12 weights, 3 groups
+    # magnitudes in (kw, in) order: position 0 (in 0..2), position 1 (in 0..2), ...
+    by_position = [[9.0, 1.0, 2.0], [8.0, 7.0, 0.5], [0.1, 0.2, 6.0], [5.0, 0.3, 4.0]]
+    for x, channels in enumerate(by_position):
+        weight[0, :, 0, x] = torch.tensor(channels)
+    mask = nm_mask(weight, 2, 4)
+    # groups of 4 in (kw, in) order: [9, 1, 2 | 8] keeps 9 and 8; [7, 0.5 | 0.1, 0.2] keeps 7 and 0.5;
+    # [6 | 5, 0.3, 4] keeps 6 and 5; as (in channel, kernel position):
+    kept = {(c, x) for c in range(3) for x in range(4) if mask[0, c, 0, x]}
+    assert kept == {(0, 0), (0, 1), (1, 1), (2, 1), (2, 2), (0, 3)}
+    assert float(mask.float().mean()) == 0.5 == nm_density(weight.shape, 2, 4)
+    conv1 = torch.randn(64, 3, 7, 7)  # ResNet50's conv1: 9,408 weights, density exactly 0.5
+    assert float(nm_mask(conv1, 2, 4).float().mean()) == 0.5
 
 
 def test_pattern_parsing_and_schedule_keep():
@@ -131,17 +149,18 @@ def test_gmp_with_a_pattern_ramps_through_3_4_to_2_4():
     assert sparsifier.sparsity == pytest.approx(0.5)
 
 
-def test_a_short_group_keeps_n_and_planning_counts_it():
-    """An input dimension that is not a multiple of M (ResNet50's conv1 has 3 input channels)."""
+def test_an_input_dimension_not_a_multiple_of_m_still_keeps_n_of_every_m():
+    """3 input channels (ResNet50's conv1): the groups run on across kernel positions, so the conv
+    ends at density 0.5 as under the official pruner, and planning counts the same."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
     sparsifier = acdc_bench.sparsify(model, "acdc", sparsity=0.5, epochs=4, steps_per_epoch=1, batch_size=1,
                                      input_shape=(3, 6, 6), **ACDC_4)
     sparsifier.method.on_epoch_start(1)
     first, last = sparsifier.layers
-    assert nm_group_nonzeros(first.weight, 4).tolist() == [2] * (first.numel // 3)  # 2 of every 3
-    assert sparsifier.method.distribution_densities(0.5) == pytest.approx([2 / 3, 0.5])
-    assert sparsifier.method.masks.densities() == pytest.approx([2 / 3, 0.5])
+    assert nm_group_nonzeros(first.weight, 4).tolist() == [2] * (first.numel // 4)  # 216 weights: 54 groups
+    assert sparsifier.method.distribution_densities(0.5) == pytest.approx([0.5, 0.5])
+    assert sparsifier.method.masks.densities() == pytest.approx([0.5, 0.5])
 
 
 def test_a_target_that_is_not_the_patterns_sparsity_is_a_clear_error():

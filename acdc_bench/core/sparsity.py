@@ -512,42 +512,48 @@ def nm_keep(sparsity: float, n: int, m: int) -> int:
     return max(n, m - math.floor(sparsity * m + 1e-9))
 
 
-def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Boolean mask keeping the ``n`` largest magnitudes of every group of ``m`` consecutive input weights.
+def _nm_order(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` flattened in the order N:M groups are formed: a weight ``[out, in, *kernel]`` as
+    ``[out, *kernel, in]`` (the input dimension last), then row-major. This is IST-DASLab/ACDC's
+    ``MagnitudeNMPruner``: a conv weight permuted to ``(out, kh, kw, in)`` and cut into runs of M
+    consecutive entries of the whole tensor. Where ``in`` is a multiple of M every group lies
+    inside one ``(out, kh, kw)``; where it is not (a first conv's 3 input channels) the groups run on
+    across kernel positions, so that the pattern still keeps exactly N of every M weights."""
+    return tensor.movedim(1, -1).reshape(-1)
 
-    Groups run along dim 1, the input dimension: a linear weight ``[out, in]`` in each row, a
-    conv weight ``[out, in, kh, kw]`` over ``in`` at each ``(out, kh, kw)`` (the grouping of
-    IST-DASLab/ACDC's ``MagnitudeNMPruner``). Ties keep the lower input index. When ``in`` is
-    not a multiple of ``m`` the last group of each row is shorter; it too keeps at most ``n``
-    (all of it when it holds ``n`` or fewer).
-    """
+
+def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` largest magnitudes of every group of ``m`` consecutive weights
+    in :func:`_nm_order` (input dimension last). Ties keep the lower index. When the weight's size is
+    not a multiple of ``m`` the last group is shorter; it too keeps at most ``n`` (all of it when it
+    holds ``n`` or fewer)."""
     if weight.dim() < 2:
         raise ValueError(f"an N:M mask needs a weight with an input dimension (2-D or more), got shape {tuple(weight.shape)}")
-    scores = weight.detach().abs().float().movedim(1, -1)  # [out, *kernel, in]
-    width = scores.shape[-1]
-    pad = (-width) % m
+    moved = weight.detach().abs().float().movedim(1, -1)  # [out, *kernel, in]
+    scores = moved.reshape(-1)
+    pad = (-scores.numel()) % m
     if pad:  # padding sorts below every real magnitude: never kept ahead of a real weight
         scores = torch.nn.functional.pad(scores, (0, pad), value=-1.0)
     groups = scores.reshape(-1, m)
     order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
     keep = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device).scatter_(1, order, True)
-    return keep.reshape(scores.shape)[..., :width].movedim(-1, 1).contiguous()
+    return keep.reshape(-1)[:moved.numel()].reshape(moved.shape).movedim(-1, 1).contiguous()
 
 
 def nm_group_nonzeros(tensor: torch.Tensor, m: int) -> torch.Tensor:
-    """Non-zeros of every group of ``m`` consecutive input entries (dim 1; the last group of a row may be shorter)."""
-    moved = (tensor.detach() != 0).movedim(1, -1).to(torch.int32)
-    pad = (-moved.shape[-1]) % m
+    """Non-zeros of every group of ``m`` consecutive entries in :func:`_nm_order` (the last group may be shorter)."""
+    flat = _nm_order(tensor.detach() != 0).to(torch.int32)
+    pad = (-flat.numel()) % m
     if pad:
-        moved = torch.nn.functional.pad(moved, (0, pad))
-    return moved.reshape(-1, m).sum(dim=1)
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    return flat.reshape(-1, m).sum(dim=1)
 
 
 def nm_density(shape: Sequence[int], keep: int, m: int) -> float:
-    """Density of an N:M mask keeping ``keep`` of every ``m`` input weights of a weight of ``shape``."""
-    width = int(shape[1])
-    full, rest = divmod(width, m)
-    return (full * keep + min(rest, keep)) / width
+    """Density of an N:M mask keeping ``keep`` of every ``m`` weights of a weight of ``shape``."""
+    total = math.prod(int(size) for size in shape)
+    full, rest = divmod(total, m)
+    return (full * keep + min(rest, keep)) / total
 
 
 def nm_masks(layers: Sequence[PrunableLayer], pattern: str, sparsity: float, target_sparsity: float,
