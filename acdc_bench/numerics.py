@@ -42,6 +42,8 @@ PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_C
 #: wrong numbers (measured: a LeNet-300-100 gradient 12.1 where eager gives 0.025). Portable
 #: processes keep a cache of their own, unless the user named one.
 INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
+#: Its folder in the temporary directory, per user (a Slurm job script fills ``{user}`` with ``${USER}``).
+INDUCTOR_CACHE_NAME = "torchinductor_{user}_aten-avx2"
 
 
 def pinned_environment(environ=None) -> dict:
@@ -53,7 +55,7 @@ def pinned_environment(environ=None) -> dict:
     environ = os.environ if environ is None else environ
     pinned = dict(PORTABLE_ENV)
     if not environ.get(INDUCTOR_CACHE):
-        pinned[INDUCTOR_CACHE] = str(Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}_aten-avx2")
+        pinned[INDUCTOR_CACHE] = str(Path(tempfile.gettempdir()) / INDUCTOR_CACHE_NAME.format(user=getpass.getuser()))
     return pinned
 
 

@@ -67,12 +67,17 @@ def test_compare_keeps_unlike_runs_apart_counts_a_seed_once_and_lists_what_it_sk
     assert "*" in printed.out  # rows that differ from a sibling are marked in the table
 
 
+def _trained_result(runs, method: str, sparsity: str):
+    """Train one short run into ``runs``; returns its result.json path and contents, to be edited."""
+    assert _run(runs, "--method", method, "--sparsity", sparsity) == 0
+    result = _folder(runs, method) / "result.json"
+    return result, json.loads(result.read_text())
+
+
 @needs_fashion
 def test_a_corrupt_result_stops_run_naming_the_file(tmp_path, capsys, one_thread):
     runs = tmp_path / "runs"
-    assert _run(runs, "--method", "dense", "--sparsity", "0") == 0
-    result = _folder(runs, "dense") / "result.json"
-    data = json.loads(result.read_text())
+    result, data = _trained_result(runs, "dense", "0")
     result.write_text(json.dumps(dict(data, top1="oops")))
     capsys.readouterr()
     assert _run(runs, "--method", "dense", "--sparsity", "0") == 2
@@ -84,9 +89,7 @@ def test_a_corrupt_result_stops_run_naming_the_file(tmp_path, capsys, one_thread
 @needs_fashion
 def test_a_run_off_its_budget_is_flagged_in_every_table(tmp_path, capsys, one_thread):
     runs = tmp_path / "runs"
-    assert _run(runs, "--method", "gmp", "--sparsity", "0.9") == 0
-    result = _folder(runs, "gmp") / "result.json"
-    data = json.loads(result.read_text())
+    result, data = _trained_result(runs, "gmp", "0.9")
     data["budget"].update(mode="matched", achieved_ratio=1.177)
     result.write_text(json.dumps(data))
     boards = tmp_path / "boards"

@@ -27,6 +27,20 @@ def require(module: str, extra: str, integration: str):
 STATE_FILE = "acdc_bench_sparsifier.pt"
 
 
+def steps_per_epoch(batches: int, accumulation: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` batches with ``accumulation`` batches a step (a
+    shorter last step counts), as the Trainer and Lightning count them."""
+    return max(batches // accumulation + int(batches % accumulation > 0), 1)
+
+
+def logged_metrics(sparsifier) -> dict:
+    """What the callbacks log: ``sparsity``, ``mask_sparsity``, ``sparsity_phase`` (1 sparse, 0
+    dense) and ``training_flops``."""
+    return {"sparsity": sparsifier.sparsity, "mask_sparsity": sparsifier.mask_sparsity,
+            "sparsity_phase": 1.0 if sparsifier.phase == "sparse" else 0.0,
+            "training_flops": float(sparsifier.training_flops)}
+
+
 def attach_resumed(model, attach, state: dict | None):
     """``attach()`` (a :func:`acdc_bench.sparsify` call) on a model a framework has already restored
     from a checkpoint, then the sparsifier's saved ``state``. A method's ``setup`` may apply its

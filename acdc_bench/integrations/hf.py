@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from acdc_bench.integrations import STATE_FILE, attach_resumed, require
+from acdc_bench.integrations import STATE_FILE, attach_resumed, logged_metrics, require, steps_per_epoch
 
 transformers = require("transformers", "hf", "hf")
 
@@ -46,10 +46,9 @@ class SparsityCallback(transformers.TrainerCallback):
             raise RuntimeError("SparsityCallback: the Trainer passed no model or optimizer to on_train_begin")
         accumulation = args.gradient_accumulation_steps
         try:
-            batches = len(train_dataloader)
-            steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+            epoch_steps = steps_per_epoch(len(train_dataloader), accumulation)
         except TypeError:  # an iterable data set: max_steps is the whole run
-            steps_per_epoch = state.max_steps
+            epoch_steps = state.max_steps
         batch = args.per_device_train_batch_size * accumulation * max(args.world_size, 1)
         saved = None
         if state.global_step > 0:  # resuming: the checkpoint Trainer resumed from is checkpoint-<global step>
@@ -61,7 +60,7 @@ class SparsityCallback(transformers.TrainerCallback):
             saved = load_checkpoint(path)
 
         def attach():
-            sparsifier = sparsify(model, self.method, sparsity=self.sparsity, steps_per_epoch=steps_per_epoch,
+            sparsifier = sparsify(model, self.method, sparsity=self.sparsity, steps_per_epoch=epoch_steps,
                                   total_steps=state.max_steps, batch_size=batch, input_shape=self.input_shape,
                                   **self.options)
             # the torch optimizer inside accelerate's wrapper: its step() is what the wrapper calls
@@ -84,15 +83,10 @@ class SparsityCallback(transformers.TrainerCallback):
         folder = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         atomic_torch_save(self.sparsifier.state_dict(), os.path.join(folder, STATE_FILE))
 
-    def metrics(self) -> dict:
-        s = self.sparsifier
-        return {"sparsity": s.sparsity, "mask_sparsity": s.mask_sparsity,
-                "sparsity_phase": 1.0 if s.phase == "sparse" else 0.0, "training_flops": float(s.training_flops)}
-
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.sparsifier is None or logs is None:
             return
-        extra = self.metrics()
+        extra = logged_metrics(self.sparsifier)
         logs.update(extra)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(extra)  # the Trainer copied the line before the callbacks saw it

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from acdc_bench.integrations import attach_resumed, require
+from acdc_bench.integrations import attach_resumed, logged_metrics, require, steps_per_epoch
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 
@@ -49,15 +49,14 @@ class SparsityCallback(pl.Callback):
         total = int(trainer.estimated_stepping_batches)
         accumulation = trainer.accumulate_grad_batches
         batches = trainer.num_training_batches
-        steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1) \
-            if batches != float("inf") else total
+        epoch_steps = steps_per_epoch(batches, accumulation) if batches != float("inf") else total
         loader = trainer.train_dataloader
         per_device = getattr(loader, "batch_size", None)
         batch = per_device * accumulation * trainer.world_size if per_device else None
         optimizer = trainer.optimizers[0]
 
         def attach():
-            sparsifier = sparsify(pl_module, self.method, sparsity=self.sparsity, steps_per_epoch=steps_per_epoch,
+            sparsifier = sparsify(pl_module, self.method, sparsity=self.sparsity, steps_per_epoch=epoch_steps,
                                   total_steps=total, batch_size=batch, input_shape=self.input_shape, **self.options)
             sparsifier.wrap(getattr(optimizer, "optimizer", optimizer))  # the torch optimizer inside a wrapper
             return sparsifier
@@ -95,9 +94,7 @@ class SparsityCallback(pl.Callback):
         s = self.sparsifier
         if s is None:
             return
-        pl_module.log_dict({"sparsity": s.sparsity, "mask_sparsity": s.mask_sparsity,
-                            "sparsity_phase": 1.0 if s.phase == "sparse" else 0.0,
-                            "training_flops": float(s.training_flops)}, on_step=False, on_epoch=True)
+        pl_module.log_dict(logged_metrics(s), on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.sparsifier is not None and self.final is None:

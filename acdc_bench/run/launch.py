@@ -421,11 +421,12 @@ def slurm_parameters(suite: dict, args) -> dict:
     if suite.get("numerics") == "portable":
         # Pinned in the job script, before its Python (and torch) starts: a node of another CPU type
         # computes what this machine computes. (submitit-local jobs inherit this process's environment.)
-        from acdc_bench.numerics import PORTABLE_ENV
+        from acdc_bench.numerics import INDUCTOR_CACHE, INDUCTOR_CACHE_NAME, PORTABLE_ENV
 
-        # the cluster node's own inductor cache for portable processes (numerics.INDUCTOR_CACHE)
+        # the node's own inductor cache for portable processes, unless the job's environment names one
+        cache = "${TMPDIR:-/tmp}/" + INDUCTOR_CACHE_NAME.format(user="${USER}")
         parameters["slurm_setup"] = [f"export {key}={value}" for key, value in PORTABLE_ENV.items()] + [
-            'export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-${TMPDIR:-/tmp}/torchinductor_${USER}_aten-avx2}"']
+            f'export {INDUCTOR_CACHE}="${{{INDUCTOR_CACHE}:-{cache}}}"']
     if args.slurm_partition or resources.get("partition"):
         parameters["slurm_partition"] = args.slurm_partition or resources["partition"]
     return parameters
