@@ -33,6 +33,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "amp": "none",
     "init": None,
+    "recipe_family": None,
     "channels_last": False,
     "compile": False,
     "kernels": "auto",
@@ -50,7 +51,7 @@ OPTIMIZER_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay", "no_deca
 NO_DECAY_CATEGORIES = ("bias", "bn", "depthwise")
 LR_SCHEDULE_KEYS = {"name", "warmup_epochs", "milestones", "gamma", "per_step"}
 #: ``init`` schemes (:func:`acdc_bench.recipe.initialize`; null or "default": the model's own initialisation).
-INIT_SCHEMES = ("default", "kaiming_normal_fan_in")
+INIT_SCHEMES = ("default", "kaiming_normal_fan_in", "tf-resnet")
 LR_SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 BUDGET_MODES = ("paper", "matched")
@@ -69,14 +70,16 @@ RECIPE_KEYS = ("optimizer", "lr_schedule", "label_smoothing", "batch_size", "amp
 #: ``method_options`` only echo the top-level recipe keys and ``method_config`` resolved for the run;
 #: ``kernels`` changes float rounding only, as the number of threads does.
 NON_RESULT_KEYS = {"description", "data_root", "num_workers", "kernels", "reproduce", "methods", "wandb", "resources", "plugins",
-                   "budget", "recipe", "method_options", "cell", "overrides"}
+                   "budget", "recipe", "method_options", "cell", "overrides", "recipe_family"}
 #: Keys added after run ids were first recorded: left out of the hash while they hold this default,
 #: so that a run whose configuration did not change keeps its id.
 LATER_KEYS = {"init": None}
 #: The same for fields added to a method's options (``method_config``), per method.
-LATER_METHOD_FIELDS = {"acdc": {"pattern": None}, "gmp": {"targets": {}, "pattern": None},
-                       "rigl": {"update_interval_examples": None, "pattern": None},
-                       "set": {"update_interval_examples": None, "pattern": None}, "str": {"fallback": False}}
+LATER_METHOD_FIELDS = {"acdc": {"pattern": None, "dense_phase_epochs": None, "finetune_dense": False}, "gmp": {"targets": {}, "pattern": None, "frequency_fraction": None, "layer_sparsity": {}},
+                       "rigl": {"update_interval_examples": None, "pattern": None, "update_at_step_zero": False,
+                                "drop_noise_std": 0.0},
+                       "set": {"update_interval_examples": None, "pattern": None, "update_at_step_zero": False,
+                               "drop_noise_std": 0.0}, "str": {"fallback": False}}
 
 
 class ConfigError(ValueError):
@@ -255,11 +258,14 @@ def apply_recipe(config: dict, recipe: dict | None, sparsity: float) -> dict:
     return config
 
 
-def _validate_method_recipe(data: dict, name: str, recipe: Any, where: str) -> None:
-    here = f"{where}: methods.{name}.recipe"
+def validate_method_recipe(data: dict, recipe: Any, here: str) -> None:
+    """Check a method's ``recipe:`` (its keys, ``family`` and ``targets``) over the suite ``data``;
+    errors start with ``here`` (where the recipe is written)."""
     _require(isinstance(recipe, dict), here, "must be a mapping of recipe keys to values")
-    allowed = (*RECIPE_KEYS, "targets")
+    allowed = (*RECIPE_KEYS, "family", "targets")
     bad = sorted(set(recipe) - set(allowed))
+    _require(recipe.get("family") is None or isinstance(recipe["family"], str), here,
+             f"family must be the name of the recipe's code (e.g. rigl), got {recipe.get('family')!r}")
     _require(not bad, here, f"unknown key(s) {bad}; allowed: {', '.join(allowed)}")
     targets = recipe.get("targets") or {}
     _require(isinstance(targets, dict), here, "targets must be a mapping of target sparsity to recipe keys")
@@ -280,6 +286,9 @@ def validate_suite(data: dict, where: str) -> None:
     for key, default in SUITE_DEFAULTS.items():
         _require(data.get(key) is not REQUIRED, where, f"key '{key}' is required")
     _require(data["dataset"] in DATASETS, where, f"dataset '{data['dataset']}' is unknown; allowed: {', '.join(DATASETS)}")
+    _require(data.get("recipe_family") is None or isinstance(data["recipe_family"], str), where,
+             f"recipe_family must be the name of the code whose recipe the suite's keys are (e.g. acdc), "
+             f"got {data.get('recipe_family')!r}")
     from acdc_bench.core.kernels import MODES as KERNEL_MODES
 
     _require(data.get("kernels", "auto") in KERNEL_MODES, where,
@@ -340,7 +349,7 @@ def validate_suite(data: dict, where: str) -> None:
             raise ConfigError(f"{where}: methods.{name}: {error}") from error
         recipe = method_recipe(data, name)
         if recipe is not None:
-            _validate_method_recipe(data, name, recipe, where)
+            validate_method_recipe(data, recipe, f"{where}: methods.{name}.recipe")
     reproduce = data["reproduce"]
     _require(isinstance(reproduce, dict), where, "reproduce must be a mapping with methods, sparsities, seeds")
     bad = sorted(set(reproduce) - {"methods", "sparsities", "seeds", "variants"})
@@ -398,9 +407,11 @@ def run_config(
     budget.setdefault("sparsity_tolerance", float(calibration.get("sparsity_tolerance",
                                                                   CALIBRATION_DEFAULTS["sparsity_tolerance"])))
     recipe = method_recipe(suite, method)
+    family = suite.get("recipe_family") or ""
     if recipe and budget.get("mode", "paper") == "paper":
         config = apply_recipe(config, recipe, sparsity)
         source = f"methods.{method}.recipe"
+        family = recipe.get("family") or family
         overrides = [text for text in suite.get("_overrides") or []
                      if text.split("=", 1)[0].strip().split(".")[0] in RECIPE_KEYS]
         if overrides:  # the user's --set of a recipe key is never dropped: it wins over the recipe
@@ -440,6 +451,7 @@ def run_config(
     config["seed"] = int(seed)
     config["budget"] = budget
     config["recipe"] = recipe_summary(config, source)
+    config["recipe"]["family"] = family
     config["overrides"] = list(suite.get("_overrides") or [])
     config["cell"] = cell_id(suite, method, sparsity, budget.get("mode", "paper"),
                              epochs if budget.get("mode", "paper") != "matched" else None)
@@ -490,6 +502,37 @@ def recipe_summary(config: dict, source: str = "suite") -> dict:
         "epochs": int(config["epochs"]),
         "init": config.get("init"),
         "source": source,
+    }
+
+
+#: What a published number's protocol says, beside what it measured (``published.csv`` columns).
+PROTOCOL_FIELDS = ("recipe", "denominator", "label_smoothing", "length", "batch_size")
+
+
+def run_protocol(config: dict) -> dict:
+    """The protocol a run was trained under, in the terms of ``published.csv``.
+
+    ``recipe``: the family of the recipe it ran (``recipe.family``: the ``family`` of the
+    ``methods.<name>.recipe`` it ran on, else the suite's ``recipe_family``; '' when neither says);
+    ``denominator``: ``all`` when its target counts every prunable weight, ``pruned layers`` when
+    layers are left dense (``keep_dense``, ``exclude``, ``include``) and out of it ('' for dense);
+    ``label_smoothing``;
+    ``length``: its epochs over the suite's (RigL 5x: 5); ``batch_size``.
+    """
+    recipe = config.get("recipe") or {}
+    options = config.get("method_options") or config.get("method_config") or {}
+    if config.get("method") == "dense":
+        denominator = ""
+    else:
+        left_out = options.get("keep_dense") or options.get("exclude") or options.get("include")
+        denominator = "pruned layers" if left_out else "all"
+    epochs, suite_epochs = config.get("epochs"), config.get("suite_epochs") or config.get("epochs")
+    return {
+        "recipe": str(recipe.get("family") or ""),
+        "denominator": denominator,
+        "label_smoothing": float(recipe.get("label_smoothing", config.get("label_smoothing", 0.0)) or 0.0),
+        "length": round(float(epochs) / float(suite_epochs), 4) if epochs and suite_epochs else math.nan,
+        "batch_size": int(recipe.get("batch_size", config.get("batch_size", 0)) or 0),
     }
 
 

@@ -119,6 +119,11 @@ def initialize(model: nn.Module, scheme: str | None) -> nn.Module:
     ``kaiming_normal_fan_in``: STR's (``init: kaiming_normal``, ``mode: fan_in``,
     ``nonlinearity: relu``): every convolution and linear weight from N(0, 2 / fan_in), their
     biases zero (STR's fc is a 1x1 convolution without bias); normalisation layers untouched.
+    ``tf-resnet``: the TensorFlow ResNet-50 of RigL's and Gale et al.'s codes
+    (``resnet_model.py``): every convolution from TF's ``variance_scaling_initializer()`` (scale
+    1, fan_in, truncated normal: N(0, s^2) cut at 2 s, s = sqrt(1 / fan_in) / 0.8796, so that the
+    weights' standard deviation is sqrt(1 / fan_in)), the fc from N(0, 0.01^2) with a zero bias,
+    every BatchNorm at scale 1 and shift 0 except the last of each residual block (scale 0).
     Call it right after the model is built, before a method attaches.
     """
     if scheme in (None, "", "default"):
@@ -131,4 +136,38 @@ def initialize(model: nn.Module, scheme: str | None) -> nn.Module:
                     if module.bias is not None:
                         nn.init.zeros_(module.bias)
         return model
+    if scheme == "tf-resnet":
+        return _tf_resnet_init(model)
     raise ValueError(f"init scheme {scheme!r} is unknown; allowed: {', '.join(INIT_SCHEMES)}")
+
+
+#: The standard deviation of N(0, 1) cut at +-2 (TF's truncated_normal keeps its stddev argument
+#: for the uncut normal; variance_scaling divides by this so the cut weights have the asked spread).
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def _tf_resnet_init(model: nn.Module) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    blocks = [module for module in model.modules() if isinstance(module, (Bottleneck, BasicBlock))]
+    if not blocks:
+        raise ValueError("init 'tf-resnet' is the TensorFlow ResNet's initialisation: this model has no "
+                         "torchvision ResNet blocks; use init: null or kaiming_normal_fan_in")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                scale = (1.0 / fan_in) ** 0.5 / TRUNCATED_NORMAL_STD
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=scale, a=-2 * scale, b=2 * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for block in blocks:
+            nn.init.zeros_((block.bn3 if isinstance(block, Bottleneck) else block.bn2).weight)
+    return model

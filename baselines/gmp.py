@@ -23,12 +23,19 @@ names ``standard_threshold_<sparsity>_<begin>_<end>_<frequency>_<label smoothing
 of 128k steps at 80% and 98%, 76k at 90%, 68k at 95%): ``targets: {0.9: {end_fraction:
 0.59375}}`` overrides ``start_fraction``, ``end_fraction`` or ``frequency`` for one target;
 a target without an entry uses the top-level values.
+
+Gale et al.'s extended runs (RigL's "Pruning 1.5x") keep the first conv dense and the fc at 80%
+sparsity whatever the target: ``layer_sparsity: {fc: 0.8}`` prunes the named layers to their own
+sparsity and the other pruned layers to the one sparsity that brings all pruned layers together to
+the target; each layer follows the cubic schedule to its own final sparsity. Their mask spacing is
+a fraction of the run (2000, 1000 or 500 of 48k steps): ``frequency_fraction``.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,8 +59,13 @@ class GmpConfig(MaskedConfig):
     frequency: int | None = None
     #: Per target sparsity: ``{0.9: {end_fraction: 0.59375}}`` (keys among TARGET_KEYS).
     targets: dict = dataclasses.field(default_factory=dict)
+    #: Steps between mask updates as a fraction of the run's steps (used where ``frequency`` is null).
+    frequency_fraction: float | None = None
+    #: Layers pruned to a sparsity of their own (``{fc: 0.8}``, names as in ``keep_dense``); uniform only.
+    layer_sparsity: dict = dataclasses.field(default_factory=dict)
 
-    TARGET_KEYS: ClassVar[tuple[str, ...]] = ("start_fraction", "end_fraction", "frequency", "unofficial")
+    TARGET_KEYS: ClassVar[tuple[str, ...]] = ("start_fraction", "end_fraction", "frequency", "frequency_fraction",
+                                              "unofficial")
 
     def validate(self) -> None:
         super().validate()
@@ -77,6 +89,19 @@ class GmpConfig(MaskedConfig):
                 )
             if frequency is not None and (not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 1):
                 raise ValueError(f"GMP frequency must be a positive integer number of steps or null, got {frequency!r}{where}")
+            fraction = self._entry(sparsity).get("frequency_fraction", self.frequency_fraction)
+            if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                                             and 0.0 < fraction <= 1.0):
+                raise ValueError(f"GMP frequency_fraction must be a fraction of the run in (0, 1] or null, "
+                                 f"got {fraction!r}{where}")
+        if not isinstance(self.layer_sparsity, dict):
+            raise ValueError(f"GMP layer_sparsity must map layer names to a sparsity, e.g. {{fc: 0.8}}, "
+                             f"got {self.layer_sparsity!r}")
+        for name, value in self.layer_sparsity.items():
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+                raise ValueError(f"GMP layer_sparsity[{name!r}] must be a sparsity in [0, 1), got {value!r}")
+        if self.layer_sparsity and (self.distribution != "uniform" or self.pattern is not None):
+            raise ValueError("GMP layer_sparsity applies to distribution 'uniform' without a pattern")
 
     def _entry(self, target_sparsity: float | None) -> dict:
         if target_sparsity is None:
@@ -96,8 +121,10 @@ class GmpConfig(MaskedConfig):
         """The options a run at ``target_sparsity`` uses (its ``targets`` entry applied)."""
         start, end, frequency = self.resolve(target_sparsity)
         options = {k: v for k, v in dataclasses.asdict(self).items() if k != "targets"}
+        entry = self._entry(target_sparsity)
         options.update(start_fraction=start, end_fraction=end, frequency=frequency,
-                       unofficial=bool(self._entry(target_sparsity).get("unofficial", False)))
+                       frequency_fraction=entry.get("frequency_fraction", self.frequency_fraction),
+                       unofficial=bool(entry.get("unofficial", False)))
         return options
 
 
@@ -126,13 +153,19 @@ class GMP(MaskedMethod):
         self.start_step = int(round(start_fraction * total))
         # t1 is the last step at the latest, so that the final target is always reached.
         self.end_step = max(self.start_step + 1, min(total - 1, int(round(end_fraction * total))))
-        self.frequency = int(frequency or max(1, round(total * GALE_FREQUENCY / GALE_TOTAL_STEPS)))
+        fraction = config._entry(self.target_sparsity).get("frequency_fraction", config.frequency_fraction)
+        self.frequency = int(frequency or max(1, round(total * (fraction or GALE_FREQUENCY / GALE_TOTAL_STEPS))))
         self._density_cache: dict[float, list[float]] = {}
 
     # ------------------------------------------------------------------ schedule
     def schedule_problem(self) -> str | None:
         """The pruning window must end inside the run: t0 < t1 <= the last step."""
         problem = super().schedule_problem()
+        if problem is None and self.config.layer_sparsity:
+            try:
+                self._final_layer_sparsities()
+            except ValueError as error:
+                return f"{error}: change methods.gmp.layer_sparsity or the target"
         if problem or self.end_step <= self.total_steps - 1:
             return problem
         start_fraction, end_fraction, _ = self.config.resolve(self.target_sparsity)
@@ -178,6 +211,32 @@ class GMP(MaskedMethod):
     def on_step_start(self, step: int) -> None:
         if self.is_update_step(step):
             self.prune_by_magnitude(self.sparsity_at(step))
+
+    # ------------------------------------------------------------------ layer sparsities
+    def distribution_densities(self, sparsity: float) -> list[float]:
+        """With ``layer_sparsity``: each layer at its own final sparsity scaled by ``sparsity / target``
+        (every layer follows the cubic schedule to its own end); the others as the distribution says."""
+        if not self.config.layer_sparsity:
+            return super().distribution_densities(sparsity)
+        final = self._final_layer_sparsities()
+        scale = sparsity / self.target_sparsity if self.target_sparsity > 0 else 0.0
+        return [1.0 - s * scale for s in final]
+
+    def _final_layer_sparsities(self) -> list[float]:
+        from acdc_bench.core.sparsity import _matches, check_names_exist
+
+        check_names_exist(self.layers, list(self.config.layer_sparsity), "layer_sparsity")
+        dense = [_matches(layer.name, self.config.keep_dense) for layer in self.layers]
+        fixed = [next((float(v) for k, v in self.config.layer_sparsity.items() if _matches(layer.name, [k])), None)
+                 for layer in self.layers]
+        pruned = sum(layer.numel for layer, d in zip(self.layers, dense) if not d)
+        rest = sum(layer.numel for layer, d, f in zip(self.layers, dense, fixed) if not d and f is None)
+        held = sum(f * layer.numel for layer, d, f in zip(self.layers, dense, fixed) if not d and f is not None)
+        others = (self.target_sparsity * pruned - held) / rest if rest else math.nan
+        if not 0.0 <= others < 1.0 and not (not rest and abs(self.target_sparsity * pruned - held) <= 1e-9 * pruned):
+            raise ValueError(f"GMP layer_sparsity {self.config.layer_sparsity} cannot meet the target "
+                             f"{self.target_sparsity:g}: the other layers would need sparsity {others:.4f}")
+        return [0.0 if d else (f if f is not None else others) for d, f in zip(dense, fixed)]
 
     # ------------------------------------------------------------------ planning
     def _densities(self, sparsity: float) -> list[float]:

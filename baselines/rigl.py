@@ -7,8 +7,10 @@ Faithful to docs/references.md and the official code (``google-research/rigl``):
   dense); drawn from a ``torch.Generator`` seeded with ``mask_seed``, so every
   data-parallel rank draws the same masks; the weights are masked at set-up;
 - every ``update_interval`` (dT) steps while ``step < T_end`` (``end_fraction`` of the
-  run) and ``step > 0``, per layer: drop the ``k = floor(alpha_t n_active)`` active
-  weights of smallest magnitude, then grow ``k`` positions that are inactive after
+  run), from step 0 on as the official code does (``update_at_step_zero``), per layer: drop
+  the ``k = floor(alpha_t n_active)`` active weights of smallest magnitude plus N(0, 1e-5)
+  noise (``drop_noise_std``; the noise is drawn from a generator seeded by ``mask_seed``, the
+  step and the layer's name, so every rank draws the same), then grow ``k`` positions that are inactive after
   the drop with the largest magnitude of the dense gradient of the current batch
   (the raw ``.grad`` before masking), ``alpha_t = alpha/2 (1 + cos(pi t / T_end))``;
 - a new connection (inactive before the update) starts at 0 with its momentum reset
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -55,6 +58,10 @@ class RiglConfig(MaskedConfig):
     #: the harness (acdc_bench.config.run_config) resolves ``update_interval`` from it for the run's
     #: batch size (:meth:`for_batch_size`), so the spacing in examples is the official one at any batch.
     update_interval_examples: int | None = None
+    #: The official code's first update is at step 0 (``last_update_step`` starts at -dT).
+    update_at_step_zero: bool = True
+    #: Standard deviation of the normal noise added to the drop scores (official: 1e-5); 0: none.
+    drop_noise_std: float = 1e-5
 
     def validate(self) -> None:
         super().validate()
@@ -73,6 +80,9 @@ class RiglConfig(MaskedConfig):
             raise ValueError(f"RigL end_fraction must be in [0, 1], got {self.end_fraction}")
         if not self.epochs_multiplier > 0:
             raise ValueError(f"RigL epochs_multiplier must be positive, got {self.epochs_multiplier}")
+        if not (isinstance(self.drop_noise_std, (int, float)) and not isinstance(self.drop_noise_std, bool)
+                and self.drop_noise_std >= 0):
+            raise ValueError(f"RigL drop_noise_std must be a number >= 0, got {self.drop_noise_std!r}")
 
     def for_batch_size(self, batch_size: int) -> "RiglConfig":
         """This config with ``update_interval`` = ``update_interval_examples`` / ``batch_size`` steps
@@ -135,16 +145,20 @@ class RigL(MaskedMethod):
     def drop_fraction(self, step: int) -> float:
         return cosine_drop_fraction(step, self.config.alpha, self.end_step)
 
+    @property
+    def first_update_step(self) -> int:
+        return 0 if self.config.update_at_step_zero else 1
+
     def is_update_step(self, step: int) -> bool:
-        return 0 < step < self.end_step and step % self.config.update_interval == 0
+        return self.first_update_step <= step < self.end_step and step % self.config.update_interval == 0
 
     def update_steps_between(self, first: int, stop: int) -> int:
         """Number of update steps in ``[first, stop)``."""
         stop = min(stop, self.end_step)
-        if stop <= max(first, 1):
+        start = max(first, self.first_update_step)
+        if stop <= start:
             return 0
         interval = self.config.update_interval
-        start = max(first, 1)
         return (stop - 1) // interval - (start - 1) // interval
 
     # ------------------------------------------------------------------ hooks
@@ -162,8 +176,15 @@ class RigL(MaskedMethod):
     dense_gradient: ClassVar[bool] = True
 
     def drop_scores(self, layer, step: int) -> torch.Tensor:
-        """Flat non-negative scores of one layer's weights: the k active ones with the smallest are dropped."""
-        return layer.weight.detach().reshape(-1).abs()
+        """Flat scores of one layer's weights, |w| plus N(0, drop_noise_std^2) noise drawn the same on
+        every rank (seeded by ``mask_seed``, the step and the layer's name): the k active weights of
+        smallest score are dropped."""
+        scores = layer.weight.detach().reshape(-1).abs()
+        if not self.config.drop_noise_std:
+            return scores
+        seed = hash((int(self.config.mask_seed), step, zlib.crc32(f"{layer.name}/drop".encode()))) % 2**63
+        noise = torch.randn(layer.numel, generator=torch.Generator().manual_seed(seed))
+        return scores.float() + (noise * self.config.drop_noise_std).to(scores.device)
 
     def grow_scores(self, layer, step: int) -> torch.Tensor:
         """Flat scores: the k positions inactive after the drop with the largest grow (RigL: |dense grad|)."""
@@ -188,7 +209,8 @@ class RigL(MaskedMethod):
             old = mask.reshape(-1)
             # Drop: the k active weights of smallest score (ties: lower index first).
             drop = self.drop_scores(layer, step)
-            after_drop = old & mask_from_scores(drop.masked_fill(~old, math.inf), k, magnitudes=True)
+            after_drop = old & mask_from_scores(drop.masked_fill(~old, math.inf), k,
+                                                magnitudes=not self.config.drop_noise_std)
             # Grow: the k positions inactive after the drop with the largest score (ties: lower index first).
             grow = self.grow_scores(layer, step)
             new = after_drop | ~mask_from_scores(grow.neg().masked_fill(after_drop, math.inf), k)

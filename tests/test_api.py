@@ -99,9 +99,9 @@ def test_rigl_skips_the_optimizer_step_on_update_steps_and_set_needs_no_dense_gr
     _, rigl, *_ = plain_loop("rigl", epochs=1)
     _, set_, *_ = plain_loop("set", epochs=1)
     f_s = rigl.method.sparse_forward
-    # 8 steps, updates at 3 and 6 (T_end = 6 of 8 steps: only step 3): 2 f_S + f_D there
+    # 8 steps, updates every 3 until T_end = 6: at 0 and 3, each 2 f_S + f_D
     assert rigl.method.last_update["step"] == 3
-    assert rigl.training_flops == 256 * (7 * 3 * f_s + 2 * f_s + rigl.method.flops.dense_forward)
+    assert rigl.training_flops == 256 * (6 * 3 * f_s + 2 * (2 * f_s + rigl.method.flops.dense_forward))
     assert set_.training_flops == 256 * 8 * 3 * set_.method.sparse_forward
     assert set_.method.last_update["step"] == 3 and sum(set_.method.last_update["k"]) > 0
 

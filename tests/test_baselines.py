@@ -201,10 +201,16 @@ def test_rigl_update_steps():
     method = RigL(make_config(RigL, {"update_interval": 10}), target_sparsity=0.9, epochs=10,
                   steps_per_epoch=10, total_steps=100)
     assert method.end_step == 75
-    assert [s for s in range(100) if method.is_update_step(s)] == [10, 20, 30, 40, 50, 60, 70]
-    assert method.update_steps_between(0, 100) == 7
+    # the official code's first update is at step 0 (last_mask_update_step starts at -dT)
+    assert [s for s in range(100) if method.is_update_step(s)] == [0, 10, 20, 30, 40, 50, 60, 70]
+    assert method.update_steps_between(0, 100) == 8 and method.update_steps_between(0, 1) == 1
+    assert method.update_steps_between(1, 100) == 7
     assert method.update_steps_between(10, 20) == 1 and method.update_steps_between(11, 20) == 0
     assert method.update_steps_between(70, 80) == 1 and method.update_steps_between(71, 100) == 0
+    later = RigL(make_config(RigL, {"update_interval": 10, "update_at_step_zero": False}), target_sparsity=0.9,
+                 epochs=10, steps_per_epoch=10, total_steps=100)
+    assert [s for s in range(100) if later.is_update_step(s)] == [10, 20, 30, 40, 50, 60, 70]
+    assert later.update_steps_between(0, 100) == 7 and later.update_steps_between(0, 10) == 0
 
 
 def test_rigl_initial_masks_are_random_exact_and_seeded():
@@ -277,11 +283,11 @@ def test_rigl_drop_and_grow_by_hand():
     assert method.masks.nonzeros == [5] and int(expected_mask.sum()) == 5
 
 
-def reference_rigl_update(weight, grad, mask, k):
-    """Independent reference: python sorts with (score, index) keys."""
-    w, g, m = weight.flatten().tolist(), grad.flatten().tolist(), mask.flatten().tolist()
+def reference_rigl_update(drop_scores, grad, mask, k):
+    """Independent reference: python sorts with (score, index) keys (drop scores: |w| plus RigL's noise)."""
+    w, g, m = drop_scores.flatten().tolist(), grad.flatten().tolist(), mask.flatten().tolist()
     active = [i for i in range(len(w)) if m[i]]
-    dropped = sorted(active, key=lambda i: (abs(w[i]), i))[:k]
+    dropped = sorted(active, key=lambda i: (w[i], i))[:k]
     after = [m[i] and i not in set(dropped) for i in range(len(w))]
     candidates = [i for i in range(len(w)) if not after[i]]
     grown = sorted(candidates, key=lambda i: (-abs(g[i]), i))[:k]
@@ -312,7 +318,9 @@ def test_rigl_updates_match_reference_keep_sparsity_and_skip_steps():
             grads = torch.autograd.grad(probe, [l.weight for l in method.layers])
             alpha_t = cosine_drop_fraction(step, 0.3, 45)
             ks = [math.floor(alpha_t * n) for n in counts]
-            expected = [reference_rigl_update(w, g, m, k) for w, g, m, k in zip(before_weights, grads, before_masks, ks)]
+            scores = [method.drop_scores(layer, step) for layer in method.layers]
+            assert all(torch.allclose(s, w.abs().flatten(), rtol=0, atol=1e-4) for s, w in zip(scores, before_weights))
+            expected = [reference_rigl_update(d, g, m, k) for d, g, m, k in zip(scores, grads, before_masks, ks)]
         stepped, flops = train_step(method, model, optimizer, step)
         assert stepped is (not is_update)
         assert flops == (2 * f_s + f_d if is_update else 3 * f_s)
@@ -329,11 +337,11 @@ def test_rigl_updates_match_reference_keep_sparsity_and_skip_steps():
                 assert torch.equal(layer.weight.detach()[kept], w_before[kept])
                 grown = m_after & ~m_before
                 assert int(torch.count_nonzero(layer.weight.detach()[grown])) == 0
-                buffer = optimizer.state[layer.weight]["momentum_buffer"]
-                assert int(torch.count_nonzero(buffer[grown])) == 0
+                buffer = optimizer.state.get(layer.weight, {}).get("momentum_buffer")  # none before the first step
+                assert buffer is None if step == 0 else int(torch.count_nonzero(buffer[grown])) == 0
         elif step > 0:
             assert not torch.equal(method.layers[0].weight.detach(), before_weights[0])
-    assert updates == 8  # 5, 10, ..., 40 (T_end = 45)
+    assert updates == 9  # 0, 5, 10, ..., 40 (T_end = 45)
 
 
 def test_rigl_update_is_the_same_for_channels_last_weights():
@@ -367,6 +375,24 @@ def test_rigl_update_is_the_same_for_channels_last_weights():
     assert int(masks_a[0].sum()) == 108
 
 
+def test_rigl_drop_noise_is_seeded_the_same_on_every_rank_and_breaks_ties():
+    """N(0, 1e-5) on the drop scores: drawn from (mask_seed, step, layer), so two ranks draw the same;
+    with equal magnitudes it decides which weights go, where without it the lower index would."""
+    ranks = [attach("rigl", {"distribution": "uniform"}, tiny_mlp(), sparsity=0.8) for _ in range(2)]
+    layer_a, layer_b = ranks[0].layers[0], ranks[1].layers[0]
+    noise = ranks[0].drop_scores(layer_a, 100) - layer_a.weight.detach().abs().flatten()
+    assert torch.equal(ranks[0].drop_scores(layer_a, 100), ranks[1].drop_scores(layer_b, 100))
+    assert not torch.equal(ranks[0].drop_scores(layer_a, 100), ranks[0].drop_scores(layer_a, 200))
+    other_layer = ranks[0].drop_scores(ranks[0].layers[1], 100) - ranks[0].layers[1].weight.detach().abs().flatten()
+    assert not torch.equal(noise[:other_layer.numel()], other_layer)
+    # sample std of 1,200 draws: 1e-5 within 5 standard errors (1e-5 / sqrt(2 x 1199) each)
+    assert float(noise.std()) == pytest.approx(1e-5, abs=5 * 1e-5 / math.sqrt(2 * (noise.numel() - 1)))
+    quiet = attach("rigl", {"distribution": "uniform", "drop_noise_std": 0.0}, tiny_mlp(), sparsity=0.8)
+    assert torch.equal(quiet.drop_scores(quiet.layers[0], 100), quiet.layers[0].weight.detach().abs().flatten())
+    with pytest.raises(ValueError, match="drop_noise_std"):
+        make_config(RigL, {"drop_noise_std": -1.0})
+
+
 def test_rigl_flops_and_amortised_formula():
     model = tiny_mlp()
     method = attach("rigl", {"distribution": "uniform", "update_interval": 100, "end_fraction": 0.7125}, model,
@@ -376,7 +402,7 @@ def test_rigl_flops_and_amortised_formula():
     assert f_s == 2 * (60 + 30) and f_d == 2 * 900
     assert method.step_training_flops(100) == 2 * f_s + f_d
     assert method.step_training_flops(101) == 3 * f_s
-    assert method.step_training_flops(0) == 3 * f_s  # no update at step 0
+    assert method.step_training_flops(0) == 2 * f_s + f_d  # the official code updates at step 0 too
     assert method.step_training_flops(2800) == 2 * f_s + f_d
     assert method.step_training_flops(2900) == 3 * f_s  # after T_end
     # An epoch before T_end: the meter's exact mean; within 0.1% of the paper's amortised formula.

@@ -13,9 +13,9 @@ import torch
 
 from acdc_bench.budget.listing import spec_config, suite_cells, variant_length
 from acdc_bench.cli import main
-from acdc_bench.config import ConfigError, load_suite, method_recipe, run_config
+from acdc_bench.config import ConfigError, load_suite, method_recipe, run_config, run_protocol
 from acdc_bench.core.sparsity import nm_group_nonzeros
-from acdc_bench.report.compare import match_published
+from acdc_bench.report.compare import match_published, protocol_differences
 from acdc_bench.report.results import load_reference
 from acdc_bench.run.launch import RunSpec, plan_runs
 from plan_check import assert_plan_matches_run
@@ -35,7 +35,9 @@ def _specs(waves):
 
 @pytest.mark.parametrize("name", PAPER_SUITES)
 def test_every_cell_matches_the_published_row_it_names(name):
-    """Each cell's runs record its variant and length and are matched by compare to the row the cell names."""
+    """Each cell's runs record its variant and length and are compared by compare with the row the cell
+    names, of the same protocol; a cell naming none is compared with no row (one of another protocol
+    may be shown beside it)."""
     suite, reference = load_suite(name), load_reference()
     for spec in _specs(plan_runs(suite)):
         cell = next(c for c in suite_cells(suite) if c["cell"] == spec.cell)
@@ -43,8 +45,12 @@ def test_every_cell_matches_the_published_row_it_names(name):
         assert config["variant"] == cell["tag"]
         assert config["epochs"] / config["suite_epochs"] == pytest.approx(variant_length(cell["tag"])), spec.cell
         distribution = (config["method_config"] or {}).get("distribution", "dense" if spec.method == "dense" else "")
+        protocol = run_protocol(config)
         match = match_published(reference, dataset=config["dataset"], model=config["model"], method=spec.method,
-                                target_sparsity=spec.sparsity, variant=config["variant"], distribution=distribution)
+                                target_sparsity=spec.sparsity, variant=config["variant"], distribution=distribution,
+                                protocol=protocol)
+        if match is not None and protocol_differences(protocol, match):
+            match = None  # shown beside the run, never compared
         expected = cell["published"]
         if expected is None:
             assert match is None, (spec.cell, spec.sparsity, match is not None and match["source_id"])
@@ -137,9 +143,19 @@ def test_dry_run_lists_every_resnet50_run_and_trains_nothing(tmp_path, capsys):
     assert by_cell[("str", 0.965)]["published"]["source_id"] == "str-readme"
     assert by_cell[("str", 0.965)]["published"]["reported_sparsity"] == pytest.approx(0.9611)
     assert by_cell[("acdc-2x-uniform", 0.9)]["published"]["top1"] == pytest.approx(76.09)
-    for row in runs:  # the row compare will match is the one the cell names
+    # every official AC/DC configuration and every baseline, SET included, each on its own recipe
+    assert {r["cell"] for r in runs} >= {
+        "dense", "dense-rigl", "dense-str", "acdc", "acdc-50", "acdc-global-no-conv1-fc", "acdc-1.5x", "acdc-ftdense",
+        "acdc-1.5x-ftdense", "acdc-uniform", "acdc-2x-uniform", "acdc-2:4", "gmp", "gmp-1.5x", "rigl-1x",
+        "rigl-1x-uniform", "rigl-5x", "rigl-5x-uniform", "set", "str"}
+    assert by_cell[("dense-rigl", 0.0)]["protocol"].startswith("rigl recipe")
+    assert by_cell[("gmp", 0.95)]["protocol"] == "gale recipe, sparsity over all, label smoothing 0, 1x, batch 256"
+    # a row of another protocol is shown beside a run, never compared: AC/DC's dense run beside RigL's
+    assert "recipe acdc here, rigl there" in by_cell[("dense", 0.0)]["published"]["other_protocol"]
+    for row in runs:  # the row compare will compare with is the one the cell names, of the same protocol
         expected = row["expected_published"]
-        assert (row["published"] is None) == (expected is None), row["cell"]
+        compared = row["published"] is not None and not row["published"]["other_protocol"]
+        assert compared == (expected is not None), row["cell"]
         if expected:
             assert {k: row["published"][k] for k in expected} == expected, row["cell"]
 
@@ -147,7 +163,7 @@ def test_dry_run_lists_every_resnet50_run_and_trains_nothing(tmp_path, capsys):
 def test_dry_run_text_for_mobilenet(tmp_path, capsys):
     assert main(["reproduce", "--suite", "imagenet-mobilenetv1", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     text = capsys.readouterr().out
-    assert "9 planned runs, 5 with a published reference" in text
+    assert "16 planned runs, 5 compared with a published number of the same protocol" in text
     assert "acdc-readme 70.41 (verified, best epoch)" in text
     assert "str-readme 62.10 (verified, best epoch), reported sparsity 0.8901" in text
     assert not (tmp_path / "r").exists()
@@ -232,7 +248,11 @@ def test_every_method_trains_under_its_own_recipe(name, method, run_root, reques
     assert (result["method"], result["model"], result["steps"]) == (method, load_suite(name)["model"], EPOCHS[method])
     assert 0 < result["training_flops_multiplier"] and result["dense_inference_flops"] > 0
     if method in ("acdc", "gmp", "rigl"):  # the target at the end: masks in force
-        assert result["actual_sparsity"] == pytest.approx(0.9, abs=0.005)
+        assert result["sparsity_check"]["reached"] == pytest.approx(0.9, abs=0.005)
+        # RigL's connections grown at step 0 start at zero; under tf-resnet's zero BatchNorm scales
+        # their gradient is zero too, so a run this short may hold more zeros than its masks
+        assert result["actual_sparsity"] == pytest.approx(0.9, abs=0.005) or (
+            method == "rigl" and result["actual_sparsity"] > 0.9)
         assert result["inference_flops_multiplier"] < 0.5
     if method == "acdc":
         assert (run_dir / "model_dense.pt").exists() and result["top1_dense"] is not None

@@ -248,7 +248,7 @@ def test_gmp_and_rigl_options_for_the_official_schedules():
 
     gmp = make_config(get_method("gmp"), {"targets": {0.9: {"end_fraction": 0.59375}}})
     assert gmp.resolve(0.9) == (0.3125, 0.59375, None) and gmp.resolve(0.8) == (0.3125, 0.78, None)
-    with pytest.raises(ValueError, match="start_fraction, end_fraction, frequency, unofficial"):
+    with pytest.raises(ValueError, match="start_fraction, end_fraction, frequency, frequency_fraction, unofficial"):
         make_config(get_method("gmp"), {"targets": {0.9: {"end": 0.5}}})
     with pytest.raises(ValueError, match=r"targets\[0.9\]"):
         make_config(get_method("gmp"), {"targets": {0.9: {"end_fraction": 0.2}}})

@@ -34,10 +34,17 @@ EPOCHS = 6
 TOP1 = {("acdc", 0): 88.0, ("acdc", 1): 89.0, ("gmp", 0): 86.0, ("gmp", 1): 86.5}
 
 
+#: The recipe each method runs in the ImageNet suites (the protocol a published row is compared on).
+RECIPES = {"acdc": ("acdc", 0.0, 256), "dense": ("acdc", 0.0, 256), "gmp": ("gale", 0.1, 256),
+           "rigl": ("rigl", 0.1, 256), "str": ("str", 0.1, 256), "set": ("rigl", 0.1, 256)}
+
+
 def _config(method: str, seed: int, sparsity: float = 0.9, dataset: str = "fashion-mnist",
             model: str = "lenet-300-100") -> dict:
+    family, smoothing, batch = RECIPES[method]
     return {"suite": SUITE, "dataset": dataset, "model": model, "method": method,
-            "sparsity": sparsity, "seed": seed, "epochs": EPOCHS}
+            "sparsity": sparsity, "seed": seed, "epochs": EPOCHS, "suite_epochs": EPOCHS,
+            "recipe": {"family": family, "label_smoothing": smoothing, "batch_size": batch}}
 
 
 def _metrics(method: str) -> pd.DataFrame:

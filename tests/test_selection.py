@@ -74,5 +74,8 @@ def test_the_dry_run_lists_each_published_row_no_run_is_compared_with_and_why(ca
     assert "acdc-readme 75.03 (verified, best epoch)" in out
     assert "published rows no planned run is compared with" in out
     assert "pwc-acdc AC/DC - global 0.9: top-1 75.64 (unknown epoch): an aggregator value" in out
-    assert "str-readme Dense - - 0: top-1 77.01 (best epoch): the planned run at this point is compared with " \
-           "rigl-readme instead" in out
+    assert ("rigl-readme-nolabelsmooth RigL 1x ERK 0.8: top-1 75.02 (unknown epoch): the planned run at this point "
+            "is compared with rigl-readme instead (this row's protocol differs: label smoothing 0.1 here, 0 there)") in out
+    assert "chase-readme SET - - 0.8: top-1 72.90 (unknown epoch): shown beside a planned run, not compared: " \
+           "other protocol: recipe not published" in out
+    assert "chase-readme MEST - - 0.8: top-1 75.39 (unknown epoch): not reproduced here" in out

@@ -16,9 +16,13 @@ sparsity and seed::
 
 - ``options`` replace keys of the suite's ``methods.<method>`` for this cell's runs;
   ``recipe`` (keys among ``optimizer``, ``lr_schedule``, ``label_smoothing``,
-  ``batch_size``, ``amp``, ``epochs``, ``init``) replaces keys of ``methods.<method>.recipe``
+  ``batch_size``, ``amp``, ``epochs``, ``init``, ``targets``) replaces keys of ``methods.<method>.recipe``
   (under ``budget: paper``; a matched budget runs one shared recipe), e.g. ``epochs: 200``
   for AC/DC 2x. The training multiplier stays relative to the suite's dense run.
+- ``recipe_of`` runs the cell on another method's ``methods.<name>.recipe`` (its ``recipe``
+  keys then replace that recipe's): ``{cell: dense-rigl, method: dense, recipe_of: rigl}`` is
+  the dense run of RigL's recipe, the one RigL's published dense row is compared with.
+  Cells of one method, variant and sparsity are told apart by it.
 - ``variant`` (default: what the run records without it, ``1x`` for RigL, else ``''``) is
   read word by word by :func:`acdc_bench.report.compare.match_published`: a training
   length (``2x``, ``1.5x``), a distribution word when the cell's differs from the method's
@@ -40,10 +44,10 @@ import math
 import re
 from pathlib import Path
 
-from acdc_bench.config import (RECIPE_KEYS, ConfigError, apply_recipe, cell_id, check_sparsity, method_recipe, run_id,
-                               validate_recipe)
+from acdc_bench.config import (RECIPE_KEYS, ConfigError, cell_id, check_sparsity, method_recipe, run_id,
+                               validate_method_recipe)
 
-CELL_KEYS = ("cell", "method", "options", "recipe", "sparsities", "variant", "published", "note")
+CELL_KEYS = ("cell", "method", "options", "recipe", "recipe_of", "sparsities", "variant", "published", "note")
 PUBLISHED_KEYS = ("source_id", "variant", "distribution")
 _LENGTH = re.compile(r"\d+(\.\d+)?x")
 
@@ -103,18 +107,24 @@ def suite_cells(suite: dict) -> list[dict]:
         recipe = entry.get("recipe") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"{here}: options must be a mapping of {method}'s options, got {options!r}")
-        if not isinstance(recipe, dict) or set(recipe) - set(RECIPE_KEYS):
+        if not isinstance(recipe, dict) or set(recipe) - {*RECIPE_KEYS, "targets"}:
             raise ConfigError(f"{here}: recipe must be a mapping with keys among {', '.join(RECIPE_KEYS)}, "
-                              f"got {recipe!r}")
+                              f"targets, got {recipe!r}")
         merged = {**((suite.get("methods") or {}).get(method) or {}), **options}
         merged.pop("recipe", None)
         try:
             method_config = make_config(get_method(method), merged)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{here}: options: {error}") from error
+        recipe_of = entry.get("recipe_of")
+        if recipe_of is not None:  # e.g. a dense run on RigL's recipe, beside RigL's published dense row
+            if method_recipe(suite, recipe_of) is None:
+                with_recipes = sorted(name for name in (suite.get("methods") or {}) if method_recipe(suite, name))
+                raise ConfigError(f"{here}: recipe_of {recipe_of!r} names no method with a recipe; allowed: "
+                                  f"{', '.join(with_recipes) or 'none (no methods.<name>.recipe in this suite)'}")
+            recipe = {**copy.deepcopy(method_recipe(suite, recipe_of)), **recipe}
         if recipe:
-            validate_recipe(apply_recipe(suite, {**(method_recipe(suite, method) or {}), **recipe}, -1.0),
-                            f"{here}: recipe")
+            validate_method_recipe(suite, {**(method_recipe(suite, method) or {}), **recipe}, f"{here}: recipe")
         if method == "dense":
             sparsities = [0.0]
         else:
@@ -140,12 +150,13 @@ def suite_cells(suite: dict) -> list[dict]:
                               f"{', '.join(PUBLISHED_KEYS)}, got {published!r}")
         tag = variant if variant is not None else default_variant(method_config)
         for sparsity in sparsities:
-            key = (method, tag.strip().lower(), round(sparsity, 6))
+            key = (method, tag.strip().lower(), round(sparsity, 6), recipe_of or "")
             if key in seen:
                 raise ConfigError(f"{here}: cell {seen[key]!r} already runs {method} with variant {tag!r} at "
                                   f"sparsity {sparsity:g}; give one of them another variant tag")
             seen[key] = name
         cells.append({"cell": name, "method": method, "options": dict(options), "recipe": dict(recipe),
+                      "recipe_of": recipe_of,
                       "sparsities": sparsities, "variant": variant, "tag": tag,
                       "published": dict(published) if published is not None else None,
                       "note": entry.get("note") or ""})
@@ -206,13 +217,14 @@ def dry_run(suite: dict, waves, out: Path | None, reference=None) -> dict:
     are measured once per model and layer set (:func:`acdc_bench.budget.plan._layer_flops`).
     """
     from acdc_bench.budget.plan import plan
-    from acdc_bench.report.compare import match_published
+    from acdc_bench.config import run_protocol
+    from acdc_bench.report.compare import match_published, protocol_differences, protocol_summary
     from acdc_bench.report.results import load_reference
     from acdc_bench.run.folder import read_result
 
     reference = load_reference() if reference is None else reference
     cells = {cell["cell"]: cell for cell in suite_cells(suite)}
-    rows, matched, places = [], set(), set()
+    rows, matched, places, other, protocols = [], set(), set(), {}, {}
     for number, wave in enumerate(waves):
         for spec in wave:
             config = spec_config(suite, spec, out)
@@ -221,17 +233,25 @@ def dry_run(suite: dict, waves, out: Path | None, reference=None) -> dict:
             # A calibrated (STR, matched) run's estimate is the calibration model's, not the planning ramp's.
             estimate = budget.get("estimated_training_flops") or report["estimated_training_flops"]
             distribution = run_distribution(config)
+            protocol = run_protocol(config)
+            protocols.setdefault(_point(config["dataset"], config["model"], config["method"], float(config["sparsity"]),
+                                        config.get("variant", "")), []).append(protocol)
             match = match_published(reference, dataset=config["dataset"], model=config["model"],
                                     method=config["method"], target_sparsity=float(config["sparsity"]),
-                                    variant=config.get("variant", ""), distribution=distribution)
+                                    variant=config.get("variant", ""), distribution=distribution, protocol=protocol)
             places.add((config["dataset"], config["model"]))
             published = None
             if match is not None:
-                matched.add(match.name)
+                differences = protocol_differences(protocol, match)
+                if differences:
+                    other.setdefault(match.name, "; ".join(differences))
+                else:
+                    matched.add(match.name)
                 published = {"source_id": str(match["source_id"]), "top1": float(match["top1"]),
                              "status": str(match["status"]), "selection": str(match.get("selection", "unknown")),
                              "variant": _text(match["variant"]),
-                             "distribution": _text(match["distribution"])}
+                             "distribution": _text(match["distribution"]),
+                             "other_protocol": "; ".join(differences)}
                 reported = match.get("reported_sparsity")
                 if reported is not None and not (isinstance(reported, float) and math.isnan(reported)):
                     published["reported_sparsity"] = float(reported)
@@ -251,40 +271,61 @@ def dry_run(suite: dict, waves, out: Path | None, reference=None) -> dict:
                 "finished": out is not None and read_result(Path(out) / config["run_id"]) is not None,
                 "estimated_training_flops": float(estimate),
                 "estimated_training_flops_multiplier": float(estimate) / float(report["dense_training_flops"]),
+                "protocol": protocol_summary(protocol),
                 "published": published,
                 "expected_published": cell["published"] if cell else None,
             })
     return {
         "suite": suite["suite"],
         "runs": rows,
-        "unmatched_published": _unmatched(reference, places, matched),
+        "unmatched_published": _unmatched(reference, places, matched, other,
+                                          {row["method"] for row in rows}, protocols),
         "planned": len(rows),
-        "with_published": sum(row["published"] is not None for row in rows),
+        "with_published": sum(row["published"] is not None and not row["published"]["other_protocol"]
+                              for row in rows),
         "estimated_training_flops_multiplier_total": sum(row["estimated_training_flops_multiplier"] for row in rows),
     }
 
 
-def _unmatched(reference, places: set, matched: set) -> list[dict]:
-    """The published rows of the suite's data sets and models that no planned run is compared with, and why."""
+def _point(dataset: str, model: str, method: str, sparsity: float, variant: str) -> tuple:
+    """A published row's or a planned run's place: names as published, the length word of the variant."""
     from acdc_bench.report.compare import display_name, name_key
 
+    length = next((word for word in str(variant or "").lower().split() if _LENGTH.fullmatch(word)), "")
+    return (name_key(display_name("dataset", dataset)), name_key(display_name("model", model)),
+            name_key(display_name("method", method)), round(float(sparsity), 6),
+            "" if length in ("", "1x") else f"{float(length[:-1]):g}x")
+
+
+def _unmatched(reference, places: set, matched: set, other: dict, methods: set, protocols: dict) -> list[dict]:
+    """The published rows of the suite's data sets and models that no planned run is compared with, and why."""
+    from acdc_bench.report.compare import display_name, name_key, protocol_differences
+
     keys = {(name_key(display_name("dataset", d)), name_key(display_name("model", m))) for d, m in places}
+    ours = {name_key(display_name("method", method)) for method in methods}
 
     def point(row) -> tuple:
-        return (name_key(row["dataset"]), name_key(row["model"]), name_key(row["method"]),
-                round(float(row["target_sparsity"]), 6), _text(row["variant"]).lower().replace("1x", ""))
+        return _point(row["dataset"], row["model"], row["method"], row["target_sparsity"], _text(row["variant"]))
 
     chosen = {point(reference.loc[index]): reference.loc[index, "source_id"] for index in matched}
     unmatched = []
     for index, row in reference.iterrows():
         if index in matched or (name_key(row["dataset"]), name_key(row["model"])) not in keys:
             continue
-        instead = chosen.get(point(row))
+        no_sparsity = isinstance(row["target_sparsity"], float) and math.isnan(row["target_sparsity"])
+        instead = None if no_sparsity else chosen.get(point(row))
+        if instead:
+            differences = min((protocol_differences(protocol, row) for protocol in protocols.get(point(row), [])),
+                              key=len, default=[])
+            instead = f"{instead} instead" + (f" (this row's protocol differs: {'; '.join(differences)})"
+                                              if differences else "")
         why = ("an aggregator value tied to no checkpoint: listed, never compared" if row["status"] == "aggregator"
-               else f"the planned run at this point is compared with {instead} instead" if instead
-               else "no planned run of this method, sparsity and variant"
-               if not (isinstance(row["target_sparsity"], float) and math.isnan(row["target_sparsity"]))
-               else "the source gives no sparsity")
+               else f"shown beside a planned run, not compared: other protocol: {other[index]}" if index in other
+               else f"the planned run at this point is compared with {instead}" if instead
+               else "the source gives no sparsity" if no_sparsity
+               else "not reproduced here: the suite does not run this method"
+               if name_key(row["method"]) not in ours
+               else "no planned run of this method, sparsity and variant")
         unmatched.append({"source_id": row["source_id"], "method": row["method"], "variant": _text(row["variant"]),
                           "distribution": _text(row["distribution"]), "target_sparsity": row["target_sparsity"],
                           "top1": float(row["top1"]), "selection": row.get("selection", "unknown"), "why": why})
@@ -294,7 +335,7 @@ def _unmatched(reference, places: set, matched: set) -> list[dict]:
 def format_dry_run(report: dict) -> str:
     """The dry run as an aligned text table, one line per planned run."""
     header = ["cell", "method", "variant", "distribution", "sparsity", "seed", "epochs", "est. train FLOPs x",
-              "published (source_id, top-1)"]
+              "protocol", "published (source_id, top-1)"]
     lines = []
     for row in report["runs"]:
         published = row["published"]
@@ -303,17 +344,19 @@ def format_dry_run(report: dict) -> str:
             text = f"{published['source_id']} {published['top1']:.2f} ({published['status']}, {published['selection']} epoch)"
             if published.get("reported_sparsity") and abs(published["reported_sparsity"] - row["sparsity"]) > 1e-6:
                 text += f", reported sparsity {published['reported_sparsity']:g}"
+            if published.get("other_protocol"):
+                text += f": OTHER PROTOCOL, not compared ({published['other_protocol']})"
         lines.append([row["cell"], row["method"], row["variant"] or "-", row["distribution"] or "-",
                       f"{row['sparsity']:g}", str(row["seed"]), str(row["epochs"]),
-                      f"{row['estimated_training_flops_multiplier']:.3f}", text + (" [finished]" if row["finished"] else "")])
+                      f"{row['estimated_training_flops_multiplier']:.3f}", row.get("protocol") or "-", text + (" [finished]" if row["finished"] else "")])
     widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
     table = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header] + lines]
     table.insert(1, "  ".join("-" * width for width in widths))
-    title = (f"suite {report['suite']}: {report['planned']} planned runs, {report['with_published']} with a "
-             f"published reference; estimated training FLOPs {report['estimated_training_flops_multiplier_total']:.2f}x "
+    title = (f"suite {report['suite']}: {report['planned']} planned runs, {report['with_published']} compared "
+             f"with a published number of the same protocol; estimated training FLOPs {report['estimated_training_flops_multiplier_total']:.2f}x "
              f"one dense run in all (--dry-run: nothing trained, no run folder written)")
     unmatched = [f"  {u['source_id']} {u['method']} {u['variant'] or '-'} {u['distribution'] or '-'} "
-                 f"{u['target_sparsity']:g}: top-1 {u['top1']:.2f} ({u['selection']} epoch): {u['why']}"
+                 f"{'-' if math.isnan(u['target_sparsity']) else format(u['target_sparsity'], 'g')}: top-1 {u['top1']:.2f} ({u['selection']} epoch): {u['why']}"
                  for u in report.get("unmatched_published", [])]
     if unmatched:
         unmatched.insert(0, f"published rows no planned run is compared with ({len(unmatched)}):")

@@ -30,13 +30,23 @@ PRESETS: dict[str, dict[str, int]] = {
     "imagenet-150": dict(schedule_epochs=150, warmup_epochs=10, phase_epochs=5, final_dense_epochs=10, final_sparse_epochs=15),
     "imagenet-200": dict(schedule_epochs=200, warmup_epochs=10, phase_epochs=5, final_dense_epochs=10, final_sparse_epochs=15),
     "cifar100-200": dict(schedule_epochs=200, warmup_epochs=10, phase_epochs=20, final_dense_epochs=20, final_sparse_epochs=30),
+    # configs/neurips/iht_cifar100_wideresnet_steplr_dense13_s*: 20-epoch compressed, 13-epoch decompressed phases
+    "cifar100-dense13": dict(schedule_epochs=225, warmup_epochs=10, phase_epochs=20, dense_phase_epochs=13,
+                             final_dense_epochs=13, final_sparse_epochs=50),
 }
 
 
 @dataclass
 class AcdcConfig(MaskedConfig):
     """AC/DC options. Lengths are in epochs and written for ``schedule_epochs`` total epochs;
-    a run with a different number of epochs scales them (the number of phases stays)."""
+    a run with a different number of epochs scales them (the number of phases stays).
+
+    ``dense_phase_epochs``: the length of an alternating decompressed phase where it differs from a
+    compressed one (None: ``phase_epochs``; CIFAR-100 ``dense13``: 20 compressed, 13 decompressed).
+    ``finetune_dense``: train the final compressed phase dense instead, so the run ends with the
+    dense model of the sparse-dense pair fine-tuned densely to the end (the official ``*_ftdense``
+    runs, which resume from the pair's last decompressed epoch); such a run promises a dense model.
+    """
 
     preset: str | None = None
     schedule_epochs: int | None = None
@@ -44,6 +54,8 @@ class AcdcConfig(MaskedConfig):
     phase_epochs: int = 5
     final_dense_epochs: int = 10
     final_sparse_epochs: int = 15
+    dense_phase_epochs: int | None = None
+    finetune_dense: bool = False
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -55,7 +67,8 @@ class AcdcConfig(MaskedConfig):
 
 #: The lengths AcdcConfig defaults to: the official ImageNet schedule, written for 100 epochs.
 PAPER_LENGTHS = {k: v for k, v in PRESETS["imagenet-100"].items() if k != "schedule_epochs"}
-KEYWORDS = ("schedule_epochs", "warmup_epochs", "phase_epochs", "final_dense_epochs", "final_sparse_epochs")
+KEYWORDS = ("schedule_epochs", "warmup_epochs", "phase_epochs", "dense_phase_epochs", "final_dense_epochs",
+            "final_sparse_epochs")
 
 
 def acdc_phases(
@@ -65,6 +78,7 @@ def acdc_phases(
     final_dense_epochs: int,
     final_sparse_epochs: int,
     schedule_epochs: int | None = None,
+    dense_phase_epochs: int | None = None,
 ) -> list[str]:
     """Phase (``dense``/``sparse``) of every epoch of an AC/DC run.
 
@@ -76,6 +90,11 @@ def acdc_phases(
                    final_sparse_epochs=final_sparse_epochs)
     if min(lengths.values()) < 0 or phase_epochs < 1 or final_sparse_epochs < 1:
         raise ValueError(f"AC/DC schedule lengths must be >= 0 (phase and final sparse >= 1), got {list(lengths.values())}")
+    if dense_phase_epochs is not None:
+        if dense_phase_epochs < 1:
+            raise ValueError(f"AC/DC dense_phase_epochs must be >= 1 (or null: phase_epochs), got {dense_phase_epochs}")
+        if dense_phase_epochs != phase_epochs:
+            lengths["dense_phase_epochs"] = dense_phase_epochs
     try:
         return _official_phases(epochs, schedule_epochs or epochs, **lengths)
     except ValueError as error:
@@ -91,56 +110,72 @@ def acdc_phases(
 
 
 def fitted_phases(epochs: int, base_epochs: int, warmup_epochs: int, phase_epochs: int, final_dense_epochs: int,
-                  final_sparse_epochs: int) -> list[str] | None:
+                  final_sparse_epochs: int, dense_phase_epochs: int | None = None) -> list[str] | None:
     """The schedule written for ``base_epochs`` shrunk to ``epochs`` with its proportions: each length
     scaled (a phase at least 1 epoch, the final decompressed phase at least 1 where it has one), as
     many alternating phases as fit (an odd number: starting and ending compressed), the warm-up
     dropped before the alternation is; None when not even one compressed, one decompressed and the
     final compressed epoch fit."""
     scale = epochs / base_epochs
-    n_phases = max(1, (base_epochs - warmup_epochs - final_dense_epochs - final_sparse_epochs) // phase_epochs)
+    between = dense_phase_epochs or phase_epochs
+    alternating = base_epochs - warmup_epochs - final_dense_epochs - final_sparse_epochs
+    n_phases = max(1, 2 * ((alternating + between) // (phase_epochs + between)) - 1)
     phase = max(1, round(phase_epochs * scale))
+    phase_dense = max(1, round(between * scale))
     dense = max(1 if final_dense_epochs else 0, round(final_dense_epochs * scale))
     sparse = max(1, round(final_sparse_epochs * scale))
     for warmup in (round(warmup_epochs * scale), 0):
-        n = n_phases if n_phases % 2 else n_phases - 1
-        while n >= 1 and warmup + n * phase + dense + sparse > epochs:
+        n = n_phases
+        while n >= 1 and warmup + _alternating(n, phase, phase_dense) + dense + sparse > epochs:
             n -= 2
         if n >= 1:
-            return _layout(warmup, n, phase, dense, epochs - warmup - n * phase - dense)
+            return _layout(warmup, n, phase, dense, epochs - warmup - _alternating(n, phase, phase_dense) - dense,
+                           phase_dense)
     return None
 
 
-def _layout(warmup: int, n_phases: int, phase: int, final_dense: int, final_sparse: int) -> list[str]:
-    """Dense warm-up, ``n_phases`` alternating phases starting compressed, final dense, final sparse."""
+def _alternating(n_phases: int, phase: int, dense_phase: int) -> int:
+    """Epochs of ``n_phases`` alternating phases starting and ending compressed."""
+    return (n_phases + 1) // 2 * phase + n_phases // 2 * dense_phase
+
+
+def _layout(warmup: int, n_phases: int, phase: int, final_dense: int, final_sparse: int,
+            dense_phase: int | None = None) -> list[str]:
+    """Dense warm-up, ``n_phases`` alternating phases starting compressed (compressed ``phase``
+    epochs, decompressed ``dense_phase``, default the same), final dense, final sparse."""
     phases = ["dense"] * warmup
     for index in range(n_phases):
-        phases += ["sparse" if index % 2 == 0 else "dense"] * phase
+        phases += ["sparse"] * phase if index % 2 == 0 else ["dense"] * (dense_phase or phase)
     return phases + ["dense"] * final_dense + ["sparse"] * final_sparse
 
 
 def _official_phases(epochs: int, base_epochs: int, *, warmup_epochs: int, phase_epochs: int,
-                     final_dense_epochs: int, final_sparse_epochs: int) -> list[str]:
+                     final_dense_epochs: int, final_sparse_epochs: int,
+                     dense_phase_epochs: int | None = None) -> list[str]:
     """The lengths, written for ``base_epochs``, scaled to ``epochs`` as the official configs scale
     them (every alternating phase kept); a ValueError where they do not fit."""
+    between = dense_phase_epochs or phase_epochs
     alternating = base_epochs - warmup_epochs - final_dense_epochs - final_sparse_epochs
-    if alternating < phase_epochs or alternating % phase_epochs or (alternating // phase_epochs) % 2 == 0:
+    if alternating < phase_epochs or (alternating + between) % (phase_epochs + between):
+        what = (f"{phase_epochs}-epoch phases" if between == phase_epochs
+                else f"{phase_epochs}-epoch compressed and {between}-epoch decompressed phases")
         raise ValueError(
             f"AC/DC schedule does not fit {base_epochs} epochs: after warm-up {warmup_epochs}, "
             f"final dense {final_dense_epochs} and final sparse {final_sparse_epochs}, the "
-            f"{alternating} alternating epochs must be an odd number (>= 1) of {phase_epochs}-epoch "
-            f"phases (starting and ending compressed)"
+            f"{alternating} alternating epochs must be an odd number (>= 1) of {what} "
+            f"(starting and ending compressed)"
         )
-    n_phases = alternating // phase_epochs
+    n_phases = 2 * ((alternating + between) // (phase_epochs + between)) - 1
     if epochs != base_epochs:
         scale = epochs / base_epochs
         warmup_epochs = round(warmup_epochs * scale)
         phase_epochs = max(1, round(phase_epochs * scale))
+        between = max(1, round(between * scale))
         final_dense_epochs = round(final_dense_epochs * scale)
-        final_sparse_epochs = epochs - warmup_epochs - n_phases * phase_epochs - final_dense_epochs
+        final_sparse_epochs = epochs - warmup_epochs - _alternating(n_phases, phase_epochs, between) - final_dense_epochs
         if final_sparse_epochs < 1:
             raise ValueError(f"AC/DC schedule written for {base_epochs} epochs cannot be scaled to {epochs} epochs")
-    return _layout(warmup_epochs, n_phases, phase_epochs, final_dense_epochs, final_sparse_epochs)
+    return _layout(warmup_epochs, n_phases, phase_epochs, final_dense_epochs, final_sparse_epochs, between)
 
 
 @register_method("acdc")
@@ -153,6 +188,9 @@ class ACDC(MaskedMethod):
         super().__init__(config, **kwargs)
         schedule = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.endswith("epochs")}
         self.phases = acdc_phases(self.epochs, **schedule)
+        if config.finetune_dense:  # the pair's dense model trained on where the final compressed phase was
+            last_dense = max((e for e, p in enumerate(self.phases) if p == "dense"), default=-1)
+            self.phases = self.phases[:last_dense + 1] + ["dense"] * (len(self.phases) - last_dense - 1)
         self.previous_sparse_masks = None
         self.last_overlap: float | None = None
 
@@ -184,6 +222,10 @@ class ACDC(MaskedMethod):
         if not hasattr(self, "_planned_sparse"):
             self._planned_sparse = self.distribution_densities(self.target_sparsity)
         return self._planned_sparse
+
+    def promised_sparsity(self) -> float:
+        """A ``finetune_dense`` run ends dense; any other ends at its target (as the distribution lays it out)."""
+        return 0.0 if self.config.finetune_dense else super().promised_sparsity()
 
     def dense_pair_epoch(self) -> int | None:
         last_dense = [e for e, p in enumerate(self.phases) if p == "dense"]

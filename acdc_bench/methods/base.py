@@ -251,8 +251,7 @@ class MaskedMethod(SparsityMethod):
         elif self.config.distribution == "global":
             masks = global_magnitude_masks(weights, sparsity)
         else:
-            densities = layer_densities(self.config.distribution, self.layers, sparsity, self.config.keep_dense)
-            masks = [magnitude_mask(w, d) for w, d in zip(weights, densities)]
+            masks = [magnitude_mask(w, d) for w, d in zip(weights, self.distribution_densities(sparsity))]
         self.masks.set(masks)
         self.masks.apply_to_weights()
         self.masking = True

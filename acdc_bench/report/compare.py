@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from acdc_bench.config import PROTOCOL_FIELDS
 from acdc_bench.core.io import atomic_write_text
 from acdc_bench.report import stats
 from acdc_bench.report.results import drop_superseded, select_runs
@@ -57,8 +58,9 @@ COMPARE_COLUMNS = GROUP_COLUMNS + ["differs", "train_subset", "numerics", "overr
     "delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high", "verdict_vs_acdc", "verdict_basis",
     "paired_seeds", "published_top1", "published_source", "published_status", "published_selection",
     "published_runs", "delta_basis", "delta_vs_published",
-    "published_inside_ci", "published_variant", "published_distribution", "published_citation",
-    "distribution", "epochs", "run_ids", "calibration",
+    "published_inside_ci", "published_protocol", "published_variant", "published_distribution",
+    "published_citation", "distribution", "epochs", *(f"protocol_{field}" for field in PROTOCOL_FIELDS),
+    "run_ids", "calibration",
 ]
 # Sparsities closer than this are the same target.
 SPARSITY_TOLERANCE = 1e-6
@@ -86,8 +88,63 @@ def _distribution_key(distribution: str) -> str:
     return name_key(str(distribution).split("(")[0])
 
 
+def protocol_differences(ours: dict | None, row) -> list[str]:
+    """How a published row's protocol differs from a run's (:func:`acdc_bench.config.run_protocol`).
+
+    Recipe family, sparsity denominator, label smoothing and training length must agree; a field
+    the row does not publish is a difference ("label smoothing not published"). The batch size is
+    not compared: the official codes of RigL and Gale et al. scale the learning rate linearly with
+    it, and our suites run their recipes at batch 256 on that rule (a listed deviation).
+    """
+    if ours is None:
+        return ["our run's protocol is unknown"]
+    differences = []
+    for field, words in (("recipe", "recipe"), ("denominator", "sparsity over"), ("label_smoothing", "label smoothing"),
+                         ("length", "length")):
+        theirs, mine = row.get(field, ""), ours.get(field, "")
+        if isinstance(theirs, float) and math.isnan(theirs) or (isinstance(theirs, str) and not theirs
+                                                                 and field != "denominator"):
+            differences.append(f"{words} not published")
+        elif isinstance(theirs, float):
+            if mine is None or (isinstance(mine, float) and math.isnan(mine)) or abs(float(mine) - theirs) > 1e-6:
+                differences.append(f"{words} {_protocol_text(mine)} here, {_protocol_text(theirs)} there")
+        elif str(theirs).lower() != str(mine or "").lower():
+            differences.append(f"{words} {mine or 'not recorded'} here, {theirs or 'not said'} there")
+    return differences
+
+
+def _protocol_text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "unknown"
+    return f"{float(value):g}"
+
+
+def protocol_summary(protocol: dict | None) -> str:
+    """One line for a protocol: ``rigl recipe, sparsity over all, label smoothing 0.1, 1x, batch 4096``."""
+    if not protocol:
+        return ""
+    parts = []
+    recipe, denominator = protocol.get("recipe"), protocol.get("denominator")
+    parts.append(f"{recipe} recipe" if recipe else "recipe not said")
+    if denominator:
+        parts.append(f"sparsity over {denominator}")
+    for field, text in (("label_smoothing", "label smoothing {}"), ("length", "{}x"), ("batch_size", "batch {}")):
+        value = protocol.get(field)
+        if value is not None and value != "" and not (isinstance(value, float) and math.isnan(value)):
+            parts.append(text.format(f"{float(value):g}"))
+    return ", ".join(parts)
+
+
+def run_protocol_of(row) -> dict | None:
+    """The protocol columns of a compare/run row (``protocol_<field>``), or None when not recorded."""
+    if not str(row.get("protocol_recipe", "") or "") and pd.isna(row.get("protocol_length", math.nan)):
+        return None
+    return {field: row.get(f"protocol_{field}") for field in PROTOCOL_FIELDS}
+
+
 def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method: str,
-                    target_sparsity: float, variant: str = "", distribution: str = "") -> pd.Series | None:
+                    target_sparsity: float, variant: str = "", distribution: str = "",
+                    protocol: dict | None = None) -> pd.Series | None:
     """Return the published row best matching one of our cells, or None.
 
     Candidates share dataset, model, method (ids mapped through
@@ -100,9 +157,10 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     so it is never matched to a 1x run) and any other word but a distribution
     word (``2:4``) must be the row's; a distribution word (``global``,
     ``uniform``, ``erk``) restricts the rows to that distribution. Among them:
-    status verified > reported > unverified, then the same layer distribution
-    (main word, then exact text), then file order. An ``aggregator`` row (Papers with Code) is
-    never matched.
+    the same protocol as ``protocol`` (:func:`protocol_differences`; the caller shows a row of
+    another protocol without a difference), then status verified > reported > unverified, then
+    the same layer distribution (main word, then exact text), then file order. An ``aggregator``
+    row (Papers with Code) is never matched.
     """
     if reference is None or reference.empty or target_sparsity is None or math.isnan(target_sparsity):
         return None
@@ -136,12 +194,14 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     other_distribution = candidates["distribution"].map(_distribution_key) != _distribution_key(distribution)
     other_exact_distribution = candidates["distribution"].str.lower() != str(distribution).lower()
     ranking = pd.DataFrame({
+        "protocol": [0 if protocol is None else len(protocol_differences(protocol, row))
+                     for _, row in candidates.iterrows()],
         "status": candidates["status"].map(STATUS_PREFERENCE).fillna(len(STATUS_PREFERENCE)),
         "distribution": other_distribution.astype(int),
         "exact_distribution": other_exact_distribution.astype(int),
         "order": range(len(candidates)),
     }, index=candidates.index)
-    best = ranking.sort_values(["status", "distribution", "exact_distribution", "order"]).index[0]
+    best = ranking.sort_values(["protocol", "status", "distribution", "exact_distribution", "order"]).index[0]
     return candidates.loc[best]
 
 
@@ -400,6 +460,8 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
             "numerics": _first(group["numerics_mode"], "native"),
             "overrides": " ".join(_first(group["overrides"], []) or []) if "overrides" in group else "",
             "budget_flag": _budget_flag(group),
+            **{f"protocol_{field}": _first(group[f"protocol_{field}"], "") if f"protocol_{field}" in group else ""
+               for field in PROTOCOL_FIELDS},
         })
     table = pd.DataFrame(rows)
     table["differs"] = _differences(table, finished)
@@ -416,11 +478,14 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
 
     published = {"published_top1": [], "published_source": [], "published_status": [], "published_selection": [],
                  "published_runs": [], "published_variant": [], "published_distribution": [],
-                 "published_citation": []}
+                 "published_citation": [], "published_protocol": []}
     for _, row in table.iterrows():
+        protocol = run_protocol_of(row)
         match = match_published(reference, dataset=row["dataset"], model=row["model"], method=row["method"],
                                 target_sparsity=row["target_sparsity"], variant=row["variant"],
-                                distribution=row["distribution"])
+                                distribution=row["distribution"], protocol=protocol)
+        differences = protocol_differences(protocol, match) if match is not None else []
+        published["published_protocol"].append("other protocol: " + "; ".join(differences) if differences else "")
         published["published_top1"].append(match["top1"] if match is not None else math.nan)
         published["published_runs"].append(float(match.get("runs", math.nan)) if match is not None else math.nan)
         for column, reference_column in (("published_source", "source_id"), ("published_status", "status"),
@@ -438,12 +503,16 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     table["delta_basis"] = ["" if pd.isna(p) else ("best" if b else "final")
                             for p, b in zip(table["published_top1"], best)]
     ours = table["top1_best_mean"].where(best, table["top1_mean"])
-    table["delta_vs_published"] = ours - table["published_top1"]
+    # a row of another protocol is shown, never differenced
+    comparable = table["published_protocol"] == ""
+    table["delta_vs_published"] = (ours - table["published_top1"]).where(comparable)
+    table.loc[~comparable, "delta_basis"] = ""
     # against the interval of the same selection (a best-epoch interval: t over seeds, 2 seeds or more)
     lows = table["top1_best_ci_low"].where(best, table["top1_ci_low"])
     highs = table["top1_best_ci_high"].where(best, table["top1_ci_high"])
-    inside = [pd.NA if math.isnan(published) or math.isnan(low) or math.isnan(high) else low <= published <= high
-              for published, low, high in zip(table["published_top1"], lows, highs)]
+    inside = [pd.NA if not same or math.isnan(published) or math.isnan(low) or math.isnan(high)
+              else low <= published <= high
+              for published, low, high, same in zip(table["published_top1"], lows, highs, comparable)]
     table["published_inside_ci"] = pd.array(inside, dtype="boolean")
     table = table.sort_values(["suite", "dataset", "model", "target_sparsity", "method", "variant"])
     return table[COMPARE_COLUMNS].reset_index(drop=True)
@@ -482,7 +551,7 @@ def _label(row) -> str:
 
 def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of one sparsity block."""
-    header = ["method", "variant", "top-1 %", "95% CI", "best-epoch top-1", "seeds", "sparsity", "train FLOPs x",
+    header = ["method", "variant", "recipe", "top-1 %", "95% CI", "best-epoch top-1", "seeds", "sparsity", "train FLOPs x",
               "infer FLOPs x", "d vs AC/DC", "d 95% CI", "verdict", "published top-1", "d vs published",
               "published in CI"]
     cells = []
@@ -496,13 +565,14 @@ def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         published = "-"
         if not math.isnan(row["published_top1"]):
             published = (f"{row['published_top1']:.2f} ({row['published_source']}, {row['published_status']}, "
-                         f"{row['published_selection']} epoch)")
+                         f"{row['published_selection']} epoch"
+                         + (", other protocol" if row.get("published_protocol") else "") + ")")
         inside = row["published_inside_ci"]
         method = display_name("method", row["method"]) + (" *" if row.get("differs") or row.get("budget_flag") else "")
         delta = _number(row["delta_vs_published"], signed=True)
         if row["delta_basis"]:
             delta += f" ({row['delta_basis']})"
-        cells.append([method, row["variant"] or "-", top1,
+        cells.append([method, row["variant"] or "-", row.get("protocol_recipe") or "-", top1,
                       _interval_text(row["top1_ci_low"], row["top1_ci_high"]), best, str(int(row["seeds"])),
                       _number(row["actual_sparsity"], 4), _number(row["training_flops_multiplier"], 3),
                       _number(row["inference_flops_multiplier"], 3), _number(row["delta_vs_acdc"], signed=True),
@@ -521,7 +591,10 @@ def _interval_notes(block: pd.DataFrame) -> list[str]:
             note += f"; vs AC/DC {row['verdict_vs_acdc']}: {row['verdict_basis']}"
         if row.get("budget_flag"):
             note += f"; NOT a matched comparison: {row['budget_flag']}"
-        if row.get("published_selection") == "best":
+        if row.get("published_protocol"):
+            note += (f"; {row['published_source']} {row['published_top1']:.2f} is shown, not compared: "
+                     f"{row['published_protocol']}")
+        elif row.get("published_selection") == "best":
             note += (f"; {row['published_source']} is a best-epoch number, set beside our best-epoch top-1"
                      + (" (selected on ImageNet's validation set, which is also its test set: optimistic)"
                         if "imagenet" in str(row["dataset"]).lower() else ""))

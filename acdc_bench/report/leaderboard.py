@@ -44,6 +44,8 @@ source_status              str      ``measured`` (ours) or the reference status:
 run_ids                    str      our run ids joined by ';' ('' for published rows)
 train_subset               Int64    training examples our runs used (<NA>: the whole training set)
 overrides                  str      the ``--set`` overrides our runs were trained with ('' for none)
+protocol                   str      the recipe family, sparsity denominator, label smoothing, length
+                                    and batch size of the row ('' where not recorded)
 note                       str      what sets a row apart from another of the same method and
                                     target (``differs: key=value``), or a budget its runs missed
 ========================== ======== ==========================================================
@@ -65,7 +67,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from acdc_bench.report.compare import compare_table, display_name, name_key
+from acdc_bench.config import PROTOCOL_FIELDS
+from acdc_bench.report.compare import compare_table, display_name, name_key, protocol_summary, run_protocol_of
 from acdc_bench.core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,10 @@ LEADERBOARD_COLUMNS = [
     "task", "dataset", "model", "method", "variant", "distribution", "metric", "value", "value_std",
     "value_ci_low", "value_ci_high", "value_best", "selection", "sparsity",
     "training_flops_multiplier", "inference_flops_multiplier", "epochs", "seeds", "source",
-    "source_status", "run_ids", "train_subset", "overrides", "note",
+    "source_status", "run_ids", "train_subset", "overrides", "protocol", "note",
 ]
 STRING_COLUMNS = ["task", "dataset", "model", "method", "variant", "distribution", "metric", "selection",
-                  "source", "source_status", "run_ids", "overrides", "note"]
+                  "source", "source_status", "run_ids", "overrides", "protocol", "note"]
 INTERVAL_COLUMNS = ["value_std", "value_ci_low", "value_ci_high"]
 FLOAT_COLUMNS = ["value", *INTERVAL_COLUMNS, "value_best", "sparsity", "training_flops_multiplier", "inference_flops_multiplier"]
 INTEGER_COLUMNS = ["epochs", "seeds", "train_subset"]
@@ -126,6 +129,7 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
         "epochs": row.epochs, "seeds": row.seeds, "source": OUR_SOURCE,
         "source_status": OUR_SOURCE_STATUS, "run_ids": row.run_ids,
         "train_subset": row.train_subset, "overrides": row.overrides,
+        "protocol": protocol_summary(run_protocol_of(row._asdict())),
         "note": "; ".join(text for text in (f"differs: {row.differs}" if row.differs else "", row.budget_flag) if text),
     } for row in ours.itertuples()]
 
@@ -148,6 +152,7 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
                 "value_ci_high": math.nan, "value_best": math.nan, "selection": row.selection, "sparsity": sparsity, "training_flops_multiplier": row.train_flops_mult,
                 "inference_flops_multiplier": row.inference_flops_mult, "epochs": row.epochs, "seeds": math.nan,
                 "source": row.source, "source_status": row.status, "run_ids": "",
+                "protocol": protocol_summary({field: getattr(row, field, "") for field in PROTOCOL_FIELDS}),
             })
     if not rows:
         log.info("suite %s: nothing for the leaderboard", suite)
@@ -227,8 +232,9 @@ def read_leaderboard(path_csv: str | os.PathLike) -> pd.DataFrame:
     for column in (*INTERVAL_COLUMNS, "value_best"):  # CSVs written before these columns existed
         if column not in frame.columns:
             frame[column] = math.nan
-    if "selection" not in frame.columns:
-        frame["selection"] = ""
+    for column in ("selection", "protocol"):
+        if column not in frame.columns:
+            frame[column] = ""
     missing = [column for column in LEADERBOARD_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"{path_csv}: leaderboard columns missing {missing}")

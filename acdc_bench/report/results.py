@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from acdc_bench.config import run_protocol
 from acdc_bench.core.io import flatten
 from acdc_bench.run import folder
 
@@ -76,6 +77,12 @@ REFERENCE_STATUSES = ("verified", "reported", "unverified", "aggregator")
 #: ImageNet that is the test set), the ``final`` epoch's, or ``unknown``. Optional columns, with
 #: ``runs`` (how many runs the number summarises; empty: not said).
 REFERENCE_SELECTIONS = ("best", "final", "unknown")
+#: The protocol of a published number (optional columns; empty: not published, and then no run is
+#: compared with the row): ``recipe`` (whose code: acdc, rigl, gale, str, ...), ``denominator``
+#: (``all`` prunable weights, or ``pruned layers`` only), ``label_smoothing``, ``length`` (training
+#: length over the recipe's own ~100 epochs) and ``batch_size``. See :func:`run_protocol`.
+REFERENCE_DENOMINATORS = ("all", "pruned layers", "")
+REFERENCE_PROTOCOL_NUMBERS = ("label_smoothing", "length", "batch_size")
 #: The published numbers ship inside the package (``leaderboards/reference/`` installed as
 #: ``acdc_bench.reference``), so they are found after a non-editable install too.
 DEFAULT_REFERENCE_PATH = Path(str(resources.files("acdc_bench.reference").joinpath("published.csv")))
@@ -124,7 +131,7 @@ def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
         return {}, f"config.yaml unreadable: {error}"
     if not isinstance(config, dict):
         return {}, "config.yaml is not a mapping"
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {f"protocol_{key}": value for key, value in run_protocol(config).items()}
     for config_key, column in _CONFIG_FIELDS.items():
         value = config.get(config_key)
         if isinstance(value, dict):  # e.g. ``method: {name: acdc, ...}``
@@ -178,6 +185,7 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
         if isinstance(result, dict):  # a corrupt result keeps what it has, never counts as finished
             row.update(_flatten(result))
         if not problems:
+            row.update({key: value for key, value in config_fields.items() if key.startswith("protocol_")})
             if "top1_best" not in result:  # written before runs recorded it: read it from metrics.csv
                 check = result.get("sparsity_check") or {}
                 metrics = load_metrics(run_dir)
@@ -382,6 +390,22 @@ def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
                          f"not in {REFERENCE_SELECTIONS}")
     reference["runs"] = pd.to_numeric(reference.get("runs", pd.Series("", index=reference.index)).replace("", math.nan),
                                       errors="coerce").astype("float64")
+    for column in ("recipe", "denominator"):
+        if column not in reference:
+            reference[column] = ""
+    for column in REFERENCE_PROTOCOL_NUMBERS:
+        values = reference.get(column, pd.Series("", index=reference.index)).replace("", math.nan)
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        bad = numbers.isna() & values.notna()
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2
+            raise ValueError(f"{path}:{line}: {column} {values[bad].iloc[0]!r} is not a number")
+        reference[column] = numbers
+    bad_denominator = ~reference["denominator"].isin(REFERENCE_DENOMINATORS)
+    if bad_denominator.any():
+        line = int(bad_denominator.to_numpy().nonzero()[0][0]) + 2
+        raise ValueError(f"{path}:{line}: denominator {reference['denominator'][bad_denominator].iloc[0]!r} "
+                         f"not in {REFERENCE_DENOMINATORS[:2]} (or empty)")
     bad_status = ~reference["status"].isin(REFERENCE_STATUSES)
     if bad_status.any():
         line = int(bad_status.to_numpy().nonzero()[0][0]) + 2
