@@ -173,28 +173,34 @@ def _suite(args) -> dict:
 
 def _budgeted_config(args, suite: dict, out: Path | None) -> dict:
     from acdc_bench.budget.matching import resolve_budget
+    from acdc_bench.run.store import store_at
 
     mode = getattr(args, "budget", None) or suite["budget"]["mode"]
-    return resolve_budget(suite, args.method, args.sparsity, args.seed, mode, args.epochs, out)
+    return resolve_budget(suite, args.method, args.sparsity, args.seed, mode, args.epochs, store_at(out))
 
 
 def cmd_run(args) -> int:
     from acdc_bench.budget.calibrate import describe
+    from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.loop import train
+    from acdc_bench.run.store import store_at
     from acdc_bench.run.tracking import Tracker
 
     suite = _suite(args)
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
-    config = _budgeted_config(args, suite, out)
-    while True:  # a matched STR run is a calibration chain: each finished run may call for the next
+    store = store_at(out)
+    first = _budgeted_config(args, suite, out)
+    if store.finished(first["run_id"]):  # train() says so, and where
+        train(first, out, data_root=args.data_root, progress=not args.no_progress)
+        return 0
+    # a matched STR run is a calibration chain: each finished run may call for the next
+    chain = run_chain(lambda: _budgeted_config(args, suite, out), store, first=first)
+    for number, config in enumerate(chain):
+        if number:
+            print(describe(config["budget"], config["train_steps"]), flush=True)
         tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
         train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
-        following = _budgeted_config(args, suite, out)
-        note = describe(following["budget"], following["train_steps"])
-        if following["run_id"] == config["run_id"] or not note:
-            return 0
-        print(note, flush=True)
-        config = following
+    return 0
 
 
 def cmd_plan(args) -> int:
@@ -395,9 +401,10 @@ def cmd_reproduce(args) -> int:
     if getattr(args, "json", False) and not dry:
         raise ConfigError("--json lists the plan: use it with --dry-run")
     if dry:  # before anything trains or writes: the plan only
-        from acdc_bench.budget.listing import dry_run, format_dry_run
+        from acdc_bench.report.dryrun import dry_run, format_dry_run
+        from acdc_bench.run.store import store_at
 
-        listing = dry_run(suite, runs, out)
+        listing = dry_run(suite, runs, store_at(out))
         print(json.dumps(listing, indent=2) if args.json else format_dry_run(listing))
         return 0
     resolve_jobs(args)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from acdc_bench.budget.matching import resolve_budget
+from acdc_bench.run.store import RunStore
 from acdc_bench.budget.calibrate import MAX_LOG_STEP, Observation, broyden_jacobian, next_point, residual
 from acdc_bench.config import ConfigError, load_suite, run_config
 
@@ -150,16 +151,16 @@ def test_str_chain_is_rederived_from_the_finished_runs(tmp_path):
     budget = 1.0e12
     write_result(tmp_path, acdc, training_flops=budget, actual_sparsity=0.9)
 
-    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     calibration = first["budget"]["calibration"]
     assert calibration["iteration"] == 0 and calibration["previous_run"] is None
     assert calibration["option"] == "lam" and calibration["value"] == 0.004  # the suite's recipe
     assert first["budget"]["reference_training_flops"] == budget
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] == first["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] == first["run_id"]
 
     # STR spent half the budget and ended a little under the target: the next run is longer, lam smaller.
     write_result(tmp_path, first, training_flops=0.5 * budget, actual_sparsity=0.89)
-    second = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    second = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     calibration = second["budget"]["calibration"]
     assert calibration["iteration"] == 1 and calibration["previous_run"] == first["run_id"]
     assert second["train_steps"] > first["train_steps"] and calibration["value"] < 0.004
@@ -174,26 +175,26 @@ def test_str_chain_is_rederived_from_the_finished_runs(tmp_path):
 
     # Within both tolerances: the chain stops at that run (the same config is returned again).
     write_result(tmp_path, second, training_flops=1.015 * budget, actual_sparsity=0.885)
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] != second["run_id"]  # 1.5 pp off
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] != second["run_id"]  # 1.5 pp off
     write_result(tmp_path, second, training_flops=1.015 * budget, actual_sparsity=0.896)
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] == second["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] == second["run_id"]
 
 
 def test_str_chain_stops_after_max_runs(tmp_path):
     suite = load_suite("fashion-mnist", RECIPE_START + ["budget.calibration.max_runs=2"])
     acdc = run_config(suite, "acdc", 0.95, 0, budget={"mode": "paper", "reference_training_flops": None})
     write_result(tmp_path, acdc, training_flops=1e12, actual_sparsity=0.95)
-    first = resolve_budget(suite, "str", 0.95, 0, "matched", out=tmp_path)
+    first = resolve_budget(suite, "str", 0.95, 0, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, first, training_flops=0.4e12, actual_sparsity=0.94)
-    second = resolve_budget(suite, "str", 0.95, 0, "matched", out=tmp_path)
+    second = resolve_budget(suite, "str", 0.95, 0, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, second, training_flops=0.9e12, actual_sparsity=0.99)  # still off
-    assert resolve_budget(suite, "str", 0.95, 0, "matched", out=tmp_path)["run_id"] == second["run_id"]
+    assert resolve_budget(suite, "str", 0.95, 0, "matched", store=RunStore(tmp_path))["run_id"] == second["run_id"]
 
 
 def test_gmp_and_rigl_are_not_calibrated():
     suite = load_suite("fashion-mnist", RECIPE_START)
     for method in ("gmp", "rigl"):
-        config = resolve_budget(suite, method, 0.9, 0, "matched", out=None)
+        config = resolve_budget(suite, method, 0.9, 0, "matched", store=None)
         assert "calibration" not in config["budget"]
         assert config["budget"]["estimated_ratio"] == pytest.approx(1.0, abs=0.02)
 
@@ -223,10 +224,10 @@ def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_t
 
     suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["methods.rigl.update_interval=2"])
     quiet = dict(progress=False, log=lambda *a: None)
-    acdc = resolve_budget(suite, "acdc", 0.9, 0, "matched", out=tmp_path)
+    acdc = resolve_budget(suite, "acdc", 0.9, 0, "matched", store=RunStore(tmp_path))
     acdc_result = train(acdc, tmp_path, **quiet)
     for method in ("gmp", "rigl"):
-        config = resolve_budget(suite, method, 0.9, 0, "matched", out=tmp_path)
+        config = resolve_budget(suite, method, 0.9, 0, "matched", store=RunStore(tmp_path))
         assert config["budget"]["reference_training_flops"] == acdc_result["training_flops"]
         assert config["budget"]["reference_source"] == f"measured by run {acdc['run_id']}"
         result = train(config, tmp_path, **quiet)
@@ -286,10 +287,10 @@ def test_a_corrupt_chain_result_is_a_clear_error(tmp_path):
     suite = load_suite("fashion-mnist", RECIPE_START)
     acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
     write_result(tmp_path, acdc, training_flops=1e12, actual_sparsity=0.9)
-    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, first, top1=80.0)  # no training_flops
     with pytest.raises(ValueError, match="delete that run folder"):
-        resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+        resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
 
 
 class InlineExecutor:
@@ -339,7 +340,7 @@ def test_cluster_launcher_stops_when_a_job_writes_no_result(tmp_path, monkeypatc
 def test_a_zero_calibration_option_is_a_clear_error():
     suite = load_suite("fashion-mnist", RECIPE_START + ["methods.str.targets={}", "methods.str.lam=0"])
     with pytest.raises(ValueError, match="must be positive"):
-        resolve_budget(suite, "str", 0.9, 0, "matched", out=None)
+        resolve_budget(suite, "str", 0.9, 0, "matched", store=None)
 
 
 def _finished_acdc_runs(tmp_path, suite, budget=1.0e12):
@@ -351,10 +352,10 @@ def _finished_acdc_runs(tmp_path, suite, budget=1.0e12):
 def _accepted_seed_zero_chain(tmp_path, suite, budget=1.0e12):
     """Seed 0's chain in ``tmp_path``: run 0 (the recipe) missed, run 1 was accepted; returns run 1's config."""
     _finished_acdc_runs(tmp_path, suite, budget)
-    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, first, training_flops=0.5 * budget, actual_sparsity=0.89,
                  budget={"calibration": {"within_tolerance": False}})
-    second = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    second = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, second, training_flops=1.01 * budget, actual_sparsity=0.899,
                  budget={"calibration": {"within_tolerance": True}})
     return second
@@ -363,7 +364,7 @@ def _accepted_seed_zero_chain(tmp_path, suite, budget=1.0e12):
 def test_another_seed_starts_at_the_accepted_run_of_the_first(tmp_path):
     suite = load_suite("fashion-mnist", RECIPE_START)
     accepted = _accepted_seed_zero_chain(tmp_path, suite)
-    seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)
+    seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))
     calibration = seed1["budget"]["calibration"]
     assert calibration["iteration"] == 0 and calibration["started_from"] == accepted["run_id"]
     assert seed1["train_steps"] == accepted["train_steps"]
@@ -371,19 +372,19 @@ def test_another_seed_starts_at_the_accepted_run_of_the_first(tmp_path):
     assert seed1["method_config"]["targets"][0.9]["lam"] == calibration["value"]
     assert seed1["seed"] == 1 and seed1["run_id"] != accepted["run_id"]
     # Without warm starts (or for seed 0 itself) the chain is the recipe's.
-    cold = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path, warm_start=False)
+    cold = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path), warm_start=False)
     assert cold["budget"]["calibration"]["started_from"] is None and cold["train_steps"] != accepted["train_steps"]
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)["run_id"] == accepted["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] == accepted["run_id"]
 
 
 def test_a_chain_begun_from_the_recipe_is_continued(tmp_path):
     """Seed 1's recipe run started before seed 0's chain was accepted: seed 1 keeps its own chain."""
     suite = load_suite("fashion-mnist", RECIPE_START)
     _finished_acdc_runs(tmp_path, suite)
-    cold = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path, warm_start=False)
+    cold = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path), warm_start=False)
     (tmp_path / cold["run_id"]).mkdir(parents=True)  # started (interrupted), not finished
     _accepted_seed_zero_chain(tmp_path, suite)
-    assert resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)["run_id"] == cold["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))["run_id"] == cold["run_id"]
 
 
 def test_a_chain_starts_at_the_calibrated_point_the_suite_ships(tmp_path):
@@ -391,16 +392,16 @@ def test_a_chain_starts_at_the_calibrated_point_the_suite_ships(tmp_path):
     suite = load_suite("fashion-mnist")
     acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
     write_result(tmp_path, acdc, training_flops=1.0e12, actual_sparsity=0.9)
-    first = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    first = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     calibration = first["budget"]["calibration"]
     assert (first["train_steps"], calibration["value"]) == (11390, 0.00263)
     assert calibration["started_from"] == "suite budget.calibration.start" and calibration["iteration"] == 0
     assert first["method_config"]["targets"][0.9]["lam"] == 0.00263
     write_result(tmp_path, first, training_flops=1.01e12, actual_sparsity=0.9003)  # within 2% and 0.5 pp
-    again = resolve_budget(suite, "str", 0.9, 0, "matched", out=tmp_path)
+    again = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     assert again["run_id"] == first["run_id"]  # accepted: no second run
     # another length, another budget: the shipped point does not apply, the recipe starts the chain
-    short = resolve_budget(load_suite("fashion-mnist", SHORT), "str", 0.9, 0, "matched", out=tmp_path)
+    short = resolve_budget(load_suite("fashion-mnist", SHORT), "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     assert short["budget"]["calibration"]["started_from"] is None and short["budget"]["calibration"]["value"] == 0.004
     with pytest.raises(ConfigError, match="budget.calibration.start.str.0.9 must be"):
         load_suite("fashion-mnist", ["budget.calibration.start={str: {0.9: {steps: 0, value: 1}}}"])
@@ -417,15 +418,15 @@ def test_a_seed_of_its_own_starts_at_its_own_shipped_point(tmp_path):
         write_result(tmp_path, acdc, training_flops=1.0e12, actual_sparsity=0.9)
     points = {}
     for seed in (0, 1, 2):
-        config = resolve_budget(suite, "str", 0.9, seed, "matched", out=tmp_path)
+        config = resolve_budget(suite, "str", 0.9, seed, "matched", store=RunStore(tmp_path))
         calibration = config["budget"]["calibration"]
         assert calibration["started_from"] == "suite budget.calibration.start" and calibration["iteration"] == 0
         points[seed] = (config["train_steps"], calibration["value"], config["method_config"]["targets"][0.9]["lam"])
     assert points == {0: (11390, 0.00263, 0.00263), 1: (10000, 0.0031, 0.0031), 2: (11390, 0.00263, 0.00263)}
     # the seed's own point is accepted like the target's: no second run
-    seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)
+    seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, seed1, training_flops=0.99e12, actual_sparsity=0.8970)
-    assert resolve_budget(suite, "str", 0.9, 1, "matched", out=tmp_path)["run_id"] == seed1["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))["run_id"] == seed1["run_id"]
     for bad, message in [("{1: {steps: 10000}}", r"start.str.0.9.seeds.1 must be"),
                          ("{-1: {steps: 10000, value: 0.003}}", "seeds must be integers >= 0"),
                          ("[1, 2]", r"start.str.0.9.seeds must map seed")]:
@@ -456,3 +457,47 @@ def test_two_chains_of_one_cell_keep_the_last_finished_end(tmp_path, caplog):
     # the old chain finished last (copied back, say): its end wins, never both
     os.utime(tmp_path / "old-1" / "result.json", (400, 400))
     assert drop_superseded(runs)["run_id"].tolist() == ["old-1", "other-seed"]
+
+
+def test_run_chain_yields_each_unfinished_run_once_and_refuses_to_skip_one(tmp_path):
+    """A plain run is one run; a calibration chain goes on while resolving gives a new run; a run
+    handed out but not trained is an error, never an endless loop."""
+    from acdc_bench.budget.matching import run_chain
+
+    store = RunStore(tmp_path)
+    finished: set[str] = set()
+    store.finished = lambda run_id: run_id in finished  # what a trained run leaves
+
+    chain = iter(["a", "b", "b"])  # the resolver's answers: run a, then its chain's next run b, then b again
+    last = {"id": None}
+
+    def resolve():
+        last["id"] = next(chain, last["id"])
+        return {"run_id": last["id"]}
+
+    trained = []
+    for config in run_chain(resolve, store):
+        trained.append(config["run_id"])
+        finished.add(config["run_id"])
+    assert trained == ["a", "b"]
+    finished.clear()
+    with pytest.raises(RuntimeError, match="run c was handed out to train but has not finished"):
+        for _ in run_chain(lambda: {"run_id": "c"}, store):
+            pass
+    finished.add("d")
+    assert list(run_chain(lambda: {"run_id": "d"}, store)) == []
+
+
+def test_the_run_store_reads_what_the_run_folders_hold(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    assert store.run_ids() == [] and store.result("x") is None and not store.exists("x")
+    (tmp_path / "runs" / "b-run").mkdir(parents=True)
+    (tmp_path / "runs" / "a-run").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("not a run")
+    assert store.run_ids() == ["a-run", "b-run"] and store.exists("a-run") and not store.finished("a-run")
+    assert store.folder("a-run") == tmp_path / "runs" / "a-run"
+    (tmp_path / "runs" / "a-run" / "result.json").write_text("{broken")
+    from acdc_bench.run.folder import CorruptResult
+
+    with pytest.raises(CorruptResult):
+        store.result("a-run")

@@ -82,6 +82,32 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+#: The layers of the package, lowest first: a module may import its own layer and lower ones only.
+FLOORS = ("acdc_bench.core", "acdc_bench.methods", "acdc_bench.baselines", "acdc_bench.budget", "acdc_bench.run",
+          "acdc_bench.report", "acdc_bench.cli")
+
+
+def _floor(name: str) -> int | None:
+    return next((i for i, floor in enumerate(FLOORS) if name == floor or name.startswith(floor + ".")), None)
+
+
+def test_the_layers_import_downwards_only():
+    """core < methods < baselines < budget < run < report < cli: the budget code reads the runs already
+    there through a store it is given (acdc_bench.run.store.RunStore), never acdc_bench.run itself."""
+    modules = _modules()
+    upward = []
+    for name, path in modules.items():
+        mine = _floor(name)
+        if mine is None:
+            continue
+        for target in _imports(path, name, modules):
+            theirs = _floor(target)
+            if theirs is not None and theirs > mine and not name.startswith(target + "."):
+                upward.append(f"{name} -> {target}")
+    assert not upward, "imports up the layers: " + ", ".join(sorted(upward))
+    assert _floor("acdc_bench.budget.matching") < _floor("acdc_bench.run.store") < _floor("acdc_bench.report.dryrun")
+
+
 def test_builtin_methods_come_from_this_package_even_beside_another_baselines(tmp_path, monkeypatch):
     """Another importable package named ``baselines`` cannot hide GMP, RigL and STR."""
     import subprocess

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from acdc_bench.budget.listing import spec_config, suite_cells, variant_length
+from acdc_bench.budget.cells import spec_config, suite_cells, variant_length
 from acdc_bench.cli import main
 from acdc_bench.config import ConfigError, load_suite, method_recipe, run_config, run_protocol
 from acdc_bench.core.sparsity import nm_group_nonzeros

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from acdc_bench.budget.listing import spec_config, suite_cells
+from acdc_bench.budget.cells import spec_config, suite_cells
 from acdc_bench.config import ConfigError, load_suite, run_config, run_protocol
 from acdc_bench.methods import get_method, make_config
 from acdc_bench.methods.acdc import PRESETS, acdc_phases

@@ -14,23 +14,39 @@ config returned is the chain's next run, or its accepted (or last) finished run.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 from acdc_bench.config import ConfigError, run_config
+
+def run_chain(resolve: Callable[[], dict], store, first: dict | None = None) -> Iterator[dict]:
+    """The runs one planned run takes, in order, for the caller to train: ``resolve()``'s config
+    (``first`` in its place the first time) while it has not finished in ``store``, resolved again
+    after each. A plain run is one run; a calibration chain (a matched STR run) goes on to its next
+    run until one is accepted or ``max_runs`` are spent. Every runner (the ``run`` command, the
+    local and the parallel ones) walks a chain through this one generator."""
+    config = first if first is not None else resolve()
+    while not store.finished(config["run_id"]):
+        yield config
+        following = resolve()
+        if following["run_id"] == config["run_id"] and not store.finished(config["run_id"]):
+            raise RuntimeError(f"run {config['run_id']} was handed out to train but has not finished; train each "
+                               f"run the chain gives before asking for the next")
+        config = following
+
 
 #: Methods that always run their own length: the dense baseline is the unit of every multiplier.
 UNMATCHED = {"dense"}
 
 
-def reference_training_flops(suite: dict, sparsity: float, seed: int, out: Path | None) -> tuple[float, str]:
-    """The budget: a finished reference run's measured FLOPs, else the reference's estimate."""
+def reference_training_flops(suite: dict, sparsity: float, seed: int, store) -> tuple[float, str]:
+    """The budget: a finished reference run's measured FLOPs (read through ``store``, a
+    :class:`acdc_bench.run.store.RunStore` or None), else the reference's estimate."""
     from acdc_bench.budget.plan import Planner
-    from acdc_bench.run.folder import read_result
 
     reference = suite["budget"].get("reference", "acdc")
     config = run_config(suite, reference, sparsity, seed, budget={"mode": "paper", "reference_training_flops": None})
-    if out is not None:
-        finished = read_result(Path(out) / config["run_id"])
+    if store is not None:
+        finished = store.result(config["run_id"])
         if finished is not None:
             return float(finished["training_flops"]), f"measured by run {config['run_id']}"
     try:
@@ -48,12 +64,14 @@ def resolve_budget(
     seed: int,
     mode: str,
     epochs: int | None = None,
-    out: Path | None = None,
+    store=None,
     warm_start: bool = True,
 ) -> dict:
     """The run config of ``method`` under the budget ``mode`` (``paper`` or ``matched``).
 
-    ``warm_start=False`` keeps a calibration chain from starting at another seed's accepted run."""
+    ``store``: the runs already there (a :class:`acdc_bench.run.store.RunStore`, or None: none),
+    whose finished reference and calibration runs a matched budget reads. ``warm_start=False``
+    keeps a calibration chain from starting at another seed's accepted run."""
     from acdc_bench.budget.plan import Planner, solve_matched_steps
 
     reference = suite["budget"].get("reference", "acdc")
@@ -67,7 +85,7 @@ def resolve_budget(
         note = None if mode == "paper" else ("explicit --epochs" if epochs is not None else f"{method} runs its own length")
         return run_config(suite, method, sparsity, seed, epochs=epochs,
                           budget={"mode": "paper", "reference_training_flops": None, "note": note})
-    budget_flops, source = reference_training_flops(suite, sparsity, seed, out)
+    budget_flops, source = reference_training_flops(suite, sparsity, seed, store)
     # The shared recipe (batch size included) a matched run trains on, not the method's own.
     planner = Planner(run_config(suite, method, sparsity, seed, budget={"mode": "matched"}))
     steps, estimate = solve_matched_steps(planner, budget_flops)
@@ -80,26 +98,24 @@ def resolve_budget(
         "estimated_ratio": estimate / budget_flops,
     }
     if getattr(planner.method_cls, "calibration_option", None):
-        return _calibrated(suite, method, sparsity, seed, budget, planner, steps, out, warm_start)
+        return _calibrated(suite, method, sparsity, seed, budget, planner, steps, store, warm_start)
     epochs_needed = math.ceil(steps / planner.steps_per_epoch)
     return run_config(suite, method, sparsity, seed, epochs=epochs_needed, budget=budget, train_steps=steps)
 
 
-def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, out: Path) -> dict | None:
-    """The accepted run of another seed's calibration chain (lowest seed first) in ``out``, if any.
+def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, store) -> dict | None:
+    """The accepted run of another seed's calibration chain (lowest seed first) in ``store``, if any.
 
     Only chains that started from the recipe count (each is re-derived with ``warm_start=False``),
     so the answer does not depend on the order in which warm-started chains ran.
     """
     import re
 
-    from acdc_bench.run.folder import read_result
-
     pattern = re.compile(rf"^{re.escape(method)}-s{re.escape(f'{sparsity:g}')}-seed(\d+)-")
-    seeds = sorted({int(m.group(1)) for d in Path(out).iterdir() if (m := pattern.match(d.name))} - {int(seed)})
+    seeds = sorted({int(m.group(1)) for name in store.run_ids() if (m := pattern.match(name))} - {int(seed)})
     for other in seeds:
-        config = resolve_budget(suite, method, sparsity, other, "matched", out=out, warm_start=False)
-        result = read_result(Path(out) / config["run_id"])
+        config = resolve_budget(suite, method, sparsity, other, "matched", store=store, warm_start=False)
+        result = store.result(config["run_id"])
         if result and ((result.get("budget") or {}).get("calibration") or {}).get("within_tolerance"):
             return config
     return None
@@ -129,8 +145,8 @@ def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suit
 
 
 def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: dict, planner, steps: int,
-                out: Path | None, warm_start: bool = True) -> dict:
-    """The calibration chain of an emergent-cost method, re-derived from the run folders in ``out``.
+                store, warm_start: bool = True) -> dict:
+    """The calibration chain of an emergent-cost method, re-derived from the runs in ``store``.
 
     Run 0 is the suite's recipe at the planner's length ``steps`` or, when another seed's
     chain has been accepted and this seed's recipe run was never started, that accepted
@@ -142,7 +158,6 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     from acdc_bench.config import CALIBRATION_DEFAULTS
     from acdc_bench.methods import make_config
     from acdc_bench.budget.plan import MATCH_TOLERANCE
-    from acdc_bench.run.folder import read_result
 
     settings = {**CALIBRATION_DEFAULTS, **(suite["budget"].get("calibration") or {})}
     method_cls = planner.method_cls
@@ -167,9 +182,9 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     if shipped is not None:  # the suite ships this cell's calibrated point: the chain starts there
         steps, value = shipped
         estimate, started_from = budget_flops, "suite budget.calibration.start"
-    elif warm_start and out is not None and Path(out).is_dir():
+    elif warm_start and store is not None and store.run_ids():
         recipe = config_at(steps, options, {"mode": "matched"})
-        donor = None if (Path(out) / recipe["run_id"]).exists() else _accepted_elsewhere(suite, method, sparsity, seed, out)
+        donor = None if store.exists(recipe["run_id"]) else _accepted_elsewhere(suite, method, sparsity, seed, store)
         if donor is not None:
             steps, value = donor["train_steps"], donor["budget"]["calibration"]["value"]
             estimate, started_from = budget_flops, donor["run_id"]
@@ -188,13 +203,13 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
         recipe_point = iteration == 0 and started_from is None
         run_options = options if recipe_point else method_cls.with_calibration_value(options, sparsity, value)
         config = config_at(steps, run_options, run_budget)
-        result = read_result(Path(out) / config["run_id"]) if out is not None else None
+        result = store.result(config["run_id"]) if store is not None else None
         if result is None:
             return config
         try:
             measured = float(result["training_flops"]), float(result["actual_sparsity"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{Path(out) / config['run_id'] / 'result.json'} has no usable training_flops and "
+            raise ValueError(f"{store.folder(config['run_id']) / 'result.json'} has no usable training_flops and "
                              f"actual_sparsity, so the {method} budget calibration cannot go on; delete that run "
                              f"folder to run it again") from None
         observation = Observation(steps, value, *measured, config["run_id"])

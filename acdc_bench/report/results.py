@@ -358,6 +358,17 @@ def load_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
     return metrics
 
 
+def _numbers(values: pd.Series, column: str, path) -> pd.Series:
+    """A text column as float ('' -> NaN); a value that is not a number is an error naming its line."""
+    values = values.replace("", math.nan)
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        line = int(bad.to_numpy().nonzero()[0][0]) + 2
+        raise ValueError(f"{path}:{line}: {column} {values[bad].iloc[0]!r} is not a number")
+    return numbers
+
+
 def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
     """Read the published reference table (default: ``leaderboards/reference/published.csv``).
 
@@ -372,43 +383,17 @@ def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
         raise ValueError(f"{path}: missing columns {missing}")
     for column in reference.columns:
         reference[column] = reference[column].astype(str).str.strip()
-    for column in REFERENCE_NUMERIC_COLUMNS:
-        values = reference[column].replace("", math.nan)
-        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-        bad = numbers.isna() & values.notna()
-        if bad.any():
-            line = int(bad.to_numpy().nonzero()[0][0]) + 2
-            raise ValueError(f"{path}:{line}: {column} {values[bad].iloc[0]!r} is not a number")
-        reference[column] = numbers
-    if "selection" not in reference:
-        reference["selection"] = "unknown"
-    reference["selection"] = reference["selection"].replace("", "unknown")
-    bad_selection = ~reference["selection"].isin(REFERENCE_SELECTIONS)
-    if bad_selection.any():
-        line = int(bad_selection.to_numpy().nonzero()[0][0]) + 2
-        raise ValueError(f"{path}:{line}: selection {reference['selection'][bad_selection].iloc[0]!r} "
-                         f"not in {REFERENCE_SELECTIONS}")
-    reference["runs"] = pd.to_numeric(reference.get("runs", pd.Series("", index=reference.index)).replace("", math.nan),
-                                      errors="coerce").astype("float64")
-    for column in ("recipe", "denominator"):
+    for column in ("selection", "runs", "recipe", "denominator", *REFERENCE_PROTOCOL_NUMBERS):  # optional columns
         if column not in reference:
             reference[column] = ""
-    for column in REFERENCE_PROTOCOL_NUMBERS:
-        values = reference.get(column, pd.Series("", index=reference.index)).replace("", math.nan)
-        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-        bad = numbers.isna() & values.notna()
+    reference["selection"] = reference["selection"].replace("", "unknown")
+    for column in (*REFERENCE_NUMERIC_COLUMNS, "runs", *REFERENCE_PROTOCOL_NUMBERS):
+        reference[column] = _numbers(reference[column], column, path)
+    for column, allowed in (("selection", REFERENCE_SELECTIONS), ("denominator", REFERENCE_DENOMINATORS),
+                            ("status", REFERENCE_STATUSES)):
+        bad = ~reference[column].isin(allowed)
         if bad.any():
             line = int(bad.to_numpy().nonzero()[0][0]) + 2
-            raise ValueError(f"{path}:{line}: {column} {values[bad].iloc[0]!r} is not a number")
-        reference[column] = numbers
-    bad_denominator = ~reference["denominator"].isin(REFERENCE_DENOMINATORS)
-    if bad_denominator.any():
-        line = int(bad_denominator.to_numpy().nonzero()[0][0]) + 2
-        raise ValueError(f"{path}:{line}: denominator {reference['denominator'][bad_denominator].iloc[0]!r} "
-                         f"not in {REFERENCE_DENOMINATORS[:2]} (or empty)")
-    bad_status = ~reference["status"].isin(REFERENCE_STATUSES)
-    if bad_status.any():
-        line = int(bad_status.to_numpy().nonzero()[0][0]) + 2
-        raise ValueError(f"{path}:{line}: status {reference['status'][bad_status].iloc[0]!r} "
-                         f"not in {REFERENCE_STATUSES}")
+            raise ValueError(f"{path}:{line}: {column} {reference[column][bad].iloc[0]!r} not in "
+                             f"{tuple(value for value in allowed if value)}")
     return reference

@@ -21,7 +21,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class RunSpec:
     """One planned run. A run of a paper-suite cell (``reproduce.variants``,
-    :mod:`acdc_bench.budget.listing`) also carries the cell's name, its variant tag (None: the
+    :mod:`acdc_bench.budget.cells`) also carries the cell's name, its variant tag (None: the
     run's own) and its method options and recipe keys over the suite's."""
 
     method: str
@@ -42,7 +42,7 @@ def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=Non
 
     A suite with ``reproduce.variants`` runs its cells (``cells``: only those named); ``methods``
     keeps the cells of those methods (a method without a cell runs plain at the sparsities) and
-    ``sparsities`` each cell's listed sparsities among those given. See :mod:`acdc_bench.budget.listing`.
+    ``sparsities`` each cell's listed sparsities among those given. See :mod:`acdc_bench.budget.cells`.
     """
     from acdc_bench.config import check_sparsity
     from acdc_bench.methods import get_method
@@ -74,7 +74,7 @@ def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=Non
 
 def _plan_cells(suite: dict, methods, sparsities, seeds, budget, names) -> list[list[RunSpec]]:
     """:func:`plan_runs` for a suite with ``reproduce.variants``: one run per cell, sparsity and seed."""
-    from acdc_bench.budget.listing import suite_cells, variant_length
+    from acdc_bench.budget.cells import suite_cells, variant_length
     from acdc_bench.config import check_sparsity
     from acdc_bench.methods import get_method
 
@@ -121,9 +121,10 @@ def _plan_cells(suite: dict, methods, sparsities, seeds, budget, names) -> list[
 
 def _config(suite: dict, spec: RunSpec, out: Path) -> dict:
     """The resolved config of ``spec`` (its cell's options and variant tag; its budget)."""
-    from acdc_bench.budget.listing import spec_config
+    from acdc_bench.budget.cells import spec_config
+    from acdc_bench.run.store import store_at
 
-    return spec_config(suite, spec, out)
+    return spec_config(suite, spec, store_at(out))
 
 
 def format_duration(seconds: float) -> str:
@@ -170,18 +171,16 @@ def _worker_start(threads: int) -> None:
 def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: str | None) -> tuple[dict, int]:
     """In a worker process: one run, or a calibration chain to its end; the last result and the
     number of runs trained."""
+    from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.loop import train
+    from acdc_bench.run.store import store_at
 
-    trained = 0
-    while True:
+    store, first = store_at(out), config
+    result, trained = None, 0
+    for config in run_chain(lambda: _config(suite, spec, out), store, first=first):
         result = train(config, out, data_root=data_root, progress=False, log=lambda *_: None)
         trained += 1
-        if not (config.get("budget") or {}).get("calibration"):
-            return result, trained
-        following = _config(suite, spec, out)
-        if following["run_id"] == config["run_id"]:
-            return result, trained
-        config = following
+    return (result if result is not None else store.result(first["run_id"])), trained  # None: finished meanwhile
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -324,9 +323,10 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     The estimate is the time per optimizer step so far times the steps still to train, from
     each run's planned length (a calibration chain's later runs are not known in advance).
     """
+    from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.tracking import Tracker
-    from acdc_bench.run.folder import read_result
     from acdc_bench.run.loop import train
+    from acdc_bench.run.store import store_at
 
     import torch
 
@@ -335,20 +335,21 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
               f"--jobs {min(8, os.cpu_count() or 1)} uses the other cores)", flush=True)
         torch.set_num_threads(1)
     specs = [spec for wave in waves for spec in wave]
+    store = store_at(out)
     planned = [_config(suite, spec, out) for spec in specs]
-    pending = [0 if read_result(out / c["run_id"]) is not None else _steps(c) for c in planned]
+    pending = [0 if store.finished(c["run_id"]) else _steps(c) for c in planned]
     chains = any((c.get("budget") or {}).get("calibration") for c in planned)
     started = time.perf_counter()
     trained_time, trained_steps, trained = 0.0, 0, 0
     for index, spec in enumerate(specs, 1):
         # Resolved when it is about to run, so that a matched run's budget is its reference's
         # measured FLOPs (``planned`` above, for the time-left estimate, may hold estimates).
-        config = planned[index - 1] if read_result(out / planned[index - 1]["run_id"]) else _config(suite, spec, out)
+        first = planned[index - 1] if store.finished(planned[index - 1]["run_id"]) else _config(suite, spec, out)
         remaining = len(specs) - index
-        if read_result(out / config["run_id"]) is not None:
-            print(f"[{index}/{len(specs)}] {config['run_id']}: finished already")
+        if store.finished(first["run_id"]):
+            print(f"[{index}/{len(specs)}] {first['run_id']}: finished already")
             continue
-        while read_result(out / config["run_id"]) is None:
+        for config in run_chain(lambda: _config(suite, spec, out), store, first=first):
             steps_left = [_steps(config)] + pending[index:]
             eta = ""
             if trained_steps and None not in steps_left:
@@ -362,8 +363,6 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
             train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
             trained_time += time.perf_counter() - run_started
             trained_steps, trained = trained_steps + (_steps(config) or 0), trained + 1
-            if (config.get("budget") or {}).get("calibration"):
-                config = _config(suite, spec, out)  # the chain's next run, or the same finished run
     print(f"all {len(specs)} runs of suite {suite['suite']} finished in {format_duration(time.perf_counter() - started)} -> {out}")
     return trained
 

@@ -1,0 +1,93 @@
+"""``acdc_bench.testing.check_method``: every built-in method holds the contract, and a method that
+breaks a clause is caught with that clause named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acdc_bench.methods import MaskedMethod, method_names, register_method
+from acdc_bench.testing import ContractReport, MethodContractError, check_method
+
+BUILT_IN = ("dense", "acdc", "gmp", "rigl", "set", "str")
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_built_in_method_holds_the_contract(name, one_thread):
+    assert set(BUILT_IN) <= set(method_names())
+    report = check_method(name)
+    assert isinstance(report, ContractReport)
+    clauses = {"hooks", "target", "finalize", "resume", "plan", "ranks"}
+    if name == "str":  # its cost emerges from training: said, not silently passed
+        assert set(report.passed) == clauses - {"plan"} and "calibration_option" in report.skipped["plan"]
+    else:
+        assert set(report.passed) == clauses and not report.skipped
+
+
+@register_method("contract-never-prunes")
+class NeverPrunes(MaskedMethod):
+    """Promises the target, never prunes."""
+
+    def planned_densities(self, epoch):
+        return self.distribution_densities(self.target_sparsity)
+
+
+@register_method("contract-forgets")
+class Forgets(MaskedMethod):
+    """Prunes at epoch 0, but its state_dict forgets the masks: a resume trains dense."""
+
+    def on_epoch_start(self, epoch):
+        if epoch == 0:
+            self.prune_by_magnitude(self.target_sparsity)
+
+    def planned_densities(self, epoch):
+        return self.distribution_densities(self.target_sparsity)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@register_method("contract-plans-dense")
+class PlansDense(Forgets):
+    """Keeps its state, but plans every epoch dense."""
+
+    state_dict = MaskedMethod.state_dict
+    load_state_dict = MaskedMethod.load_state_dict
+
+    def planned_densities(self, epoch):
+        return [1.0] * len(self.layers)
+
+
+@register_method("contract-per-rank")
+class PerRank(MaskedMethod):
+    """Draws random masks at the target from a generator seeded by the rank: ranks disagree."""
+
+    def on_epoch_start(self, epoch):
+        if epoch == 0:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            generator = torch.Generator().manual_seed(rank)
+            masks = []
+            for layer, density in zip(self.layers, self.planned_densities(0)):
+                keep = torch.zeros(layer.numel, dtype=torch.bool)
+                keep[torch.randperm(layer.numel, generator=generator)[:round(density * layer.numel)]] = True
+                masks.append(keep.view(layer.weight.shape))
+            self.masks.set(masks)
+            self.masks.apply_to_weights()
+            self.masking = True
+
+    def planned_densities(self, epoch):
+        return self.distribution_densities(self.target_sparsity)
+
+
+@pytest.mark.parametrize("name, options, clause", [
+    ("contract-never-prunes", {"distribution": "uniform"}, "target"),
+    ("contract-forgets", {"distribution": "uniform"}, "resume"),
+    ("contract-plans-dense", {"distribution": "uniform"}, "plan"),
+    ("contract-per-rank", {"distribution": "uniform"}, "ranks"),
+])
+def test_a_method_that_breaks_a_clause_is_caught_naming_it(name, options, clause, one_thread):
+    with pytest.raises(MethodContractError, match=rf"^{name}: {clause}: "):
+        check_method(name, options=options)
