@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -232,10 +231,17 @@ class GMP(MaskedMethod):
         pruned = sum(layer.numel for layer, d in zip(self.layers, dense) if not d)
         rest = sum(layer.numel for layer, d, f in zip(self.layers, dense, fixed) if not d and f is None)
         held = sum(f * layer.numel for layer, d, f in zip(self.layers, dense, fixed) if not d and f is not None)
-        others = (self.target_sparsity * pruned - held) / rest if rest else math.nan
-        if not 0.0 <= others < 1.0 and not (not rest and abs(self.target_sparsity * pruned - held) <= 1e-9 * pruned):
+        needed = self.target_sparsity * pruned - held  # zeros the other pruned layers must hold
+        if rest:
+            others = needed / rest
+            if not 0.0 <= others < 1.0:
+                raise ValueError(f"GMP layer_sparsity {self.config.layer_sparsity} cannot meet the target "
+                                 f"{self.target_sparsity:g}: the other layers would need sparsity {others:.4f}")
+        elif abs(needed) > 1e-9 * pruned:
             raise ValueError(f"GMP layer_sparsity {self.config.layer_sparsity} cannot meet the target "
-                             f"{self.target_sparsity:g}: the other layers would need sparsity {others:.4f}")
+                             f"{self.target_sparsity:g}: it holds every pruned layer, and no other layer is left")
+        else:
+            others = 0.0
         return [0.0 if d else (f if f is not None else others) for d, f in zip(dense, fixed)]
 
     # ------------------------------------------------------------------ planning
