@@ -75,7 +75,8 @@ NON_RESULT_KEYS = {"description", "data_root", "num_workers", "kernels", "reprod
 #: so that a run whose configuration did not change keeps its id.
 LATER_KEYS = {"init": None}
 #: The same for fields added to a method's options (``method_config``), per method.
-LATER_METHOD_FIELDS = {"acdc": {"pattern": None, "dense_phase_epochs": None, "finetune_dense": False}, "gmp": {"targets": {}, "pattern": None, "frequency_fraction": None, "layer_sparsity": {}},
+LATER_METHOD_FIELDS = {"acdc": {"pattern": None, "dense_phase_epochs": None, "finetune_dense": False},
+                       "gmp": {"targets": {}, "pattern": None, "frequency_fraction": None, "layer_sparsity": {}},
                        "rigl": {"update_interval_examples": None, "pattern": None, "update_at_step_zero": False,
                                 "drop_noise_std": 0.0},
                        "set": {"update_interval_examples": None, "pattern": None, "update_at_step_zero": False,

@@ -207,6 +207,14 @@ def check_method(name: str, *, sparsity: float = 0.9, options: dict | None = Non
     return ContractReport(name, passed, skipped)
 
 
+def whole_weight_slack(flops) -> int:
+    """Forward FLOPs per example by which a plan and the meter may differ: the plan lays a layer's
+    density out as a fraction ``d``, the masks keep whole weights, and the meter counts
+    ``f // n`` FLOPs per weight where the plan counts ``d * f``, so each layer is off by less than
+    ``f // n + f % n`` (``f``: its dense forward FLOPs, ``n``: its weights)."""
+    return sum(f // n + f % n for f, n in zip(flops.dense, flops.numels))
+
+
 def _planned_training_flops(name: str, sparsity: float, options: dict, method_cls) -> tuple[float, float] | None:
     """(planned training FLOPs of the check's run, the rounding bound) from a fresh, untrained
     sparsifier; None for a method whose cost emerges from training."""
@@ -221,16 +229,15 @@ def _planned_training_flops(name: str, sparsity: float, options: dict, method_cl
                       for epoch in range(EPOCHS))
     except NotImplementedError as error:
         raise _fail(name, "plan", f"no planning model ({error}); define planned_densities(epoch)") from None
-    flops = method.flops
-    # the plan lays a density out as a fraction, the masks keep whole weights (tests/plan_check.py)
-    per_example = sum(f // n + f % n for f, n in zip(flops.dense, flops.numels))
-    return planned, 3 * per_example * EPOCHS * STEPS_PER_EPOCH * BATCH
+    return planned, 3 * whole_weight_slack(method.flops) * EPOCHS * STEPS_PER_EPOCH * BATCH
 
 
 def _check_ranks(name: str, sparsity: float, options: dict, ranks: int) -> None:
     import torch.multiprocessing as mp
 
-    module = importlib.import_module("acdc_bench.methods").get_method(name).__module__
+    from acdc_bench.methods import get_method
+
+    module = get_method(name).__module__
     with tempfile.TemporaryDirectory(prefix="acdc-bench-contract-") as folder:
         files = [os.path.join(folder, f"rank{rank}.pt") for rank in range(ranks)]
         try:

@@ -88,7 +88,7 @@ class GmpConfig(MaskedConfig):
                 )
             if frequency is not None and (not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 1):
                 raise ValueError(f"GMP frequency must be a positive integer number of steps or null, got {frequency!r}{where}")
-            fraction = self._entry(sparsity).get("frequency_fraction", self.frequency_fraction)
+            fraction = self.frequency_fraction_for(sparsity)
             if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
                                              and 0.0 < fraction <= 1.0):
                 raise ValueError(f"GMP frequency_fraction must be a fraction of the run in (0, 1] or null, "
@@ -110,6 +110,10 @@ class GmpConfig(MaskedConfig):
                 return entry
         return {}
 
+    def frequency_fraction_for(self, target_sparsity: float | None) -> float | None:
+        """``frequency_fraction`` for ``target_sparsity``: its ``targets`` entry's, else the top level's."""
+        return self._entry(target_sparsity).get("frequency_fraction", self.frequency_fraction)
+
     def resolve(self, target_sparsity: float | None) -> tuple[float, float, int | None]:
         """(start_fraction, end_fraction, frequency) for ``target_sparsity``: its ``targets`` entry, else the top level."""
         entry = self._entry(target_sparsity)
@@ -122,7 +126,7 @@ class GmpConfig(MaskedConfig):
         options = {k: v for k, v in dataclasses.asdict(self).items() if k != "targets"}
         entry = self._entry(target_sparsity)
         options.update(start_fraction=start, end_fraction=end, frequency=frequency,
-                       frequency_fraction=entry.get("frequency_fraction", self.frequency_fraction),
+                       frequency_fraction=self.frequency_fraction_for(target_sparsity),
                        unofficial=bool(entry.get("unofficial", False)))
         return options
 
@@ -152,7 +156,7 @@ class GMP(MaskedMethod):
         self.start_step = int(round(start_fraction * total))
         # t1 is the last step at the latest, so that the final target is always reached.
         self.end_step = max(self.start_step + 1, min(total - 1, int(round(end_fraction * total))))
-        fraction = config._entry(self.target_sparsity).get("frequency_fraction", config.frequency_fraction)
+        fraction = config.frequency_fraction_for(self.target_sparsity)
         self.frequency = int(frequency or max(1, round(total * (fraction or GALE_FREQUENCY / GALE_TOTAL_STEPS))))
         self._density_cache: dict[float, list[float]] = {}
 

@@ -175,6 +175,13 @@ class RigL(MaskedMethod):
     #: 2 f_S + f_D instead of 3 f_S. A subclass whose :meth:`grow_scores` does not (SET) sets False.
     dense_gradient: ClassVar[bool] = True
 
+    def layer_generator(self, layer, step: int, purpose: str = "") -> torch.Generator:
+        """A CPU generator seeded by ``mask_seed``, the step and the layer's name (and ``purpose``):
+        every data-parallel rank draws the same numbers."""
+        name = f"{layer.name}/{purpose}" if purpose else layer.name
+        seed = hash((int(self.config.mask_seed), step, zlib.crc32(name.encode()))) % 2**63
+        return torch.Generator().manual_seed(seed)
+
     def drop_scores(self, layer, step: int) -> torch.Tensor:
         """Flat scores of one layer's weights, |w| plus N(0, drop_noise_std^2) noise drawn the same on
         every rank (seeded by ``mask_seed``, the step and the layer's name): the k active weights of
@@ -182,8 +189,7 @@ class RigL(MaskedMethod):
         scores = layer.weight.detach().reshape(-1).abs()
         if not self.config.drop_noise_std:
             return scores
-        seed = hash((int(self.config.mask_seed), step, zlib.crc32(f"{layer.name}/drop".encode()))) % 2**63
-        noise = torch.randn(layer.numel, generator=torch.Generator().manual_seed(seed))
+        noise = torch.randn(layer.numel, generator=self.layer_generator(layer, step, "drop"))
         return scores.float() + (noise * self.config.drop_noise_std).to(scores.device)
 
     def grow_scores(self, layer, step: int) -> torch.Tensor:

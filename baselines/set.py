@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import zlib
-
 import torch
 
 from acdc_bench.baselines.rigl import RigL
@@ -26,6 +24,4 @@ class SET(RigL):
     dense_gradient: ClassVar[bool] = False
 
     def grow_scores(self, layer, step: int) -> torch.Tensor:
-        seed = hash((int(self.config.mask_seed), step, zlib.crc32(layer.name.encode()))) % 2**63
-        generator = torch.Generator().manual_seed(seed)
-        return torch.rand(layer.numel, generator=generator).to(layer.weight.device)
+        return torch.rand(layer.numel, generator=self.layer_generator(layer, step)).to(layer.weight.device)

@@ -64,6 +64,13 @@ def variant_length(tag: str | None) -> float:
     return 1.0
 
 
+def length_key(tag: str | None) -> str:
+    """The training length of a variant tag as the reports key it: '' for the standard length
+    (no length word, or ``1x``), else ``'2x'``, ``'1.5x'``."""
+    length = variant_length(tag)
+    return "" if length == 1.0 else f"{length:g}x"
+
+
 def default_variant(method_config) -> str:
     """The variant a run records without a cell tag (as :func:`acdc_bench.config.run_config` sets it)."""
     multiplier = getattr(method_config, "epochs_multiplier", None)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from acdc_bench.budget.cells import LENGTH_WORD, length_key
 from acdc_bench.config import PROTOCOL_FIELDS
 from acdc_bench.core.io import atomic_write_text
 from acdc_bench.report import stats
@@ -170,11 +171,9 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     def parts(tag) -> tuple[str, tuple[str, ...], str]:
         """(length, other words, distribution word) of a variant tag; length '' for the suite's own."""
         words = str(tag if isinstance(tag, str) else "").lower().replace(",", " ").split()
-        lengths = [w for w in words if re.fullmatch(r"\d+(\.\d+)?x", w)]
-        length = f"{float(lengths[0][:-1]):g}x" if lengths else ""
         spread = next((w for w in words if w in distribution_words), "")
-        rest = tuple(sorted(w for w in words if w not in lengths and w not in distribution_words))
-        return ("" if length == "1x" else length), rest, spread
+        rest = tuple(sorted(w for w in words if not LENGTH_WORD.fullmatch(w) and w not in distribution_words))
+        return length_key(" ".join(words)), rest, spread
 
     same = ((reference["dataset"].map(name_key) == name_key(display_name("dataset", dataset)))
             & (reference["model"].map(name_key) == name_key(display_name("model", model)))

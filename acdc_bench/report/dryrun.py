@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from acdc_bench.budget.cells import LENGTH_WORD, spec_config, suite_cells, run_distribution
+from acdc_bench.budget.cells import length_key, run_distribution, spec_config, suite_cells
 
 
 def _text(value) -> str:
@@ -95,10 +95,8 @@ def _point(dataset: str, model: str, method: str, sparsity: float, variant: str)
     """A published row's or a planned run's place: names as published, the length word of the variant."""
     from acdc_bench.report.compare import display_name, name_key
 
-    length = next((word for word in str(variant or "").lower().split() if LENGTH_WORD.fullmatch(word)), "")
     return (name_key(display_name("dataset", dataset)), name_key(display_name("model", model)),
-            name_key(display_name("method", method)), round(float(sparsity), 6),
-            "" if length in ("", "1x") else f"{float(length[:-1]):g}x")
+            name_key(display_name("method", method)), round(float(sparsity), 6), length_key(variant))
 
 
 def _unmatched(reference, places: set, matched: set, other: dict, methods: set, protocols: dict) -> list[dict]:
