@@ -114,7 +114,7 @@ def slurm(session: nox.Session) -> None:
     """``reproduce --launcher slurm`` against a real single-node Slurm on 127.0.0.1 (Debian's slurmctld,
     slurmd and munge, installed here when missing): a two-run suite on a CPU partition with a job
     requeued mid-run, held equal to the same runs without Slurm; an sbatch refusal and a job Slurm can
-    never start, each one clear line. Needs root (the daemons run as root); about two minutes."""
+    never start, each one clear line. Needs root (the daemons run as root); about two and a half minutes."""
     python = environment(session)
     sys.path.insert(0, str(ROOT / "tests"))
     from slurm_cluster import missing
