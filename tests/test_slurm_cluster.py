@@ -34,10 +34,10 @@ pytestmark = [pytest.mark.skipif(bool(_why), reason=_why), needs_fashion]
 TWO_RUNS = ["reproduce", "--suite", "fashion-mnist", "--methods", "dense", "acdc", "--sparsities", "0.9", "--seeds",
             "0", "--budget", "paper", "--no-progress", "--set=batch_size=64",
             *[f"--set={o}" for o in SHORT if not o.startswith("train_subset")]]
-#: The requeue test's runs last 12 epochs. A requeued job's task lives on for seconds after its SIGTERM
-#: (submitit ignores it; the step died 7 s later on a 2-core AMD EPYC, with KillWait 2 or 0), and an
-#: epoch lasts about 1.6 s there: a 4-epoch run requeued after its first epoch could end before it was
-#: killed, leaving nothing to resume. 11 epochs left outlast that kill.
+#: The requeue and cancel tests' runs last 12 epochs. A job's task lives on for seconds after its
+#: SIGTERM (submitit ignores it; the step died 7 s later on a 2-core AMD EPYC, with KillWait 2 or 0),
+#: and an epoch lasts about 1.6 s there: a 4-epoch run requeued after its first epoch could end before
+#: it was killed, leaving nothing to resume. 11 epochs left outlast that kill.
 LONGER = ["--set=epochs=12", "--set=methods.acdc.schedule_epochs=12"]
 SLURM = ["--launcher", "slurm", "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout-min", "30"]
 
@@ -145,7 +145,8 @@ def test_a_job_cancelled_mid_run_is_a_failure_naming_its_logs(cluster, tmp_path,
     out = tmp_path / "runs"
     outcome = {}
     thread = threading.Thread(daemon=True, target=lambda: outcome.setdefault("code", main(
-        [*TWO_RUNS[:4], "acdc", *TWO_RUNS[6:], *SLURM, "--out", str(out), "--leaderboard-dir", str(tmp_path / "lb")])))
+        [*TWO_RUNS[:4], "acdc", *TWO_RUNS[6:], *LONGER, *SLURM, "--out", str(out),
+         "--leaderboard-dir", str(tmp_path / "lb")])))
     thread.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any("RUNNING" in line for line in _queue(cluster)):
