@@ -326,6 +326,7 @@ def _load(args, suite_name: str):
         runs = runs[~other]
         skipped += [f"{row.run_dir}: {row.status}: {row.error}" for row in runs[runs["status"] != "finished"].itertuples()]
     runs, notices = select_runs(runs)
+    notices += _import_plugins_of(runs)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     for line in notices:
@@ -335,6 +336,22 @@ def _load(args, suite_name: str):
                           + (f" ({len(skipped)} run folder(s) skipped, listed above)" if skipped else "")
                           + "; nothing was written")
     return runs, load_reference(args.reference)
+
+
+def _import_plugins_of(runs) -> list[str]:
+    """Import the plugin modules the runs were made with, so that their methods' names, colours and
+    markers show; one note per module that cannot be imported here (its methods show as their ids)."""
+    from acdc_bench.methods import load_plugins
+
+    modules = sorted({module for listed in (runs["plugins"] if "plugins" in runs else [])
+                      if isinstance(listed, list) for module in listed})
+    notes = []
+    for module in modules:
+        try:
+            load_plugins([module])
+        except ValueError as error:
+            notes.append(f"{error}; its methods are shown by their ids")
+    return notes
 
 
 def report(suite_name: str, runs, reference, compare_dir: Path, leaderboard_dir: Path) -> None:

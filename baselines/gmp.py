@@ -146,6 +146,7 @@ _SORTED_MAGNITUDES: dict = {}
 @register_method("gmp")
 class GMP(MaskedMethod):
     """Gradual magnitude pruning with the cubic schedule, mask updated every ``frequency`` steps."""
+    display_name, color, marker = "GMP", "tab:blue", "^"  # in tables, legends and figures
 
     Config: ClassVar[type] = GmpConfig
 

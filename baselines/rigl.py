@@ -111,6 +111,7 @@ def random_mask(shape: torch.Size, nonzeros: int, generator: torch.Generator) ->
 @register_method("rigl")
 class RigL(MaskedMethod):
     """RigL with drop/grow mask updates every ``update_interval`` steps until ``end_fraction``."""
+    display_name, color, marker = "RigL", "tab:green", "s"  # in tables, legends and figures
 
     Config: ClassVar[type] = RiglConfig
 

@@ -20,6 +20,7 @@ from acdc_bench.methods import register_method
 @register_method("set")
 class SET(RigL):
     """RigL with random growth."""
+    display_name, color, marker = "SET", "tab:pink", "v"  # in tables, legends and figures
 
     dense_gradient: ClassVar[bool] = False
 

@@ -190,6 +190,7 @@ def _str_parametrization(module: nn.Module) -> SoftThreshold | None:
 @register_method("str")
 class STR(SparsityMethod):
     """Soft threshold reparameterization with one learnable threshold per prunable layer."""
+    display_name, color, marker = "STR", "tab:purple", "D"  # in tables, legends and figures
 
     Config: ClassVar[type] = StrConfig
     #: Under a matched budget the run length and lam are calibrated together (acdc_bench.budget.calibrate).

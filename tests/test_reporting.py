@@ -467,6 +467,44 @@ def test_plots_with_published_points_and_nothing_to_plot(tmp_path: Path, referen
     assert plot_all(load_runs(tmp_path / "empty"), reference, tmp_path / "none", SUITE) == []
 
 
+STYLED_PLUGIN = """
+from acdc_bench.methods import MaskedMethod, register_method
+
+@register_method("styled-static")
+class Styled(MaskedMethod):
+    display_name, color, marker = "Styled Static", "tab:olive", "X"
+
+@register_method("plain-static")
+class Plain(MaskedMethod):
+    pass
+"""
+
+
+def test_a_method_class_names_and_styles_itself_in_every_report(tmp_path: Path, monkeypatch):
+    from acdc_bench.cli import _import_plugins_of
+    from acdc_bench.methods import find_method
+    from acdc_bench.report.compare import display_name
+    from acdc_bench.report.plots import FALLBACK_COLORS, method_color, published_marker
+
+    (tmp_path / "styled_plugin.py").write_text(STYLED_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert find_method("styled-static") is None
+    # compare and leaderboard import the plugins the runs were made with; one that is gone is a note
+    runs = pd.DataFrame({"plugins": [["styled_plugin"], [], ["gone_plugin"]]})
+    notes = _import_plugins_of(runs)
+    assert len(notes) == 1 and "gone_plugin" in notes[0] and "shown by their ids" in notes[0]
+    assert display_name("method", "styled-static") == "Styled Static"
+    assert method_color("styled-static") == method_color("Styled Static") == "tab:olive"
+    assert published_marker("styled-static") == "X"
+    # undeclared: the id, and a style picked from it, the same each time
+    assert display_name("method", "plain-static") == "plain-static"
+    assert method_color("plain-static") in FALLBACK_COLORS
+    assert method_color("plain-static") == method_color("plain-static")
+    # built-in methods declare theirs, matched from a published name too
+    assert display_name("method", "acdc") == "AC/DC" and method_color("AC/DC") == method_color("acdc")
+    assert display_name("method", "Top-KAST") == "Top-KAST"
+
+
 def test_tracker_disabled_does_nothing(tmp_path: Path):
     tracker = Tracker(enabled=False)
     tracker.start(tmp_path / "run", {"method": "acdc"}, name="run")

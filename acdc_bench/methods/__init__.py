@@ -5,9 +5,16 @@ The baselines (GMP, RigL, STR, SET) live in ``acdc_bench.baselines`` (the top-le
 """
 
 from acdc_bench.methods.base import MaskedConfig, MaskedMethod, NoConfig, SparsityMethod, zero_momentum
-from acdc_bench.methods.registry import get_method, load_plugins, make_config, method_names, register_method
+from acdc_bench.methods.registry import (
+    find_method,
+    get_method,
+    load_plugins,
+    make_config,
+    method_names,
+    register_method,
+)
 
 __all__ = [
     "MaskedConfig", "MaskedMethod", "NoConfig", "SparsityMethod", "zero_momentum",
-    "get_method", "load_plugins", "make_config", "method_names", "register_method",
+    "find_method", "get_method", "load_plugins", "make_config", "method_names", "register_method",
 ]

@@ -181,6 +181,7 @@ def _official_phases(epochs: int, base_epochs: int, *, warmup_epochs: int, phase
 @register_method("acdc")
 class ACDC(MaskedMethod):
     """AC/DC with a parameterised phase schedule (see :data:`PRESETS`)."""
+    display_name, color, marker = "AC/DC", "tab:red", "o"  # in tables, legends and figures
 
     Config: ClassVar[type] = AcdcConfig
 

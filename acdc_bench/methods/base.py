@@ -54,6 +54,12 @@ class SparsityMethod:
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = NoConfig
+    #: How reports show the method: its name in tables and legends (None: the registered name),
+    #: its colour in every figure (a Matplotlib colour) and the marker of its published points.
+    #: None picks a colour or marker from the name, the same on every run.
+    display_name: ClassVar[str | None] = None
+    color: ClassVar[str | None] = None
+    marker: ClassVar[str | None] = None
     #: Methods whose cost and final sparsity emerge from training (STR) name the float option that
     #: sets how sparse a run ends (larger = sparser; STR: ``lam``). Under a matched budget the run
     #: length and this option are then calibrated together by running (:mod:`acdc_bench.budget.calibrate`),

@@ -9,6 +9,7 @@ from acdc_bench.methods.registry import register_method
 @register_method("dense")
 class Dense(SparsityMethod):
     """Dense training: no masks; the reference for every FLOP multiplier."""
+    display_name, color, marker = "Dense", "black", "*"  # in tables, legends and figures
 
     sparsity_tolerance = 0.0
 

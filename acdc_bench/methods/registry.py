@@ -72,6 +72,12 @@ def get_method(name: str) -> type[SparsityMethod]:
     return _REGISTRY[name]
 
 
+def find_method(name: str) -> type[SparsityMethod] | None:
+    """The class registered as ``name``, or None (say a published method this project does not run)."""
+    load_plugins()
+    return _REGISTRY.get(str(name))
+
+
 def make_config(method_cls: type[SparsityMethod], values: dict | None, where: str = "") -> Any:
     """Build ``method_cls.Config`` from a dict; unknown keys are an error naming the allowed ones."""
     values = dict(values or {})

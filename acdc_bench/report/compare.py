@@ -30,6 +30,7 @@ import pandas as pd
 from acdc_bench.budget.cells import LENGTH_WORD, length_key
 from acdc_bench.config import PROTOCOL_FIELDS
 from acdc_bench.core.io import atomic_write_text
+from acdc_bench.methods import SparsityMethod, find_method, get_method, method_names
 from acdc_bench.report import stats
 from acdc_bench.report.results import drop_superseded, select_runs
 from acdc_bench.run.folder import read_predictions
@@ -45,7 +46,6 @@ MODEL_NAMES = {
     "resnet50": "ResNet50", "wrn28-10": "WideResNet-28-10", "mobilenetv1": "MobileNetV1",
     "lenet-300-100": "LeNet-300-100",
 }
-METHOD_NAMES = {"acdc": "AC/DC", "rigl": "RigL", "gmp": "GMP", "str": "STR", "set": "SET", "dense": "Dense"}
 ACDC_METHOD = "acdc"
 STATUS_PREFERENCE = {"verified": 0, "reported": 1, "unverified": 2}
 
@@ -68,9 +68,22 @@ SPARSITY_TOLERANCE = 1e-6
 
 
 def display_name(kind: str, identifier: str) -> str:
-    """Published name of a dataset, model or method id (``kind`` is one of those three words)."""
-    names = {"dataset": DATASET_NAMES, "model": MODEL_NAMES, "method": METHOD_NAMES}[kind]
+    """Published name of a dataset, model or method id (``kind`` is one of those three words); a
+    method's is its class's ``display_name`` (plugins included), else its id."""
+    if kind == "method":
+        method = method_class(identifier)
+        return (method.display_name or method.name) if method is not None else str(identifier)
+    names = {"dataset": DATASET_NAMES, "model": MODEL_NAMES}[kind]
     return names.get(str(identifier).lower(), str(identifier))
+
+
+def method_class(method: str) -> type[SparsityMethod] | None:
+    """The registered class of a method id or of its published name ('AC/DC' -> ACDC), or None."""
+    found = find_method(str(method).lower())
+    if found is None:
+        by_key = {name_key(get_method(name).display_name or name): name for name in method_names()}
+        found = find_method(by_key.get(name_key(method), ""))
+    return found
 
 
 def name_key(name: str) -> str:
@@ -149,7 +162,7 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     """Return the published row best matching one of our cells, or None.
 
     Candidates share dataset, model, method (ids mapped through
-    :data:`DATASET_NAMES`, :data:`MODEL_NAMES`, :data:`METHOD_NAMES`), target
+    :data:`DATASET_NAMES`, :data:`MODEL_NAMES`, a method's ``display_name``), target
     sparsity (or, when no row has that target, a reported sparsity within 5e-5:
     STR's published rows are filed under a nominal target, 0.965 for its 96.11%)
     and variant. A variant tag is read word by word (paper suites'

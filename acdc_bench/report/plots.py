@@ -38,41 +38,36 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from acdc_bench.core.io import atomic_write_bytes
-from acdc_bench.report.compare import ACDC_METHOD, METHOD_NAMES, compare_table, display_name, name_key
+from acdc_bench.report.compare import ACDC_METHOD, compare_table, display_name, method_class, name_key
 from acdc_bench.report.results import drop_superseded, load_metrics
 
 log = logging.getLogger(__name__)
 
-METHOD_COLORS = {"acdc": "tab:red", "gmp": "tab:blue", "rigl": "tab:green", "str": "tab:purple",
-                 "dense": "black"}
+#: Colours and marker shapes of a method that does not declare its own (``color``, ``marker`` on
+#: its class), and of a published method this project does not run; picked from its id.
 FALLBACK_COLORS = ["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
-PUBLISHED_MARKERS = {"acdc": "o", "gmp": "^", "rigl": "s", "str": "D", "set": "v", "dense": "*"}
 FALLBACK_MARKERS = ["v", "P", "X", "h", "<", ">"]
 IMAGE_FORMATS = ("png", "svg")
 SPARSITY_LABEL = "sparsity (% of prunable weights that are zero)"
 TOP1_LABEL = "top-1 test accuracy (%), error bars: 95% interval"
-_METHOD_IDS_BY_KEY = {name_key(name): method_id for method_id, name in METHOD_NAMES.items()}
 
 
-def _method_id(method: str) -> str:
-    """Our method id for an id or a published method name ('AC/DC' -> 'acdc')."""
-    return _METHOD_IDS_BY_KEY.get(name_key(method), str(method).lower())
-
-
-def _style(method: str, styles: dict[str, str], fallbacks: list[str]) -> str:
-    """Style of a known method, else a fallback picked deterministically from its id."""
-    method_id = _method_id(method)
-    return styles.get(method_id) or fallbacks[sum(map(ord, method_id)) % len(fallbacks)]
+def _style(method: str, declared: str, fallbacks: list[str]) -> str:
+    """A method's declared style (``color`` or ``marker`` of its class), else one picked from its id."""
+    found = method_class(method)
+    style = getattr(found, declared) if found is not None else None
+    method_id = found.name if found is not None else str(method).lower()
+    return style or fallbacks[sum(map(ord, method_id)) % len(fallbacks)]
 
 
 def method_color(method: str) -> str:
-    """Colour of a method, shared by all figures (ours and published)."""
-    return _style(method, METHOD_COLORS, FALLBACK_COLORS)
+    """Colour of a method (an id or a published name), shared by all figures, ours and published."""
+    return _style(method, "color", FALLBACK_COLORS)
 
 
 def published_marker(method: str) -> str:
     """Hollow-marker shape of a method's published points."""
-    return _style(method, PUBLISHED_MARKERS, FALLBACK_MARKERS)
+    return _style(method, "marker", FALLBACK_MARKERS)
 
 
 def _new_figure(width: float = 7.0, height: float = 4.8, **subplot_kwargs):
