@@ -331,7 +331,7 @@ def sparsify(
             f"(e.g. the values a calibration found for your model and run length); the run's sparsity is then "
             f"reported beside the target by finalize() (Sparsifier.final)")
     config = make_config(method_cls, options, where="sparsify: ")
-    if batch_size is not None and hasattr(config, "for_batch_size"):  # options in examples (RigL's spacing)
+    if batch_size is not None:  # options in examples (RigL's spacing) become steps
         config = config.for_batch_size(int(batch_size))
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsify: sparsity {sparsity!r} must be in [0, 1) (e.g. 0.9 for 90%)")
@@ -342,7 +342,7 @@ def sparsify(
             raise ValueError("sparsify: give epochs= or total_steps= (the run's length drives the method's schedule)")
         total_steps = int(epochs) * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    layers = prunable_layers(model, getattr(config, "include", ()) or (), getattr(config, "exclude", ()) or ())
+    layers = prunable_layers(model, config.include or (), config.exclude or ())
     if flops is None and input_shape is not None:
         flops = measure_layer_flops(model, layers, input_shape)
     instance = method_cls(config, target_sparsity=float(sparsity), epochs=epochs,

@@ -430,7 +430,7 @@ def run_config(
     config["suite_epochs"] = int(epochs) if epochs is not None and not train_steps else suite["epochs"]
     if epochs is None and length != suite["epochs"]:
         config["recipe_epochs"] = length  # step milestones are written for the recipe's length
-    multiplier = getattr(method_config, "epochs_multiplier", None)
+    multiplier = method_config.epochs_multiplier
     config["variant"] = f"{multiplier:g}x" if multiplier is not None else ""
     if epochs is None:
         epochs = max(1, round(length * (multiplier or 1)))
@@ -439,13 +439,10 @@ def run_config(
         raise ConfigError(f"{where}: --epochs must be positive, got {epochs}")
     config["train_steps"] = int(train_steps) if train_steps else None
     config["method"] = method
-    resolve_batch = getattr(method_config, "for_batch_size", None)
-    if resolve_batch is not None:
-        method_config = resolve_batch(int(config["batch_size"]))
+    method_config = method_config.for_batch_size(int(config["batch_size"]))
     config["method_config"] = dataclasses.asdict(method_config)
-    resolve_target = getattr(method_config, "options_for", None)
     try:
-        config["method_options"] = resolve_target(sparsity) if resolve_target else dataclasses.asdict(method_config)
+        config["method_options"] = method_config.options_for(sparsity)
     except ValueError as error:
         raise ConfigError(f"{where}: methods.{method}: {error}") from error
     config["sparsity"] = sparsity

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from acdc_bench.methods import SparsityMethod, make_config, register_method
+from acdc_bench.methods import MethodConfig, SparsityMethod, make_config, register_method
 
 #: Official ImageNet ResNet50 config (``configs/largescale/resnet50-str.yaml``, 90.23% sparse).
 RESNET50_S_INIT = -3200.0
@@ -102,7 +102,7 @@ class SoftThreshold(nn.Module):
 
 
 @dataclass
-class StrConfig:
+class StrConfig(MethodConfig):
     """STR options: ``s_init``/``lam``, or per target sparsity in ``targets`` (see :meth:`resolve`)."""
 
     s_init: float = RESNET50_S_INIT

@@ -666,12 +666,12 @@ from dataclasses import dataclass
 
 import torch
 
-from acdc_bench.methods import SparsityMethod, register_method
+from acdc_bench.methods import MethodConfig, SparsityMethod, register_method
 from acdc_bench.core.sparsity import MaskSet
 
 
 @dataclass
-class Options:
+class Options(MethodConfig):
     mask_seed: int = 0
 
 

@@ -91,3 +91,29 @@ class PerRank(MaskedMethod):
 def test_a_method_that_breaks_a_clause_is_caught_naming_it(name, options, clause, one_thread):
     with pytest.raises(MethodContractError, match=rf"^{name}: {clause}: "):
         check_method(name, options=options)
+
+
+def test_a_method_whose_options_do_not_declare_the_harness_features_is_refused_at_registration():
+    import dataclasses
+
+    from acdc_bench.methods import MethodConfig, find_method
+
+    @dataclasses.dataclass
+    class Plain:  # not a MethodConfig: the harness would have to guess what it has
+        ramp: float = 0.5
+
+    with pytest.raises(TypeError, match=r"Config must be a dataclass subclassing acdc_bench\.methods\.MethodConfig"):
+        @register_method("contract-plain-options")
+        class PlainOptions(MaskedMethod):
+            Config = Plain
+    assert find_method("contract-plain-options") is None
+
+    @dataclasses.dataclass
+    class Declared(MethodConfig):
+        ramp: float = 0.5
+
+    # the base's declarations are the "none" of each feature, and no dataclass field (the run id is unchanged)
+    options = Declared()
+    assert (options.include, options.exclude, options.pattern, options.epochs_multiplier) == ((), (), None, None)
+    assert options.for_batch_size(64) is options and options.options_for(0.9) == {"ramp": 0.5}
+    assert [field.name for field in dataclasses.fields(Declared)] == ["ramp"]

@@ -73,7 +73,7 @@ def length_key(tag: str | None) -> str:
 
 def default_variant(method_config) -> str:
     """The variant a run records without a cell tag (as :func:`acdc_bench.config.run_config` sets it)."""
-    multiplier = getattr(method_config, "epochs_multiplier", None)
+    multiplier = method_config.epochs_multiplier
     return f"{multiplier:g}x" if multiplier is not None else ""
 
 
@@ -139,7 +139,7 @@ def suite_cells(suite: dict) -> list[dict]:
             if not isinstance(listed, list) or not listed:
                 raise ConfigError(f"{here}: sparsities must be a non-empty list of target sparsities, e.g. [0.9]")
             sparsities = [check_sparsity(value, f"{here}: sparsities") for value in listed]
-        pattern = getattr(method_config, "pattern", None)
+        pattern = method_config.pattern
         if pattern:
             from acdc_bench.core.sparsity import check_pattern_target
 

@@ -97,7 +97,7 @@ def resolve_budget(
         "estimated_training_flops": estimate,
         "estimated_ratio": estimate / budget_flops,
     }
-    if getattr(planner.method_cls, "calibration_option", None):
+    if planner.method_cls.calibration_option:
         return _calibrated(suite, method, sparsity, seed, budget, planner, steps, store, warm_start)
     epochs_needed = math.ceil(steps / planner.steps_per_epoch)
     return run_config(suite, method, sparsity, seed, epochs=epochs_needed, budget=budget, train_steps=steps)

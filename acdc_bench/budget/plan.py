@@ -49,7 +49,7 @@ class Planner:
         self.method_cls = get_method(config["method"])
         self.method_config = make_config(self.method_cls, config.get("method_config"))
         self.layers = prunable_layers(
-            self.model, getattr(self.method_config, "include", ()) or (), getattr(self.method_config, "exclude", ()) or ()
+            self.model, self.method_config.include or (), self.method_config.exclude or ()
         )
         self.flops = _layer_flops(self.model, config["model"], self.layers)
         self.train_size = train_size(config)

@@ -4,7 +4,14 @@ The baselines (GMP, RigL, STR, SET) live in ``acdc_bench.baselines`` (the top-le
 ``baselines/`` folder of the repository) and use nothing but what this package exports.
 """
 
-from acdc_bench.methods.base import MaskedConfig, MaskedMethod, NoConfig, SparsityMethod, zero_momentum
+from acdc_bench.methods.base import (
+    MaskedConfig,
+    MaskedMethod,
+    MethodConfig,
+    NoConfig,
+    SparsityMethod,
+    zero_momentum,
+)
 from acdc_bench.methods.registry import (
     find_method,
     get_method,
@@ -15,6 +22,6 @@ from acdc_bench.methods.registry import (
 )
 
 __all__ = [
-    "MaskedConfig", "MaskedMethod", "NoConfig", "SparsityMethod", "zero_momentum",
+    "MaskedConfig", "MaskedMethod", "MethodConfig", "NoConfig", "SparsityMethod", "zero_momentum",
     "find_method", "get_method", "load_plugins", "make_config", "method_names", "register_method",
 ]

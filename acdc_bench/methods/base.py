@@ -44,8 +44,37 @@ from acdc_bench.core.sparsity import (
     magnitude_mask,
 )
 
+class MethodConfig:
+    """Base of every method's options: subclass it as a dataclass (``Config`` on the method class).
+
+    It declares every optional feature the harness reads from a method's options, each with the
+    value that means "this method has none"; a method overrides what it has (as a dataclass field
+    or a method). The harness reads nothing else, so a new feature is added here first.
+    """
+
+    #: Layers to prune (fnmatch patterns of module names; empty: every prunable layer) and to leave out.
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    #: ``"N:M"`` semi-structured masks (:class:`MaskedConfig`); None: unstructured.
+    pattern: str | None = None
+    #: A length variant of the recipe (RigL 2x, 5x): the run trains this many times the recipe's
+    #: epochs and records the variant ``"<x>x"``. None: the recipe's length, no variant.
+    epochs_multiplier: float | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad option and the allowed values (after the options are filled)."""
+
+    def for_batch_size(self, batch_size: int) -> "MethodConfig":
+        """These options at ``batch_size`` (RigL: an update interval given in examples becomes steps)."""
+        return self
+
+    def options_for(self, target_sparsity: float) -> dict:
+        """The options a run at ``target_sparsity`` uses, a per-target entry (``targets:``) picked."""
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class NoConfig:
+class NoConfig(MethodConfig):
     pass
 
 
@@ -192,7 +221,7 @@ class SparsityMethod:
 
 
 @dataclass
-class MaskedConfig:
+class MaskedConfig(MethodConfig):
     """Options shared by the mask-based methods."""
 
     distribution: str = "global"
@@ -250,7 +279,7 @@ class MaskedMethod(SparsityMethod):
     def prune_by_magnitude(self, sparsity: float) -> None:
         """Masks from the current magnitudes with the configured distribution (or N:M ``pattern``); weights re-masked."""
         weights = [layer.weight for layer in self.layers]
-        if getattr(self.config, "pattern", None) is not None:
+        if self.config.pattern is not None:
             from acdc_bench.core.sparsity import nm_masks
 
             masks = nm_masks(self.layers, self.config.pattern, sparsity, self.target_sparsity, self.config.keep_dense)
@@ -264,7 +293,7 @@ class MaskedMethod(SparsityMethod):
 
     def distribution_densities(self, sparsity: float) -> list[float]:
         """Expected per-layer densities at ``sparsity``; for ``global``, from the current magnitudes."""
-        if getattr(self.config, "pattern", None) is not None:
+        if self.config.pattern is not None:
             from acdc_bench.core.sparsity import nm_densities
 
             return nm_densities(self.layers, self.config.pattern, sparsity, self.target_sparsity, self.config.keep_dense)
@@ -282,7 +311,7 @@ class MaskedMethod(SparsityMethod):
 
     def schedule_problem(self) -> str | None:
         """An N:M ``pattern`` that cannot reach the target (2:4 keeps half: it cannot reach 0.9)."""
-        pattern = getattr(self.config, "pattern", None)
+        pattern = self.config.pattern
         if pattern is None:
             return None
         from acdc_bench.core.sparsity import check_pattern_target

@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Sequence
 
-from acdc_bench.methods.base import SparsityMethod
+from acdc_bench.methods.base import MethodConfig, SparsityMethod
 
 #: The shipped methods and the module that registers each.
 BUILTIN = {
@@ -34,6 +34,10 @@ def register_method(name: str):
     def decorator(cls: type[SparsityMethod]) -> type[SparsityMethod]:
         if not (isinstance(cls, type) and issubclass(cls, SparsityMethod)):
             raise TypeError(f"@register_method('{name}') needs a SparsityMethod subclass, got {cls!r}")
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, MethodConfig)
+                and dataclasses.is_dataclass(cls.Config)):
+            raise TypeError(f"@register_method('{name}'): {cls.__name__}.Config must be a dataclass subclassing "
+                            f"acdc_bench.methods.MethodConfig (or MaskedConfig), got {cls.Config!r}")
         existing = _REGISTRY.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise ValueError(f"method name '{name}' is already registered by {existing.__module__}")
@@ -89,9 +93,7 @@ def make_config(method_cls: type[SparsityMethod], values: dict | None, where: st
             f"allowed: {', '.join(sorted(fields)) or '(none)'}"
         )
     config = method_cls.Config(**values)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
+    config.validate()
     return config
 
 

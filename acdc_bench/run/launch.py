@@ -196,7 +196,7 @@ def _chain_folders(out: Path, config: dict) -> list[Path] | None:
     from acdc_bench.methods import get_method
 
     if not ((config.get("budget") or {}).get("mode") == "matched"
-            and getattr(get_method(config["method"]), "calibration_option", None)):
+            and get_method(config["method"]).calibration_option):
         return None
     prefix = f"{config['method']}-s{config['sparsity']:g}-seed{config['seed']}-"
     return [p for p in out.glob(f"{prefix}*") if (p / "config.yaml").exists()]
@@ -549,38 +549,42 @@ def _watch_slurm(jobs: list, request: str, number: int) -> None:
 
 def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     """Each run as its own job; a wave is submitted once the wave before it (the budget references) is
-    done. Returns the number of jobs submitted."""
+    done. A calibration chain's next run is submitted once its last one finished: every chain of the
+    wave goes one run per round, through the generator every runner walks
+    (:func:`acdc_bench.budget.matching.run_chain`). Returns the number of jobs submitted."""
+    from acdc_bench.budget.matching import run_chain
+    from acdc_bench.run.store import store_at
+
     executor = _executor(suite, out, args)
+    store = store_at(out)
     trained = 0
     for number, wave in enumerate(waves, 1):
-        pending, submitted = list(wave), set()
-        while pending:  # a calibration chain re-enters with its next run once its last one finished
-            pending = _submit_and_wait(executor, suite, number, pending, out, args, submitted)
-        trained += len(submitted)
+        chains = []
+        for spec in wave:
+            first = _config(suite, spec, out)
+            if store.finished(first["run_id"]):
+                print(f"wave {number}: {first['run_id']} finished already")
+            else:
+                chains.append(run_chain(lambda spec=spec: _config(suite, spec, out), store, first=first))
+        while chains:
+            round_ = [(chain, next(chain, None)) for chain in chains]
+            chains = [chain for chain, config in round_ if config is not None]
+            configs = [config for _, config in round_ if config is not None]
+            if configs:
+                _submit_and_wait(executor, suite, number, configs, out, args, store)
+                trained += len(configs)
     return trained
 
 
-def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], out: Path, args,
-                     submitted: set) -> list[RunSpec]:
-    """Submit the wave's unfinished runs and wait for them; returns the specs that ran (to resolve again)."""
-    from acdc_bench.run.folder import read_result
-
+def _submit_and_wait(executor, suite: dict, number: int, configs: list[dict], out: Path, args, store) -> None:
+    """Submit one job per run config and wait for them all; every failure is named, with its logs."""
     slurm = getattr(args, "launcher", "") == "slurm"
     request = _request(slurm_parameters(suite, args)) if slurm else ""
-    jobs, ran = [], []
-    for spec in wave:
-        config = _config(suite, spec, out)
-        if read_result(out / config["run_id"]) is not None:
-            print(f"wave {number}: {config['run_id']} finished already")
-            continue
-        if config["run_id"] in submitted:
-            raise JobsFailed(f"wave {number}: the job of {config['run_id']} succeeded but {out / config['run_id']} "
-                               f"has no result.json; the jobs must write to the same --out folder as this process")
-        submitted.add(config["run_id"])
+    jobs = []
+    for config in configs:
         job = _submit(executor, RunJob(config, str(out), args.data_root), config["run_id"], request, args)
         print(f"wave {number}: submitted {config['run_id']}{_chain_note(config)} as job {job.job_id}")
         jobs.append((config["run_id"], job))
-        ran.append(spec)
     if slurm and jobs:
         _watch_slurm(jobs, request, number)
     failed = []
@@ -596,8 +600,10 @@ def _submit_and_wait(executor, suite: dict, number: int, wave: list[RunSpec], ou
             print(f"wave {number}: {run_id} (job {job.job_id}) FAILED: {error}")
             failed.append(f"{run_id} (job {job.job_id}, logs in {job.paths.folder})")
             continue
+        if not store.finished(run_id):
+            raise JobsFailed(f"wave {number}: the job of {run_id} succeeded but {out / run_id} has no result.json; "
+                             f"the jobs must write to the same --out folder as this process")
         print(f"wave {number}: {run_id} (job {job.job_id}) finished")
     if failed:
         raise JobsFailed(f"wave {number}: {len(failed)} job(s) failed: " + "; ".join(failed) + "; a rerun of the "
                          "same command resumes each from its last checkpoint")
-    return ran
