@@ -460,26 +460,33 @@ def test_two_chains_of_one_cell_keep_the_last_finished_end(tmp_path, caplog):
 
 
 def test_run_chain_yields_each_unfinished_run_once_and_refuses_to_skip_one(tmp_path):
-    """A plain run is one run; a calibration chain goes on while resolving gives a new run; a run
-    handed out but not trained is an error, never an endless loop."""
+    """A plain run is one run, resolved once; a calibration chain goes on while resolving gives a new
+    run; a run handed out but not trained is an error, never an endless loop."""
     from acdc_bench.budget.matching import run_chain
 
     store = RunStore(tmp_path)
     finished: set[str] = set()
     store.finished = lambda run_id: run_id in finished  # what a trained run leaves
 
+    calibrated = {"mode": "matched", "calibration": {"iteration": 0}}
     chain = iter(["a", "b", "b"])  # the resolver's answers: run a, then its chain's next run b, then b again
     last = {"id": None}
+    asked = []
 
-    def resolve():
+    def resolve(budget=calibrated):
         last["id"] = next(chain, last["id"])
-        return {"run_id": last["id"]}
+        asked.append(last["id"])
+        return {"run_id": last["id"], "budget": budget}
 
     trained = []
     for config in run_chain(resolve, store):
         trained.append(config["run_id"])
         finished.add(config["run_id"])
-    assert trained == ["a", "b"]
+    assert trained == ["a", "b"] and asked == ["a", "b", "b"]
+    asked.clear()
+    plain = {"run_id": "p", "budget": {"mode": "paper"}}
+    assert [c["run_id"] for c in run_chain(lambda: asked.append("p") or plain, store) if not finished.add("p")] == ["p"]
+    assert asked == ["p"]  # a plain run is not resolved again once trained
     finished.clear()
     with pytest.raises(RuntimeError, match="run c was handed out to train but has not finished"):
         for _ in run_chain(lambda: {"run_id": "c"}, store):

@@ -140,3 +140,19 @@ def test_plan_command_prints_the_estimate(capsys):
     report = json.loads(capsys.readouterr().out)
     assert [row["phase"] for row in report["rows"]][:4] == ["dense", "dense", "sparse", "dense"]
     assert 0.5 < report["estimated_training_flops_multiplier"] < 0.6
+
+
+def test_the_planner_copies_a_held_model_that_equals_a_fresh_one_weights_and_rng_alike():
+    from acdc_bench.budget.plan import fresh_model
+
+    for seed in (0, 1, 0):  # a held model comes back after another seed's, unchanged by its last user
+        torch.manual_seed(seed)
+        built = build_model("lenet-300-100", None)
+        after_build = torch.get_rng_state()
+        torch.manual_seed(seed + 100)  # whatever ran before
+        copied = fresh_model("lenet-300-100", None, seed)
+        assert torch.equal(torch.get_rng_state(), after_build)
+        for (name, mine), theirs in zip(copied.state_dict().items(), built.state_dict().values()):
+            assert torch.equal(mine, theirs), name
+        with torch.no_grad():
+            next(copied.parameters()).zero_()  # a planner's sparsify changes its own copy only

@@ -20,18 +20,20 @@ from acdc_bench.config import ConfigError, run_config
 
 def run_chain(resolve: Callable[[], dict], store, first: dict | None = None) -> Iterator[dict]:
     """The runs one planned run takes, in order, for the caller to train: ``resolve()``'s config
-    (``first`` in its place the first time) while it has not finished in ``store``, resolved again
-    after each. A plain run is one run; a calibration chain (a matched STR run) goes on to its next
-    run until one is accepted or ``max_runs`` are spent. Every runner (the ``run`` command, the
-    local and the parallel ones) walks a chain through this one generator."""
+    (``first`` in its place, resolved once by the caller) while it has not finished in ``store``. A
+    plain run is one run, resolved once. A calibration chain (a matched STR run: its budget holds a
+    ``calibration``) is resolved again after each of its runs, and goes on to the next run until one
+    is accepted or ``max_runs`` are spent. Every runner (the ``run`` command, the local, parallel
+    and cluster ones) walks a chain through this one generator."""
     config = first if first is not None else resolve()
     while not store.finished(config["run_id"]):
         yield config
-        following = resolve()
-        if following["run_id"] == config["run_id"] and not store.finished(config["run_id"]):
+        if not store.finished(config["run_id"]):
             raise RuntimeError(f"run {config['run_id']} was handed out to train but has not finished; train each "
                                f"run the chain gives before asking for the next")
-        config = following
+        if not (config.get("budget") or {}).get("calibration"):
+            return
+        config = resolve()
 
 
 #: Methods that always run their own length: the dense baseline is the unit of every multiplier.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 from acdc_bench.config import lr_at_epoch
@@ -24,6 +26,28 @@ def _layer_flops(model, model_name: str, layers):
     return _FLOPS[key]
 
 
+@functools.lru_cache(maxsize=3)
+def _initialised(model_name: str, num_classes: int | None, seed: int):
+    """A freshly initialised model and the RNG state its initialisation left, per process: planning
+    every run of a suite copies it (0.06 s for ResNet50 on a 2-core AMD EPYC) instead of drawing
+    the same weights again (0.22 s). Three held: a suite's three seeds."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(model_name, num_classes)
+    return model, torch.get_rng_state()
+
+
+def fresh_model(model_name: str, num_classes: int | None, seed: int):
+    """What ``torch.manual_seed(seed); build_model(model_name, num_classes)`` gives, weights and
+    global RNG state alike, from the cache of :func:`_initialised`."""
+    import torch
+
+    model, rng_state = _initialised(model_name, num_classes, seed)
+    torch.set_rng_state(rng_state)
+    return copy.deepcopy(model)
+
+
 def train_size(config: dict) -> int:
     from acdc_bench.data import DATASETS
 
@@ -39,13 +63,10 @@ class Planner:
     """
 
     def __init__(self, config: dict, num_classes: int | None = None):
-        import torch
-
-        torch.manual_seed(int(config["seed"]))
         self.config = config
         # The model's registered class count (the real data's); a data set on disk with fewer
         # classes (a test's small ImageFolder) gives a smaller classifier: pass its count.
-        self.model = build_model(config["model"], num_classes)
+        self.model = fresh_model(config["model"], num_classes, int(config["seed"]))
         self.method_cls = get_method(config["method"])
         self.method_config = make_config(self.method_cls, config.get("method_config"))
         self.layers = prunable_layers(
