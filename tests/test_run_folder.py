@@ -87,3 +87,27 @@ def test_installed_not_editable_finds_its_data_from_another_folder(tmp_path):
                              text=True)
     # the shipped suite and reference were found: what is missing is the runs, which is an error
     assert compare.returncode == 2 and "no run folder" in compare.stderr, compare.stderr
+
+
+def test_one_schema_says_what_a_result_holds_and_the_validator_reads_it_from_the_fields():
+    import dataclasses
+    import math
+
+    from acdc_bench.run.folder import RESULT_REQUIRED_KEYS, Result, validate_result
+
+    kinds = {"float": 0.5, "int": 3, "float | None": None, "int | None": None, "dict": {}, "list": [],
+             "str": "x", "str | None": None}
+    written = {f.name: kinds[f.type] for f in dataclasses.fields(Result)}
+    written.update(schema_version=1, budget={"mode": "paper", "reference_training_flops": None, "achieved_ratio": None})
+    assert list(Result(**written).as_json()) == [f.name for f in dataclasses.fields(Result)]
+    with pytest.raises(TypeError):  # a writer that forgets a field, or adds one, fails where it writes
+        Result(**{k: v for k, v in written.items() if k != "top1"})
+    assert validate_result(written) == []
+    optional = [f.name for f in dataclasses.fields(Result) if f.name not in RESULT_REQUIRED_KEYS]
+    assert "top1_best" in optional and "top1" in RESULT_REQUIRED_KEYS
+    assert validate_result({k: v for k, v in written.items() if k not in optional}) == []  # an older result
+    assert validate_result({k: v for k, v in written.items() if k != "top1"}) == ["missing keys: top1"]
+    for key, bad, says in (("top1", math.nan, "not a finite number"), ("top1_best", "80", "not a number or null"),
+                           ("budget", [], "not an object"), ("seed", None, "not a finite number")):
+        problems = validate_result(dict(written, **{key: bad}))
+        assert any(problem.startswith(key) and says in problem for problem in problems), (key, problems)

@@ -51,12 +51,11 @@ RUN_COLUMNS = [
     "wall_time_s", "schema_version", "layer_densities",
 ]
 STATUS_COLUMNS = ["epochs_completed", "resumable", "run_dir", "status", "error"]
+#: The numeric columns: the result's number fields (:class:`acdc_bench.run.folder.Result`), the
+#: budget's numbers and the epochs a run folder's metrics.csv holds.
 NUMERIC_RUN_COLUMNS = [
-    "target_sparsity", "actual_sparsity", "top1", "top1_best", "best_epoch", "top1_dense", "seed", "epochs",
-    "training_flops", "dense_training_flops", "training_flops_multiplier",
-    "inference_flops", "dense_inference_flops", "inference_flops_multiplier",
-    "budget_reference_training_flops", "budget_achieved_ratio", "wall_time_s",
-    "schema_version", "epochs_completed",
+    *(column for column in RUN_COLUMNS if column in folder.RESULT_NUMBER_KEYS + folder.RESULT_OPTIONAL_NUMBER_KEYS),
+    "budget_reference_training_flops", "budget_achieved_ratio", "epochs_completed",
 ]
 
 METRICS_COLUMNS = folder.METRIC_COLUMNS

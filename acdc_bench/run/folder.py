@@ -3,13 +3,13 @@
 ``runs/<suite>/<run-id>/`` holds, in the order a run writes them:
 
 - ``config.yaml``: the resolved run config (written once, before training);
-- ``metrics.csv``: one row per finished epoch (:data:`METRIC_COLUMNS`);
+- ``metrics.csv``: one row per finished epoch (:class:`MetricsRow`);
 - ``checkpoint.pt``: the state after the last finished epoch (removed when the run finishes);
 - ``model_dense.pt``: the dense model of a sparse-dense pair (AC/DC, dense);
 - ``model_final.pt``: the final model, plain tensors with exact zeros;
 - ``predictions.npz``: the final model's predicted class for every test example
   (``final``), the dense model's of the pair (``dense``) and the labels (``targets``);
-- ``result.json``: written last. A run is *finished* exactly when it parses.
+- ``result.json`` (:class:`Result`): written last. A run is *finished* exactly when it parses.
 
 Every file is written atomically (temporary file, fsync, rename). While a process trains a
 run it holds an exclusive ``fcntl`` lock on ``.lock`` in the folder (:func:`lock_run`): a
@@ -19,6 +19,7 @@ the kernel releases the lock of a process that dies, so a killed run never block
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import io
@@ -26,6 +27,7 @@ import json
 import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,34 +52,98 @@ RESULT = "result.json"
 LOCK = ".lock"
 RESULT_SCHEMA_VERSION = 1
 
-METRIC_COLUMNS = [
-    "epoch", "phase", "lr", "train_loss", "train_top1", "test_loss", "top1",
-    "sparsity", "mask_sparsity", "training_flops", "mask_overlap", "wall_time_s",
-]
-
-
 class RunLocked(RuntimeError):
     """Another live process is training this run."""
 
 
+@dataclass
+class MetricsRow:
+    """One row of ``metrics.csv``: one finished epoch, as the loop writes it and the reports read it."""
+
+    epoch: int
+    phase: str  # "dense" or "sparse": what the method trained this epoch
+    lr: float
+    train_loss: float
+    train_top1: float
+    test_loss: float
+    top1: float
+    sparsity: float  # zeros among the prunable weights at the epoch's end
+    mask_sparsity: float  # what the masks in force hold (0 in a dense phase)
+    training_flops: float  # cumulative, metered
+    mask_overlap: float | None  # AC/DC: the mask's overlap with the previous sparse phase's
+    wall_time_s: float
+
+
+METRIC_COLUMNS = [f.name for f in dataclasses.fields(MetricsRow)]
+
+
+def _optional(**metadata) -> Any:
+    """A result field a ``result.json`` may lack (written by later versions of schema 1)."""
+    return dataclasses.field(metadata={"required": False, **metadata})
+
+
+@dataclass
+class Result:
+    """``result.json``, schema version 1: what a finished run measured, in the order it is written.
+
+    The loop builds one (a key missing or unknown is a TypeError there, not a file the reports cannot
+    read), :func:`validate_result` checks a file against these fields (``float``, ``int``: a finite
+    number; ``... | None``: a number or null; ``dict``: an object; a field made with
+    :func:`_optional` may be missing), and the reports read it (``acdc_bench.report.results``).
+    """
+
+    schema_version: int
+    run_id: str
+    suite: str
+    dataset: str
+    model: str
+    method: str
+    variant: str
+    distribution: str
+    target_sparsity: float
+    actual_sparsity: float
+    layer_densities: dict
+    top1: float  # the final epoch's test top-1
+    top1_best: float | None = _optional()  # the best epoch's that held the final sparsity
+    best_epoch: int | None = _optional()
+    top1_dense: float | None  # the dense model of the sparse-dense pair, if the method has one
+    dense_pair_epoch: int | None = _optional()
+    training_flops: float | None
+    dense_training_flops: float | None
+    training_flops_multiplier: float | None
+    inference_flops: float | None
+    dense_inference_flops: float | None
+    inference_flops_multiplier: float | None
+    epochs: int
+    train_steps: int | None = _optional()
+    suite_epochs: int | None = _optional()
+    seed: int
+    budget: dict  # mode, reference_training_flops, achieved_ratio (and a calibration's record)
+    steps: int | None = _optional()
+    examples_seen: int | None = _optional()
+    world_size: int | None = _optional()
+    wall_time_s: float | None
+    cell: str | None = _optional()
+    train_subset: int | None = _optional()
+    overrides: list = _optional()
+    sparsity_check: dict = _optional()
+    versions: dict
+    numerics: dict = _optional()
+    command: str | None = _optional()
+
+    def as_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_RESULT_FIELDS = dataclasses.fields(Result)
 #: Keys every ``result.json`` of schema version 1 carries.
-RESULT_REQUIRED_KEYS = (
-    "schema_version", "run_id", "suite", "dataset", "model", "method", "variant",
-    "distribution", "target_sparsity", "actual_sparsity", "layer_densities",
-    "top1", "top1_dense", "training_flops", "dense_training_flops",
-    "training_flops_multiplier", "inference_flops", "dense_inference_flops",
-    "inference_flops_multiplier", "epochs", "seed", "budget", "wall_time_s",
-    "versions",
-)
+RESULT_REQUIRED_KEYS = tuple(f.name for f in _RESULT_FIELDS if f.metadata.get("required", True))
 #: Result keys that must hold a finite number.
-RESULT_NUMBER_KEYS = ("target_sparsity", "actual_sparsity", "top1", "epochs", "seed")
+RESULT_NUMBER_KEYS = tuple(f.name for f in _RESULT_FIELDS if f.type in ("float", "int"))
 #: Result keys that must hold a number or null.
-RESULT_OPTIONAL_NUMBER_KEYS = (
-    "top1_best", "best_epoch", "top1_dense", "training_flops", "dense_training_flops", "training_flops_multiplier",
-    "inference_flops", "dense_inference_flops", "inference_flops_multiplier", "wall_time_s",
-)
+RESULT_OPTIONAL_NUMBER_KEYS = tuple(f.name for f in _RESULT_FIELDS if f.type in ("float | None", "int | None"))
 #: Result keys that hold a mapping.
-RESULT_DICT_KEYS = ("layer_densities", "budget", "versions")
+RESULT_DICT_KEYS = tuple(f.name for f in _RESULT_FIELDS if f.type == "dict")
 BUDGET_KEYS = ("mode", "reference_training_flops", "achieved_ratio")
 
 

@@ -8,6 +8,7 @@ folder's format is :mod:`acdc_bench.run.folder`'s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -95,14 +96,14 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
             train_loss, train_top1 = train_epoch(run, epoch, progress and run.is_main)
             top1, test_loss, predictions, _ = evaluate(run.model, run.data.test_batches(shard=True), run.device,
                                                        run.amp_dtype, world_size)
-            row = {
-                "epoch": epoch, "phase": run.sparsifier.method.phase(epoch), "lr": lr,
-                "train_loss": train_loss, "train_top1": train_top1, "test_loss": test_loss, "top1": top1,
-                "sparsity": run.sparsifier.sparsity, "mask_sparsity": run.sparsifier.mask_sparsity,
-                "training_flops": run.sparsifier.training_flops,
-                "mask_overlap": run.sparsifier.epoch_metrics.get("mask_overlap"),
-                "wall_time_s": time.perf_counter() - started,
-            }
+            row = dataclasses.asdict(folder.MetricsRow(
+                epoch=epoch, phase=run.sparsifier.method.phase(epoch), lr=lr,
+                train_loss=train_loss, train_top1=train_top1, test_loss=test_loss, top1=top1,
+                sparsity=run.sparsifier.sparsity, mask_sparsity=run.sparsifier.mask_sparsity,
+                training_flops=run.sparsifier.training_flops,
+                mask_overlap=run.sparsifier.epoch_metrics.get("mask_overlap"),
+                wall_time_s=time.perf_counter() - started,
+            ))
             record_epoch(run, row, predictions, tracker, log)
             run.state["epoch"] = epoch + 1
             run.state["wall_time_s"] = time.perf_counter() - started
@@ -464,43 +465,43 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
     pair = run.state.get("dense_pair")
     final = run.sparsifier.final
     top1_best, best = folder.best_epoch(run.state["rows"], final["reached"], final["tolerance"])
-    return {
-        "schema_version": folder.RESULT_SCHEMA_VERSION,
-        "run_id": config["run_id"],
-        "suite": config["suite"],
-        "dataset": config["dataset"],
-        "model": config["model"],
-        "method": config["method"],
-        "variant": config.get("variant", ""),
-        "distribution": (config.get("method_config") or {}).get("distribution", "dense" if config["method"] == "dense" else ""),
-        "target_sparsity": float(config["sparsity"]),
-        "actual_sparsity": actual_sparsity,
-        "layer_densities": densities,
-        "top1": top1,
-        "top1_best": top1_best,
-        "best_epoch": best,
-        "top1_dense": pair["top1"] if pair else None,
-        "dense_pair_epoch": pair["epoch"] if pair else None,
-        "training_flops": meter.total,
-        "dense_training_flops": dense_training_flops,
-        "training_flops_multiplier": meter.total / dense_training_flops,
-        "inference_flops": inference_flops,
-        "dense_inference_flops": flops.dense_forward,
-        "inference_flops_multiplier": inference_flops / flops.dense_forward,
-        "epochs": int(config["epochs"]),
-        "train_steps": config.get("train_steps"),
-        "suite_epochs": int(config.get("suite_epochs", config["epochs"])),
-        "seed": int(config["seed"]),
-        "budget": budget,
-        "steps": meter.steps,
-        "examples_seen": meter.examples,
-        "world_size": run.world_size,
-        "wall_time_s": wall_time,
-        "cell": config.get("cell"),
-        "train_subset": config.get("train_subset"),
-        "overrides": list(config.get("overrides") or []),
-        "sparsity_check": {k: v for k, v in run.sparsifier.final.items() if k != "cause"},
-        "versions": distributed.versions(),
-        "numerics": environment(run),
-        "command": " ".join(sys.argv),
-    }
+    return folder.Result(
+        schema_version=folder.RESULT_SCHEMA_VERSION,
+        run_id=config["run_id"],
+        suite=config["suite"],
+        dataset=config["dataset"],
+        model=config["model"],
+        method=config["method"],
+        variant=config.get("variant", ""),
+        distribution=(config.get("method_config") or {}).get("distribution", "dense" if config["method"] == "dense" else ""),
+        target_sparsity=float(config["sparsity"]),
+        actual_sparsity=actual_sparsity,
+        layer_densities=densities,
+        top1=top1,
+        top1_best=top1_best,
+        best_epoch=best,
+        top1_dense=pair["top1"] if pair else None,
+        dense_pair_epoch=pair["epoch"] if pair else None,
+        training_flops=meter.total,
+        dense_training_flops=dense_training_flops,
+        training_flops_multiplier=meter.total / dense_training_flops,
+        inference_flops=inference_flops,
+        dense_inference_flops=flops.dense_forward,
+        inference_flops_multiplier=inference_flops / flops.dense_forward,
+        epochs=int(config["epochs"]),
+        train_steps=config.get("train_steps"),
+        suite_epochs=int(config.get("suite_epochs", config["epochs"])),
+        seed=int(config["seed"]),
+        budget=budget,
+        steps=meter.steps,
+        examples_seen=meter.examples,
+        world_size=run.world_size,
+        wall_time_s=wall_time,
+        cell=config.get("cell"),
+        train_subset=config.get("train_subset"),
+        overrides=list(config.get("overrides") or []),
+        sparsity_check={k: v for k, v in run.sparsifier.final.items() if k != "cause"},
+        versions=distributed.versions(),
+        numerics=environment(run),
+        command=" ".join(sys.argv),
+    ).as_json()
