@@ -127,7 +127,7 @@ def slurm(session: nox.Session) -> None:
         session.run("apt-get", "update", "-qq", external=True)
         session.run("apt-get", "install", "-y", "-qq", *SLURM_PACKAGES, external=True,
                     env={"DEBIAN_FRONTEND": "noninteractive"})
-    session.run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_slurm_cluster.py",
+    session.run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/integration/test_slurm_cluster.py",
                 *session.posargs, external=True, env={"ACDC_BENCH_SLURM": "require"})
 
 

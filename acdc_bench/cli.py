@@ -504,7 +504,7 @@ COMMANDS = {
 
 
 #: A run of seconds on Fashion-MNIST that keeps the default suite's matched budget: every schedule,
-#: AC/DC's (the budget reference) included, fits the 4 epochs. tests/test_cli_help.py runs it.
+#: AC/DC's (the budget reference) included, fits the 4 epochs. tests/integration/test_honest_reports.py runs it.
 SMOKE_RUN = "acdc-bench run --method gmp --sparsity 0.9 --set train_subset=2000 --set epochs=4"
 
 RUN_EXAMPLES = f"""example:
@@ -528,7 +528,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 #: ``acdc_bench.models.model_names()``, written out so that building the parser does not start torch
-#: (the numerics are pinned after parsing); tests/test_cli_help.py holds the two equal.
+#: (the numerics are pinned after parsing); tests/integration/test_honest_reports.py holds the two equal.
 MODEL_CHOICES = ("lenet-300-100", "mobilenetv1", "resnet50", "wrn28-10")
 
 

@@ -1,7 +1,7 @@
 """Short runs of every method whose metrics must not change when the code is refactored.
 
 ``python -m tests.behaviour record`` writes ``tests/data/behaviour.json`` from the current code;
-``tests/test_behaviour.py`` re-runs the same commands and compares every value exactly. The runs
+``tests/integration/test_behaviour.py`` re-runs the same commands and compares every value exactly. The runs
 compute under portable numerics (:mod:`acdc_bench.numerics`: ATen, MKL and oneDNN capped to
 AVX2, pinned before torch starts in a process of their own), so the record holds bit for bit on
 any x86-64 CPU with AVX2, whatever the numerics of the process that asks for it.
@@ -31,7 +31,7 @@ COMMANDS = [
     ["--method", "gmp", "--sparsity", "0.9", "--budget", "paper"],
     ["--method", "rigl", "--sparsity", "0.9", "--budget", "paper", "--set", "methods.rigl.update_interval=3"],
     # STR's sparsity follows lam and s_init, untuned for these 4-epoch runs: its end-of-run check is
-    # opened (the record holds what STR computes; tests/test_targets.py holds the check).
+    # opened (the record holds what STR computes; tests/unit/methods/test_targets.py holds the check).
     ["--method", "str", "--sparsity", "0.9", "--budget", "paper", "--set", "budget.calibration.sparsity_tolerance=0.95"],
     ["--method", "gmp", "--sparsity", "0.9", "--budget", "matched"],
     ["--method", "rigl", "--sparsity", "0.9", "--budget", "matched", "--set", "methods.rigl.update_interval=3"],

@@ -19,3 +19,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The small data sets in their real formats, for every test (tests/data_files.py).
+from data_files import cifar_root, imagenet_root, sample_images, small_fashion_root  # noqa: E402, F401

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the model and data of tests/integration/test_integrations.py, which runs this script on two ranks
+sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
 
 
 def masks_of(sparsifier) -> dict:

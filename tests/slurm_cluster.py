@@ -4,7 +4,7 @@ tests of ``reproduce --launcher slurm`` against a real scheduler.
 Everything lives in one folder (configuration, state, spool, logs, munge socket); the daemons run as
 this user on ports of their own, so they never touch a cluster the machine may belong to. The node
 declares this machine's CPUs and no GPU: a CPU partition. ``nox -s slurm`` installs the packages and
-runs the tests that use it (``tests/test_slurm_cluster.py``).
+runs the tests that use it (``tests/integration/test_slurm_cluster.py``).
 """
 
 from __future__ import annotations

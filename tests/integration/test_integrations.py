@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import TESTS
+
 
 # --------------------------------------------------------------------------- Hugging Face Trainer
 class TokenData(torch.utils.data.Dataset):
@@ -336,7 +338,6 @@ def test_masks_agree_on_both_ranks_of_a_framework_ddp_run(framework, tmp_path):
     import socket
     import subprocess
     import sys
-    from pathlib import Path
 
     pytest.importorskip("transformers" if framework == "hf" else "lightning")
     with socket.socket() as probe:
@@ -344,7 +345,7 @@ def test_masks_agree_on_both_ranks_of_a_framework_ddp_run(framework, tmp_path):
         port = probe.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                              "MASTER_PORT")}
-    script = Path(__file__).with_name("frameworks_ddp.py")
+    script = TESTS / "frameworks_ddp.py"
     ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
                           "127.0.0.1", "--master-port", str(port), str(script), framework, str(tmp_path)],
                          capture_output=True, text=True, timeout=600, env=dict(env, OMP_NUM_THREADS="1"))

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from acdc_bench.run.folder import RunLocked, lock_run, read_predictions, write_predictions
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 HOLD = ("import sys, time; from acdc_bench.run.folder import lock_run\n"
         "with lock_run(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n")
 

@@ -1,20 +1,16 @@
 """The attach API (``acdc_bench.sparsify``) in loops written outside the package."""
 
 import json
-import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import acdc_bench
-from helpers import SHORT, needs_fashion
+from helpers import ROOT, SHORT, needs_fashion
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 SHIPPED = ["dense", "acdc", "gmp", "rigl", "str", "set"]
 #: Per method: options for a 32-step run, and whether its FLOPs depend on the trajectory.
 OPTIONS = {

@@ -6,16 +6,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from acdc_bench.report.leaderboard import read_leaderboard
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),
-                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+from helpers import needs_fashion
+
+pytestmark = needs_fashion
 TINY = ["--set=train_subset=2000", "--set=epochs=4", "--set=methods.acdc.schedule_epochs=4",
         "--set=methods.acdc.warmup_epochs=1", "--set=methods.acdc.phase_epochs=1",
         "--set=methods.acdc.final_dense_epochs=1", "--set=methods.acdc.final_sparse_epochs=1"]

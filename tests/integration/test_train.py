@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +21,8 @@ from acdc_bench.methods import make_config
 from acdc_bench.core.sparsity import prunable_layers
 from acdc_bench.run.loop import train
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),
-                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-REPO = Path(__file__).resolve().parents[1]
+from helpers import needs_fashion
+
 # A short AC/DC: dense 0, sparse 1, dense 2, sparse 3 (4 epochs, 1-epoch phases).
 SHORT = ["train_subset=3000", "methods.acdc.schedule_epochs=4", "methods.acdc.warmup_epochs=1",
          "methods.acdc.phase_epochs=1", "methods.acdc.final_dense_epochs=1", "methods.acdc.final_sparse_epochs=1"]

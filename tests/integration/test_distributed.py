@@ -23,10 +23,10 @@ import torch
 
 from acdc_bench.core.io import load_checkpoint
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from helpers import FASHION, needs_fashion
+
 pytestmark = [
-    pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),
-                       reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"),
+    needs_fashion,
     pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                        reason="torch.distributed with gloo is not available"),
 ]

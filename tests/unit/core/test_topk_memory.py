@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 from acdc_bench.core import sparsity
 from acdc_bench.core.sparsity import MaskSet, global_magnitude_masks, magnitude_mask, prunable_layers
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import ROOT as REPO
 
 
 def reference_keep(scores: torch.Tensor, prune: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from acdc_bench.methods.acdc import PRESETS, acdc_phases
 from acdc_bench.report.compare import compare_table, format_compare, protocol_differences
 from acdc_bench.report.results import load_reference, load_runs
 from acdc_bench.run.launch import plan_runs
-from test_reporting import _config, _write_seeds
+from test_reporting import _write_seeds
 
 WHERE = {"dataset": "imagenet", "model": "resnet50"}
 
@@ -166,7 +166,7 @@ def test_gmp_extended_points_follow_gales_checkpoints():
 
 def test_gmp_layer_sparsity_holds_named_layers_and_solves_the_rest():
     from acdc_bench.models import build_model
-    from test_baselines import attach, tiny_mlp
+    from helpers import attach, tiny_mlp
 
     # tiny_mlp: layer 0 (600 weights) dense, layer 2 (300) held at 50%: no other layer can carry the
     # rest of an 80% target
@@ -194,7 +194,7 @@ def test_gmp_layer_sparsity_holds_named_layers_and_solves_the_rest():
 
 
 def test_gmp_frequency_fraction_spaces_the_updates_as_a_fraction_of_the_run():
-    from test_baselines import attach, tiny_mlp
+    from helpers import attach, tiny_mlp
 
     method = attach("gmp", {"start_fraction": 0.25, "end_fraction": 0.75, "frequency_fraction": 0.05},
                     tiny_mlp(), sparsity=0.9, total_steps=400)
@@ -220,7 +220,7 @@ def test_acdc_dense13_is_the_official_cifar_schedule():
 
 
 def test_acdc_finetune_dense_trains_the_pairs_dense_model_to_the_end():
-    from test_baselines import attach, tiny_mlp
+    from helpers import attach, tiny_mlp
 
     plain = attach("acdc", {}, tiny_mlp(), sparsity=0.9, steps_per_epoch=1, total_steps=100)
     tuned = attach("acdc", {"finetune_dense": True}, tiny_mlp(), sparsity=0.9, steps_per_epoch=1, total_steps=100)

@@ -19,11 +19,11 @@ from acdc_bench.report.compare import match_published, protocol_differences
 from acdc_bench.report.results import load_reference
 from acdc_bench.run.launch import RunSpec, plan_runs
 from plan_check import assert_plan_matches_run
-from test_data import rgb, sample_images, write_cifar100  # noqa: F401 (sample_images: a fixture)
+from data_files import rgb, write_cifar100
+from helpers import ROOT
 
 PAPER_SUITES = ("imagenet-resnet50", "imagenet-mobilenetv1", "cifar100-wrn28-10")
 METHODS = ("dense", "acdc", "gmp", "rigl", "str")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _specs(waves):

@@ -3,17 +3,15 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from acdc_bench import numerics
-from acdc_bench.cli import main
 from acdc_bench.config import load_suite, run_config
 from helpers import needs_fashion
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
 TINY = ["--suite", "fashion-mnist", "--method", "dense", "--sparsity", "0", "--budget", "paper", "--epochs", "1",
         "--set", "train_subset=256", "--no-progress"]
 

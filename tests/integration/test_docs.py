@@ -14,7 +14,7 @@ import pytest
 
 from helpers import needs_fashion
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 #: A Python block whose first line is ``# path/to/module.py`` is a file the user writes, not a script.
@@ -83,6 +83,9 @@ def test_nothing_points_outside_the_repository():
                 offenders.append(f"{name}: {climb} is not in the repository")
         offenders += [f"{name}: {doc} is not in the repository"
                       for doc in re.findall(r"\b[A-Z][A-Z_]+\.md\b", text) if doc not in names]
+        offenders += [f"{name}: {named} is not in the repository"  # a test or benchmark named by its path
+                      for named in re.findall(r"\b(?:tests|benchmarks)/[\w/]+\.py\b", text)
+                      if not (ROOT / named).exists()]
     assert not offenders, offenders
 
 
