@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-# the model and data of tests/integration/test_integrations.py, which runs this script on two ranks
-sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: framework_models
 
 
 def masks_of(sparsifier) -> dict:
@@ -24,7 +23,7 @@ def hf(out: Path) -> dict:
     import transformers
 
     from acdc_bench.integrations.hf import SparsityCallback
-    from test_integrations import TokenData, tiny_bert
+    from framework_models import TokenData, tiny_bert
 
     callback = SparsityCallback("gmp", sparsity=0.9)
     args = transformers.TrainingArguments(output_dir=str(out / "hf"), max_steps=16, per_device_train_batch_size=4,
@@ -39,7 +38,7 @@ def lightning(out: Path) -> dict:
     import lightning.pytorch as pl
 
     from acdc_bench.integrations.lightning import SparsityCallback
-    from test_integrations import _lightning_module, _loader
+    from framework_models import _lightning_module, _loader
 
     callback = SparsityCallback("rigl", sparsity=0.9, update_interval=2, distribution="uniform")
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,

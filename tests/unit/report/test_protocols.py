@@ -18,7 +18,7 @@ from acdc_bench.methods.acdc import PRESETS, acdc_phases
 from acdc_bench.report.compare import compare_table, format_compare, protocol_differences
 from acdc_bench.report.results import load_reference, load_runs
 from acdc_bench.run.launch import plan_runs
-from test_reporting import _write_seeds
+from run_folders import _write_seeds
 
 WHERE = {"dataset": "imagenet", "model": "resnet50"}
 
