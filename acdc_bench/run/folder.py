@@ -77,9 +77,9 @@ class MetricsRow:
 METRIC_COLUMNS = [f.name for f in dataclasses.fields(MetricsRow)]
 
 
-def _optional(**metadata) -> Any:
+def _optional() -> Any:
     """A result field a ``result.json`` may lack (written by later versions of schema 1)."""
-    return dataclasses.field(metadata={"required": False, **metadata})
+    return dataclasses.field(metadata={"required": False})
 
 
 @dataclass
