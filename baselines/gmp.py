@@ -227,11 +227,11 @@ class GMP(MaskedMethod):
         return [1.0 - s * scale for s in final]
 
     def _final_layer_sparsities(self) -> list[float]:
-        from acdc_bench.core.sparsity import _matches, check_names_exist
+        from acdc_bench.core.sparsity import check_names_exist, name_matches
 
         check_names_exist(self.layers, list(self.config.layer_sparsity), "layer_sparsity")
-        dense = [_matches(layer.name, self.config.keep_dense) for layer in self.layers]
-        fixed = [next((float(v) for k, v in self.config.layer_sparsity.items() if _matches(layer.name, [k])), None)
+        dense = [name_matches(layer.name, self.config.keep_dense) for layer in self.layers]
+        fixed = [next((float(v) for k, v in self.config.layer_sparsity.items() if name_matches(layer.name, [k])), None)
                  for layer in self.layers]
         pruned = sum(layer.numel for layer, d in zip(self.layers, dense) if not d)
         rest = sum(layer.numel for layer, d, f in zip(self.layers, dense, fixed) if not d and f is None)

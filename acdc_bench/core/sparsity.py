@@ -32,7 +32,9 @@ class PrunableLayer:
         return self.weight.numel()
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+def name_matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a layer's module name is one of ``patterns`` or matches one (fnmatch, case-sensitive):
+    how ``include``, ``exclude`` and ``keep_dense`` select layers."""
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -53,9 +55,9 @@ def prunable_layers(
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             continue
-        if include and not _matches(name, include):
+        if include and not name_matches(name, include):
             continue
-        if exclude and _matches(name, exclude):
+        if exclude and name_matches(name, exclude):
             continue
         if parametrize.is_parametrized(module, "weight"):  # e.g. STR's threshold: the raw parameter
             weight = module.parametrizations["weight"].original
@@ -93,7 +95,7 @@ def transformer_block_layers(model: nn.Module) -> list[str]:
 def check_names_exist(layers: Sequence[PrunableLayer], names: Sequence[str], what: str) -> None:
     """Raise if a pattern in ``names`` matches none of ``layers`` (a typo would silently do nothing)."""
     for pattern in names:
-        if not any(_matches(layer.name, [pattern]) for layer in layers):
+        if not any(name_matches(layer.name, [pattern]) for layer in layers):
             allowed = ", ".join(layer.name for layer in layers[:8])
             raise ValueError(
                 f"{what}: '{pattern}' matches no prunable layer; prunable layers are: {allowed}"
@@ -109,7 +111,7 @@ def uniform_densities(
 ) -> list[float]:
     """Every layer at ``1 - sparsity``, except the layers named in ``keep_dense`` (density 1)."""
     check_names_exist(layers, keep_dense, "keep_dense")
-    return [1.0 if _matches(layer.name, keep_dense) else 1.0 - sparsity for layer in layers]
+    return [1.0 if name_matches(layer.name, keep_dense) else 1.0 - sparsity for layer in layers]
 
 
 def erk_densities(
@@ -122,7 +124,7 @@ def erk_densities(
     the scale solved again over the remaining layers, until none exceeds 1.
     """
     check_names_exist(layers, keep_dense, "keep_dense")
-    dense = {i for i, layer in enumerate(layers) if _matches(layer.name, keep_dense)}
+    dense = {i for i, layer in enumerate(layers) if name_matches(layer.name, keep_dense)}
     total = sum(layer.numel for layer in layers)
     target_nonzeros = (1.0 - sparsity) * total
     raw = [sum(layer.shape) / math.prod(layer.shape) for layer in layers]
@@ -562,7 +564,7 @@ def nm_masks(layers: Sequence[PrunableLayer], pattern: str, sparsity: float, tar
     n, m = check_pattern_target(pattern, target_sparsity)
     keep = nm_keep(sparsity, n, m)
     check_names_exist(layers, keep_dense, "keep_dense")
-    return [torch.ones_like(layer.weight, dtype=torch.bool) if keep >= m or _matches(layer.name, keep_dense)
+    return [torch.ones_like(layer.weight, dtype=torch.bool) if keep >= m or name_matches(layer.name, keep_dense)
             else nm_mask(layer.weight, keep, m) for layer in layers]
 
 
@@ -572,4 +574,4 @@ def nm_densities(layers: Sequence[PrunableLayer], pattern: str, sparsity: float,
     n, m = check_pattern_target(pattern, target_sparsity)
     keep = nm_keep(sparsity, n, m)
     check_names_exist(layers, keep_dense, "keep_dense")
-    return [1.0 if _matches(layer.name, keep_dense) else nm_density(layer.shape, keep, m) for layer in layers]
+    return [1.0 if name_matches(layer.name, keep_dense) else nm_density(layer.shape, keep, m) for layer in layers]
