@@ -24,7 +24,8 @@ def _add_suite_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a suite field, e.g. --set optimizer.lr=0.1 (repeatable); the value is "
                              "YAML 1.2: --set methods.acdc.pattern=2:4 is the string '2:4', 1e-4 a float")
     parser.add_argument("--numerics", choices=numerics.MODES, default=None,
-                        help="portable: ATen, MKL and oneDNN capped to AVX2, identical results on any x86-64 CPU "
+                        help="portable: ATen and oneDNN capped to AVX2, MKL on its one branch for every vendor, "
+                             "identical results on Intel and AMD x86-64 CPUs "
                              "(default, also the suite's `numerics` key); native: the CPU's own instruction set, "
                              "faster where AVX-512/AMX pays, reproducible on that CPU type only")
 

@@ -297,7 +297,7 @@ def validate_suite(data: dict, where: str) -> None:
              f"(auto: sparse kernels where they measure faster, acdc_bench.core.kernels)")
     _require(data.get("numerics") in numerics.MODES, where,
              f"numerics {data.get('numerics')!r} is unknown; allowed: {', '.join(numerics.MODES)} (portable: "
-             f"identical results on any x86-64 CPU with AVX2; native: the CPU's own instruction set)")
+             f"identical results on Intel and AMD x86-64 CPUs with AVX2; native: the CPU's own instruction set)")
     _require(data["model"] in model_names(), where, f"model '{data['model']}' is unknown; allowed: {', '.join(model_names())}")
     validate_recipe(data, where)
     budget = data["budget"]

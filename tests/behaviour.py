@@ -2,9 +2,10 @@
 
 ``python -m tests.behaviour record`` writes ``tests/data/behaviour.json`` from the current code;
 ``tests/integration/test_behaviour.py`` re-runs the same commands and compares every value exactly. The runs
-compute under portable numerics (:mod:`acdc_bench.numerics`: ATen, MKL and oneDNN capped to
-AVX2, pinned before torch starts in a process of their own), so the record holds bit for bit on
-any x86-64 CPU with AVX2, whatever the numerics of the process that asks for it.
+compute under portable numerics (:mod:`acdc_bench.numerics`: ATen and oneDNN capped to AVX2,
+MKL on its branch for every CPU vendor, pinned before torch starts in a process of their own), so
+the record holds bit for bit on Intel and AMD x86-64 CPUs with AVX2, whatever the numerics of the
+process that asks for it. The record says which CPU made it.
 """
 
 from __future__ import annotations
@@ -93,8 +94,11 @@ def run_all(out: Path) -> dict:
 
 
 def record(out: Path) -> None:
+    from acdc_bench.numerics import PORTABLE_ENV, cpu_model
+
     runs = run_all(out)
-    GOLDEN.write_text(json.dumps({"numerics": "portable", "runs": runs}, indent=1, sort_keys=True) + "\n")
+    GOLDEN.write_text(json.dumps({"numerics": "portable", "environment": PORTABLE_ENV, "cpu": cpu_model(), "runs": runs},
+                                 indent=1, sort_keys=True) + "\n")
     print(f"recorded {len(runs)} runs under portable numerics -> {GOLDEN}")
 
 

@@ -2,8 +2,8 @@ import os
 
 from acdc_bench import numerics  # imports no torch
 
-# The tests compute under the numerics a user's run gets by default (portable: ATen, MKL and oneDNN
-# capped to AVX2), pinned before torch starts. ACDC_BENCH_NUMERICS=native runs them on the CPU's
+# The tests compute under the numerics a user's run gets by default (portable: ATen and oneDNN
+# capped to AVX2, MKL on its branch for every CPU vendor), pinned before torch starts. ACDC_BENCH_NUMERICS=native runs them on the CPU's
 # own instruction set instead.
 if numerics.default_mode() == "portable":
     os.environ.update(numerics.pinned_environment())

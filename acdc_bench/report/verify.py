@@ -5,8 +5,8 @@ its id, method, target, seed, final top-1, sparsity, training FLOPs, steps, the 
 ``metrics.csv`` (every column but the wall time) and the numerics and CPU it ran under.
 ``acdc-bench verify`` re-runs seed 0 of every cell (``--all``: every run) in a temporary folder
 and compares, run by run: ``identical`` when every recorded value is equal, else ``different``
-with what differs. Under portable numerics (:mod:`acdc_bench.numerics`) every run is identical on
-any x86-64 CPU with AVX2.
+with what differs. Under portable numerics (:mod:`acdc_bench.numerics`) every run is meant to be
+identical on Intel and AMD x86-64 CPUs with AVX2; a ``different`` says where that fails.
 """
 
 from __future__ import annotations

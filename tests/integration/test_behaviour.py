@@ -1,8 +1,9 @@
 """Refactors keep behaviour: short runs of every method give the metrics recorded before.
 
 The record (``tests/data/behaviour.json``, ``python -m tests.behaviour record``) was made under
-portable numerics, which give the same floats on any x86-64 CPU with AVX2: every number, every
-metrics row and every run id must be equal, on any such CPU.
+portable numerics, which give the same floats on Intel and AMD x86-64 CPUs with AVX2: every
+number, every metrics row and every run id must be equal, on any such CPU (the record names the
+CPU it was made on, so that a difference says which two CPUs disagree).
 """
 
 import json
@@ -11,6 +12,7 @@ import math
 import pytest
 
 from behaviour import GOLDEN, run_all
+from acdc_bench.numerics import cpu_model
 from helpers import needs_fashion
 
 
@@ -37,4 +39,5 @@ def test_short_runs_of_every_method_match_the_record(tmp_path):
         pairs += [(f"result.{k}", got["result"].get(k), v) for k, v in expected["result"].items()]
         mismatches += [f"{run_id} {name}: {value!r} != recorded {want!r}" for name, value, want in pairs
                        if not _equal(value, want)]
-    assert not mismatches, f"{len(mismatches)} values differ:\n" + "\n".join(mismatches[:30])
+    assert not mismatches, (f"{len(mismatches)} values differ between this CPU ({cpu_model()}) and the record's "
+                            f"({golden.get('cpu')}):\n" + "\n".join(mismatches[:30]))

@@ -43,7 +43,7 @@ def test_this_test_process_runs_the_default_numerics():
 def test_torch_started_without_the_pins_is_an_error_naming_the_fix(monkeypatch):
     monkeypatch.delenv("MKL_CBWR", raising=False)
     assert numerics.active() == "native"
-    with pytest.raises(numerics.NumericsError, match="MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 before Python starts") as error:
+    with pytest.raises(numerics.NumericsError, match="MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 before Python starts") as error:
         numerics.ensure("portable")
     assert "--numerics native" in str(error.value)
     numerics.ensure("native")  # the libraries' own choice: nothing to pin
