@@ -97,9 +97,14 @@ def _cli(session: nox.Session, *args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (and the benchmarks once each in smoke mode)."""
+    """Run the test suite (and the benchmarks once each in smoke mode).
+
+    The tests run in one pytest-xdist worker per core (at most 4), each on one thread
+    (``tests/conftest.py``): most of them train on one thread, so two workers on two cores take
+    about half the time of one. ``nox -s tests -- -n 0 ...`` runs them in this process."""
     python = environment(session)
-    session.run(python, "-m", "pytest", "-q", *session.posargs, external=True)
+    workers = ["-n", "auto", "--maxprocesses", "4"]
+    session.run(python, "-m", "pytest", "-q", *workers, *session.posargs, external=True)
     if not session.posargs:
         # every benchmark once, CI-sized (the timed run is `nox -s bench`)
         session.run(python, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",

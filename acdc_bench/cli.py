@@ -172,7 +172,7 @@ def _suite(args) -> dict:
     return suite
 
 
-def _budgeted_config(args, suite: dict, out: Path | None) -> dict:
+def _budgeted_config(args, suite: dict, out: Path | None):
     from acdc_bench.budget.matching import resolve_budget
     from acdc_bench.run.store import store_at
 
@@ -191,14 +191,14 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / suite["suite"]
     store = store_at(out)
     first = _budgeted_config(args, suite, out)
-    if store.finished(first["run_id"]):  # train() says so, and where
+    if store.finished(first.run_id):  # train() says so, and where
         train(first, out, data_root=args.data_root, progress=not args.no_progress)
         return 0
     # a matched STR run is a calibration chain: each finished run may call for the next
     chain = run_chain(lambda: _budgeted_config(args, suite, out), store, first=first)
     for number, config in enumerate(chain):
         if number:
-            print(describe(config["budget"], config["train_steps"]), flush=True)
+            print(describe(config.budget.as_dict(), config.train_steps), flush=True)
         tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
         train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from acdc_bench import numerics
+from acdc_bench.runconfig import Budget, Length, LrSchedule, Optimizer, RunConfig, default_variant
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
@@ -66,21 +67,9 @@ CALIBRATION_DEFAULTS = {"max_runs": 5, "sparsity_tolerance": 0.005, "start": {}}
 #: (each replaces the suite's key whole), plus ``targets: {sparsity: {key: value}}`` for one target.
 RECIPE_KEYS = ("optimizer", "lr_schedule", "label_smoothing", "batch_size", "amp", "epochs", "init")
 
-#: Keys that do not change what a run computes; they are left out of the run id. ``recipe`` and
-#: ``method_options`` only echo the top-level recipe keys and ``method_config`` resolved for the run;
-#: ``kernels`` changes float rounding only, as the number of threads does.
+#: Suite keys that do not change what a run computes: left out of its cell id (:func:`cell_id`).
 NON_RESULT_KEYS = {"description", "data_root", "num_workers", "kernels", "reproduce", "methods", "wandb", "resources", "plugins",
-                   "budget", "recipe", "method_options", "cell", "overrides", "recipe_family"}
-#: Keys added after run ids were first recorded: left out of the hash while they hold this default,
-#: so that a run whose configuration did not change keeps its id.
-LATER_KEYS = {"init": None}
-#: The same for fields added to a method's options (``method_config``), per method.
-LATER_METHOD_FIELDS = {"acdc": {"pattern": None, "dense_phase_epochs": None, "finetune_dense": False},
-                       "gmp": {"targets": {}, "pattern": None, "frequency_fraction": None, "layer_sparsity": {}},
-                       "rigl": {"update_interval_examples": None, "pattern": None, "update_at_step_zero": False,
-                                "drop_noise_std": 0.0},
-                       "set": {"update_interval_examples": None, "pattern": None, "update_at_step_zero": False,
-                               "drop_noise_std": 0.0}, "str": {"fallback": False}}
+                   "budget", "recipe_family"}
 
 
 class ConfigError(ValueError):
@@ -370,46 +359,37 @@ def run_config(
     sparsity: float,
     seed: int = 0,
     epochs: int | None = None,
-    budget: dict | None = None,
+    budget: dict | Budget | None = None,
     train_steps: int | None = None,
     method_options: dict | None = None,
-) -> dict:
-    """The resolved configuration of one run (what ``config.yaml`` holds).
+    variant: str | None = None,
+) -> RunConfig:
+    """The resolved configuration of one run (:class:`~acdc_bench.runconfig.RunConfig`; what
+    ``config.yaml`` holds).
 
-    ``method_options`` replaces the suite's ``methods.<method>`` options (budget calibration).
+    ``method_options`` replaces the suite's ``methods.<method>`` options (budget calibration);
+    ``variant`` is a paper-suite cell's tag (None: the method's own, ``1x`` for RigL, else '').
 
     The recipe: under a ``paper`` budget a method with a ``recipe:`` runs on it (its keys, and
     those of its ``targets`` entry for ``sparsity``, replace the suite's); under a ``matched``
     budget every method runs on the suite's shared recipe and any ``recipe:`` is ignored
-    (``recipe.source`` says which). The resolved recipe keys are at the top level; ``recipe``
-    echoes them and ``method_options`` the method's options resolved for this run (per-target
-    entries picked, RigL's update spacing in steps for this batch size).
+    (``recipe_source`` says which). A matched budget then refines the run once
+    (:meth:`RunConfig.refined`) to its solved length.
     """
-    import dataclasses
-
-    from acdc_bench.methods import get_method, make_config
+    from acdc_bench.methods import get_method
 
     where = suite.get("_path", suite["suite"])
-    method_cls = get_method(method)
+    get_method(method)  # an unknown method: an error naming the registered ones
     sparsity = check_sparsity(sparsity, f"{where}: --sparsity")
     if method == "dense":
         sparsity = 0.0
     options = method_options if method_options is not None else ((suite.get("methods") or {}).get(method) or {})
-    options = {key: value for key, value in options.items() if key != "recipe"}
-    try:
-        method_config = make_config(method_cls, options)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"{where}: methods.{method}: {error}") from error
 
     config = {key: copy.deepcopy(value) for key, value in suite.items() if not key.startswith("_") and key not in ("methods", "reproduce")}
-    budget = dict(budget or {"mode": "paper", "reference_training_flops": None})
-    # How far a method without a tolerance of its own (STR) may end from its target (not in the run id).
-    calibration = (suite.get("budget") or {}).get("calibration") or {}
-    budget.setdefault("sparsity_tolerance", float(calibration.get("sparsity_tolerance",
-                                                                  CALIBRATION_DEFAULTS["sparsity_tolerance"])))
+    budget = run_budget(suite, budget if budget is not None else {"mode": "paper", "reference_training_flops": None})
     recipe = method_recipe(suite, method)
     family = suite.get("recipe_family") or ""
-    if recipe and budget.get("mode", "paper") == "paper":
+    if recipe and budget.mode == "paper":
         config = apply_recipe(config, recipe, sparsity)
         source = f"methods.{method}.recipe"
         family = recipe.get("family") or family
@@ -420,41 +400,70 @@ def run_config(
             validate_recipe(config, f"{where}: methods.{method}.recipe with {' '.join(overrides)}")
             source += " with --set " + ", ".join(overrides)
     elif recipe:
-        source = f"suite (budget {budget.get('mode')}: methods.{method}.recipe ignored, one shared recipe)"
+        source = f"suite (budget {budget.mode}: methods.{method}.recipe ignored, one shared recipe)"
     else:
         source = "suite"
+    batch_size = int(config["batch_size"])
+    method_config = method_options_config(suite, method, options, batch_size)
     length = int(config["epochs"])  # the recipe's length (the suite's unless the recipe sets epochs)
     # The dense reference of every training multiplier: the suite's length, or an explicit
     # --epochs (a shorter or longer suite); a matched budget or a method's own multiplier
     # (RigL 5x) changes the run's length but not its reference.
-    config["suite_epochs"] = int(epochs) if epochs is not None and not train_steps else suite["epochs"]
-    if epochs is None and length != suite["epochs"]:
-        config["recipe_epochs"] = length  # step milestones are written for the recipe's length
+    suite_epochs = int(epochs) if epochs is not None and not train_steps else int(suite["epochs"])
+    recipe_epochs = length if epochs is None and length != suite["epochs"] else None  # step milestones' length
     multiplier = method_config.epochs_multiplier
-    config["variant"] = f"{multiplier:g}x" if multiplier is not None else ""
+    own_variant = default_variant(method_config)
     if epochs is None:
         epochs = max(1, round(length * (multiplier or 1)))
-    config["epochs"] = int(epochs)
-    if config["epochs"] <= 0:
+    if int(epochs) <= 0:
         raise ConfigError(f"{where}: --epochs must be positive, got {epochs}")
-    config["train_steps"] = int(train_steps) if train_steps else None
-    config["method"] = method
-    method_config = method_config.for_batch_size(int(config["batch_size"]))
-    config["method_config"] = dataclasses.asdict(method_config)
     try:
-        config["method_options"] = method_config.options_for(sparsity)
+        method_config.options_for(sparsity)
     except ValueError as error:
         raise ConfigError(f"{where}: methods.{method}: {error}") from error
-    config["sparsity"] = sparsity
-    config["seed"] = int(seed)
-    config["budget"] = budget
-    config["recipe"] = recipe_summary(config, source)
-    config["recipe"]["family"] = family
-    config["overrides"] = list(suite.get("_overrides") or [])
-    config["cell"] = cell_id(suite, method, sparsity, budget.get("mode", "paper"),
-                             epochs if budget.get("mode", "paper") != "matched" else None)
-    config["run_id"] = run_id(config)
-    return config
+    tagged = variant if variant is not None and variant != own_variant else None
+    return RunConfig(
+        suite=config["suite"], dataset=config["dataset"], model=config["model"], method=method, sparsity=sparsity,
+        seed=int(seed),
+        length=Length(epochs=int(epochs), suite_epochs=suite_epochs, train_steps=int(train_steps) if train_steps else None,
+                      recipe_epochs=recipe_epochs),
+        batch_size=batch_size, optimizer=Optimizer.from_mapping(config["optimizer"]),
+        lr_schedule=LrSchedule.from_mapping(config["lr_schedule"]), method_config=method_config,
+        numerics=config["numerics"], label_smoothing=float(config.get("label_smoothing", 0.0)),
+        amp=config.get("amp", "none"), init=config.get("init"), train_subset=config.get("train_subset"),
+        channels_last=bool(config.get("channels_last")), compile=bool(config.get("compile")),
+        variant=tagged if tagged is not None else own_variant, budget=budget,
+        description=config.get("description") or "", data_root=config.get("data_root"),
+        num_workers=int(config.get("num_workers") or 0), kernels=config.get("kernels", "auto"),
+        plugins=tuple(config.get("plugins") or ()), wandb=config.get("wandb", False),
+        resources=dict(config.get("resources") or {}), recipe_family=family, recipe_source=source,
+        suite_recipe_family=config.get("recipe_family"), overrides=tuple(suite.get("_overrides") or ()),
+        cell=cell_id(suite, method, sparsity, budget.mode, int(epochs) if budget.mode != "matched" else None, tagged),
+    )
+
+
+def method_options_config(suite: dict, method: str, options: dict, batch_size: int):
+    """The method's ``Config`` from ``options`` (a ``methods.<method>`` mapping; ``recipe``
+    aside), at ``batch_size``; a bad option is a ConfigError naming the suite and the method."""
+    from acdc_bench.methods import get_method, make_config
+
+    options = {key: value for key, value in (options or {}).items() if key != "recipe"}
+    try:
+        return make_config(get_method(method), options).for_batch_size(int(batch_size))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{suite.get('_path', suite['suite'])}: methods.{method}: {error}") from error
+
+
+def run_budget(suite: dict, budget: dict | Budget) -> Budget:
+    """``budget`` as a :class:`Budget`, with the suite's sparsity tolerance for methods without
+    one of their own (STR) unless it says its own."""
+    if isinstance(budget, Budget):
+        return budget
+    budget = dict(budget)
+    calibration = (suite.get("budget") or {}).get("calibration") or {}
+    budget.setdefault("sparsity_tolerance", float(calibration.get("sparsity_tolerance",
+                                                                  CALIBRATION_DEFAULTS["sparsity_tolerance"])))
+    return Budget.from_mapping(budget)
 
 
 def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs: int | None,
@@ -475,39 +484,11 @@ def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs:
     return f"{method}-s{float(sparsity):g}-{digest}"
 
 
-def recipe_summary(config: dict, source: str = "suite") -> dict:
-    """The recipe a run config resolves to, every field filled in (the ``recipe`` echo)."""
-    optimizer = config["optimizer"]
-    schedule = config["lr_schedule"]
-    return {
-        "optimizer": {
-            "lr": float(optimizer["lr"]),
-            "momentum": float(optimizer.get("momentum", 0.0)),
-            "nesterov": bool(optimizer.get("nesterov", False)),
-            "weight_decay": float(optimizer.get("weight_decay", 0.0)),
-            "no_decay": list(optimizer.get("no_decay") or []),
-        },
-        "lr_schedule": {
-            "name": schedule["name"],
-            "warmup_epochs": schedule.get("warmup_epochs", 0) or 0,
-            "milestones": list(schedule.get("milestones") or []),
-            "gamma": float(schedule.get("gamma", 0.1)),
-            "per_step": bool(schedule.get("per_step", False)),
-        },
-        "label_smoothing": float(config.get("label_smoothing", 0.0)),
-        "batch_size": int(config["batch_size"]),
-        "amp": config.get("amp", "none"),
-        "epochs": int(config["epochs"]),
-        "init": config.get("init"),
-        "source": source,
-    }
-
-
 #: What a published number's protocol says, beside what it measured (``published.csv`` columns).
 PROTOCOL_FIELDS = ("recipe", "denominator", "label_smoothing", "length", "batch_size")
 
 
-def run_protocol(config: dict) -> dict:
+def run_protocol(config: dict | RunConfig) -> dict:
     """The protocol a run was trained under, in the terms of ``published.csv``.
 
     ``recipe``: the family of the recipe it ran (``recipe.family``: the ``family`` of the
@@ -517,6 +498,8 @@ def run_protocol(config: dict) -> dict:
     ``label_smoothing``;
     ``length``: its epochs over the suite's (RigL 5x: 5); ``batch_size``.
     """
+    if isinstance(config, RunConfig):
+        config = config.as_dict()
     recipe = config.get("recipe") or {}
     options = config.get("method_options") or config.get("method_config") or {}
     if config.get("method") == "dense":
@@ -532,45 +515,6 @@ def run_protocol(config: dict) -> dict:
         "length": round(float(epochs) / float(suite_epochs), 4) if epochs and suite_epochs else math.nan,
         "batch_size": int(recipe.get("batch_size", config.get("batch_size", 0)) or 0),
     }
-
-
-def run_id(config: dict) -> str:
-    """Readable prefix plus a hash of everything that changes what the run computes."""
-    keyed = {k: v for k, v in config.items()
-             if k not in NON_RESULT_KEYS and k != "run_id" and not (k in LATER_KEYS and v == LATER_KEYS[k])}
-    later_fields = LATER_METHOD_FIELDS.get(config.get("method"), {})
-    if later_fields and isinstance(keyed.get("method_config"), dict):
-        keyed["method_config"] = {k: v for k, v in keyed["method_config"].items()
-                                  if not (k in later_fields and v == later_fields[k])}
-    keyed["budget_mode"] = (config.get("budget") or {}).get("mode", "paper")
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    sparsity = f"{config['sparsity']:g}"
-    length = f"st{config['train_steps']}" if config.get("train_steps") else f"e{config['epochs']}"
-    return f"{config['method']}-s{sparsity}-seed{config['seed']}-{length}-{digest}"
-
-
-def lr_at_epoch(config: dict, epoch: int) -> float:
-    """Learning rate of ``epoch`` (from 0), stepped once per epoch as the official codes do.
-
-    ``cosine``: linear warm-up lr (e+1)/W for e < W, then lr (1 + cos(pi (e-W)/(E-W))) / 2.
-    ``step``: lr x gamma^(milestones passed); milestones are written for the suite's
-    length (a method recipe's own ``epochs`` when it sets them) and scale with a run of
-    another length. ``constant``: lr. Per-step schedules: :func:`acdc_bench.recipe.lr_at`.
-    """
-    schedule = config["lr_schedule"]
-    base = float(config["optimizer"]["lr"])
-    epochs = config["epochs"]
-    warmup = int(schedule.get("warmup_epochs", 0) or 0)
-    if epoch < warmup:
-        return base * (epoch + 1) / warmup
-    name = schedule["name"]
-    if name == "cosine":
-        return base * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup))) / 2
-    if name == "step":
-        scale = epochs / (config.get("recipe_epochs") or config.get("suite_epochs", epochs))
-        milestones = [round(m * scale) for m in schedule.get("milestones", [])]
-        return base * float(schedule.get("gamma", 0.1)) ** sum(epoch >= m for m in milestones)
-    return base
 
 
 def dump_yaml(data: dict) -> str:

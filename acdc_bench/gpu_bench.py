@@ -105,7 +105,7 @@ class Bench:
 
         suite = load_suite(SUITE)
         self.config = run_config(suite, scenario.method, args.sparsity, seed=0)
-        method_options = dict(self.config["method_config"])
+        method_options = dataclasses.asdict(self.config.method_config)
         if args.smoke and scenario.method == "rigl":
             method_options["update_interval"] = 2  # an interval that fits a 2-step smoke run
             method_options["update_interval_examples"] = None
@@ -113,22 +113,22 @@ class Bench:
         self.batch = args.batch
         self.resolution = args.resolution
         torch.manual_seed(0)
-        model = build_model(self.config["model"], 1000).to(device)
+        model = build_model(self.config.model, 1000).to(device)
         self.channels_last = bool(args.channels_last) and device.type == "cuda"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         # The schedule of the suite's run: ImageNet's steps per epoch at the suite's global batch.
-        self.steps_per_epoch = math.ceil(DATASETS["imagenet"].train_size / int(self.config["batch_size"]))
-        self.sparsifier = sparsify(model, scenario.method, sparsity=float(self.config["sparsity"]),
-                                   epochs=int(self.config["epochs"]), steps_per_epoch=self.steps_per_epoch,
+        self.steps_per_epoch = math.ceil(DATASETS["imagenet"].train_size / self.config.batch_size)
+        self.sparsifier = sparsify(model, scenario.method, sparsity=self.config.sparsity,
+                                   epochs=self.config.epochs, steps_per_epoch=self.steps_per_epoch,
                                    batch_size=args.batch, input_shape=(3, args.resolution, args.resolution),
                                    **method_options)
         self.method = self.sparsifier.method
-        self.optimizer = self.sparsifier.wrap(recipe.build_optimizer(model, self.config["optimizer"]))
+        self.optimizer = self.sparsifier.wrap(recipe.build_optimizer(model, self.config.optimizer))
         amp = args.amp if device.type == "cuda" else "none"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(self.config.get("label_smoothing", 0.0)))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
         self.meter = self.sparsifier.meter
         self.model = model
         self.train_model = torch.compile(model) if args.compile else model
@@ -141,9 +141,7 @@ class Bench:
     # ------------------------------------------------------------------ schedule positions
     def start_epoch(self, epoch: int) -> None:
         """What the training loop does at an epoch start: the lr, then the method's hook."""
-        from acdc_bench import recipe
-
-        lr = recipe.lr_at(self.config, epoch)
+        lr = self.config.lr_at(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.method.on_epoch_start(epoch)

@@ -1,33 +1,29 @@
 """A run's training recipe, applied: optimizer, learning rate, weight initialisation.
 
-The resolved run config (``config.yaml``) holds the recipe keys ``optimizer``,
-``lr_schedule``, ``label_smoothing``, ``batch_size``, ``amp`` and ``init`` at the top level
-(a method's own ``recipe`` under ``budget: paper``, the suite's shared one under ``budget:
-matched``; see :func:`acdc_bench.config.run_config`); these functions turn them into objects.
-The training loop, the attach API and the benchmarks all go through them.
+The resolved run (:class:`acdc_bench.runconfig.RunConfig`) holds the recipe: ``optimizer``,
+``lr_schedule`` (its rate: :meth:`RunConfig.lr_at`), ``label_smoothing``, ``batch_size``,
+``amp`` and ``init`` (a method's own ``recipe`` under ``budget: paper``, the suite's shared one
+under ``budget: matched``; see :func:`acdc_bench.config.run_config`); these functions turn
+them into objects. The training loop, the attach API and the benchmarks all go through them.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from acdc_bench.config import INIT_SCHEMES, NO_DECAY_CATEGORIES, lr_at_epoch
+from acdc_bench.config import INIT_SCHEMES, NO_DECAY_CATEGORIES
+from acdc_bench.runconfig import Optimizer
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def optimizer_kwargs(optimizer: dict) -> dict:
-    """``torch.optim.SGD`` keyword arguments of a recipe's ``optimizer`` mapping."""
-    return dict(
-        lr=float(optimizer["lr"]),
-        momentum=float(optimizer.get("momentum", 0.0)),
-        nesterov=bool(optimizer.get("nesterov", False)),
-        weight_decay=float(optimizer.get("weight_decay", 0.0)),
-    )
+def optimizer_kwargs(optimizer: Optimizer) -> dict:
+    """``torch.optim.SGD`` keyword arguments of a recipe's optimizer."""
+    return dict(lr=float(optimizer.lr), momentum=float(optimizer.momentum), nesterov=bool(optimizer.nesterov),
+                weight_decay=float(optimizer.weight_decay))
 
 
 def no_decay_parameters(model: nn.Module, categories: Sequence[str]) -> set[int]:
@@ -56,16 +52,21 @@ def no_decay_parameters(model: nn.Module, categories: Sequence[str]) -> set[int]
     return ids
 
 
-def build_optimizer(model: nn.Module, optimizer: dict, groups: Sequence[dict] | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optimizer: Optimizer | Mapping, groups: Sequence[dict] | None = None
+                    ) -> torch.optim.Optimizer:
     """SGD over ``groups`` (a method's parameter groups) or all of ``model``'s parameters.
+    ``optimizer``: a run's :class:`~acdc_bench.runconfig.Optimizer`, or a recipe's ``optimizer``
+    mapping (``lr``, ``momentum``, ``nesterov``, ``weight_decay``, ``no_decay``).
 
     ``optimizer.no_decay`` (e.g. ``[bias, bn]``) splits every group into the parameters that
     keep its weight decay and those that get none (whatever decay the group sets); without it
     the groups are used as given.
     """
+    if not isinstance(optimizer, Optimizer):
+        optimizer = Optimizer.from_mapping(optimizer)
     kwargs = optimizer_kwargs(optimizer)
     groups = [dict(group) for group in groups] if groups else [{"params": list(model.parameters())}]
-    excluded = no_decay_parameters(model, optimizer.get("no_decay") or [])
+    excluded = no_decay_parameters(model, optimizer.no_decay)
     if excluded:
         split = []
         for group in groups:
@@ -78,38 +79,6 @@ def build_optimizer(model: nn.Module, optimizer: dict, groups: Sequence[dict] | 
                 split.append({**group, "params": free, "weight_decay": 0.0})
         groups = split
     return torch.optim.SGD(groups, **kwargs)
-
-
-def lr_at(config: dict, epoch: int, step: int | None = None, steps_per_epoch: int | None = None) -> float:
-    """Learning rate of ``epoch`` (``step=None``: stepped once per epoch, :func:`lr_at_epoch`) or of
-    the global ``step`` when ``lr_schedule.per_step`` is true (RigL's and Gale et al.'s TF codes
-    recompute it every step from the fractional epoch ``t = step / steps_per_epoch``).
-
-    Per step: linear warm-up ``lr t / W`` for ``t < W`` (0 at step 0, as the TF codes), then
-    ``cosine``: ``lr (1 + cos(pi (t - W) / (E - W))) / 2``; ``step``: ``lr gamma^(milestones
-    passed)``, milestones scaled with the run's length exactly as per epoch (unrounded);
-    ``constant``: ``lr``. Without ``per_step`` a step's rate is its epoch's.
-    """
-    schedule = config["lr_schedule"]
-    if step is None or not schedule.get("per_step"):
-        return lr_at_epoch(config, epoch)
-    if not steps_per_epoch:
-        raise ValueError("lr_at: a per-step schedule (lr_schedule.per_step: true) needs steps_per_epoch")
-    base = float(config["optimizer"]["lr"])
-    epochs = config["epochs"]
-    t = step / steps_per_epoch
-    warmup = float(schedule.get("warmup_epochs", 0) or 0)
-    if t < warmup:
-        return base * t / warmup
-    name = schedule["name"]
-    if name == "cosine":
-        return base * (1 + math.cos(math.pi * (t - warmup) / max(1e-12, epochs - warmup))) / 2
-    if name == "step":
-        reference = config.get("recipe_epochs") or config.get("suite_epochs", epochs)
-        scale = epochs / reference
-        passed = sum(t >= m * scale for m in schedule.get("milestones", []))
-        return base * float(schedule.get("gamma", 0.1)) ** passed
-    return base
 
 
 def initialize(model: nn.Module, scheme: str | None) -> nn.Module:

@@ -40,6 +40,7 @@ dense --steps 1 --warmup 0`` (no nox): every path in a CI-sized run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -77,29 +78,29 @@ class Cell:
         from acdc_bench.models import build_model
 
         self.config = config = run_config(load_suite(suite_name), method, args.sparsity, seed=0)
-        dataset = DATASETS[config["dataset"]]
+        dataset = DATASETS[config.dataset]
         self.device = device
-        self.batch = 2 if args.smoke else int(config["batch_size"])
+        self.batch = 2 if args.smoke else config.batch_size
         shape = tuple(dataset.input_shape)
         if args.smoke and shape[-1] > 32:
             shape = (shape[0], 32, 32)
         self.shape = shape
         torch.manual_seed(0)
-        model = recipe.initialize(build_model(config["model"], dataset.num_classes), config.get("init")).to(device)
-        self.channels_last = bool(config.get("channels_last")) and device.type == "cuda"
+        model = recipe.initialize(build_model(config.model, dataset.num_classes), config.init).to(device)
+        self.channels_last = config.channels_last and device.type == "cuda"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         # The schedule of the real run: the dataset's steps per epoch at the recipe's batch size.
-        self.steps_per_epoch = math.ceil(dataset.train_size / int(config["batch_size"]))
-        self.sparsifier = sparsify(model, method, sparsity=float(config["sparsity"]), epochs=int(config["epochs"]),
+        self.steps_per_epoch = math.ceil(dataset.train_size / config.batch_size)
+        self.sparsifier = sparsify(model, method, sparsity=config.sparsity, epochs=config.epochs,
                                    steps_per_epoch=self.steps_per_epoch, batch_size=self.batch, input_shape=shape,
-                                   **config["method_config"])
+                                   **dataclasses.asdict(config.method_config))
         self.method = self.sparsifier.method
-        self.optimizer = self.sparsifier.wrap(recipe.build_optimizer(model, config["optimizer"]))
-        self.amp = config.get("amp", "none") if device.type == "cuda" else "none"
+        self.optimizer = self.sparsifier.wrap(recipe.build_optimizer(model, config.optimizer))
+        self.amp = config.amp if device.type == "cuda" else "none"
         self.amp_dtype = AMP_DTYPES.get(self.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(config.get("label_smoothing", 0.0)))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.model = model
         generator = torch.Generator().manual_seed(0)
         self.inputs = torch.randn(self.batch, *shape, generator=generator).to(device)
@@ -179,9 +180,9 @@ def measure(suite_name: str, method_name: str, args, device: torch.device) -> di
         per_step = ((interval - 1) * per_step + update_s) / interval
     meter = cell.sparsifier.meter
     row = {
-        "suite": suite_name, "model": cell.config["model"], "method": method_name, "scenario": scenario,
+        "suite": suite_name, "model": cell.config.model, "method": method_name, "scenario": scenario,
         "batch": cell.batch, "input_shape": list(cell.shape), "amp": cell.amp, "channels_last": cell.channels_last,
-        "recipe": cell.config["recipe"]["source"], "images_per_s": cell.batch / per_step,
+        "recipe": cell.config.recipe_source, "images_per_s": cell.batch / per_step,
         "ms_per_step": 1000 * per_step, "steps_timed": len(timed), "warmup_steps": len(warm),
         "training_flops_per_image": meter.total / max(1, meter.examples), "extra": extra,
     }

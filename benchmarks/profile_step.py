@@ -14,6 +14,7 @@ are ``nox -s bench``'s).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -117,7 +118,8 @@ def _build(suites, loop, suite: dict, name: str, kernels: str, sparsity: float |
     sparsity = default_sparsity if sparsity is None or method == "dense" else sparsity
     if distribution is not None and method in ("acdc", "rigl"):
         suite = suites.apply_overrides(suite, [f"methods.{method}.distribution={distribution}"], "--distribution")
-    config = dict(suites.run_config(suite, method, sparsity, seed=0, budget={"mode": "paper"}), kernels=kernels)
+    config = dataclasses.replace(suites.run_config(suite, method, sparsity, seed=0, budget={"mode": "paper"}),
+                                 kernels=kernels)
     run = loop.build_run(config, Path(tempfile.mkdtemp()), None, 0, 1, 0)
     sparsifier, per_epoch = run.sparsifier, run.data.steps_per_epoch
     if fraction is None:  # AC/DC: the first epoch of the wanted phase after the warm-up

@@ -3,10 +3,15 @@ import os
 from acdc_bench import numerics  # imports no torch
 
 # The tests compute under the numerics a user's run gets by default (portable: ATen and oneDNN
-# capped to AVX2, MKL on its branch for every CPU vendor), pinned before torch starts. ACDC_BENCH_NUMERICS=native runs them on the CPU's
-# own instruction set instead.
+# capped to AVX2, MKL on its branch for every CPU vendor), pinned before torch starts.
+# ACDC_BENCH_NUMERICS=native runs them on the CPU's own instruction set instead.
 if numerics.default_mode() == "portable":
     os.environ.update(numerics.pinned_environment())
+# Under pytest-xdist (nox -s tests: one worker per core) each worker and what it starts computes on
+# one thread, without spinning OpenMP threads that would slow the other workers 5-20x.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -35,7 +35,7 @@ def assert_plan_matches_run(config: dict, run_dir: Path, num_classes: int | None
     flops = planner.flops
     total = sum(flops.numels)
     per_example = whole_weight_slack(flops)
-    promises = get_method(config["method"]).sparsity_tolerance is not None
+    promises = get_method(planner.config.method).sparsity_tolerance is not None
     before = 0.0
     for planned, measured in zip(report["rows"], rows):
         epoch = planned["epoch"]

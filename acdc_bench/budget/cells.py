@@ -43,8 +43,8 @@ from __future__ import annotations
 import copy
 import re
 
-from acdc_bench.config import (RECIPE_KEYS, ConfigError, cell_id, check_sparsity, method_recipe, run_id,
-                               validate_method_recipe)
+from acdc_bench.config import RECIPE_KEYS, ConfigError, check_sparsity, method_recipe, validate_method_recipe
+from acdc_bench.runconfig import RunConfig, default_variant
 
 CELL_KEYS = ("cell", "method", "options", "recipe", "recipe_of", "sparsities", "variant", "published", "note")
 PUBLISHED_KEYS = ("source_id", "variant", "distribution")
@@ -69,12 +69,6 @@ def length_key(tag: str | None) -> str:
     (no length word, or ``1x``), else ``'2x'``, ``'1.5x'``."""
     length = variant_length(tag)
     return "" if length == 1.0 else f"{length:g}x"
-
-
-def default_variant(method_config) -> str:
-    """The variant a run records without a cell tag (as :func:`acdc_bench.config.run_config` sets it)."""
-    multiplier = method_config.epochs_multiplier
-    return f"{multiplier:g}x" if multiplier is not None else ""
 
 
 def suite_cells(suite: dict) -> list[dict]:
@@ -186,26 +180,15 @@ def spec_suite(suite: dict, spec) -> dict:
     return view
 
 
-def spec_config(suite: dict, spec, store=None) -> dict:
+def spec_config(suite: dict, spec, store=None) -> RunConfig:
     """The run config of one :class:`~acdc_bench.run.launch.RunSpec` under its budget (``store``:
     the runs already there, a :class:`acdc_bench.run.store.RunStore` or None).
 
     A spec without a cell (a plain ``reproduce.methods`` run) gets exactly what
     :func:`acdc_bench.budget.matching.resolve_budget` gives; a cell's run gets its options and
-    recipe keys, and its variant tag (the run id is then re-derived from the config).
+    recipe keys, and its variant tag.
     """
     from acdc_bench.budget.matching import resolve_budget
 
-    cell_suite = spec_suite(suite, spec)
-    config = resolve_budget(cell_suite, spec.method, spec.sparsity, spec.seed, spec.budget, None, store)
-    variant = getattr(spec, "variant", None)
-    if variant is not None and config.get("variant") != variant:
-        config["variant"] = variant
-        config["cell"] = cell_id(cell_suite, spec.method, spec.sparsity, spec.budget, None, variant)
-        config["run_id"] = run_id(config)
-    return config
-
-
-def run_distribution(config: dict) -> str:
-    """The distribution a run records in ``result.json`` (as :mod:`acdc_bench.run.loop` writes it)."""
-    return (config.get("method_config") or {}).get("distribution", "dense" if config["method"] == "dense" else "")
+    return resolve_budget(spec_suite(suite, spec), spec.method, spec.sparsity, spec.seed, spec.budget, None, store,
+                          variant=getattr(spec, "variant", None))

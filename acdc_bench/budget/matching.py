@@ -13,12 +13,12 @@ config returned is the chain's next run, or its accepted (or last) finished run.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
-from acdc_bench.config import ConfigError, run_config
+from acdc_bench.config import ConfigError, method_options_config, run_budget, run_config
+from acdc_bench.runconfig import RunConfig
 
-def run_chain(resolve: Callable[[], dict], store, first: dict | None = None) -> Iterator[dict]:
+def run_chain(resolve: Callable[[], RunConfig], store, first: RunConfig | None = None) -> Iterator[RunConfig]:
     """The runs one planned run takes, in order, for the caller to train: ``resolve()``'s config
     (``first`` in its place, resolved once by the caller) while it has not finished in ``store``. A
     plain run is one run, resolved once. A calibration chain (a matched STR run: its budget holds a
@@ -26,12 +26,12 @@ def run_chain(resolve: Callable[[], dict], store, first: dict | None = None) -> 
     is accepted or ``max_runs`` are spent. Every runner (the ``run`` command, the local, parallel
     and cluster ones) walks a chain through this one generator."""
     config = first if first is not None else resolve()
-    while not store.finished(config["run_id"]):
+    while not store.finished(config.run_id):
         yield config
-        if not store.finished(config["run_id"]):
-            raise RuntimeError(f"run {config['run_id']} was handed out to train but has not finished; train each "
+        if not store.finished(config.run_id):
+            raise RuntimeError(f"run {config.run_id} was handed out to train but has not finished; train each "
                                f"run the chain gives before asking for the next")
-        if not (config.get("budget") or {}).get("calibration"):
+        if not config.budget.calibration:
             return
         config = resolve()
 
@@ -48,15 +48,15 @@ def reference_training_flops(suite: dict, sparsity: float, seed: int, store) -> 
     reference = suite["budget"].get("reference", "acdc")
     config = run_config(suite, reference, sparsity, seed, budget={"mode": "paper", "reference_training_flops": None})
     if store is not None:
-        finished = store.result(config["run_id"])
+        finished = store.result(config.run_id)
         if finished is not None:
-            return float(finished["training_flops"]), f"measured by run {config['run_id']}"
+            return float(finished["training_flops"]), f"measured by run {config.run_id}"
     try:
         estimate = Planner(config).estimated_training_flops()
     except ValueError as error:  # the reference's own schedule does not fit this run
         raise ConfigError(f"{reference} is this suite's budget reference (budget.reference) and its run cannot be "
                           f"planned, so no matched run can: {error}") from error
-    return estimate, f"estimated for {reference} (run {config['run_id']} not found)"
+    return estimate, f"estimated for {reference} (run {config.run_id} not found)"
 
 
 def resolve_budget(
@@ -68,12 +68,15 @@ def resolve_budget(
     epochs: int | None = None,
     store=None,
     warm_start: bool = True,
-) -> dict:
+    variant: str | None = None,
+) -> RunConfig:
     """The run config of ``method`` under the budget ``mode`` (``paper`` or ``matched``).
 
     ``store``: the runs already there (a :class:`acdc_bench.run.store.RunStore`, or None: none),
     whose finished reference and calibration runs a matched budget reads. ``warm_start=False``
-    keeps a calibration chain from starting at another seed's accepted run."""
+    keeps a calibration chain from starting at another seed's accepted run. ``variant``: a
+    paper-suite cell's tag. The run is resolved once from the suite; a matched budget refines
+    it once, to its solved length (and a calibration chain, to each run's option value)."""
     from acdc_bench.budget.plan import Planner, solve_matched_steps
 
     reference = suite["budget"].get("reference", "acdc")
@@ -85,11 +88,12 @@ def resolve_budget(
             f"budget then matches the shorter {reference} run)")
     if mode == "paper" or method in UNMATCHED or method == reference or epochs is not None:
         note = None if mode == "paper" else ("explicit --epochs" if epochs is not None else f"{method} runs its own length")
-        return run_config(suite, method, sparsity, seed, epochs=epochs,
+        return run_config(suite, method, sparsity, seed, epochs=epochs, variant=variant,
                           budget={"mode": "paper", "reference_training_flops": None, "note": note})
     budget_flops, source = reference_training_flops(suite, sparsity, seed, store)
     # The shared recipe (batch size included) a matched run trains on, not the method's own.
-    planner = Planner(run_config(suite, method, sparsity, seed, budget={"mode": "matched"}))
+    base = run_config(suite, method, sparsity, seed, budget={"mode": "matched"}, variant=variant)
+    planner = Planner(base)
     steps, estimate = solve_matched_steps(planner, budget_flops)
     budget = {
         "mode": "matched",
@@ -100,24 +104,26 @@ def resolve_budget(
         "estimated_ratio": estimate / budget_flops,
     }
     if planner.method_cls.calibration_option:
-        return _calibrated(suite, method, sparsity, seed, budget, planner, steps, store, warm_start)
-    epochs_needed = math.ceil(steps / planner.steps_per_epoch)
-    return run_config(suite, method, sparsity, seed, epochs=epochs_needed, budget=budget, train_steps=steps)
+        return _calibrated(suite, base, budget, planner, steps, store, warm_start)
+    return base.refined(train_steps=steps, steps_per_epoch=planner.steps_per_epoch, budget=run_budget(suite, budget))
 
 
-def _accepted_elsewhere(suite: dict, method: str, sparsity: float, seed: int, store) -> dict | None:
-    """The accepted run of another seed's calibration chain (lowest seed first) in ``store``, if any.
+def _accepted_elsewhere(suite: dict, base: RunConfig, store) -> RunConfig | None:
+    """The accepted run of another seed's calibration chain (lowest seed first) in ``store``, if any
+    (``base``: this seed's run resolved from the suite).
 
     Only chains that started from the recipe count (each is re-derived with ``warm_start=False``),
     so the answer does not depend on the order in which warm-started chains ran.
     """
     import re
 
+    method, sparsity, seed = base.method, base.sparsity, base.seed
     pattern = re.compile(rf"^{re.escape(method)}-s{re.escape(f'{sparsity:g}')}-seed(\d+)-")
     seeds = sorted({int(m.group(1)) for name in store.run_ids() if (m := pattern.match(name))} - {int(seed)})
     for other in seeds:
-        config = resolve_budget(suite, method, sparsity, other, "matched", store=store, warm_start=False)
-        result = store.result(config["run_id"])
+        config = resolve_budget(suite, method, sparsity, other, "matched", store=store, warm_start=False,
+                                variant=base.variant)
+        result = store.result(config.run_id)
         if result and ((result.get("budget") or {}).get("calibration") or {}).get("within_tolerance"):
             return config
     return None
@@ -146,21 +152,23 @@ def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suit
     return None
 
 
-def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: dict, planner, steps: int,
-                store, warm_start: bool = True) -> dict:
+def _calibrated(suite: dict, base: RunConfig, budget: dict, planner, steps: int, store,
+                warm_start: bool = True) -> RunConfig:
     """The calibration chain of an emergent-cost method, re-derived from the runs in ``store``.
 
     Run 0 is the suite's recipe at the planner's length ``steps`` or, when another seed's
     chain has been accepted and this seed's recipe run was never started, that accepted
     run's (steps, option value); each finished run that misses the tolerances proposes the
     next. Returns the first run not finished yet, else the accepted run, else the last of
-    ``max_runs``.
+    ``max_runs``. Each is ``base`` (the run resolved from the suite under a matched budget)
+    refined to its length and option value.
     """
     from acdc_bench.budget.calibrate import Observation, next_point, within_tolerance
     from acdc_bench.config import CALIBRATION_DEFAULTS
     from acdc_bench.methods import make_config
     from acdc_bench.budget.plan import MATCH_TOLERANCE
 
+    method, sparsity, seed = base.method, base.sparsity, base.seed
     settings = {**CALIBRATION_DEFAULTS, **(suite["budget"].get("calibration") or {})}
     method_cls = planner.method_cls
     options = dict((suite.get("methods") or {}).get(method) or {})
@@ -176,9 +184,9 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
     estimate = budget["estimated_training_flops"]
     started_from = None
 
-    def config_at(steps: int, run_options: dict, run_budget: dict) -> dict:
-        return run_config(suite, method, sparsity, seed, epochs=math.ceil(steps / planner.steps_per_epoch),
-                          budget=run_budget, train_steps=steps, method_options=run_options)
+    def config_at(steps: int, run_options: dict, budget: dict) -> RunConfig:
+        return base.refined(train_steps=steps, steps_per_epoch=planner.steps_per_epoch, budget=run_budget(suite, budget),
+                            method_config=method_options_config(suite, method, run_options, base.batch_size))
 
     shipped = _shipped_start(settings, method, sparsity, seed, suite)
     if shipped is not None:  # the suite ships this cell's calibrated point: the chain starts there
@@ -186,13 +194,13 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
         estimate, started_from = budget_flops, "suite budget.calibration.start"
     elif warm_start and store is not None and store.run_ids():
         recipe = config_at(steps, options, {"mode": "matched"})
-        donor = None if store.exists(recipe["run_id"]) else _accepted_elsewhere(suite, method, sparsity, seed, store)
+        donor = None if store.exists(recipe.run_id) else _accepted_elsewhere(suite, base, store)
         if donor is not None:
-            steps, value = donor["train_steps"], donor["budget"]["calibration"]["value"]
-            estimate, started_from = budget_flops, donor["run_id"]
+            steps, value = donor.train_steps, donor.budget.calibration["value"]
+            estimate, started_from = budget_flops, donor.run_id
     for iteration in range(settings["max_runs"]):
-        run_budget = dict(budget, estimated_training_flops=estimate, estimated_ratio=estimate / budget_flops)
-        run_budget["calibration"] = {
+        step_budget = dict(budget, estimated_training_flops=estimate, estimated_ratio=estimate / budget_flops)
+        step_budget["calibration"] = {
             "option": method_cls.calibration_option,
             "value": value,
             "iteration": iteration,
@@ -204,17 +212,17 @@ def _calibrated(suite: dict, method: str, sparsity: float, seed: int, budget: di
         }
         recipe_point = iteration == 0 and started_from is None
         run_options = options if recipe_point else method_cls.with_calibration_value(options, sparsity, value)
-        config = config_at(steps, run_options, run_budget)
-        result = store.result(config["run_id"]) if store is not None else None
+        config = config_at(steps, run_options, step_budget)
+        result = store.result(config.run_id) if store is not None else None
         if result is None:
             return config
         try:
             measured = float(result["training_flops"]), float(result["actual_sparsity"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{store.folder(config['run_id']) / 'result.json'} has no usable training_flops and "
+            raise ValueError(f"{store.folder(config.run_id) / 'result.json'} has no usable training_flops and "
                              f"actual_sparsity, so the {method} budget calibration cannot go on; delete that run "
                              f"folder to run it again") from None
-        observation = Observation(steps, value, *measured, config["run_id"])
+        observation = Observation(steps, value, *measured, config.run_id)
         if within_tolerance(observation, budget_flops, sparsity, MATCH_TOLERANCE, settings["sparsity_tolerance"]):
             return config
         observations.append(observation)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 
-from acdc_bench.config import lr_at_epoch
 from acdc_bench.core.flops import measure_layer_flops
-from acdc_bench.methods import get_method, make_config
+from acdc_bench.methods import get_method
 from acdc_bench.models import build_model, model_spec
 from acdc_bench.core.sparsity import prunable_layers
+from acdc_bench.runconfig import RunConfig, as_run_config
 
 MATCH_TOLERANCE = 0.02
 
@@ -48,11 +49,11 @@ def fresh_model(model_name: str, num_classes: int | None, seed: int):
     return copy.deepcopy(model)
 
 
-def train_size(config: dict) -> int:
+def train_size(config: RunConfig) -> int:
     from acdc_bench.data import DATASETS
 
-    size = DATASETS[config["dataset"]].train_size
-    return min(size, config["train_subset"]) if config.get("train_subset") else size
+    size = DATASETS[config.dataset].train_size
+    return min(size, config.train_subset) if config.train_subset else size
 
 
 class Planner:
@@ -60,22 +61,23 @@ class Planner:
 
     The model, its prunable layers and their FLOPs are measured once; :meth:`for_length`
     re-plans the same method for another run length cheaply (used by budget matching).
+    ``config``: a :class:`~acdc_bench.runconfig.RunConfig` (or a ``config.yaml`` mapping).
     """
 
-    def __init__(self, config: dict, num_classes: int | None = None):
-        self.config = config
+    def __init__(self, config: RunConfig, num_classes: int | None = None):
+        self.config = config = as_run_config(config)
         # The model's registered class count (the real data's); a data set on disk with fewer
         # classes (a test's small ImageFolder) gives a smaller classifier: pass its count.
-        self.model = fresh_model(config["model"], num_classes, int(config["seed"]))
-        self.method_cls = get_method(config["method"])
-        self.method_config = make_config(self.method_cls, config.get("method_config"))
+        self.model = fresh_model(config.model, num_classes, config.seed)
+        self.method_cls = get_method(config.method)
+        self.method_config = config.method_config
         self.layers = prunable_layers(
             self.model, self.method_config.include or (), self.method_config.exclude or ()
         )
-        self.flops = _layer_flops(self.model, config["model"], self.layers)
+        self.flops = _layer_flops(self.model, config.model, self.layers)
         self.train_size = train_size(config)
-        self.steps_per_epoch = math.ceil(self.train_size / config["batch_size"])
-        self.for_length(config.get("train_steps") or int(config["epochs"]) * self.steps_per_epoch)
+        self.steps_per_epoch = math.ceil(self.train_size / config.batch_size)
+        self.for_length(config.length.steps(self.steps_per_epoch))
 
     def for_length(self, total_steps: int) -> "Planner":
         """Re-plan for a run of ``total_steps`` optimizer steps (the last epoch may be partial)."""
@@ -83,25 +85,24 @@ class Planner:
 
         self.total_steps = int(total_steps)
         self.epochs_count = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.method = sparsify(self.model, self.config["method"], sparsity=float(self.config["sparsity"]),
+        self.method = sparsify(self.model, self.config.method, sparsity=self.config.sparsity,
                                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                               batch_size=int(self.config["batch_size"]), flops=self.flops, check_schedule=False,
-                               **(self.config.get("method_config") or {})).method
+                               batch_size=self.config.batch_size, flops=self.flops, check_schedule=False,
+                               **dataclasses.asdict(self.method_config)).method
         return self
 
     @property
     def dense_training_flops(self) -> int:
         """Dense training of the suite's own length: the denominator of every training multiplier."""
-        return self.flops.dense_training_flops(self.train_size, int(self.config.get("suite_epochs", self.config["epochs"])))
+        return self.flops.dense_training_flops(self.train_size, self.config.suite_epochs)
 
     def epoch_examples(self, epoch: int) -> int:
         steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
-        return self.train_size if steps == self.steps_per_epoch else steps * self.config["batch_size"]
+        return self.train_size if steps == self.steps_per_epoch else steps * self.config.batch_size
 
     def epochs(self) -> list[dict]:
         rows = []
         total = self.flops.dense_forward
-        config = dict(self.config, epochs=self.epochs_count)
         for epoch in range(self.epochs_count):
             densities = self.method.planned_densities(epoch)
             kept = sum(d * layer.numel for d, layer in zip(densities, self.layers))
@@ -110,7 +111,7 @@ class Planner:
                 "epoch": epoch,
                 "phase": self.method.phase(epoch),
                 "target_sparsity": 1.0 - kept / sum(layer.numel for layer in self.layers),
-                "lr": lr_at_epoch(config, epoch),
+                "lr": self.config.lr_at(epoch, epochs=self.epochs_count),
                 "forward_flops_multiplier": self.flops.sparse_forward_from_densities(densities) / total,
                 "training_flops": per_example * self.epoch_examples(epoch),
             })
@@ -120,29 +121,30 @@ class Planner:
         return sum(row["training_flops"] for row in self.epochs())
 
 
-def plan(config: dict, num_classes: int | None = None) -> dict:
+def plan(config: RunConfig, num_classes: int | None = None) -> dict:
     """The ``plan`` command's data for one run configuration (``num_classes``: see :class:`Planner`)."""
     planner = Planner(config, num_classes)
+    config = planner.config
     problem = planner.method.schedule_problem()
     if problem:  # what `run` would refuse before training, plan refuses too
-        raise ValueError(f"{config['run_id']}: {problem}")
+        raise ValueError(f"{config.run_id}: {problem}")
     rows = planner.epochs()
     total = sum(row["training_flops"] for row in rows)
     return {
-        "suite": config["suite"],
-        "method": config["method"],
-        "sparsity": config["sparsity"],
+        "suite": config.suite,
+        "method": config.method,
+        "sparsity": config.sparsity,
         "epochs": planner.epochs_count,
         "train_steps": planner.total_steps,
-        "suite_epochs": config.get("suite_epochs", config["epochs"]),
+        "suite_epochs": config.suite_epochs,
         "steps_per_epoch": planner.steps_per_epoch,
         "dense_forward_flops": planner.flops.dense_forward,
         "estimated_training_flops": total,
         "dense_training_flops": planner.dense_training_flops,
         "estimated_training_flops_multiplier": total / planner.dense_training_flops,
-        "budget": config.get("budget"),
-        "recipe": config.get("recipe"),
-        "method_options": config.get("method_options"),
+        "budget": config.budget.as_dict(),
+        "recipe": config.recipe(),
+        "method_options": config.method_options,
         "rows": rows,
     }
 
@@ -156,7 +158,7 @@ def solve_matched_steps(planner: Planner, reference_training_flops: float) -> tu
     def cost(steps: int) -> float:
         return planner.for_length(steps).estimated_training_flops()
 
-    low, high = 1, planner.steps_per_epoch * max(1, int(planner.config["suite_epochs"]))
+    low, high = 1, planner.steps_per_epoch * max(1, planner.config.suite_epochs)
     limit = 50 * high
     while cost(high) < reference_training_flops and high < limit:
         low, high = high, high * 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from acdc_bench.budget.cells import length_key, run_distribution, spec_config, suite_cells
+from acdc_bench.budget.cells import length_key, spec_config, suite_cells
 
 
 def _text(value) -> str:
@@ -33,17 +33,16 @@ def dry_run(suite: dict, waves, store=None, reference=None) -> dict:
         for spec in wave:
             config = spec_config(suite, spec, store)
             report = plan(config)
-            budget = config.get("budget") or {}
             # A calibrated (STR, matched) run's estimate is the calibration model's, not the planning ramp's.
-            estimate = budget.get("estimated_training_flops") or report["estimated_training_flops"]
-            distribution = run_distribution(config)
+            estimate = config.budget.estimated_training_flops or report["estimated_training_flops"]
+            distribution = config.distribution
             protocol = run_protocol(config)
-            protocols.setdefault(_point(config["dataset"], config["model"], config["method"], float(config["sparsity"]),
-                                        config.get("variant", "")), []).append(protocol)
-            match = match_published(reference, dataset=config["dataset"], model=config["model"],
-                                    method=config["method"], target_sparsity=float(config["sparsity"]),
-                                    variant=config.get("variant", ""), distribution=distribution, protocol=protocol)
-            places.add((config["dataset"], config["model"]))
+            protocols.setdefault(_point(config.dataset, config.model, config.method, config.sparsity,
+                                        config.variant), []).append(protocol)
+            match = match_published(reference, dataset=config.dataset, model=config.model,
+                                    method=config.method, target_sparsity=config.sparsity,
+                                    variant=config.variant, distribution=distribution, protocol=protocol)
+            places.add((config.dataset, config.model))
             published = None
             if match is not None:
                 differences = protocol_differences(protocol, match)
@@ -63,16 +62,16 @@ def dry_run(suite: dict, waves, store=None, reference=None) -> dict:
             rows.append({
                 "wave": number,
                 "cell": getattr(spec, "cell", "") or spec.method,
-                "method": config["method"],
-                "variant": config.get("variant", ""),
+                "method": config.method,
+                "variant": config.variant,
                 "distribution": distribution,
-                "sparsity": float(config["sparsity"]),
-                "seed": int(config["seed"]),
+                "sparsity": config.sparsity,
+                "seed": config.seed,
                 "epochs": int(report["epochs"]),
                 "train_steps": int(report["train_steps"]),
-                "budget": budget.get("mode", "paper"),
-                "run_id": config["run_id"],
-                "finished": store is not None and store.finished(config["run_id"]),
+                "budget": config.budget.mode,
+                "run_id": config.run_id,
+                "finished": store is not None and store.finished(config.run_id),
                 "estimated_training_flops": float(estimate),
                 "estimated_training_flops_multiplier": float(estimate) / float(report["dense_training_flops"]),
                 "protocol": protocol_summary(protocol),

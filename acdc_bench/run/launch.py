@@ -16,6 +16,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from acdc_bench.runconfig import RunConfig
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def _plan_cells(suite: dict, methods, sparsities, seeds, budget, names) -> list[
     return [wave for wave in (first, second) if wave]
 
 
-def _config(suite: dict, spec: RunSpec, out: Path) -> dict:
+def _config(suite: dict, spec: RunSpec, out: Path) -> "RunConfig":
     """The resolved config of ``spec`` (its cell's options and variant tag; its budget)."""
     from acdc_bench.budget.cells import spec_config
     from acdc_bench.run.store import store_at
@@ -132,11 +136,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _chain_note(config: dict) -> str:
+def _chain_note(config: "RunConfig") -> str:
     """' (budget calibration run i of at most n: ...)' for a run of a calibration chain, else ''."""
     from acdc_bench.budget.calibrate import describe
 
-    note = describe(config.get("budget"), config["train_steps"])
+    note = describe(config.budget.as_dict(), config.train_steps)
     return f" ({note})" if note else ""
 
 
@@ -169,18 +173,20 @@ def _worker_start(threads: int) -> None:
 
 
 def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: str | None) -> tuple[dict, int]:
-    """In a worker process: one run, or a calibration chain to its end; the last result and the
-    number of runs trained."""
+    """In a worker process: one run (``config``: its ``config.yaml`` mapping, as it crosses the
+    process boundary), or a calibration chain to its end; the last result and the number of runs
+    trained."""
     from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.loop import train
     from acdc_bench.run.store import store_at
+    from acdc_bench.runconfig import RunConfig
 
-    store, first = store_at(out), config
+    store, first = store_at(out), RunConfig.from_dict(config)
     result, trained = None, 0
     for config in run_chain(lambda: _config(suite, spec, out), store, first=first):
         result = train(config, out, data_root=data_root, progress=False, log=lambda *_: None)
         trained += 1
-    return (result if result is not None else store.result(first["run_id"])), trained  # None: finished meanwhile
+    return (result if result is not None else store.result(first.run_id)), trained  # None: finished meanwhile
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -190,21 +196,20 @@ def _epochs_done(run_dir: Path) -> int:
         return 0
 
 
-def _chain_folders(out: Path, config: dict) -> list[Path] | None:
+def _chain_folders(out: Path, config: "RunConfig") -> list[Path] | None:
     """The run folders of a calibration chain's cell (its later runs have other ids); None if the
     cell is not a chain."""
     from acdc_bench.methods import get_method
 
-    if not ((config.get("budget") or {}).get("mode") == "matched"
-            and get_method(config["method"]).calibration_option):
+    if not (config.budget.mode == "matched" and get_method(config.method).calibration_option):
         return None
-    prefix = f"{config['method']}-s{config['sparsity']:g}-seed{config['seed']}-"
+    prefix = f"{config.method}-s{config.sparsity:g}-seed{config.seed}-"
     return [p for p in out.glob(f"{prefix}*") if (p / "config.yaml").exists()]
 
 
-def _started(out: Path, config: dict) -> bool:
+def _started(out: Path, config: "RunConfig") -> bool:
     folders = _chain_folders(out, config)
-    return bool(folders) if folders is not None else (out / config["run_id"] / "config.yaml").exists()
+    return bool(folders) if folders is not None else (out / config.run_id / "config.yaml").exists()
 
 
 def _last_write(folder: Path) -> float:
@@ -219,18 +224,18 @@ def _last_write(folder: Path) -> float:
     return newest
 
 
-def _cell_progress(out: Path, config: dict) -> str:
+def _cell_progress(out: Path, config: "RunConfig") -> str:
     """``epoch E/N`` of the cell's run under way: for a calibration chain (its later runs have
     other ids and lengths) the cell's most recently written run folder, named ``run k``."""
     folders = _chain_folders(out, config)
     if folders is None:
-        return f"epoch {_epochs_done(out / config['run_id'])}/{config['epochs']}"
+        return f"epoch {_epochs_done(out / config.run_id)}/{config.epochs}"
     import yaml
 
     if not folders:
-        return f"epoch 0/{config['epochs']}"
+        return f"epoch 0/{config.epochs}"
     latest = max(folders, key=_last_write)
-    epochs = yaml.safe_load((latest / "config.yaml").read_text()).get("epochs", config["epochs"])
+    epochs = yaml.safe_load((latest / "config.yaml").read_text()).get("epochs", config.epochs)
     return f"run {len(folders)} epoch {_epochs_done(latest)}/{epochs}"
 
 
@@ -269,11 +274,11 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
                 planned = [(spec, _config(suite, spec, out)) for spec in wave]
                 planned.sort(key=lambda item: -(_steps(item[1]) or 0))
                 for spec, config in planned:
-                    if read_result(out / config["run_id"]) is not None:
+                    if read_result(out / config.run_id) is not None:
                         done += 1
-                        print(f"[{done}/{total}] {config['run_id']}: finished already", flush=True)
+                        print(f"[{done}/{total}] {config.run_id}: finished already", flush=True)
                         continue
-                    future = pool.submit(_run_spec, suite, config, spec, out, args.data_root)
+                    future = pool.submit(_run_spec, suite, config.as_dict(), spec, out, args.data_root)
                     running[future] = (spec, config)
                 while running:
                     finished, _ = wait(running, timeout=getattr(args, "status_every", 30), return_when=FIRST_COMPLETED)
@@ -289,7 +294,7 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
                         # has started once its folder holds its config.
                         active = [c for future, (_, c) in running.items()
                                   if future.running() and _started(out, c)]
-                        status = ", ".join(f"{c['method']} {c['sparsity']:g} seed {c['seed']} "
+                        status = ", ".join(f"{c.method} {c.sparsity:g} seed {c.seed} "
                                            f"{_cell_progress(out, c)}" for c in active)
                         print(f"[{done}/{total} done, {format_duration(time.perf_counter() - started)} elapsed] "
                               f"running: {status}; {len(running) - len(active)} queued", flush=True)
@@ -303,16 +308,14 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
     return trained
 
 
-def _steps(config: dict) -> int | None:
+def _steps(config: "RunConfig") -> int | None:
     """Optimizer steps of a run (None for a dataset whose size the planner does not know)."""
     import math
 
     from acdc_bench.budget.plan import train_size
 
-    if config.get("train_steps"):
-        return int(config["train_steps"])
     try:
-        return int(config["epochs"]) * math.ceil(train_size(config) / config["batch_size"])
+        return config.length.steps(math.ceil(train_size(config) / config.batch_size))
     except KeyError:
         return None
 
@@ -337,17 +340,20 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     specs = [spec for wave in waves for spec in wave]
     store = store_at(out)
     planned = [_config(suite, spec, out) for spec in specs]
-    pending = [0 if store.finished(c["run_id"]) else _steps(c) for c in planned]
-    chains = any((c.get("budget") or {}).get("calibration") for c in planned)
+    pending = [0 if store.finished(c.run_id) else _steps(c) for c in planned]
+    chains = any(c.budget.calibration for c in planned)
     started = time.perf_counter()
     trained_time, trained_steps, trained = 0.0, 0, 0
     for index, spec in enumerate(specs, 1):
-        # Resolved when it is about to run, so that a matched run's budget is its reference's
-        # measured FLOPs (``planned`` above, for the time-left estimate, may hold estimates).
-        first = planned[index - 1] if store.finished(planned[index - 1]["run_id"]) else _config(suite, spec, out)
+        # A matched run is resolved again when it is about to run, so that its budget is its
+        # reference's measured FLOPs (``planned`` above, for the time-left estimate, may hold
+        # estimates); any other run is what was planned.
+        first = planned[index - 1]
+        if first.budget.mode == "matched" and not store.finished(first.run_id):
+            first = _config(suite, spec, out)
         remaining = len(specs) - index
-        if store.finished(first["run_id"]):
-            print(f"[{index}/{len(specs)}] {first['run_id']}: finished already")
+        if store.finished(first.run_id):
+            print(f"[{index}/{len(specs)}] {first.run_id}: finished already")
             continue
         for config in run_chain(lambda: _config(suite, spec, out), store, first=first):
             steps_left = [_steps(config)] + pending[index:]
@@ -368,10 +374,13 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
 
 
 class RunJob:
-    """One run as a picklable submitit job; on preemption or timeout it requeues itself and resumes."""
+    """One run as a picklable submitit job; on preemption or timeout it requeues itself and resumes.
+    It carries the run as its ``config.yaml`` mapping (:meth:`RunConfig.as_dict`), read back in the
+    job once its plugins are loaded."""
 
-    def __init__(self, config: dict, out: str, data_root: str | None):
-        self.config, self.out, self.data_root = config, out, data_root
+    def __init__(self, config: "RunConfig | dict", out: str, data_root: str | None):
+        self.config = dict(config) if isinstance(config, dict) else config.as_dict()
+        self.out, self.data_root = out, data_root
 
     def __call__(self) -> dict:
         import os
@@ -562,8 +571,8 @@ def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
         chains = []
         for spec in wave:
             first = _config(suite, spec, out)
-            if store.finished(first["run_id"]):
-                print(f"wave {number}: {first['run_id']} finished already")
+            if store.finished(first.run_id):
+                print(f"wave {number}: {first.run_id} finished already")
             else:
                 chains.append(run_chain(lambda spec=spec: _config(suite, spec, out), store, first=first))
         while chains:
@@ -576,15 +585,15 @@ def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
     return trained
 
 
-def _submit_and_wait(executor, suite: dict, number: int, configs: list[dict], out: Path, args, store) -> None:
+def _submit_and_wait(executor, suite: dict, number: int, configs: list["RunConfig"], out: Path, args, store) -> None:
     """Submit one job per run config and wait for them all; every failure is named, with its logs."""
     slurm = getattr(args, "launcher", "") == "slurm"
     request = _request(slurm_parameters(suite, args)) if slurm else ""
     jobs = []
     for config in configs:
-        job = _submit(executor, RunJob(config, str(out), args.data_root), config["run_id"], request, args)
-        print(f"wave {number}: submitted {config['run_id']}{_chain_note(config)} as job {job.job_id}")
-        jobs.append((config["run_id"], job))
+        job = _submit(executor, RunJob(config, str(out), args.data_root), config.run_id, request, args)
+        print(f"wave {number}: submitted {config.run_id}{_chain_note(config)} as job {job.job_id}")
+        jobs.append((config.run_id, job))
     if slurm and jobs:
         _watch_slurm(jobs, request, number)
     failed = []

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from acdc_bench.data import Data, epoch_seed, load_data
 from acdc_bench.methods.registry import load_plugins
 from acdc_bench.models import build_model
 from acdc_bench.run import distributed, folder
+from acdc_bench.runconfig import RunConfig, as_run_config
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,7 +40,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class Run:
     """Everything one run trains with, built once by :func:`build_run`."""
 
-    config: dict
+    config: RunConfig
     run_dir: Path
     rank: int
     world_size: int
@@ -62,17 +64,18 @@ class Run:
         return self.rank == 0
 
 
-def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, progress: bool = True,
+def train(config: RunConfig | Mapping, out_dir: str | Path, *, data_root: str | None = None, progress: bool = True,
           tracker=None, log=print) -> dict:
-    """Train (or resume, or report) the run described by ``config``; returns its result dict."""
-    run_dir = Path(out_dir) / config["run_id"]
+    """Train (or resume, or report) the run described by ``config`` (a
+    :class:`~acdc_bench.runconfig.RunConfig`, or a ``config.yaml`` mapping); returns its result dict."""
+    config = as_run_config(config)
+    run_dir = Path(out_dir) / config.run_id
     finished = folder.read_result(run_dir)
     if finished is not None:
-        log(f"[{config['run_id']}] finished already: top-1 {finished['top1']:.2f}% "
+        log(f"[{config.run_id}] finished already: top-1 {finished['top1']:.2f}% "
             f"(sparsity {finished['actual_sparsity']:.4f}); not retraining")
         return finished
-    if config.get("numerics"):
-        numerics.ensure(config["numerics"])  # torch has started: a clear error unless it computes so
+    numerics.ensure(config.numerics)  # torch has started: a clear error unless it computes so
     rank, world_size, local_rank = distributed.distributed_context()
     fresh = rank == 0 and not run_dir.exists()
     with folder.lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
@@ -86,10 +89,10 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         if run.is_main:
-            folder.write_config(run_dir, dump_yaml(dict(config, environment=environment(run))))
+            folder.write_config(run_dir, dump_yaml(dict(config.as_dict(), environment=environment(run))))
         restore(run, log)
         if tracker is not None and run.is_main:
-            tracker.start(run_dir, config, config["run_id"])
+            tracker.start(run_dir, config.as_dict(), config.run_id)
         started = time.perf_counter() - float(run.state["wall_time_s"])
         for epoch in range(int(run.state["epoch"]), run.epochs):
             lr = set_epoch_lr(run, epoch)
@@ -108,7 +111,7 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
             run.state["epoch"] = epoch + 1
             run.state["wall_time_s"] = time.perf_counter() - started
             save_checkpoint(run)
-        run.sparsifier.finalize(tolerance=(config.get("budget") or {}).get("sparsity_tolerance"), warn=False)
+        run.sparsifier.finalize(tolerance=config.budget.sparsity_tolerance, warn=False)
         check_target(run)
         result = finish(run, time.perf_counter() - started, tracker, log)
     if world_size > 1:
@@ -119,7 +122,7 @@ def train(config: dict, out_dir: str | Path, *, data_root: str | None = None, pr
 # --------------------------------------------------------------------------- building and restoring
 
 
-def check_resumable(config: dict, run_dir: Path) -> None:
+def check_resumable(config: RunConfig, run_dir: Path) -> None:
     """A run folder made under one numerics mode never continues under another: its epochs so far
     were rounded one way, the rest would be rounded another, and the result would match neither."""
     if not (run_dir / folder.CHECKPOINT).exists() or not (run_dir / folder.CONFIG).exists():
@@ -131,7 +134,7 @@ def check_resumable(config: dict, run_dir: Path) -> None:
     except (OSError, yaml.YAMLError):
         return  # config.yaml is rewritten from this run's config below
     made = before.get("numerics") or "native"
-    now = config.get("numerics") or "native"
+    now = config.numerics or "native"
     if made != now:
         raise numerics.NumericsError(
             f"{run_dir} was started under {made} numerics and cannot resume under {now}: its finished epochs "
@@ -142,46 +145,47 @@ def check_resumable(config: dict, run_dir: Path) -> None:
 def environment(run: Run) -> dict:
     """What the run's numbers depend on besides its config (``config.yaml``'s ``environment``,
     ``result.json``'s ``numerics``): numerics mode, CPU, instruction set, threads, versions."""
-    info = numerics.describe(run.config.get("numerics") or "native")
+    info = numerics.describe(run.config.numerics or "native")
     info["world_size"] = run.world_size
     info["kernels"] = run.kernels  # sparseprop's kernels where they measure faster (auto), or none (dense)
     return info
 
 
-def build_run(config: dict, run_dir: Path, data_root: str | None, rank: int, world_size: int, local_rank: int) -> Run:
+def build_run(config: RunConfig, run_dir: Path, data_root: str | None, rank: int, world_size: int,
+              local_rank: int) -> Run:
     """Data, model, method (through :func:`sparsify`), optimizer, AMP: the run's objects."""
-    load_plugins(config.get("plugins") or [])
+    load_plugins(list(config.plugins))
     device = distributed.pick_device(local_rank)
     distributed.configure_cuda(device)
-    numerics.configure_device(config.get("numerics"), device)
+    numerics.configure_device(config.numerics, device)
     # sparseprop is compiled for the build machine's CPU (-march=native): off under portable numerics.
-    kernels = "dense" if config.get("numerics") == "portable" else config.get("kernels", "auto")
-    seed = int(config["seed"])
+    kernels = "dense" if config.numerics == "portable" else config.kernels
+    seed = config.seed
     random.seed(seed)
     torch.manual_seed(seed)
-    data = load_data(config["dataset"], root=data_root or config.get("data_root"), batch_size=config["batch_size"],
-                     seed=seed, num_workers=config.get("num_workers", 0), device=device, rank=rank,
-                     world_size=world_size, train_subset=config.get("train_subset"))
-    model = recipe.initialize(build_model(config["model"], data.num_classes), config.get("init")).to(device)
-    channels_last = bool(config.get("channels_last")) and device.type == "cuda"
+    data = load_data(config.dataset, root=data_root or config.data_root, batch_size=config.batch_size,
+                     seed=seed, num_workers=config.num_workers, device=device, rank=rank,
+                     world_size=world_size, train_subset=config.train_subset)
+    model = recipe.initialize(build_model(config.model, data.num_classes), config.init).to(device)
+    channels_last = config.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    total_steps = int(config.get("train_steps") or int(config["epochs"]) * data.steps_per_epoch)
-    sparsifier = sparsify(model, config["method"], sparsity=float(config["sparsity"]),
+    total_steps = config.length.steps(data.steps_per_epoch)
+    sparsifier = sparsify(model, config.method, sparsity=config.sparsity,
                           steps_per_epoch=data.steps_per_epoch, total_steps=total_steps,
                           batch_size=data.batch_size, input_shape=data.input_shape,
-                          kernels=kernels, **(config.get("method_config") or {}))
-    optimizer = sparsifier.wrap(recipe.build_optimizer(model, config["optimizer"]))
-    amp_dtype = AMP_DTYPES.get(config.get("amp", "none")) if device.type == "cuda" else None
+                          kernels=kernels, **dataclasses.asdict(config.method_config))
+    optimizer = sparsifier.wrap(recipe.build_optimizer(model, config.optimizer))
+    amp_dtype = AMP_DTYPES.get(config.amp) if device.type == "cuda" else None
     train_model = model
     if world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.get("compile"):
+    if config.compile:
         train_model = torch.compile(train_model)
     return Run(config=config, run_dir=run_dir, rank=rank, world_size=world_size, device=device, data=data,
                model=model, train_model=train_model, sparsifier=sparsifier, optimizer=optimizer,
                scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-               criterion=nn.CrossEntropyLoss(label_smoothing=float(config.get("label_smoothing", 0.0))),
+               criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
                amp_dtype=amp_dtype, channels_last=channels_last, kernels=kernels,
                epochs=math.ceil(total_steps / data.steps_per_epoch), total_steps=total_steps)
 
@@ -199,7 +203,7 @@ def restore(run: Run, log=print) -> None:
     _set_rng_state(checkpoint["rng"], run.device)
     run.state = checkpoint["state"]
     if run.is_main:
-        log(f"[{run.config['run_id']}] resuming from epoch {run.state['epoch']}/{run.epochs} ({path})")
+        log(f"[{run.config.run_id}] resuming from epoch {run.state['epoch']}/{run.epochs} ({path})")
 
 
 def save_checkpoint(run: Run) -> None:
@@ -231,7 +235,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 def set_epoch_lr(run: Run, epoch: int) -> float:
     """The epoch's learning rate, set on every parameter group (stepped once per epoch)."""
-    lr = recipe.lr_at(dict(run.config, epochs=run.epochs), epoch)
+    lr = run.config.lr_at(epoch, epochs=run.epochs)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     return lr
@@ -244,13 +248,13 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[float, float]:
         # Dropout and augmentation drawn from torch's global RNG: a different stream on every
         # rank, fixed by (seed, epoch, rank) so that a resumed epoch repeats exactly. Method
         # hooks that need randomness use their own generators (RigL's mask_seed): masks stay equal.
-        torch.manual_seed(epoch_seed(int(run.config["seed"]), epoch, run.rank, "train-rng"))
-    per_step_lr = bool((run.config.get("lr_schedule") or {}).get("per_step"))
+        torch.manual_seed(epoch_seed(run.config.seed, epoch, run.rank, "train-rng"))
+    per_step_lr = run.config.lr_schedule.per_step
     run.train_model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = torch.zeros((), device=device, dtype=torch.int64)
-    description = (f"{run.config['method']} s={run.config['sparsity']:g} epoch {epoch + 1}/{run.epochs} "
+    description = (f"{run.config.method} s={run.config.sparsity:g} epoch {epoch + 1}/{run.epochs} "
                    f"[{run.sparsifier.method.phase(epoch)}]")
     batches = _progress(data.train_batches(epoch), data.steps_per_epoch, description, progress)
     for index, (inputs, targets) in enumerate(batches):
@@ -258,7 +262,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> tuple[float, float]:
         if step >= run.total_steps:
             break
         if per_step_lr:
-            lr = recipe.lr_at(dict(run.config, epochs=run.epochs), epoch, step, data.steps_per_epoch)
+            lr = run.config.lr_at(epoch, step, data.steps_per_epoch, epochs=run.epochs)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
         # The global step covers positions [index * B, (index + 1) * B) of the epoch's permutation
@@ -375,7 +379,7 @@ def record_epoch(run: Run, row: dict, predictions: torch.Tensor, tracker, log) -
     _dump_rank_state(f"-epoch{epoch}", run.rank, {"model": run.model.state_dict(),
                                                    "method": run.sparsifier.method.state_dict(), "row": row})
     if run.is_main:
-        log(f"[{run.config['run_id']}] epoch {epoch + 1}/{run.epochs} {row['phase']:>6} lr {row['lr']:.4g} "
+        log(f"[{run.config.run_id}] epoch {epoch + 1}/{run.epochs} {row['phase']:>6} lr {row['lr']:.4g} "
             f"loss {row['train_loss']:.4f} top-1 {row['top1']:.2f}% sparsity {row['sparsity']:.4f} "
             f"train FLOPs {row['training_flops']:.3e} ({row['wall_time_s']:.0f}s)")
         if tracker is not None:
@@ -398,11 +402,11 @@ def check_target(run: Run) -> None:
     report = run.sparsifier.final
     if report["within"]:
         return
-    calibration = (run.config.get("budget") or {}).get("calibration")
+    calibration = run.config.budget.calibration
     if calibration and int(calibration["iteration"]) + 1 < int(calibration["max_runs"]):
         return
-    message = (f"{run.config['run_id']}: sparsity {report['reached']:.4f} at the end of training, but "
-               f"{run.config['method']} promises {report['promised']:.4f} (target {report['target']:g}, tolerance "
+    message = (f"{run.config.run_id}: sparsity {report['reached']:.4f} at the end of training, but "
+               f"{run.config.method} promises {report['promised']:.4f} (target {report['target']:g}, tolerance "
                f"{report['tolerance']:g}): {report['cause']}. Not written as a result; {folder.FAILED} in the run "
                f"folder says so")
     if run.is_main:
@@ -439,7 +443,7 @@ def finish(run: Run, wall_time: float, tracker, log) -> dict:
         folder.finish(run.run_dir, run.model.state_dict(), result,
                       {"targets": targets.numpy(), "final": predictions.numpy(),
                        "dense": pair["predictions"].numpy() if pair.get("predictions") is not None else None})
-        log(f"[{run.config['run_id']}] done: top-1 {result['top1']:.2f}% at sparsity {result['actual_sparsity']:.4f}, "
+        log(f"[{run.config.run_id}] done: top-1 {result['top1']:.2f}% at sparsity {result['actual_sparsity']:.4f}, "
             f"training FLOPs x{result['training_flops_multiplier']:.3f} of dense -> {run.run_dir}")
         if tracker is not None:
             tracker.log_result(result, [run.run_dir / folder.METRICS])
@@ -453,28 +457,28 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
     actual_sparsity, densities = weight_sparsity(layers)
     nonzeros = [round(densities[layer.name] * layer.numel) for layer in layers]
     inference_flops = flops.sparse_forward(nonzeros)
-    dense_training_flops = flops.dense_training_flops(run.data.train_size, int(config.get("suite_epochs", config["epochs"])))
-    budget = dict(config.get("budget") or {})
+    dense_training_flops = flops.dense_training_flops(run.data.train_size, config.suite_epochs)
+    budget = config.budget.as_dict()
     reference = budget.get("reference_training_flops")
     budget["achieved_ratio"] = meter.total / reference if reference else None
     if budget.get("calibration") and reference:
         calibration = budget["calibration"]
         budget["calibration"] = dict(calibration, within_tolerance=bool(
             abs(budget["achieved_ratio"] - 1.0) <= calibration["flops_tolerance"]
-            and abs(actual_sparsity - float(config["sparsity"])) <= calibration["sparsity_tolerance"]))
+            and abs(actual_sparsity - config.sparsity) <= calibration["sparsity_tolerance"]))
     pair = run.state.get("dense_pair")
     final = run.sparsifier.final
     top1_best, best = folder.best_epoch(run.state["rows"], final["reached"], final["tolerance"])
     return folder.Result(
         schema_version=folder.RESULT_SCHEMA_VERSION,
-        run_id=config["run_id"],
-        suite=config["suite"],
-        dataset=config["dataset"],
-        model=config["model"],
-        method=config["method"],
-        variant=config.get("variant", ""),
-        distribution=(config.get("method_config") or {}).get("distribution", "dense" if config["method"] == "dense" else ""),
-        target_sparsity=float(config["sparsity"]),
+        run_id=config.run_id,
+        suite=config.suite,
+        dataset=config.dataset,
+        model=config.model,
+        method=config.method,
+        variant=config.variant,
+        distribution=config.distribution,
+        target_sparsity=config.sparsity,
         actual_sparsity=actual_sparsity,
         layer_densities=densities,
         top1=top1,
@@ -488,18 +492,18 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
         inference_flops=inference_flops,
         dense_inference_flops=flops.dense_forward,
         inference_flops_multiplier=inference_flops / flops.dense_forward,
-        epochs=int(config["epochs"]),
-        train_steps=config.get("train_steps"),
-        suite_epochs=int(config.get("suite_epochs", config["epochs"])),
-        seed=int(config["seed"]),
+        epochs=config.epochs,
+        train_steps=config.train_steps,
+        suite_epochs=config.suite_epochs,
+        seed=config.seed,
         budget=budget,
         steps=meter.steps,
         examples_seen=meter.examples,
         world_size=run.world_size,
         wall_time_s=wall_time,
-        cell=config.get("cell"),
-        train_subset=config.get("train_subset"),
-        overrides=list(config.get("overrides") or []),
+        cell=config.cell,
+        train_subset=config.train_subset,
+        overrides=list(config.overrides),
         sparsity_check={k: v for k, v in run.sparsifier.final.items() if k != "cause"},
         versions=distributed.versions(),
         numerics=environment(run),

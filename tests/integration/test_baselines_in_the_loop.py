@@ -25,7 +25,7 @@ def test_training_loop_smoke(tmp_path, method, options, tolerance):
 
     config = fashion_config(method, 0.9, options)
     result = train(config, tmp_path, progress=False, log=lambda *a: None)
-    saved = json.loads((tmp_path / config["run_id"] / "result.json").read_text())
+    saved = json.loads((tmp_path / config.run_id / "result.json").read_text())
     assert saved["method"] == method and saved["steps"] == 8
     assert 0.0 < saved["actual_sparsity"] < 1.0
     assert saved["training_flops"] > 0 and saved["training_flops_multiplier"] > 0
@@ -33,7 +33,7 @@ def test_training_loop_smoke(tmp_path, method, options, tolerance):
         assert saved["actual_sparsity"] == pytest.approx(0.9, abs=tolerance)
         assert saved["training_flops_multiplier"] < 1.0
     if method == "str":
-        model = torch.load(tmp_path / config["run_id"] / "model_final.pt")
+        model = torch.load(tmp_path / config.run_id / "model_final.pt")
         assert not any("parametrizations" in key for key in model)
     assert result["top1"] == saved["top1"]
 
@@ -55,7 +55,7 @@ def test_str_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(STR, "on_epoch_end", crash)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "resumed", progress=False, log=lambda *a: None)
-    assert (tmp_path / "resumed" / config["run_id"] / "checkpoint.pt").exists()
+    assert (tmp_path / "resumed" / config.run_id / "checkpoint.pt").exists()
     monkeypatch.setattr(STR, "on_epoch_end", original)
     resumed = train(config, tmp_path / "resumed", progress=False, log=lambda *a: None)
     for key in ("top1", "actual_sparsity", "training_flops"):

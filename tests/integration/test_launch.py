@@ -11,6 +11,7 @@ from acdc_bench.config import load_suite, run_config
 from acdc_bench.run.launch import RunJob, RunSpec, plan_runs
 from acdc_bench.methods.dense import Dense
 from acdc_bench.methods.registry import _REGISTRY
+from acdc_bench.runconfig import RunConfig
 
 from helpers import SHORT, needs_fashion
 
@@ -57,10 +58,11 @@ def test_run_job_checkpoint_resubmits_an_equivalent_job(tmp_path):
     delayed = job.checkpoint()
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     assert isinstance(delayed.function, RunJob) and delayed.function is not job
-    assert (delayed.function.config, delayed.function.out, delayed.function.data_root) == (config, str(tmp_path), "/some/data")
+    assert (delayed.function.config, delayed.function.out, delayed.function.data_root) == (config.as_dict(), str(tmp_path),
+                                                                                         "/some/data")
     assert delayed.args == () and delayed.kwargs == {}
     clone = pickle.loads(pickle.dumps(delayed))  # submitit pickles it for the requeued job
-    assert clone.function.config == config
+    assert RunConfig.from_dict(clone.function.config) == config
 
 
 class _Preempted(Exception):
@@ -79,7 +81,7 @@ def test_requeued_job_resumes_from_the_run_folders_checkpoint(tmp_path, capsys, 
 
     with pytest.raises(_Preempted):
         train(config, tmp_path, progress=False, log=preempt_during_epoch_3)
-    run_dir = tmp_path / config["run_id"]
+    run_dir = tmp_path / config.run_id
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
 
     delayed = RunJob(config, str(tmp_path), None).checkpoint()

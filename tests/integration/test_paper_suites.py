@@ -42,12 +42,12 @@ def test_every_cell_matches_the_published_row_it_names(name):
     for spec in _specs(plan_runs(suite)):
         cell = next(c for c in suite_cells(suite) if c["cell"] == spec.cell)
         config = spec_config(suite, spec, None)
-        assert config["variant"] == cell["tag"]
-        assert config["epochs"] / config["suite_epochs"] == pytest.approx(variant_length(cell["tag"])), spec.cell
-        distribution = (config["method_config"] or {}).get("distribution", "dense" if spec.method == "dense" else "")
+        assert config.variant == cell["tag"]
+        assert config.epochs / config.suite_epochs == pytest.approx(variant_length(cell["tag"])), spec.cell
+        distribution = config.distribution
         protocol = run_protocol(config)
-        match = match_published(reference, dataset=config["dataset"], model=config["model"], method=spec.method,
-                                target_sparsity=spec.sparsity, variant=config["variant"], distribution=distribution,
+        match = match_published(reference, dataset=config.dataset, model=config.model, method=spec.method,
+                                target_sparsity=spec.sparsity, variant=config.variant, distribution=distribution,
                                 protocol=protocol)
         if match is not None and protocol_differences(protocol, match):
             match = None  # shown beside the run, never compared
@@ -64,21 +64,21 @@ def test_resnet50_cells_carry_their_options_into_the_runs():
     suite = load_suite("imagenet-resnet50")
     specs = {(s.cell, s.sparsity): s for s in _specs(plan_runs(suite))}
     rigl = spec_config(suite, specs[("rigl-5x-uniform", 0.9)], None)
-    assert (rigl["epochs"], rigl["suite_epochs"], rigl["variant"]) == (500, 100, "5x uniform")
-    assert rigl["method_config"]["distribution"] == "uniform" and rigl["method_config"]["keep_dense"] == ["conv1"]
-    assert rigl["label_smoothing"] == 0.1 and rigl["recipe"]["source"] == "methods.rigl.recipe"
+    assert (rigl.epochs, rigl.suite_epochs, rigl.variant) == (500, 100, "5x uniform")
+    assert rigl.method_config.distribution == "uniform" and rigl.method_config.keep_dense == ["conv1"]
+    assert rigl.label_smoothing == 0.1 and rigl.recipe_source == "methods.rigl.recipe"
     twice = spec_config(suite, specs[("acdc-2x-uniform", 0.95)], None)
-    assert (twice["epochs"], twice["method_config"]["schedule_epochs"], twice["method_config"]["keep_dense"]) == (
+    assert (twice.epochs, twice.method_config.schedule_epochs, twice.method_config.keep_dense) == (
         200, 200, ["conv1", "fc"])
     gmp = spec_config(suite, specs[("gmp-1.5x", 0.95)], None)
-    assert (gmp["epochs"], gmp["label_smoothing"], gmp["method_config"]["keep_dense"]) == (150, 0.0, ["conv1"])
+    assert (gmp.epochs, gmp.label_smoothing, gmp.method_config.keep_dense) == (150, 0.0, ["conv1"])
     nm = spec_config(suite, specs[("acdc-2:4", 0.5)], None)
-    assert nm["method_config"]["pattern"] == "2:4" and nm["variant"] == "2:4"
+    assert nm.method_config.pattern == "2:4" and nm.variant == "2:4"
     # a cell without options or tag resolves exactly as the plain run does (same run id)
-    assert spec_config(suite, specs[("acdc", 0.9)], None)["run_id"] == run_config(suite, "acdc", 0.9)["run_id"]
-    assert spec_config(suite, specs[("rigl-1x", 0.8)], None)["run_id"] == run_config(suite, "rigl", 0.8)["run_id"]
+    assert spec_config(suite, specs[("acdc", 0.9)], None).run_id == run_config(suite, "acdc", 0.9).run_id
+    assert spec_config(suite, specs[("rigl-1x", 0.8)], None).run_id == run_config(suite, "rigl", 0.8).run_id
     # distinct cells are distinct runs
-    assert len({spec_config(suite, s, None)["run_id"] for s in specs.values()}) == len(specs)
+    assert len({spec_config(suite, s, None).run_id for s in specs.values()}) == len(specs)
 
 
 def test_plan_filters_and_the_matched_budget():
@@ -241,9 +241,9 @@ def test_every_method_trains_under_its_own_recipe(name, method, run_root, reques
     root = request.getfixturevalue("small_imagenet_root" if DATASETS[name] == "imagenet" else "small_cifar_root")
     config = tiny_config(name, method)
     has_recipe = method_recipe(load_suite(name), method) is not None
-    assert config["recipe"]["source"].startswith(f"methods.{method}.recipe" if has_recipe else "suite")
+    assert config.recipe_source.startswith(f"methods.{method}.recipe" if has_recipe else "suite")
     result = train(config, run_root, data_root=str(root), progress=False, log=lambda *_: None)
-    run_dir = run_root / config["run_id"]
+    run_dir = run_root / config.run_id
     assert (run_dir / "result.json").exists() and (run_dir / "model_final.pt").exists()
     assert (result["method"], result["model"], result["steps"]) == (method, load_suite(name)["model"], EPOCHS[method])
     assert 0 < result["training_flops_multiplier"] and result["dense_inference_flops"] > 0

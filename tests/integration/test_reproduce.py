@@ -94,17 +94,21 @@ def test_status_line_names_started_runs_and_a_chain_cells_current_run(tmp_path):
     running; a calibration chain's progress is its newest run's (other id, other length)."""
     from acdc_bench.run.launch import _cell_progress, _started
 
-    plain = {"method": "acdc", "sparsity": 0.9, "seed": 1, "run_id": "acdc-s0.9-seed1-e10-abc", "epochs": 10,
-             "budget": {"mode": "matched"}}
-    chain = {"method": "str", "sparsity": 0.95, "seed": 1, "run_id": "str-s0.95-seed1-st7074-def", "epochs": 31,
-             "budget": {"mode": "matched"}}
+    from types import SimpleNamespace
+
+    def run(method, sparsity, run_id, epochs):  # what the status line reads of a RunConfig
+        return SimpleNamespace(method=method, sparsity=sparsity, seed=1, run_id=run_id, epochs=epochs,
+                               budget=SimpleNamespace(mode="matched"))
+
+    plain = run("acdc", 0.9, "acdc-s0.9-seed1-e10-abc", 10)
+    chain = run("str", 0.95, "str-s0.95-seed1-st7074-def", 31)
     assert not _started(tmp_path, plain) and not _started(tmp_path, chain)
-    run = tmp_path / plain["run_id"]
+    run = tmp_path / plain.run_id
     run.mkdir()
     (run / "config.yaml").write_text("epochs: 10\n")
     (run / "metrics.csv").write_text("epoch\n0\n1\n2\n")
     assert _started(tmp_path, plain) and _cell_progress(tmp_path, plain) == "epoch 3/10"
-    first = tmp_path / chain["run_id"]
+    first = tmp_path / chain.run_id
     first.mkdir()
     (first / "config.yaml").write_text("epochs: 31\n")
     (first / "metrics.csv").write_text("epoch\n" + "\n".join(map(str, range(31))) + "\n")

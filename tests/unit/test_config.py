@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from acdc_bench.cli import main
-from acdc_bench.config import ConfigError, load_suite, run_config, suite_names
+from acdc_bench.config import ConfigError, dump_yaml, load_suite, run_config, suite_names
 
 
 def write_suite(tmp_path, **changes):
@@ -79,9 +79,82 @@ def test_unknown_method_on_the_command_line(capsys):
 def test_run_id_is_stable_and_changes_with_what_the_run_computes():
     suite = load_suite("fashion-mnist")
     a = run_config(suite, "acdc", 0.9, seed=0)
-    assert a["run_id"] == run_config(load_suite("fashion-mnist"), "acdc", 0.9, seed=0)["run_id"]
-    assert a["run_id"] != run_config(suite, "acdc", 0.9, seed=1)["run_id"]
-    assert a["run_id"] != run_config(load_suite("fashion-mnist", ["optimizer.lr=0.2"]), "acdc", 0.9)["run_id"]
+    assert a.run_id == run_config(load_suite("fashion-mnist"), "acdc", 0.9, seed=0).run_id
+    assert a.run_id != run_config(suite, "acdc", 0.9, seed=1).run_id
+    assert a.run_id != run_config(load_suite("fashion-mnist", ["optimizer.lr=0.2"]), "acdc", 0.9).run_id
     # where the data live does not change the result
-    assert a["run_id"] == run_config(load_suite("fashion-mnist", ["data_root=/elsewhere"]), "acdc", 0.9)["run_id"]
-    assert a["run_id"].startswith("acdc-s0.9-seed0-e20-")
+    assert a.run_id == run_config(load_suite("fashion-mnist", ["data_root=/elsewhere"]), "acdc", 0.9).run_id
+    assert a.run_id.startswith("acdc-s0.9-seed0-e20-")
+
+
+# ------------------------------------------------------------------ the resolved run
+
+
+def test_a_run_config_is_frozen_and_reads_back_from_its_config_yaml_with_the_same_id():
+    import dataclasses
+
+    from acdc_bench.runconfig import RunConfig
+
+    for suite, method, sparsity in [("fashion-mnist", "gmp", 0.9), ("imagenet-resnet50", "rigl", 0.8),
+                                    ("imagenet-resnet50", "str", 0.95), ("cifar100-wrn28-10", "acdc", 0.5)]:
+        config = run_config(load_suite(suite), method, sparsity)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            config.seed = 1
+        written = yaml.safe_load(dump_yaml(config.as_dict()))  # what config.yaml holds
+        again = RunConfig.from_dict(written)
+        assert again == config and again.run_id == config.run_id == written["run_id"]
+    edited = dict(written, seed=1)  # an edited config.yaml no longer describes its id
+    with pytest.raises(ValueError, match="is not the id of what it describes"):
+        RunConfig.from_dict(edited)
+
+
+def test_the_run_id_hashes_only_what_differs_from_the_defaults():
+    """A field or method option added later with a default leaves every earlier id as it was: the
+    id of a run is the id of the same run with the new field at its default."""
+    import dataclasses
+
+    from acdc_bench.runconfig import Budget
+
+    config = run_config(load_suite("fashion-mnist"), "rigl", 0.9)
+    identity = config.identity()
+    assert "label_smoothing" not in identity and "amp" not in identity and "init" not in identity
+    assert "budget_mode" not in identity and "data_root" not in identity and "kernels" not in identity
+    assert identity["optimizer"] == {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001}  # name sgd, no nesterov
+    assert identity["method_config"] == {"update_interval": 75}  # the suite's; every other option at its default
+    # a default written out, or a field that does not change results, keeps the id
+    assert dataclasses.replace(config, label_smoothing=0.0, data_root="/elsewhere", kernels="dense").run_id == config.run_id
+    assert dataclasses.replace(config, label_smoothing=0.1).run_id != config.run_id
+    matched = dataclasses.replace(config, budget=Budget(mode="matched"))
+    assert matched.identity()["budget_mode"] == "matched" and matched.run_id != config.run_id
+    # the budget's bookkeeping is not what the run computes
+    assert dataclasses.replace(config, budget=Budget(reference_training_flops=1e12, note="x")).run_id == config.run_id
+
+
+def test_the_planned_runs_are_each_resolved_once(monkeypatch):
+    """Planning a suite resolves each run's config from the suite once: a paper run once, a matched run
+    once (then refined to its solved length), not again per step of the budget code."""
+    from collections import Counter
+
+    from acdc_bench.budget import matching
+    from acdc_bench.budget.cells import spec_config
+    from acdc_bench.run.launch import plan_runs
+
+    calls = Counter()
+    resolve = matching.run_config
+
+    def counting(suite, method, sparsity, seed=0, **options):
+        budget = options.get("budget") or {}
+        calls[(method, float(sparsity), seed, budget.get("mode", "paper"))] += 1
+        return resolve(suite, method, sparsity, seed, **options)
+
+    monkeypatch.setattr(matching, "run_config", counting)
+    suite = load_suite("fashion-mnist-10")
+    for budget in ("paper", "matched"):
+        calls.clear()
+        specs = [spec for wave in plan_runs(suite, budget=budget) for spec in wave]
+        configs = [spec_config(suite, spec) for spec in specs]
+        assert len({c.run_id for c in configs}) == len(specs)
+        reference = suite["budget"]["reference"]
+        own = {key: n for key, n in calls.items() if not (budget == "matched" and key[0] == reference)}
+        assert sorted(own.values()) == [1] * len(own) and len(own) == sum(s.method != reference or budget == "paper"
+                                                                          for s in specs)

@@ -25,8 +25,8 @@ def _unpinned_environment() -> dict:
 def test_the_mode_is_part_of_the_run_id_and_checked():
     portable = run_config(load_suite("fashion-mnist-10", ["numerics=portable"]), "acdc", 0.9)
     native = run_config(load_suite("fashion-mnist-10", ["numerics=native"]), "acdc", 0.9)
-    assert (portable["numerics"], native["numerics"]) == ("portable", "native")
-    assert portable["run_id"] != native["run_id"]
+    assert (portable.numerics, native.numerics) == ("portable", "native")
+    assert portable.run_id != native.run_id
     with pytest.raises(ValueError, match="numerics 'fast' is unknown; allowed: portable, native"):
         load_suite("fashion-mnist-10", ["numerics=fast"])
 
@@ -82,9 +82,9 @@ def test_a_run_folder_never_resumes_under_other_numerics(tmp_path):
     mode = numerics.default_mode()  # this process's
     other = "native" if mode == "portable" else "portable"
     config = run_config(load_suite("fashion-mnist", ["train_subset=256"]), "dense", 0.0, epochs=1)
-    run_dir = tmp_path / config["run_id"]
+    run_dir = tmp_path / config.run_id
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config, numerics=other)))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config.as_dict(), numerics=other)))
     (run_dir / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(numerics.NumericsError, match=f"started under {other} numerics and cannot resume under {mode}"):
         train(config, tmp_path, progress=False, log=lambda *a: None)

@@ -9,8 +9,9 @@ import yaml
 from torch import nn
 
 from acdc_bench.cli import main
-from acdc_bench.config import ConfigError, load_suite, lr_at_epoch, run_config
-from acdc_bench.recipe import build_optimizer, initialize, lr_at, no_decay_parameters
+from acdc_bench.config import ConfigError, load_suite, run_config
+from acdc_bench.runconfig import Optimizer
+from acdc_bench.recipe import build_optimizer, initialize, no_decay_parameters
 
 
 def plan_json(capsys, suite: str, method: str, sparsity: float, *extra: str) -> dict:
@@ -78,24 +79,24 @@ def test_matched_budget_keeps_the_suites_shared_recipe():
     suite = load_suite("imagenet-resnet50")
     paper = run_config(suite, "rigl", 0.9, budget={"mode": "paper"})
     matched = run_config(suite, "rigl", 0.9, budget={"mode": "matched"})
-    assert paper["label_smoothing"] == 0.1 and paper["optimizer"]["nesterov"] is True
-    assert matched["optimizer"] == suite["optimizer"] and matched["label_smoothing"] == 0.0
-    assert matched["epochs"] == 100 and "recipe_epochs" not in matched
-    assert "ignored" in matched["recipe"]["source"]
-    assert matched["method_config"]["update_interval"] == 1600  # the spacing follows the batch either way
-    assert paper["run_id"] != matched["run_id"]
+    assert paper.label_smoothing == 0.1 and paper.optimizer.nesterov is True
+    assert matched.optimizer == Optimizer.from_mapping(suite["optimizer"]) and matched.label_smoothing == 0.0
+    assert matched.epochs == 100 and matched.length.recipe_epochs is None
+    assert "ignored" in matched.recipe_source
+    assert matched.method_config.update_interval == 1600  # the spacing follows the batch either way
+    assert paper.run_id != matched.run_id
 
 
 def test_run_config_echoes_the_resolved_recipe_and_method_options():
     config = run_config(load_suite("imagenet-resnet50"), "str", 0.95)
-    assert config["recipe"]["optimizer"] == {"lr": 0.256, "momentum": 0.875, "nesterov": False,
+    assert config.recipe()["optimizer"] == {"lr": 0.256, "momentum": 0.875, "nesterov": False,
                                              "weight_decay": 2.251757813e-05, "no_decay": []}
     for key in ("label_smoothing", "batch_size", "amp", "init"):
-        assert config["recipe"][key] == config[key]
-    assert config["method_options"]["s_init"] == -3200.0 and config["method_options"]["lam"] == 3.236e-05
-    assert "targets" not in config["method_options"]
+        assert config.recipe()[key] == getattr(config, key)
+    assert config.method_options["s_init"] == -3200.0 and config.method_options["lam"] == 3.236e-05
+    assert "targets" not in config.method_options
     # The echoes do not enter the run id.
-    assert config["run_id"] == run_config(load_suite("imagenet-resnet50"), "str", 0.95)["run_id"]
+    assert config.run_id == run_config(load_suite("imagenet-resnet50"), "str", 0.95).run_id
 
 
 def test_fashion_mnist_run_ids_are_the_recorded_ones():
@@ -111,8 +112,8 @@ def test_fashion_mnist_run_ids_are_the_recorded_ones():
         # the record's runs compute under portable numerics (tests/behaviour.py)
         config = run_config(load_suite("fashion-mnist", SHORT + sets + ["numerics=portable"]), command[1],
                             float(command[3]))
-        assert config["run_id"] in recorded
-        assert config["recipe"]["source"] == "suite" and config["init"] is None
+        assert config.run_id in recorded
+        assert config.recipe_source == "suite" and config.init is None
 
 
 def test_str_target_without_entry_is_an_error_unless_the_suite_opts_into_a_fallback():
@@ -123,14 +124,14 @@ def test_str_target_without_entry_is_an_error_unless_the_suite_opts_into_a_fallb
     assert "methods.str" in message and "0.85" in message and "0.8, 0.9, 0.95, 0.98" in message
     assert "fallback" in message
     fallback = run_config(load_suite("imagenet-resnet50", ["methods.str.fallback=true"]), "str", 0.85)
-    assert fallback["method_options"]["lam"] == 2.251757813e-05 and fallback["method_options"]["unofficial"] is True
+    assert fallback.method_options["lam"] == 2.251757813e-05 and fallback.method_options["unofficial"] is True
 
 
 def test_every_listed_target_of_the_imagenet_suites_has_its_str_entry():
     for name in ("imagenet-resnet50", "imagenet-mobilenetv1"):
         suite = load_suite(name)
         for target in suite["reproduce"]["sparsities"]:
-            assert run_config(suite, "str", target)["method_options"]["lam"] > 0
+            assert run_config(suite, "str", target).method_options["lam"] > 0
 
 
 def test_recipe_keys_of_a_method_are_checked(tmp_path):
@@ -144,8 +145,8 @@ def test_recipe_keys_of_a_method_are_checked(tmp_path):
 
     suite = load({"label_smoothing": 0.1, "targets": {0.95: {"label_smoothing": 0.0}}})
     assert "recipe" not in suite["methods"]["gmp"]  # the method's own options only
-    assert run_config(suite, "gmp", 0.9)["label_smoothing"] == 0.1
-    assert run_config(suite, "gmp", 0.95)["label_smoothing"] == 0.0
+    assert run_config(suite, "gmp", 0.9).label_smoothing == 0.1
+    assert run_config(suite, "gmp", 0.95).label_smoothing == 0.0
     for recipe, words in [
         ({"labelsmoothing": 0.1}, ["methods.gmp.recipe", "'labelsmoothing'", "label_smoothing"]),
         ({"optimizer": {"name": "sgd", "lr": 0.1, "no_decay": ["norm"]}}, ["no_decay", "bias, bn, depthwise"]),
@@ -163,12 +164,12 @@ def test_recipe_epochs_set_the_length_and_the_milestones_reference():
     suite = load_suite("imagenet-resnet50", ["methods.gmp.recipe.epochs=102", "methods.rigl.recipe.epochs=102",
                                              "methods.rigl.epochs_multiplier=5"])
     config = run_config(suite, "gmp", 0.9)
-    assert config["epochs"] == 102 and config["recipe_epochs"] == 102 and config["suite_epochs"] == 100
-    assert lr_at_epoch(config, 29) == pytest.approx(0.1) and lr_at_epoch(config, 30) == pytest.approx(0.01)
+    assert config.epochs == 102 and config.length.recipe_epochs == 102 and config.suite_epochs == 100
+    assert config.lr_at(29) == pytest.approx(0.1) and config.lr_at(30) == pytest.approx(0.01)
     five_x = run_config(suite, "rigl", 0.9)
-    assert five_x["epochs"] == 510 and five_x["variant"] == "5x"
-    assert lr_at_epoch(five_x, 149) == pytest.approx(0.1) and lr_at_epoch(five_x, 150) == pytest.approx(0.01)
-    assert "recipe_epochs" not in run_config(load_suite("imagenet-resnet50"), "gmp", 0.9)
+    assert five_x.epochs == 510 and five_x.variant == "5x"
+    assert five_x.lr_at(149) == pytest.approx(0.1) and five_x.lr_at(150) == pytest.approx(0.01)
+    assert run_config(load_suite("imagenet-resnet50"), "gmp", 0.9).length.recipe_epochs is None
 
 
 # ------------------------------------------------------------------ the recipe functions
@@ -176,24 +177,27 @@ def test_recipe_epochs_set_the_length_and_the_milestones_reference():
 
 @pytest.mark.parametrize("suite, method", [("fashion-mnist", "acdc"), ("imagenet-resnet50", "acdc"),
                                            ("imagenet-resnet50", "rigl"), ("cifar100-wrn28-10", "gmp")])
-def test_lr_at_per_epoch_is_lr_at_epoch(suite, method):
+def test_a_step_has_its_epochs_rate_unless_the_rate_moves_within_epochs(suite, method):
+    """Stepped per epoch, or a per-step ``step`` schedule without warm-up (its milestones fall on
+    epoch boundaries, RigL's ResNet-50): every step of an epoch has the epoch's rate."""
     config = run_config(load_suite(suite), method, 0.9)
-    for epoch in range(config["epochs"]):
-        assert lr_at(config, epoch) == lr_at_epoch(config, epoch)
+    assert not config.lr_schedule.per_step or (config.lr_schedule.name == "step" and not config.lr_schedule.warmup_epochs)
+    for epoch in range(config.epochs):
+        assert config.lr_at(epoch, step=epoch * 100 + 37, steps_per_epoch=100) == config.lr_at(epoch)
 
 
 def test_lr_at_per_step_follows_the_tf_schedules():
     rigl = run_config(load_suite("imagenet-mobilenetv1"), "rigl", 0.9)  # 8-epoch warm-up, 40/75/95
     per_epoch = 5005
-    assert lr_at(rigl, 0, step=0, steps_per_epoch=per_epoch) == 0.0
-    assert lr_at(rigl, 4, step=4 * per_epoch + 2502, steps_per_epoch=per_epoch) == pytest.approx(0.1 * 4.5 / 8, rel=1e-4)
-    assert lr_at(rigl, 39, step=40 * per_epoch - 1, steps_per_epoch=per_epoch) == pytest.approx(0.1)
-    assert lr_at(rigl, 40, step=40 * per_epoch, steps_per_epoch=per_epoch) == pytest.approx(0.01)
-    assert lr_at(rigl, 96, step=96 * per_epoch, steps_per_epoch=per_epoch) == pytest.approx(1e-4)
+    assert rigl.lr_at(0, step=0, steps_per_epoch=per_epoch) == 0.0
+    assert rigl.lr_at(4, step=4 * per_epoch + 2502, steps_per_epoch=per_epoch) == pytest.approx(0.1 * 4.5 / 8, rel=1e-4)
+    assert rigl.lr_at(39, step=40 * per_epoch - 1, steps_per_epoch=per_epoch) == pytest.approx(0.1)
+    assert rigl.lr_at(40, step=40 * per_epoch, steps_per_epoch=per_epoch) == pytest.approx(0.01)
+    assert rigl.lr_at(96, step=96 * per_epoch, steps_per_epoch=per_epoch) == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        lr_at(rigl, 1, step=10)
+        rigl.lr_at(1, step=10)
     acdc = run_config(load_suite("imagenet-resnet50"), "acdc", 0.9)  # not per step: the epoch's rate
-    assert lr_at(acdc, 7, step=7 * per_epoch + 3, steps_per_epoch=per_epoch) == lr_at_epoch(acdc, 7)
+    assert acdc.lr_at(7, step=7 * per_epoch + 3, steps_per_epoch=per_epoch) == acdc.lr_at(7)
 
 
 class _Tiny(nn.Module):

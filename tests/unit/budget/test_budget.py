@@ -4,6 +4,7 @@ import json
 import math
 from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -22,20 +23,20 @@ from helpers import SHORT, needs_fashion
 
 
 
-def write_result(out: Path, config: dict, **values) -> None:
+def write_result(out: Path, config, **values) -> None:
     """A finished run's result.json: a valid one (``acdc_bench.run.folder.validate_result``) built
     from ``config``, with ``values`` (what the budget code reads) on top."""
-    folder = out / config["run_id"]
+    folder = out / config.run_id
     folder.mkdir(parents=True, exist_ok=True)
-    budget = {"reference_training_flops": None, "achieved_ratio": None, **(config.get("budget") or {}),
+    budget = {"reference_training_flops": None, "achieved_ratio": None, **config.budget.as_dict(),
               **values.pop("budget", {})}
-    result = {"schema_version": 1, "run_id": config["run_id"], "suite": config["suite"], "dataset": config["dataset"],
-              "model": config["model"], "method": config["method"], "variant": config.get("variant", ""),
-              "distribution": "", "target_sparsity": config["sparsity"], "actual_sparsity": config["sparsity"],
+    result = {"schema_version": 1, "run_id": config.run_id, "suite": config.suite, "dataset": config.dataset,
+              "model": config.model, "method": config.method, "variant": config.variant,
+              "distribution": "", "target_sparsity": config.sparsity, "actual_sparsity": config.sparsity,
               "layer_densities": {}, "top1": 80.0, "top1_dense": None, "training_flops": None,
               "dense_training_flops": None, "training_flops_multiplier": None, "inference_flops": None,
-              "dense_inference_flops": None, "inference_flops_multiplier": None, "epochs": config["epochs"],
-              "seed": config["seed"], "budget": budget, "wall_time_s": 1.0, "versions": {}}
+              "dense_inference_flops": None, "inference_flops_multiplier": None, "epochs": config.epochs,
+              "seed": config.seed, "budget": budget, "wall_time_s": 1.0, "versions": {}}
     result.update(values)
     (folder / "result.json").write_text(json.dumps(result))
 
@@ -152,32 +153,32 @@ def test_str_chain_is_rederived_from_the_finished_runs(tmp_path):
     write_result(tmp_path, acdc, training_flops=budget, actual_sparsity=0.9)
 
     first = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
-    calibration = first["budget"]["calibration"]
+    calibration = first.budget.calibration
     assert calibration["iteration"] == 0 and calibration["previous_run"] is None
     assert calibration["option"] == "lam" and calibration["value"] == 0.004  # the suite's recipe
-    assert first["budget"]["reference_training_flops"] == budget
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] == first["run_id"]
+    assert first.budget.reference_training_flops == budget
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path)).run_id == first.run_id
 
     # STR spent half the budget and ended a little under the target: the next run is longer, lam smaller.
     write_result(tmp_path, first, training_flops=0.5 * budget, actual_sparsity=0.89)
     second = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
-    calibration = second["budget"]["calibration"]
-    assert calibration["iteration"] == 1 and calibration["previous_run"] == first["run_id"]
-    assert second["train_steps"] > first["train_steps"] and calibration["value"] < 0.004
-    assert second["epochs"] == math.ceil(second["train_steps"] / 235)  # 60,000 / 256 steps an epoch
+    calibration = second.budget.calibration
+    assert calibration["iteration"] == 1 and calibration["previous_run"] == first.run_id
+    assert second.train_steps > first.train_steps and calibration["value"] < 0.004
+    assert second.epochs == math.ceil(second.train_steps / 235)  # 60,000 / 256 steps an epoch
     expected_steps, expected_lam, expected_flops = next_point(
-        [Observation(first["train_steps"], 0.004, 0.5 * budget, 0.89)], budget, 0.9,
+        [Observation(first.train_steps, 0.004, 0.5 * budget, 0.89)], budget, 0.9,
         get_method("str").calibration_jacobian(make_config(get_method("str"), suite["methods"]["str"])),
         min_steps=235)
-    assert (second["train_steps"], calibration["value"]) == (expected_steps, pytest.approx(expected_lam))
-    assert second["budget"]["estimated_training_flops"] == pytest.approx(expected_flops)
-    assert second["method_config"]["targets"][0.9]["lam"] == pytest.approx(expected_lam)
+    assert (second.train_steps, calibration["value"]) == (expected_steps, pytest.approx(expected_lam))
+    assert second.budget.estimated_training_flops == pytest.approx(expected_flops)
+    assert second.method_config.targets[0.9]["lam"] == pytest.approx(expected_lam)
 
     # Within both tolerances: the chain stops at that run (the same config is returned again).
     write_result(tmp_path, second, training_flops=1.015 * budget, actual_sparsity=0.885)
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] != second["run_id"]  # 1.5 pp off
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path)).run_id != second.run_id  # 1.5 pp off
     write_result(tmp_path, second, training_flops=1.015 * budget, actual_sparsity=0.896)
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] == second["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path)).run_id == second.run_id
 
 
 def test_str_chain_stops_after_max_runs(tmp_path):
@@ -188,15 +189,15 @@ def test_str_chain_stops_after_max_runs(tmp_path):
     write_result(tmp_path, first, training_flops=0.4e12, actual_sparsity=0.94)
     second = resolve_budget(suite, "str", 0.95, 0, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, second, training_flops=0.9e12, actual_sparsity=0.99)  # still off
-    assert resolve_budget(suite, "str", 0.95, 0, "matched", store=RunStore(tmp_path))["run_id"] == second["run_id"]
+    assert resolve_budget(suite, "str", 0.95, 0, "matched", store=RunStore(tmp_path)).run_id == second.run_id
 
 
 def test_gmp_and_rigl_are_not_calibrated():
     suite = load_suite("fashion-mnist", RECIPE_START)
     for method in ("gmp", "rigl"):
         config = resolve_budget(suite, method, 0.9, 0, "matched", store=None)
-        assert "calibration" not in config["budget"]
-        assert config["budget"]["estimated_ratio"] == pytest.approx(1.0, abs=0.02)
+        assert config.budget.calibration is None
+        assert config.budget.estimated_ratio == pytest.approx(1.0, abs=0.02)
 
 
 def test_drop_superseded_keeps_the_last_run_of_each_chain():
@@ -228,8 +229,8 @@ def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_t
     acdc_result = train(acdc, tmp_path, **quiet)
     for method in ("gmp", "rigl"):
         config = resolve_budget(suite, method, 0.9, 0, "matched", store=RunStore(tmp_path))
-        assert config["budget"]["reference_training_flops"] == acdc_result["training_flops"]
-        assert config["budget"]["reference_source"] == f"measured by run {acdc['run_id']}"
+        assert config.budget.reference_training_flops == acdc_result["training_flops"]
+        assert config.budget.reference_source == f"measured by run {acdc.run_id}"
         result = train(config, tmp_path, **quiet)
         assert result["budget"]["mode"] == "matched"
         assert result["budget"]["achieved_ratio"] == pytest.approx(result["training_flops"] / acdc_result["training_flops"])
@@ -365,16 +366,16 @@ def test_another_seed_starts_at_the_accepted_run_of_the_first(tmp_path):
     suite = load_suite("fashion-mnist", RECIPE_START)
     accepted = _accepted_seed_zero_chain(tmp_path, suite)
     seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))
-    calibration = seed1["budget"]["calibration"]
-    assert calibration["iteration"] == 0 and calibration["started_from"] == accepted["run_id"]
-    assert seed1["train_steps"] == accepted["train_steps"]
-    assert calibration["value"] == accepted["budget"]["calibration"]["value"]
-    assert seed1["method_config"]["targets"][0.9]["lam"] == calibration["value"]
-    assert seed1["seed"] == 1 and seed1["run_id"] != accepted["run_id"]
+    calibration = seed1.budget.calibration
+    assert calibration["iteration"] == 0 and calibration["started_from"] == accepted.run_id
+    assert seed1.train_steps == accepted.train_steps
+    assert calibration["value"] == accepted.budget.calibration["value"]
+    assert seed1.method_config.targets[0.9]["lam"] == calibration["value"]
+    assert seed1.seed == 1 and seed1.run_id != accepted.run_id
     # Without warm starts (or for seed 0 itself) the chain is the recipe's.
     cold = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path), warm_start=False)
-    assert cold["budget"]["calibration"]["started_from"] is None and cold["train_steps"] != accepted["train_steps"]
-    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))["run_id"] == accepted["run_id"]
+    assert cold.budget.calibration["started_from"] is None and cold.train_steps != accepted.train_steps
+    assert resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path)).run_id == accepted.run_id
 
 
 def test_a_chain_begun_from_the_recipe_is_continued(tmp_path):
@@ -382,9 +383,9 @@ def test_a_chain_begun_from_the_recipe_is_continued(tmp_path):
     suite = load_suite("fashion-mnist", RECIPE_START)
     _finished_acdc_runs(tmp_path, suite)
     cold = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path), warm_start=False)
-    (tmp_path / cold["run_id"]).mkdir(parents=True)  # started (interrupted), not finished
+    (tmp_path / cold.run_id).mkdir(parents=True)  # started (interrupted), not finished
     _accepted_seed_zero_chain(tmp_path, suite)
-    assert resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))["run_id"] == cold["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path)).run_id == cold.run_id
 
 
 def test_a_chain_starts_at_the_calibrated_point_the_suite_ships(tmp_path):
@@ -393,16 +394,16 @@ def test_a_chain_starts_at_the_calibrated_point_the_suite_ships(tmp_path):
     acdc = run_config(suite, "acdc", 0.9, 0, budget={"mode": "paper", "reference_training_flops": None})
     write_result(tmp_path, acdc, training_flops=1.0e12, actual_sparsity=0.9)
     first = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
-    calibration = first["budget"]["calibration"]
-    assert (first["train_steps"], calibration["value"]) == (11390, 0.00263)
+    calibration = first.budget.calibration
+    assert (first.train_steps, calibration["value"]) == (11390, 0.00263)
     assert calibration["started_from"] == "suite budget.calibration.start" and calibration["iteration"] == 0
-    assert first["method_config"]["targets"][0.9]["lam"] == 0.00263
+    assert first.method_config.targets[0.9]["lam"] == 0.00263
     write_result(tmp_path, first, training_flops=1.01e12, actual_sparsity=0.9003)  # within 2% and 0.5 pp
     again = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
-    assert again["run_id"] == first["run_id"]  # accepted: no second run
+    assert again.run_id == first.run_id  # accepted: no second run
     # another length, another budget: the shipped point does not apply, the recipe starts the chain
     short = resolve_budget(load_suite("fashion-mnist", SHORT), "str", 0.9, 0, "matched", store=RunStore(tmp_path))
-    assert short["budget"]["calibration"]["started_from"] is None and short["budget"]["calibration"]["value"] == 0.004
+    assert short.budget.calibration["started_from"] is None and short.budget.calibration["value"] == 0.004
     with pytest.raises(ConfigError, match="budget.calibration.start.str.0.9 must be"):
         load_suite("fashion-mnist", ["budget.calibration.start={str: {0.9: {steps: 0, value: 1}}}"])
 
@@ -419,14 +420,14 @@ def test_a_seed_of_its_own_starts_at_its_own_shipped_point(tmp_path):
     points = {}
     for seed in (0, 1, 2):
         config = resolve_budget(suite, "str", 0.9, seed, "matched", store=RunStore(tmp_path))
-        calibration = config["budget"]["calibration"]
+        calibration = config.budget.calibration
         assert calibration["started_from"] == "suite budget.calibration.start" and calibration["iteration"] == 0
-        points[seed] = (config["train_steps"], calibration["value"], config["method_config"]["targets"][0.9]["lam"])
+        points[seed] = (config.train_steps, calibration["value"], config.method_config.targets[0.9]["lam"])
     assert points == {0: (11390, 0.00263, 0.00263), 1: (10000, 0.0031, 0.0031), 2: (11390, 0.00263, 0.00263)}
     # the seed's own point is accepted like the target's: no second run
     seed1 = resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))
     write_result(tmp_path, seed1, training_flops=0.99e12, actual_sparsity=0.8970)
-    assert resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path))["run_id"] == seed1["run_id"]
+    assert resolve_budget(suite, "str", 0.9, 1, "matched", store=RunStore(tmp_path)).run_id == seed1.run_id
     for bad, message in [("{1: {steps: 10000}}", r"start.str.0.9.seeds.1 must be"),
                          ("{-1: {steps: 10000, value: 0.003}}", "seeds must be integers >= 0"),
                          ("[1, 2]", r"start.str.0.9.seeds must map seed")]:
@@ -468,31 +469,33 @@ def test_run_chain_yields_each_unfinished_run_once_and_refuses_to_skip_one(tmp_p
     finished: set[str] = set()
     store.finished = lambda run_id: run_id in finished  # what a trained run leaves
 
-    calibrated = {"mode": "matched", "calibration": {"iteration": 0}}
+    def run(run_id, calibration=None):  # what run_chain reads of a RunConfig
+        return SimpleNamespace(run_id=run_id, budget=SimpleNamespace(calibration=calibration))
+
     chain = iter(["a", "b", "b"])  # the resolver's answers: run a, then its chain's next run b, then b again
     last = {"id": None}
     asked = []
 
-    def resolve(budget=calibrated):
+    def resolve():
         last["id"] = next(chain, last["id"])
         asked.append(last["id"])
-        return {"run_id": last["id"], "budget": budget}
+        return run(last["id"], calibration={"iteration": 0})
 
     trained = []
     for config in run_chain(resolve, store):
-        trained.append(config["run_id"])
-        finished.add(config["run_id"])
+        trained.append(config.run_id)
+        finished.add(config.run_id)
     assert trained == ["a", "b"] and asked == ["a", "b", "b"]
     asked.clear()
-    plain = {"run_id": "p", "budget": {"mode": "paper"}}
-    assert [c["run_id"] for c in run_chain(lambda: asked.append("p") or plain, store) if not finished.add("p")] == ["p"]
+    plain = run("p")
+    assert [c.run_id for c in run_chain(lambda: asked.append("p") or plain, store) if not finished.add("p")] == ["p"]
     assert asked == ["p"]  # a plain run is not resolved again once trained
     finished.clear()
     with pytest.raises(RuntimeError, match="run c was handed out to train but has not finished"):
-        for _ in run_chain(lambda: {"run_id": "c"}, store):
+        for _ in run_chain(lambda: run("c"), store):
             pass
     finished.add("d")
-    assert list(run_chain(lambda: {"run_id": "d"}, store)) == []
+    assert list(run_chain(lambda: run("d"), store)) == []
 
 
 def test_the_run_store_reads_what_the_run_folders_hold(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from acdc_bench.methods.acdc import PRESETS, acdc_phases
 from acdc_bench.cli import main
-from acdc_bench.config import load_suite, lr_at_epoch, run_config
+from acdc_bench.config import load_suite, run_config
 from acdc_bench.core.flops import TrainingFlopMeter, measure_layer_flops, rigl_training_flops_per_example
 from acdc_bench.models import build_model
 from acdc_bench.budget.plan import plan
@@ -109,14 +109,14 @@ def test_schedule_that_does_not_fit_is_a_clear_error():
 
 def test_lr_schedules_of_the_paper_suites():
     imagenet = run_config(load_suite("imagenet-resnet50"), "acdc", 0.9)
-    assert [lr_at_epoch(imagenet, e) for e in range(5)] == pytest.approx([0.256 * (e + 1) / 5 for e in range(5)])
+    assert [imagenet.lr_at(e) for e in range(5)] == pytest.approx([0.256 * (e + 1) / 5 for e in range(5)])
     for epoch in (5, 40, 99):
         expected = 0.256 * (1 + math.cos(math.pi * (epoch - 5) / 95)) / 2
-        assert lr_at_epoch(imagenet, epoch) == pytest.approx(expected)
+        assert imagenet.lr_at(epoch) == pytest.approx(expected)
     cifar = run_config(load_suite("cifar100-wrn28-10"), "acdc", 0.9)
     expected = {0: 0.08, 75: 0.08, 76: 0.008, 115: 0.008, 116: 0.0008, 155: 0.0008, 156: 0.00008, 199: 0.00008}
     for epoch, lr in expected.items():
-        assert lr_at_epoch(cifar, epoch) == pytest.approx(lr)
+        assert cifar.lr_at(epoch) == pytest.approx(lr)
 
 
 @pytest.mark.parametrize("suite, sparse_epochs", [
@@ -126,12 +126,12 @@ def test_plan_reproduces_official_phases_and_lr(suite, sparse_epochs):
     config = run_config(load_suite(suite), "acdc", 0.9)
     report = plan(config)
     rows = report["rows"]
-    assert len(rows) == config["epochs"]
+    assert len(rows) == config.epochs
     assert sum(row["phase"] == "sparse" for row in rows) == sparse_epochs
     for row in rows:
-        assert row["lr"] == pytest.approx(lr_at_epoch(config, row["epoch"]))
+        assert row["lr"] == pytest.approx(config.lr_at(row["epoch"]))
         assert row["target_sparsity"] == pytest.approx(0.9 if row["phase"] == "sparse" else 0.0, abs=1e-6)
-    dense_share = 1 - sparse_epochs / config["epochs"]
+    dense_share = 1 - sparse_epochs / config.epochs
     assert dense_share < report["estimated_training_flops_multiplier"] < dense_share + 0.25
 
 

@@ -44,7 +44,7 @@ def test_a_set_value_that_is_not_yaml_names_the_override():
 
 def test_a_2_4_pattern_from_the_command_line_reaches_the_method():
     suite = load_suite("fashion-mnist-10", ["methods.acdc.pattern=2:4", "methods.acdc.distribution=uniform"])
-    assert run_config(suite, "acdc", 0.5)["method_config"]["pattern"] == "2:4"
+    assert run_config(suite, "acdc", 0.5).method_config.pattern == "2:4"
 
 
 # --------------------------------------------------------------------------- overrides win over recipes
@@ -53,19 +53,19 @@ def test_a_2_4_pattern_from_the_command_line_reaches_the_method():
 def test_a_set_of_a_recipe_key_wins_over_the_methods_recipe():
     """GMP's ImageNet recipe sets batch_size 256; --set batch_size=32 is the user's, never dropped."""
     plain = run_config(load_suite("imagenet-resnet50"), "gmp", 0.9)
-    assert plain["batch_size"] == 256
+    assert plain.batch_size == 256
     config = run_config(load_suite("imagenet-resnet50", ["batch_size=32", "optimizer.lr=0.05"]), "gmp", 0.9)
-    assert config["batch_size"] == 32 and config["optimizer"]["lr"] == 0.05
-    assert config["optimizer"]["nesterov"] is True  # the rest of the recipe's optimizer stays
-    assert "--set batch_size=32" in config["recipe"]["source"]
-    assert config["run_id"] != plain["run_id"]
+    assert config.batch_size == 32 and config.optimizer.lr == 0.05
+    assert config.optimizer.nesterov is True  # the rest of the recipe's optimizer stays
+    assert "--set batch_size=32" in config.recipe_source
+    assert config.run_id != plain.run_id
 
 
 def test_set_epochs_and_epochs_give_plan_and_run_one_length():
     suite = load_suite("imagenet-resnet50", ["epochs=2"])
     by_set = run_config(suite, "gmp", 0.9)
     by_flag = run_config(load_suite("imagenet-resnet50"), "gmp", 0.9, epochs=2)
-    assert by_set["epochs"] == by_flag["epochs"] == 2
+    assert by_set.epochs == by_flag.epochs == 2
 
 
 # --------------------------------------------------------------------------- schedules that cannot reach the target
@@ -108,7 +108,7 @@ def test_a_run_that_misses_its_target_is_an_error_and_never_a_result(tmp_path, c
     with pytest.raises(TargetMissed, match=r"sparsity 0\.\d+ at the end of training, but str promises 0\.9000 .*"
                                            r"STR's sparsity follows lam and s_init"):
         train(config, tmp_path, progress=False, log=lambda *a: None)
-    run_dir = tmp_path / config["run_id"]
+    run_dir = tmp_path / config.run_id
     assert not (run_dir / "result.json").exists() and "STR's sparsity" in (run_dir / "failed.txt").read_text()
     runs = load_runs(tmp_path)
     assert runs["status"].tolist() == ["failed"] and "promises 0.9000" in runs["error"].iloc[0]
@@ -173,7 +173,7 @@ def test_plan_rows_match_a_short_runs_metrics(tmp_path, suite_name, method, one_
                  "methods.set.update_interval=1", "budget.calibration.sparsity_tolerance=0.95"]
     config = run_config(load_suite(suite_name, overrides), method, 0.9)
     train(config, tmp_path, progress=False, log=lambda *a: None)
-    assert_plan_matches_run(config, tmp_path / config["run_id"])
+    assert_plan_matches_run(config, tmp_path / config.run_id)
     report = plan(config)
     assert report["epochs"] == 4 and report["steps_per_epoch"] == 1
 

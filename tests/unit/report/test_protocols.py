@@ -136,11 +136,11 @@ def test_a_cell_on_another_methods_recipe_runs_that_recipe():
     suite = load_suite("imagenet-resnet50")
     specs = {(s.cell, s.sparsity): s for wave in plan_runs(suite) for s in wave}
     dense_rigl = spec_config(suite, specs[("dense-rigl", 0.0)], None)
-    assert dense_rigl["label_smoothing"] == 0.1 and dense_rigl["optimizer"]["nesterov"] is True
-    assert dense_rigl["init"] == "tf-resnet" and dense_rigl["recipe"]["family"] == "rigl"
-    assert dense_rigl["run_id"] != spec_config(suite, specs[("dense", 0.0)], None)["run_id"]
+    assert dense_rigl.label_smoothing == 0.1 and dense_rigl.optimizer.nesterov is True
+    assert dense_rigl.init == "tf-resnet" and dense_rigl.recipe_family == "rigl"
+    assert dense_rigl.run_id != spec_config(suite, specs[("dense", 0.0)], None).run_id
     set_run = spec_config(suite, specs[("set", 0.9)], None)
-    assert set_run["recipe"]["family"] == "rigl" and set_run["method_config"]["update_interval"] == 1600
+    assert set_run.recipe_family == "rigl" and set_run.method_config.update_interval == 1600
 
 
 def test_recipe_of_must_name_a_method_with_a_recipe():
@@ -156,12 +156,12 @@ def test_gmp_extended_points_follow_gales_checkpoints():
     suite = load_suite("imagenet-resnet50")
     specs = {(s.cell, s.sparsity): s for wave in plan_runs(suite) for s in wave}
     config = spec_config(suite, specs[("gmp-1.5x", 0.95)], None)
-    options = config["method_options"]
+    options = config.method_options
     assert (options["start_fraction"], options["end_fraction"]) == (pytest.approx(7500 / 48000), 0.75)
     assert options["frequency_fraction"] == pytest.approx(1000 / 48000, rel=1e-6)
     assert options["layer_sparsity"] == {"fc": 0.8} and options["keep_dense"] == ["conv1"]
-    assert config["label_smoothing"] == 0.0 and config["epochs"] == 150 and config["init"] == "tf-resnet"
-    assert spec_config(suite, specs[("gmp-1.5x", 0.9)], None)["label_smoothing"] == 0.1
+    assert config.label_smoothing == 0.0 and config.epochs == 150 and config.init == "tf-resnet"
+    assert spec_config(suite, specs[("gmp-1.5x", 0.9)], None).label_smoothing == 0.1
 
 
 def test_gmp_layer_sparsity_holds_named_layers_and_solves_the_rest():

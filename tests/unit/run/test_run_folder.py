@@ -1,5 +1,6 @@
 """The run folder: its lock (two real processes), predictions, and the installed package."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from acdc_bench.config import load_suite, run_config
 from acdc_bench.run.folder import RunLocked, lock_run, read_predictions, write_predictions
 
 from helpers import ROOT
@@ -23,17 +25,19 @@ def _holder(run_dir: Path) -> subprocess.Popen:
 
 
 def test_a_second_process_on_a_locked_run_is_refused_naming_the_holder(tmp_path):
-    run_dir = tmp_path / "dense-s0-seed0-e4-abc"
+    config = run_config(load_suite("fashion-mnist", ["train_subset=256"]), "dense", 0.0, epochs=1)
+    (tmp_path / "config.json").write_text(json.dumps(config.as_dict()))
+    run_dir = tmp_path / "runs" / config.run_id
     holder = _holder(run_dir)
     try:
         with pytest.raises(RunLocked, match=rf"pid {holder.pid}\b"):
             with lock_run(run_dir):
                 pass
         # the command line says so too, and exits 2 without touching the folder
-        code = ("import sys; from acdc_bench.run.loop import train\n"
-                "train({'run_id': sys.argv[2]}, sys.argv[1])")
-        other = subprocess.run([sys.executable, "-c", code, str(tmp_path), run_dir.name], capture_output=True,
-                               text=True)
+        code = ("import json, sys; from acdc_bench.run.loop import train\n"
+                "train(json.loads(open(sys.argv[2]).read()), sys.argv[1])")
+        other = subprocess.run([sys.executable, "-c", code, str(run_dir.parent), str(tmp_path / "config.json")],
+                               capture_output=True, text=True)
         assert other.returncode != 0 and f"pid {holder.pid}" in other.stderr
         assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
     finally:
