@@ -7,7 +7,7 @@ the runners, the training loop, the dry run) reads its fields; nothing resolves 
 
 ``config.yaml`` holds :meth:`RunConfig.as_dict` (flat keys, as a reader of a run folder
 expects); :meth:`RunConfig.from_dict` reads it back, so a run crosses a process boundary (a
-worker, a Slurm job, a resume) as the mapping it is written as.
+worker process, a Slurm job) as the mapping it is written as.
 
 The run id hashes the fields that change what a run computes and that differ from their
 defaults (:meth:`RunConfig.identity`), the method's options included: a field or option added
