@@ -12,7 +12,15 @@ from typing import Any
 import yaml
 
 from acdc_bench import numerics
-from acdc_bench.runconfig import Budget, Length, LrSchedule, Optimizer, RunConfig, default_variant
+from acdc_bench.runconfig import (
+    Budget,
+    Length,
+    LrSchedule,
+    Optimizer,
+    RunConfig,
+    check_fields,
+    default_variant,
+)
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
@@ -47,14 +55,6 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "resources": {},
 }
 
-OPTIMIZER_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay", "no_decay"}
-#: ``optimizer.no_decay`` categories (:func:`acdc_bench.recipe.no_decay_parameters`).
-NO_DECAY_CATEGORIES = ("bias", "bn", "depthwise")
-LR_SCHEDULE_KEYS = {"name", "warmup_epochs", "milestones", "gamma", "per_step"}
-#: ``init`` schemes (:func:`acdc_bench.recipe.initialize`; null or "default": the model's own initialisation).
-INIT_SCHEMES = ("default", "kaiming_normal_fan_in", "tf-resnet")
-LR_SCHEDULES = ("cosine", "step", "constant")
-AMP_MODES = ("none", "bf16", "fp16")
 BUDGET_MODES = ("paper", "matched")
 BUDGET_KEYS = {"mode", "reference", "calibration"}
 #: Matched budgets of emergent-cost methods (STR, see acdc_bench.budget.calibrate): at most ``max_runs``
@@ -204,32 +204,16 @@ def check_sparsity(value: Any, where: str) -> float:
 
 
 def validate_recipe(data: dict, where: str) -> None:
-    """Check the recipe keys of a suite (or of a suite with a method's recipe applied)."""
-    for key in ("epochs", "batch_size"):
-        _require(isinstance(data[key], int) and not isinstance(data[key], bool) and data[key] > 0, where,
-                 f"{key} must be a positive integer, got {data[key]!r}")
-    optimizer = data["optimizer"]
-    _require(isinstance(optimizer, dict), where, "optimizer must be a mapping")
-    bad = sorted(set(optimizer) - OPTIMIZER_KEYS)
-    _require(not bad, where, f"optimizer: unknown key(s) {bad}; allowed: {', '.join(sorted(OPTIMIZER_KEYS))}")
-    _require(optimizer.get("name", "sgd") == "sgd", where, "optimizer.name must be 'sgd' (the papers' optimizer)")
-    _require(isinstance(optimizer.get("lr"), (int, float)) and optimizer["lr"] > 0, where, "optimizer.lr must be a positive number")
-    no_decay = optimizer.get("no_decay") or []
-    _require(isinstance(no_decay, list) and not set(no_decay) - set(NO_DECAY_CATEGORIES), where,
-             f"optimizer.no_decay must be a list of {', '.join(NO_DECAY_CATEGORIES)}, got {no_decay!r}")
-    schedule = data["lr_schedule"]
-    _require(isinstance(schedule, dict), where, "lr_schedule must be a mapping")
-    bad = sorted(set(schedule) - LR_SCHEDULE_KEYS)
-    _require(not bad, where, f"lr_schedule: unknown key(s) {bad}; allowed: {', '.join(sorted(LR_SCHEDULE_KEYS))}")
-    _require(schedule.get("name") in LR_SCHEDULES, where, f"lr_schedule.name {schedule.get('name')!r} is unknown; allowed: {', '.join(LR_SCHEDULES)}")
-    _require(isinstance(schedule.get("per_step", False), bool), where,
-             f"lr_schedule.per_step must be true or false, got {schedule.get('per_step')!r}")
-    _require(data["amp"] in AMP_MODES, where, f"amp '{data['amp']}' is unknown; allowed: {', '.join(AMP_MODES)}")
-    smoothing = data.get("label_smoothing", 0.0)
-    _require(isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0.0 <= smoothing < 1.0, where,
-             f"label_smoothing must be a number in [0, 1), got {smoothing!r}")
-    _require(data.get("init") in (None, *INIT_SCHEMES), where,
-             f"init {data.get('init')!r} is unknown; allowed: {', '.join(INIT_SCHEMES)} (or null: the model's own)")
+    """Check the recipe keys of a suite (or of a suite with a method's recipe applied) with the checks
+    the fields of :class:`~acdc_bench.runconfig.RunConfig` and its parts declare."""
+    try:
+        check_fields(Length, {"epochs": data["epochs"]})
+        check_fields(RunConfig, {"batch_size": data["batch_size"], "amp": data["amp"],
+                                 "label_smoothing": data.get("label_smoothing", 0.0), "init": data.get("init")})
+        Optimizer.from_mapping(data["optimizer"])
+        LrSchedule.from_mapping(data["lr_schedule"])
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def apply_recipe(config: dict, recipe: dict | None, sparsity: float) -> dict:

@@ -25,7 +25,7 @@ Scenarios:
   one is a drop/grow update (no optimizer step), so the figure includes the update's
   cost spread over its interval; the steps between updates are also reported;
 - ``str`` and any other method: steady steps from the start of training (timed steps
-  skip a method's ``is_update_step`` when it has one).
+  skip the steps at which a method's schedule changes or moves its masks).
 
 Timing: ``--warmup`` untimed steps first (cuDNN autotuning, ``--compile``'s compilation,
 allocator warm-up), ``torch.cuda.synchronize()`` before and after the timed steps.
@@ -148,8 +148,12 @@ class Bench:
         self.model.train()
 
     def is_update(self, step: int) -> bool:
-        check = getattr(self.method, "is_update_step", None)
-        return bool(check(step)) if check is not None else False
+        """Whether the method's schedule changes or moves its masks at ``step`` (an estimated schedule,
+        STR's, changes nothing)."""
+        schedule = self.method.schedule
+        if schedule is None or schedule.estimated:
+            return False
+        return schedule.is_update(step) or schedule.change_at(step) is not None
 
     def steps_from(self, start: int, count: int, skip_updates: bool) -> list[int]:
         steps, step = [], start
@@ -224,11 +228,11 @@ def measure(scenario: Scenario, args, device: torch.device) -> Result:
         warm = bench.steps_from(first, args.warmup, skip_updates=False)
         timed = bench.steps_from(warm[-1] + 1 if warm else first, args.steps, skip_updates=False)
     elif scenario.kind == "between-updates":
-        updates = method.update_steps()
+        updates = method.schedule.change_steps()
         update = updates[len(updates) // 2]
         bench.start_epoch(update // spe)
         extra["after_update_step"] = update
-        extra["sparsity_in_force"] = method.sparsity_at(update)
+        extra["sparsity_in_force"] = method.schedule.in_force(update).sparsity
         warm = [update] + bench.steps_from(update + 1, max(0, args.warmup - 1), skip_updates=True)
         timed = bench.steps_from(warm[-1] + 1, args.steps, skip_updates=True)
     elif scenario.kind == "amortised":

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from acdc_bench.config import INIT_SCHEMES, NO_DECAY_CATEGORIES
+from acdc_bench.runconfig import INIT_SCHEMES, NO_DECAY_CATEGORIES
 from acdc_bench.runconfig import Optimizer
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

@@ -31,6 +31,66 @@ def _outside_id(default: Any = dataclasses.MISSING, **kwargs) -> Any:
     return field(default=default, metadata={"id": False}, **kwargs)
 
 
+# --------------------------------------------------------------------------- declared checks
+
+#: ``optimizer.no_decay`` categories (:func:`acdc_bench.recipe.no_decay_parameters`).
+NO_DECAY_CATEGORIES = ("bias", "bn", "depthwise")
+#: ``init`` schemes (:func:`acdc_bench.recipe.initialize`; null or "default": the model's own initialisation).
+INIT_SCHEMES = ("default", "kaiming_normal_fan_in", "tf-resnet")
+LR_SCHEDULES = ("cosine", "step", "constant")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def _checked(check, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    """A field whose values ``check(value)`` vets: it returns None, or what is wrong (the message)."""
+    return field(default=default, metadata={"check": check}, **kwargs)
+
+
+def check_fields(cls, values: Mapping) -> None:
+    """Raise ValueError with the message of the first field of ``cls`` whose declared check
+    ``values`` fails; a field missing from ``values`` is checked at its default (None if it has none)."""
+    for item in dataclasses.fields(cls):
+        check = item.metadata.get("check")
+        if check is None:
+            continue
+        value = values[item.name] if item.name in values else (
+            None if item.default is dataclasses.MISSING else item.default)
+        problem = check(value)
+        if problem:
+            raise ValueError(problem)
+
+
+def _check_self(instance) -> None:
+    check_fields(type(instance), {item.name: getattr(instance, item.name) for item in dataclasses.fields(instance)})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(name: str):
+    def check(value):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return f"{name} must be a positive integer, got {value!r}"
+    return check
+
+
+def _one_of(message: str, allowed: tuple):
+    def check(value):
+        if value not in allowed:
+            return message.format(value=value)
+    return check
+
+
+def _check_keys(values: Any, allowed: set, what: str) -> dict:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{what} must be a mapping")
+    bad = sorted(set(values) - allowed)
+    if bad:
+        raise ValueError(f"{what}: unknown key(s) {bad}; allowed: {', '.join(sorted(allowed))}")
+    return dict(values)
+
+
 def _non_default(value: Any) -> Any:
     """The id-relevant part of ``value``: a dataclass as its id fields that differ from their
     defaults (recursively), anything else as is (tuples as lists, as JSON writes them)."""
@@ -75,17 +135,24 @@ def _plain(value: Any) -> Any:
 class Optimizer:
     """A recipe's ``optimizer`` (SGD, the papers' optimizer)."""
 
-    lr: float
-    name: str = "sgd"
+    lr: float = _checked(lambda v: None if _number(v) and v > 0 else "optimizer.lr must be a positive number")
+    name: str = _checked(lambda v: None if v == "sgd" else "optimizer.name must be 'sgd' (the papers' optimizer)", "sgd")
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
     #: Parameters without weight decay (:func:`acdc_bench.recipe.no_decay_parameters`).
-    no_decay: tuple[str, ...] = ()
+    no_decay: tuple[str, ...] = _checked(
+        lambda v: None if isinstance(v or [], (list, tuple)) and not set(v or []) - set(NO_DECAY_CATEGORIES)
+        else f"optimizer.no_decay must be a list of {', '.join(NO_DECAY_CATEGORIES)}, got {(v or [])!r}", ())
+
+    def __post_init__(self) -> None:
+        _check_self(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping) -> "Optimizer":
-        values = dict(values)
+        """The ``optimizer`` mapping of a recipe; ValueError naming a key or value that is wrong."""
+        values = _check_keys(values, {item.name for item in dataclasses.fields(cls)}, "optimizer")
+        check_fields(cls, values)
         return cls(lr=float(values["lr"]), name=values.get("name", "sgd") or "sgd",
                    momentum=float(values.get("momentum", 0.0) or 0.0), nesterov=bool(values.get("nesterov", False)),
                    weight_decay=float(values.get("weight_decay", 0.0) or 0.0),
@@ -96,17 +163,24 @@ class Optimizer:
 class LrSchedule:
     """A recipe's ``lr_schedule``: its shape, warm-up and (``step``) milestones and decay."""
 
-    name: str
+    name: str = _checked(_one_of("lr_schedule.name {value!r} is unknown; allowed: " + ", ".join(LR_SCHEDULES),
+                                 LR_SCHEDULES))
     warmup_epochs: int = 0
     #: Epochs at which ``step`` multiplies the rate by ``gamma``, written for the recipe's length.
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     #: Recompute the rate every step from the fractional epoch (the TF codes of RigL and Gale et al.).
-    per_step: bool = False
+    per_step: bool = _checked(lambda v: None if isinstance(v, bool)
+                              else f"lr_schedule.per_step must be true or false, got {v!r}", False)
+
+    def __post_init__(self) -> None:
+        _check_self(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping) -> "LrSchedule":
-        values = dict(values)
+        """The ``lr_schedule`` mapping of a recipe; ValueError naming a key or value that is wrong."""
+        values = _check_keys(values, {item.name for item in dataclasses.fields(cls)}, "lr_schedule")
+        check_fields(cls, values)
         return cls(name=values["name"], warmup_epochs=values.get("warmup_epochs", 0) or 0,
                    milestones=tuple(values.get("milestones") or ()), gamma=float(values.get("gamma", 0.1)),
                    per_step=bool(values.get("per_step", False)))
@@ -152,13 +226,16 @@ class Length:
     """How long a run trains, and the lengths its multipliers and milestones are relative to."""
 
     #: Passes over the training set (the last may be partial when ``train_steps`` is set).
-    epochs: int
+    epochs: int = _checked(_positive_int("epochs"))
     #: The dense reference of every training multiplier: the suite's length (or an explicit ``--epochs``).
     suite_epochs: int
     #: Optimizer steps, when a matched budget solved them (None: ``epochs`` whole epochs).
     train_steps: int | None = None
     #: The length a method recipe's step milestones are written for, when it is not the suite's.
     recipe_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_self(self)
 
     def steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the run at ``steps_per_epoch`` steps per epoch."""
@@ -220,15 +297,18 @@ class RunConfig:
     sparsity: float
     seed: int
     length: Length
-    batch_size: int
+    batch_size: int = _checked(_positive_int("batch_size"))
     optimizer: Optimizer
     lr_schedule: LrSchedule
     #: The method's options (its ``Config``), resolved for this run's batch size.
     method_config: Any
     numerics: str
-    label_smoothing: float = 0.0
-    amp: str = "none"
-    init: str | None = None
+    label_smoothing: float = _checked(
+        lambda v: None if _number(v) and 0.0 <= v < 1.0 else f"label_smoothing must be a number in [0, 1), got {v!r}",
+        0.0)
+    amp: str = _checked(_one_of("amp '{value}' is unknown; allowed: " + ", ".join(AMP_MODES), AMP_MODES), "none")
+    init: str | None = _checked(_one_of("init {value!r} is unknown; allowed: " + ", ".join(INIT_SCHEMES)
+                                        + " (or null: the model's own)", (None, *INIT_SCHEMES)), None)
     train_subset: int | None = None
     channels_last: bool = False
     compile: bool = False
@@ -253,6 +333,9 @@ class RunConfig:
     #: What the run's table row asked for, every seed alike (:func:`acdc_bench.config.cell_id`).
     cell: str | None = _outside_id(None)
 
+    def __post_init__(self) -> None:
+        _check_self(self)
+
     # ------------------------------------------------------------------ derived
 
     @property
@@ -275,7 +358,7 @@ class RunConfig:
     @property
     def distribution(self) -> str:
         """The distribution a run records in ``result.json``."""
-        return getattr(self.method_config, "distribution", "dense" if self.method == "dense" else "")
+        return self.method_config.distribution
 
     def identity(self) -> dict:
         """What the run id hashes: every field that changes what the run computes, where it

@@ -14,9 +14,9 @@ On a small MLP and a synthetic task, through the public ``sparsify(...).wrap(opt
 3. ``resume``: ``state_dict`` after half the run, loaded into a fresh model, optimizer and
    sparsifier, ends exactly (bit for bit) where the uninterrupted run ends, FLOPs included;
 4. ``finalize``: plain tensors holding exact zeros, as many as the reported sparsity says;
-5. ``plan``: the planned training FLOPs (``planned_training_flops_per_example``) equal the metered
-   ones up to whole-weight rounding (skipped, and said, for a method whose cost emerges from
-   training: ``calibration_option``);
+5. ``plan``: the training FLOPs planned from the method's schedule (``planned_training_flops_per_example``)
+   equal the metered ones up to whole-weight rounding, so the hooks do what the schedule says
+   (skipped, and said, for a method whose cost emerges from training: ``calibration_option``);
 6. ``ranks``: two data-parallel ranks (DDP over gloo, each on its own data) hold the same weights
    and the same zeros at the end (skipped with ``ranks=1``).
 """
@@ -228,7 +228,7 @@ def _planned_training_flops(name: str, sparsity: float, options: dict, method_cl
         planned = sum(method.planned_training_flops_per_example(epoch) * STEPS_PER_EPOCH * BATCH
                       for epoch in range(EPOCHS))
     except NotImplementedError as error:
-        raise _fail(name, "plan", f"no planning model ({error}); define planned_densities(epoch)") from None
+        raise _fail(name, "plan", f"no plan ({error})") from None
     return planned, 3 * whole_weight_slack(method.flops) * EPOCHS * STEPS_PER_EPOCH * BATCH
 
 

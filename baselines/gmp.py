@@ -33,7 +33,6 @@ a fraction of the run (2000, 1000 or 500 of 48k steps): ``frequency_fraction``.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
@@ -41,6 +40,7 @@ from typing import ClassVar
 import torch
 
 from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
+from acdc_bench.methods.schedule import MaskChange, Schedule
 
 #: Gale et al.'s ImageNet ResNet50 runs: ~128k steps (batch 1024, ~102 epochs), mask update every 2000.
 GALE_TOTAL_STEPS = 128_000
@@ -159,6 +159,10 @@ class GMP(MaskedMethod):
         self.end_step = max(self.start_step + 1, min(total - 1, int(round(end_fraction * total))))
         fraction = config.frequency_fraction_for(self.target_sparsity)
         self.frequency = int(frequency or max(1, round(total * (fraction or GALE_FREQUENCY / GALE_TOTAL_STEPS))))
+        # Mask updates at t0, t0 + f, t0 + 2f, ... below t1, and at t1 itself; dense before t0.
+        updates = [*range(self.start_step, self.end_step, self.frequency), self.end_step]
+        self.schedule = Schedule(total, self.steps_per_epoch,
+                                 changes=tuple(MaskChange(step, self.sparsity_at(step)) for step in updates))
         self._density_cache: dict[float, list[float]] = {}
 
     # ------------------------------------------------------------------ schedule
@@ -183,38 +187,11 @@ class GMP(MaskedMethod):
         """The cubic schedule's target at ``step`` (continuous in ``step``)."""
         return cubic_sparsity(step, self.target_sparsity, self.start_step, self.end_step)
 
-    def is_update_step(self, step: int) -> bool:
-        """Mask updates: t0, t0 + f, t0 + 2f, ... below t1, and t1 itself."""
-        if step < self.start_step or step > self.end_step:
-            return False
-        return step == self.end_step or (step - self.start_step) % self.frequency == 0
-
-    def update_steps(self) -> list[int]:
-        steps = list(range(self.start_step, self.end_step, self.frequency))
-        return steps + [self.end_step]
-
-    def last_update_step(self, step: int) -> int | None:
-        """The latest mask update at or before ``step`` (None: still dense)."""
-        if step < self.start_step:
-            return None
-        if step >= self.end_step:
-            return self.end_step
-        return self.start_step + (step - self.start_step) // self.frequency * self.frequency
-
-    def sparsity_in_force(self, step: int) -> float:
-        """Sparsity of the mask the forward pass of ``step`` uses (piecewise constant)."""
-        last = self.last_update_step(step)
-        return 0.0 if last is None else self.sparsity_at(last)
-
-    def phase(self, epoch: int) -> str:
-        """``dense`` until the epoch in which the first mask comes into force, ``sparse`` from it on."""
-        last = min(self.total_steps, (epoch + 1) * self.steps_per_epoch) - 1
-        return "dense" if self.last_update_step(last) is None else "sparse"
-
     # ------------------------------------------------------------------ hooks
     def on_step_start(self, step: int) -> None:
-        if self.is_update_step(step):
-            self.prune_by_magnitude(self.sparsity_at(step))
+        change = self.schedule.change_at(step)
+        if change is not None:
+            self.prune_by_magnitude(change.sparsity)
 
     # ------------------------------------------------------------------ layer sparsities
     def distribution_densities(self, sparsity: float) -> list[float]:
@@ -250,8 +227,9 @@ class GMP(MaskedMethod):
         return [0.0 if d else (f if f is not None else others) for d, f in zip(dense, fixed)]
 
     # ------------------------------------------------------------------ planning
-    def _densities(self, sparsity: float) -> list[float]:
-        """Per-layer densities at ``sparsity`` with the configured distribution."""
+    def densities_at(self, sparsity: float) -> list[float]:
+        """Per-layer densities at ``sparsity`` with the configured distribution (``global``: one
+        threshold over the sorted magnitudes, kept across re-plans of one untouched model)."""
         key = round(sparsity, 12)
         cached = self._density_cache.get(key)
         if cached is not None:
@@ -280,30 +258,6 @@ class GMP(MaskedMethod):
         threshold = everything[prune - 1]
         pruned = torch.stack([(w.abs().float() <= threshold).sum() for w in weights]).tolist()
         return [1.0 - n / w.numel() for n, w in zip(pruned, weights)]
-
-    def _forward_flops_at(self, step: int) -> float:
-        return self.flops.sparse_forward_from_densities(self._densities(self.sparsity_in_force(step)))
-
-    def planned_densities(self, epoch: int) -> list[float]:
-        """Densities in force at the middle step of ``epoch`` (the schedule's mask there)."""
-        first = epoch * self.steps_per_epoch
-        last = min(self.total_steps, first + self.steps_per_epoch) - 1
-        middle = (first + last) // 2
-        return self._densities(self.sparsity_in_force(middle))
-
-    def planned_training_flops_per_example(self, epoch: int) -> float:
-        """3 x forward FLOPs of the mask in force, averaged exactly over the epoch's steps."""
-        first = epoch * self.steps_per_epoch
-        stop = min(self.total_steps, first + self.steps_per_epoch)
-        if stop <= first:
-            return 3 * self._forward_flops_at(first)
-        updates = self.update_steps()
-        # Segment starts: the epoch's first step and every mask update inside the epoch.
-        starts = [first] + updates[bisect.bisect_right(updates, first): bisect.bisect_left(updates, stop)]
-        total = 0.0
-        for begin, end in zip(starts, starts[1:] + [stop]):
-            total += (end - begin) * self._forward_flops_at(begin)
-        return 3 * total / (stop - first)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

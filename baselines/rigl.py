@@ -40,6 +40,7 @@ from typing import ClassVar
 import torch
 
 from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
+from acdc_bench.methods.schedule import MaskChange, Schedule
 from acdc_bench.core.sparsity import layer_densities, mask_from_scores
 
 
@@ -118,6 +119,13 @@ class RigL(MaskedMethod):
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         self.end_step = int(round(config.end_fraction * self.total_steps))
+        # Sparse from the start (random masks at set-up); drop and grow every dT steps before T_end,
+        # from step 0 on as the official code does (update_at_step_zero), else from step dT.
+        interval = config.update_interval
+        self.schedule = Schedule(self.total_steps, self.steps_per_epoch,
+                                 initial=MaskChange(0, self.target_sparsity, "sparse"),
+                                 updates=range(0 if config.update_at_step_zero else interval, self.end_step, interval),
+                                 dense_gradient=self.dense_gradient)
         self.last_update: dict | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -146,28 +154,9 @@ class RigL(MaskedMethod):
     def drop_fraction(self, step: int) -> float:
         return cosine_drop_fraction(step, self.config.alpha, self.end_step)
 
-    @property
-    def first_update_step(self) -> int:
-        return 0 if self.config.update_at_step_zero else 1
-
-    def is_update_step(self, step: int) -> bool:
-        return self.first_update_step <= step < self.end_step and step % self.config.update_interval == 0
-
-    def update_steps_between(self, first: int, stop: int) -> int:
-        """Number of update steps in ``[first, stop)``."""
-        stop = min(stop, self.end_step)
-        start = max(first, self.first_update_step)
-        if stop <= start:
-            return 0
-        interval = self.config.update_interval
-        return (stop - 1) // interval - (start - 1) // interval
-
     # ------------------------------------------------------------------ hooks
-    def needs_dense_gradient(self, step: int) -> bool:
-        return self.dense_gradient and self.is_update_step(step)
-
     def before_optimizer_step(self, step: int) -> bool:
-        if self.is_update_step(step):
+        if self.schedule.is_update(step):
             self.update_masks(step)
             return False
         return super().before_optimizer_step(step)
@@ -237,27 +226,9 @@ class RigL(MaskedMethod):
     # ------------------------------------------------------------------ FLOPs and planning
     def step_training_flops(self, step: int) -> int:
         """2 f_S + f_D on an update step (dense gradient, no weight update), else 3 f_S."""
-        if self.dense_gradient and self.is_update_step(step):
+        if self.schedule.needs_dense_gradient(step):
             return 2 * self.sparse_forward + self.flops.dense_forward
         return 3 * self.sparse_forward
-
-    def planned_densities(self, epoch: int) -> list[float]:
-        return list(self.densities)
-
-    def planned_training_flops_per_example(self, epoch: int) -> float:
-        """Exact mean of :meth:`step_training_flops` over the epoch's steps (the meter's value).
-
-        Before T_end this is ``((dT - 1) 3 f_S + 2 f_S + f_D) / dT`` per example, within
-        0.1% of the paper's amortised ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``; after T_end
-        it is ``3 f_S``; an epoch that straddles T_end gets the exact mix.
-        """
-        f_s = self.flops.sparse_forward_from_densities(self.densities)
-        f_d = self.flops.dense_forward
-        first = epoch * self.steps_per_epoch
-        stop = min(self.total_steps, first + self.steps_per_epoch)
-        steps = max(1, stop - first)
-        updates = self.update_steps_between(first, stop) if self.dense_gradient else 0
-        return ((steps - updates) * 3 * f_s + updates * (2 * f_s + f_d)) / steps
 
     # ------------------------------------------------------------------ state
     def load_state_dict(self, state: dict) -> None:

@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from acdc_bench.methods import MethodConfig, SparsityMethod, make_config, register_method
+from acdc_bench.methods.schedule import MaskChange, Schedule
 
 #: Official ImageNet ResNet50 config (``configs/largescale/resnet50-str.yaml``, 90.23% sparse).
 RESNET50_S_INIT = -3200.0
@@ -200,6 +201,7 @@ class STR(SparsityMethod):
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         self.s_init, self.lam = config.resolve(self.target_sparsity)
+        self.schedule = self._planning_ramp()
         self.thresholds: list[SoftThreshold] = []
         self._step_nonzeros: torch.Tensor | None = None
 
@@ -289,24 +291,25 @@ class STR(SparsityMethod):
         self._step_nonzeros = None
         return 3 * self.flops.sparse_forward_tensor(nonzeros)
 
-    def phase(self, epoch: int) -> str:
-        return "sparse"
-
     # ------------------------------------------------------------------ planning
-    def planned_densities(self, epoch: int) -> list[float]:
-        """An estimate (STR's trajectory is learned): density falling linearly from 1 to
-        1 - target over ``plan_ramp`` of the run, taken at the middle of ``epoch``; the same in
-        every layer. Under a matched budget the result reports the achieved ratio."""
-        middle = (epoch + 0.5) * self.steps_per_epoch
-        fraction = min(1.0, middle / max(1, self.total_steps))
+    def _planning_ramp(self) -> Schedule:
+        """An estimate (STR's trajectory is learned, and its hooks do not read it): sparsity rising
+        linearly from 0 to the target over ``plan_ramp`` of the run, the same in every layer, taken
+        at the middle of each epoch and held through it. Under a matched budget the result reports
+        the achieved ratio."""
+        spe, total = self.steps_per_epoch, self.total_steps
         start, end = self.config.plan_ramp
-        if fraction <= start:
-            progress = 0.0
-        elif fraction >= end or end == start:
-            progress = 1.0
-        else:
-            progress = (fraction - start) / (end - start)
-        return [1.0 - self.target_sparsity * progress] * len(self.layers)
+
+        def sparsity(epoch: int) -> float:
+            fraction = min(1.0, (epoch + 0.5) * spe / max(1, total))
+            if fraction <= start:
+                return 0.0
+            if fraction >= end or end == start:
+                return self.target_sparsity
+            return self.target_sparsity * ((fraction - start) / (end - start))
+
+        points = [MaskChange(epoch * spe, sparsity(epoch)) for epoch in range(max(1, -(-total // spe)))]
+        return Schedule(total, spe, initial=points[0], changes=tuple(points[1:]), estimated=True)
 
     # ------------------------------------------------------------------ the result
     def finalize(self) -> None:

@@ -325,12 +325,12 @@ def _enter_epoch(method, epoch: int) -> int:
 
 
 def _gmp_between_updates(method) -> int:
-    updates = method.update_steps()
+    updates = method.schedule.change_steps()
     update = updates[len(updates) // 2]
     method.on_epoch_start(update // method.steps_per_epoch)
     method.on_step_start(update)  # the mask update; the benchmark times the steps after it
     step = update + 1
-    assert not method.is_update_step(step)
+    assert method.schedule.change_at(step) is None
     return step
 
 
@@ -340,7 +340,7 @@ def _rigl_step(update: bool):
         step = interval * max(1, (method.end_step // interval) // 2)
         if not update:
             step += 1
-        assert method.is_update_step(step) == update
+        assert method.schedule.is_update(step) == update
         return step
 
     return position

@@ -150,11 +150,12 @@ def measure(suite_name: str, method_name: str, args, device: torch.device) -> di
         scenario, extra["epoch"] = "compressed phase", epoch
         first = epoch * spe
     elif method_name == "gmp":
-        update = method.update_steps()[len(method.update_steps()) // 2]
+        updates = method.schedule.change_steps()
+        update = updates[len(updates) // 2]
         cell.start_epoch(update // spe)
         cell.run([update])  # the mask update
         scenario, extra["after_update_step"] = "between updates", update
-        extra["sparsity_in_force"] = method.sparsity_at(update)
+        extra["sparsity_in_force"] = method.schedule.in_force(update).sparsity
         first = update + 1
     elif method_name == "rigl":
         interval = int(method.config.update_interval)

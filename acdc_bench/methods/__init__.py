@@ -12,6 +12,7 @@ from acdc_bench.methods.base import (
     SparsityMethod,
     zero_momentum,
 )
+from acdc_bench.methods.schedule import MaskChange, Schedule
 from acdc_bench.methods.registry import (
     find_method,
     get_method,
@@ -22,6 +23,7 @@ from acdc_bench.methods.registry import (
 )
 
 __all__ = [
-    "MaskedConfig", "MaskedMethod", "MethodConfig", "NoConfig", "SparsityMethod", "zero_momentum",
+    "MaskChange", "MaskedConfig", "MaskedMethod", "MethodConfig", "NoConfig", "Schedule", "SparsityMethod",
+    "zero_momentum",
     "find_method", "get_method", "load_plugins", "make_config", "method_names", "register_method",
 ]

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from acdc_bench.methods.base import MaskedConfig, MaskedMethod, zero_momentum
 from acdc_bench.methods.registry import register_method
+from acdc_bench.methods.schedule import MaskChange, Schedule
 from acdc_bench.core.sparsity import mask_overlap
 
 #: Official schedules: (epochs, warm-up, phase length, final dense, final sparse).
@@ -192,23 +193,29 @@ class ACDC(MaskedMethod):
         if config.finetune_dense:  # the pair's dense model trained on where the final compressed phase was
             last_dense = max((e for e, p in enumerate(self.phases) if p == "dense"), default=-1)
             self.phases = self.phases[:last_dense + 1] + ["dense"] * (len(self.phases) - last_dense - 1)
+        # A phase boundary is a change at the first step of its epoch: compressed to the target
+        # (one-shot magnitude pruning), decompressed to no mask; the run starts dense.
+        spe = self.steps_per_epoch
+        boundaries = [epoch for epoch, phase in enumerate(self.phases)
+                      if phase != (self.phases[epoch - 1] if epoch else "dense")]
+        self.schedule = Schedule(self.total_steps, spe, changes=tuple(
+            MaskChange(epoch * spe, self.target_sparsity if self.phases[epoch] == "sparse" else 0.0, self.phases[epoch])
+            for epoch in boundaries))
         self.previous_sparse_masks = None
         self.last_overlap: float | None = None
 
-    def phase(self, epoch: int) -> str:
-        return self.phases[epoch]
-
     def on_epoch_start(self, epoch: int) -> None:
-        previous = self.phases[epoch - 1] if epoch > 0 else "dense"
-        current = self.phases[epoch]
+        change = self.schedule.change_at(epoch * self.steps_per_epoch)
         self.last_overlap = None
-        if current == "sparse" and previous == "dense":
-            self.prune_by_magnitude(self.target_sparsity)
+        if change is None:
+            return
+        if change.phase == "sparse":
+            self.prune_by_magnitude(change.sparsity)
             kept = [m.clone() for m in self.masks.masks]
             if self.previous_sparse_masks is not None:
                 self.last_overlap = mask_overlap(self.previous_sparse_masks, kept)
             self.previous_sparse_masks = kept
-        elif current == "dense" and previous == "sparse":
+        else:
             self.masks.fill_ones()
             self.masking = False
             if self.optimizer is not None:
@@ -216,13 +223,6 @@ class ACDC(MaskedMethod):
 
     def on_epoch_end(self, epoch: int) -> dict:
         return {"mask_overlap": self.last_overlap}
-
-    def planned_densities(self, epoch: int) -> list[float]:
-        if self.phases[epoch] == "dense":
-            return [1.0] * len(self.layers)
-        if not hasattr(self, "_planned_sparse"):
-            self._planned_sparse = self.distribution_densities(self.target_sparsity)
-        return self._planned_sparse
 
     def promised_sparsity(self) -> float:
         """A ``finetune_dense`` run ends dense; any other ends at its target (as the distribution lays it out)."""

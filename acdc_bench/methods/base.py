@@ -15,11 +15,14 @@ it runs in the project's loop and in any user's loop through :func:`acdc_bench.s
     on_epoch_end(epoch) -> dict      after an epoch's last step: extra metrics (mask overlap)
     finalize()                       at the end: plain dense tensors holding exact zeros
 
-plus, for planning without training, ``phase(epoch)``, ``planned_densities(epoch)``
-(required for ``budget: matched``: there is no silent dense default) and
-``planned_training_flops_per_example(epoch)``; ``dense_pair_epoch()`` for the sparse-dense
-pair; ``state_dict``/``load_state_dict`` so that a run resumes exactly; and, for methods whose
-cost emerges from training (STR), ``calibration_option`` with three classmethods.
+plus its ``schedule`` (:class:`~acdc_bench.methods.schedule.Schedule`: when the masks change and
+to which sparsity), built once in ``__init__``: its hooks read it, and the planner derives
+``phase(epoch)``, ``planned_densities(epoch)`` and ``planned_training_flops_per_example(epoch)``
+from it without training (a method with no schedule has no plan: ``budget: matched`` refuses it
+rather than plan it as dense); ``densities_at(sparsity)``, how a sparsity is laid out over the
+layers; ``dense_pair_epoch()`` for the sparse-dense pair; ``state_dict``/``load_state_dict`` so
+that a run resumes exactly; and, for methods whose cost emerges from training (STR),
+``calibration_option`` with three classmethods.
 A user's package registers its own methods the same way (imported through a suite's
 ``plugins`` list, ``--plugin``, or the ``acdc_bench.methods`` entry-point group).
 """
@@ -43,6 +46,7 @@ from acdc_bench.core.sparsity import (
     layer_densities,
     magnitude_mask,
 )
+from acdc_bench.methods.schedule import Schedule
 
 class MethodConfig:
     """Base of every method's options: subclass it as a dataclass (``Config`` on the method class).
@@ -57,6 +61,10 @@ class MethodConfig:
     exclude: Sequence[str] = ()
     #: ``"N:M"`` semi-structured masks (:class:`MaskedConfig`); None: unstructured.
     pattern: str | None = None
+    #: How the sparsity is laid out over the layers (``global``, ``uniform``, ``erk``), as a run
+    #: records it in ``result.json`` and the published tables are matched on; '' for a method that
+    #: has no layout to choose (STR learns its own).
+    distribution: str = ""
     #: A length variant of the recipe (RigL 2x, 5x): the run trains this many times the recipe's
     #: epochs and records the variant ``"<x>x"``. None: the recipe's length, no variant.
     epochs_multiplier: float | None = None
@@ -123,6 +131,9 @@ class SparsityMethod:
         self.optimizer: torch.optim.Optimizer | None = None
         self.layers: list[PrunableLayer] = []
         self.flops: LayerFlops | None = None
+        #: When the masks change and to which sparsity (a subclass builds it in ``__init__``); None:
+        #: the method has no schedule to plan from (``planned_densities`` then raises).
+        self.schedule: Schedule | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self, model: nn.Module, layers: Sequence[PrunableLayer], flops: LayerFlops | None) -> None:
@@ -154,22 +165,58 @@ class SparsityMethod:
         """Training FLOPs per example of the step just taken: 3 x forward FLOPs in force."""
         return 3 * self.flops.dense_forward
 
-    # ------------------------------------------------------------------ planning and results
+    # ------------------------------------------------------------------ planning (from the schedule)
     def phase(self, epoch: int) -> str:
-        return "dense"
+        """``dense`` or ``sparse``: the schedule's phase at the end of ``epoch`` (no schedule: dense)."""
+        return self.schedule.phase(epoch) if self.schedule is not None else "dense"
+
+    def densities_at(self, sparsity: float) -> list[float]:
+        """Per-layer densities of masks at ``sparsity`` as the method lays them out (planning); the
+        base: every layer at ``1 - sparsity``."""
+        return [1.0 - sparsity] * len(self.layers)
+
+    def _planning_schedule(self) -> Schedule:
+        if self.schedule is None:
+            raise NotImplementedError(
+                f"method '{self.name}' has no schedule to plan from: build self.schedule "
+                f"(acdc_bench.methods.schedule.Schedule) in __init__, or implement planned_densities(epoch) "
+                f"(and, if its cost is not 3 x the forward FLOPs of those densities, "
+                f"planned_training_flops_per_example), or run it with --budget paper")
+        return self.schedule
 
     def planned_densities(self, epoch: int) -> list[float]:
-        """Per-layer densities expected to be in force during ``epoch`` (used by ``plan`` and
-        ``budget: matched``). No default: a method without a planning model would otherwise be
-        planned as dense and matched to a wrong run length."""
-        raise NotImplementedError(
-            f"method '{self.name}' has no planning model: implement planned_densities(epoch) "
-            f"(and, if its cost is not 3 x the forward FLOPs of those densities, "
-            f"planned_training_flops_per_example), or run it with --budget paper")
+        """Per-layer densities in force at the middle step of ``epoch`` (used by ``plan`` and
+        ``budget: matched``). A method without a schedule has none: it would otherwise be planned as
+        dense and matched to a wrong run length."""
+        return self.densities_at(self._planning_schedule().middle(epoch).sparsity)
 
     def planned_training_flops_per_example(self, epoch: int) -> float:
-        """Estimated training FLOPs per example in ``epoch``; default 3 x planned forward FLOPs."""
-        return 3 * self.flops.sparse_forward_from_densities(self.planned_densities(epoch))
+        """Estimated training FLOPs per example in ``epoch``, the mean over its steps: 3 x the forward
+        FLOPs of the masks in force, ``2 f_S + f_D`` on a step that reads the dense gradient.
+        A method without a schedule that overrides ``planned_densities``: 3 x their forward FLOPs."""
+        if self.schedule is None:
+            return 3 * self.flops.sparse_forward_from_densities(self.planned_densities(epoch))
+        schedule = self.schedule
+        steps = schedule.epoch_steps(epoch)
+        if not steps:
+            return 3 * self._forward_flops_at(schedule.in_force(steps.start).sparsity)
+        segments = schedule.segments(steps.start, steps.stop)
+        if not any(segment.dense_gradient_steps for segment in segments):
+            if len(segments) == 1:
+                return 3 * self._forward_flops_at(segments[0].sparsity)
+            total = 0.0
+            for segment in segments:
+                total += (segment.end - segment.begin) * self._forward_flops_at(segment.sparsity)
+            return 3 * total / len(steps)
+        dense = self.flops.dense_forward
+        total = 0.0
+        for segment in segments:
+            f_s, updates = self._forward_flops_at(segment.sparsity), segment.dense_gradient_steps
+            total += (segment.end - segment.begin - updates) * 3 * f_s + updates * (2 * f_s + dense)
+        return total / len(steps)
+
+    def _forward_flops_at(self, sparsity: float) -> float:
+        return self.flops.sparse_forward_from_densities(self.densities_at(sparsity))
 
     def dense_pair_epoch(self) -> int | None:
         """Epoch at whose end the dense model of a sparse-dense pair is saved (None: no pair)."""
@@ -275,6 +322,7 @@ class MaskedMethod(SparsityMethod):
         check_names_exist(self.layers, self.config.keep_dense, "keep_dense")
         self.masks = MaskSet(self.layers)
         self.masking = False
+        self._densities_by_sparsity: dict[float, list[float]] = {}
 
     def prune_by_magnitude(self, sparsity: float) -> None:
         """Masks from the current magnitudes with the configured distribution (or N:M ``pattern``); weights re-masked."""
@@ -328,9 +376,10 @@ class MaskedMethod(SparsityMethod):
         return self.masks.sparsity() if self.masking else 0.0
 
     def needs_dense_gradient(self, step: int) -> bool:
-        """Whether ``step``'s backward pass must give the dense weight gradient (RigL's growth
-        reads it on update steps); otherwise layers may run sparse kernels (:mod:`acdc_bench.core.kernels`)."""
-        return False
+        """Whether ``step``'s backward pass must give the dense weight gradient (the schedule says:
+        RigL's growth reads it on update steps); otherwise layers may run sparse kernels
+        (:mod:`acdc_bench.core.kernels`)."""
+        return self.schedule is not None and self.schedule.needs_dense_gradient(step)
 
     def before_optimizer_step(self, step: int) -> bool:
         if self.masking:
@@ -345,7 +394,18 @@ class MaskedMethod(SparsityMethod):
         return 3 * self.flops.sparse_forward(self.masks.nonzeros)
 
     def phase(self, epoch: int) -> str:
-        return "sparse"
+        """The schedule's phase at the end of ``epoch`` (no schedule: sparse)."""
+        return self.schedule.phase(epoch) if self.schedule is not None else "sparse"
+
+    def densities_at(self, sparsity: float) -> list[float]:
+        """Per-layer densities of masks at ``sparsity`` laid out by the distribution (or N:M pattern),
+        kept per sparsity (``global`` reads the magnitudes at the first call); dense at 0."""
+        if sparsity <= 0.0:
+            return [1.0] * len(self.layers)
+        key = round(sparsity, 12)
+        if key not in self._densities_by_sparsity:
+            self._densities_by_sparsity[key] = self.distribution_densities(sparsity)
+        return self._densities_by_sparsity[key]
 
     def state_dict(self) -> dict:
         return {"masks": self.masks.state_dict(), "masking": self.masking}

@@ -131,9 +131,6 @@ class Result:
     numerics: dict = _optional()
     command: str | None = _optional()
 
-    def as_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 _RESULT_FIELDS = dataclasses.fields(Result)
 #: Keys every ``result.json`` of schema version 1 carries.

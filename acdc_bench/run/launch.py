@@ -16,10 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from acdc_bench.runconfig import RunConfig
+from acdc_bench.runconfig import RunConfig
 
 
 @dataclass(frozen=True)

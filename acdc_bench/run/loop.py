@@ -469,7 +469,7 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
     pair = run.state.get("dense_pair")
     final = run.sparsifier.final
     top1_best, best = folder.best_epoch(run.state["rows"], final["reached"], final["tolerance"])
-    return folder.Result(
+    return dataclasses.asdict(folder.Result(
         schema_version=folder.RESULT_SCHEMA_VERSION,
         run_id=config.run_id,
         suite=config.suite,
@@ -508,4 +508,4 @@ def _result(run: Run, top1: float, wall_time: float) -> dict:
         versions=distributed.versions(),
         numerics=environment(run),
         command=" ".join(sys.argv),
-    ).as_json()
+    ))

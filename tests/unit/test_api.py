@@ -141,7 +141,7 @@ def test_unknown_method_or_option_is_a_clear_error():
         acdc_bench.sparsify(user_model(), "gmp", sparsity=0.9, steps_per_epoch=1)
 
 
-def test_a_method_without_a_planning_model_is_an_error_under_a_matched_budget():
+def test_a_method_without_a_schedule_is_an_error_under_a_matched_budget_not_planned_dense():
     from acdc_bench.budget.plan import Planner
     from acdc_bench.config import load_suite, run_config
     from acdc_bench.methods import MaskedMethod, register_method
@@ -151,7 +151,7 @@ def test_a_method_without_a_planning_model_is_an_error_under_a_matched_budget():
         pass
 
     config = run_config(load_suite("fashion-mnist"), "static-no-plan", 0.9)
-    with pytest.raises(NotImplementedError, match="no planning model.*--budget paper"):
+    with pytest.raises(NotImplementedError, match="has no schedule to plan from.*--budget paper"):
         Planner(config).estimated_training_flops()
 
 

@@ -42,6 +42,16 @@ def test_unknown_key_names_file_key_and_allowed(tmp_path):
     ({"methods": {"acdc": {"warmup": 2}}}, ["methods.acdc", "'warmup'", "warmup_epochs"]),
     ({"reproduce": {"methods": ["acdc"], "sparsities": [1.0]}}, ["sparsity 1.0", "[0, 1)"]),
     ({"optimizer": {"name": "sgd", "lr": 0.1, "momentun": 0.9}}, ["momentun", "momentum"]),
+    ({"optimizer": {"name": "adam", "lr": 0.1}}, ["optimizer.name must be 'sgd'"]),
+    ({"optimizer": {"lr": -1}}, ["optimizer.lr must be a positive number"]),
+    ({"optimizer": {"lr": 0.1, "no_decay": ["bn", "embeddings"]}}, ["optimizer.no_decay must be a list of bias, bn"]),
+    ({"lr_schedule": {"name": "linear"}}, ["lr_schedule.name 'linear' is unknown", "cosine"]),
+    ({"lr_schedule": {"name": "cosine", "per_step": "yes"}}, ["lr_schedule.per_step must be true or false"]),
+    ({"amp": "fp8"}, ["amp 'fp8' is unknown", "bf16"]),
+    ({"label_smoothing": 1.0}, ["label_smoothing must be a number in [0, 1), got 1.0"]),
+    ({"init": "xavier"}, ["init 'xavier' is unknown", "tf-resnet"]),
+    ({"batch_size": 0}, ["batch_size must be a positive integer, got 0"]),
+    ({"methods": {"rigl": {"recipe": {"epochs": 2.5}}}}, ["methods.rigl.recipe", "epochs must be a positive integer"]),
 ])
 def test_bad_values_are_clear_errors(tmp_path, changes, words):
     with pytest.raises(ConfigError) as error:
@@ -106,6 +116,29 @@ def test_a_run_config_is_frozen_and_reads_back_from_its_config_yaml_with_the_sam
     edited = dict(written, seed=1)  # an edited config.yaml no longer describes its id
     with pytest.raises(ValueError, match="is not the id of what it describes"):
         RunConfig.from_dict(edited)
+
+
+def test_the_fields_declare_their_checks_and_a_run_config_holds_to_them():
+    """The checks a suite's recipe keys get are declared on the RunConfig fields that hold them, so
+    a RunConfig built any other way (``dataclasses.replace``, a ``config.yaml`` edited by hand)
+    is held to the same checks with the same messages."""
+    import dataclasses
+    import re
+
+    from acdc_bench.runconfig import Length, LrSchedule, Optimizer, check_fields
+
+    config = run_config(load_suite("fashion-mnist"), "gmp", 0.9)
+    for change, words in [({"amp": "fp8"}, "amp 'fp8' is unknown"), ({"batch_size": -2}, "batch_size must be"),
+                          ({"label_smoothing": -0.1}, "label_smoothing must be a number in [0, 1)")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            dataclasses.replace(config, **change)
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        dataclasses.replace(config.length, epochs=0)
+    with pytest.raises(ValueError, match="optimizer.lr must be a positive number"):
+        Optimizer.from_mapping({"lr": "fast"})  # the message, not float()'s
+    with pytest.raises(ValueError, match="lr_schedule: unknown key"):
+        LrSchedule.from_mapping({"name": "cosine", "warmup": 5})
+    check_fields(Length, {"epochs": 3})  # a good value passes
 
 
 def test_the_run_id_hashes_only_what_differs_from_the_defaults():

@@ -51,7 +51,7 @@ def test_gmp_masks_follow_schedule_and_change_only_every_frequency_steps():
     assert (method.start_step, method.end_step) == (20, 60)
     optimizer = make_optimizer(method, model)
     expected_updates = [20, 27, 34, 41, 48, 55, 60]
-    assert method.update_steps() == expected_updates
+    assert method.schedule.change_steps() == expected_updates
     calls = []
     original = method.prune_by_magnitude
     method.prune_by_magnitude = lambda s: (calls.append(s), original(s))[1]
@@ -61,7 +61,7 @@ def test_gmp_masks_follow_schedule_and_change_only_every_frequency_steps():
         changed = any(not torch.equal(a, b) for a, b in zip(before, method.masks.masks))
         if changed:
             assert step in expected_updates
-        in_force = method.sparsity_in_force(step)
+        in_force = method.schedule.in_force(step).sparsity
         expected = [n - round((1 - in_force) * n) for n in (600, 300)]
         assert [layer.numel - k for layer, k in zip(method.layers, method.masks.nonzeros)] == expected
         # Pruned weights are zero after every step (masked gradients and re-applied masks).
@@ -85,10 +85,10 @@ def test_gmp_global_distribution_and_planning_match_the_meter():
     expected = [float(m.float().mean()) for m in global_magnitude_masks([l.weight for l in method.layers], 0.9)]
     assert densities == pytest.approx(expected)
     again = attach("gmp", {"distribution": "global"}, model, total_steps=100)  # a re-plan (cached magnitudes)
-    assert again._densities(0.9) == pytest.approx(expected)
+    assert again.densities_at(0.9) == pytest.approx(expected)
     with torch.no_grad():
         model[0].weight.mul_(10.0)  # in place: the cache must not be reused
-    assert again._densities(0.5) == pytest.approx(
+    assert again.densities_at(0.5) == pytest.approx(
         [float(m.float().mean()) for m in global_magnitude_masks([l.weight for l in method.layers], 0.5)])
 
     model = tiny_mlp()

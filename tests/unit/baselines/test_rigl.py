@@ -36,15 +36,15 @@ def test_rigl_update_steps():
                   steps_per_epoch=10, total_steps=100)
     assert method.end_step == 75
     # the official code's first update is at step 0 (last_mask_update_step starts at -dT)
-    assert [s for s in range(100) if method.is_update_step(s)] == [0, 10, 20, 30, 40, 50, 60, 70]
-    assert method.update_steps_between(0, 100) == 8 and method.update_steps_between(0, 1) == 1
-    assert method.update_steps_between(1, 100) == 7
-    assert method.update_steps_between(10, 20) == 1 and method.update_steps_between(11, 20) == 0
-    assert method.update_steps_between(70, 80) == 1 and method.update_steps_between(71, 100) == 0
+    assert [s for s in range(100) if method.schedule.is_update(s)] == [0, 10, 20, 30, 40, 50, 60, 70]
+    assert method.schedule.updates_between(0, 100) == 8 and method.schedule.updates_between(0, 1) == 1
+    assert method.schedule.updates_between(1, 100) == 7
+    assert method.schedule.updates_between(10, 20) == 1 and method.schedule.updates_between(11, 20) == 0
+    assert method.schedule.updates_between(70, 80) == 1 and method.schedule.updates_between(71, 100) == 0
     later = RigL(make_config(RigL, {"update_interval": 10, "update_at_step_zero": False}), target_sparsity=0.9,
                  epochs=10, steps_per_epoch=10, total_steps=100)
-    assert [s for s in range(100) if later.is_update_step(s)] == [10, 20, 30, 40, 50, 60, 70]
-    assert later.update_steps_between(0, 100) == 7 and later.update_steps_between(0, 10) == 0
+    assert [s for s in range(100) if later.schedule.is_update(s)] == [10, 20, 30, 40, 50, 60, 70]
+    assert later.schedule.updates_between(0, 100) == 7 and later.schedule.updates_between(0, 10) == 0
 
 
 def test_rigl_initial_masks_are_random_exact_and_seeded():
@@ -142,7 +142,7 @@ def test_rigl_updates_match_reference_keep_sparsity_and_skip_steps():
     for step in range(60):
         before_weights = [l.weight.detach().clone() for l in method.layers]
         before_masks = [m.clone() for m in method.masks.masks]
-        is_update = method.is_update_step(step)
+        is_update = method.schedule.is_update(step)
         if is_update:
             # Reproduce the update from this step's raw gradient with the reference implementation.
             generator = torch.Generator().manual_seed(1000 + step)

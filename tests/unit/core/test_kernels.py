@@ -169,7 +169,7 @@ def test_rigl_update_steps_get_the_dense_gradient():
             seen.append((step, sparsifier.kernels.active[0], int((model[0].weight.grad != 0).sum())))
             optimizer.step()
     for step, active, nonzero_grads in seen:
-        update = sparsifier.method.is_update_step(step)
+        update = sparsifier.method.schedule.is_update(step)
         assert active is (not update)
         if update:  # RigL grows where the dense gradient is largest: it must be dense
             assert nonzero_grads > 0.05 * 784 * 300 * 2

@@ -198,7 +198,7 @@ def test_gmp_frequency_fraction_spaces_the_updates_as_a_fraction_of_the_run():
 
     method = attach("gmp", {"start_fraction": 0.25, "end_fraction": 0.75, "frequency_fraction": 0.05},
                     tiny_mlp(), sparsity=0.9, total_steps=400)
-    assert method.frequency == 20 and method.update_steps()[:3] == [100, 120, 140]
+    assert method.frequency == 20 and method.schedule.change_steps()[:3] == [100, 120, 140]
     with pytest.raises(ValueError, match="frequency_fraction"):
         make_config(get_method("gmp"), {"frequency_fraction": 0.0})
 

@@ -102,7 +102,7 @@ def test_one_schema_says_what_a_result_holds_and_the_validator_reads_it_from_the
              "str": "x", "str | None": None}
     written = {f.name: kinds[f.type] for f in dataclasses.fields(Result)}
     written.update(schema_version=1, budget={"mode": "paper", "reference_training_flops": None, "achieved_ratio": None})
-    assert list(Result(**written).as_json()) == [f.name for f in dataclasses.fields(Result)]
+    assert list(dataclasses.asdict(Result(**written))) == [f.name for f in dataclasses.fields(Result)]
     with pytest.raises(TypeError):  # a writer that forgets a field, or adds one, fails where it writes
         Result(**{k: v for k, v in written.items() if k != "top1"})
     assert validate_result(written) == []
