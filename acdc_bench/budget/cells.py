@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 
 from acdc_bench.config import RECIPE_KEYS, ConfigError, check_sparsity, method_recipe, validate_method_recipe
 from acdc_bench.runconfig import RunConfig, default_variant
@@ -164,9 +165,28 @@ def suite_cells(suite: dict) -> list[dict]:
     return cells
 
 
-def spec_suite(suite: dict, spec) -> dict:
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned run. A run of a paper-suite cell (``reproduce.variants``,
+    :mod:`acdc_bench.budget.cells`) also carries the cell's name, its variant tag (None: the
+    run's own) and its method options and recipe keys over the suite's."""
+
+    method: str
+    sparsity: float
+    seed: int
+    budget: str  # "paper" or "matched"
+    cell: str = ""
+    variant: str | None = None
+    options: dict | None = None
+    recipe: dict | None = None
+
+    def __hash__(self) -> int:  # options and recipe are dicts: the cell's name stands for them
+        return hash((self.method, self.sparsity, self.seed, self.budget, self.cell, self.variant))
+
+
+def spec_suite(suite: dict, spec: RunSpec) -> dict:
     """The suite as one run of a cell sees it: the cell's options and recipe keys over the method's."""
-    options, recipe = getattr(spec, "options", None) or {}, getattr(spec, "recipe", None) or {}
+    options, recipe = spec.options or {}, spec.recipe or {}
     if not options and not recipe:
         return suite
     view = dict(suite)
@@ -180,8 +200,8 @@ def spec_suite(suite: dict, spec) -> dict:
     return view
 
 
-def spec_config(suite: dict, spec, store=None) -> RunConfig:
-    """The run config of one :class:`~acdc_bench.run.launch.RunSpec` under its budget (``store``:
+def spec_config(suite: dict, spec: RunSpec, store=None) -> RunConfig:
+    """The run config of one :class:`RunSpec` under its budget (``store``:
     the runs already there, a :class:`acdc_bench.run.store.RunStore` or None).
 
     A spec without a cell (a plain ``reproduce.methods`` run) gets exactly what
@@ -191,4 +211,4 @@ def spec_config(suite: dict, spec, store=None) -> RunConfig:
     from acdc_bench.budget.matching import resolve_budget
 
     return resolve_budget(spec_suite(suite, spec), spec.method, spec.sparsity, spec.seed, spec.budget, None, store,
-                          variant=getattr(spec, "variant", None))
+                          variant=spec.variant)

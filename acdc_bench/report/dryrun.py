@@ -58,10 +58,10 @@ def dry_run(suite: dict, waves, store=None, reference=None) -> dict:
                 reported = match.get("reported_sparsity")
                 if reported is not None and not (isinstance(reported, float) and math.isnan(reported)):
                     published["reported_sparsity"] = float(reported)
-            cell = cells.get(getattr(spec, "cell", "") or "")
+            cell = cells.get(spec.cell)
             rows.append({
                 "wave": number,
-                "cell": getattr(spec, "cell", "") or spec.method,
+                "cell": spec.cell or spec.method,
                 "method": config.method,
                 "variant": config.variant,
                 "distribution": distribution,

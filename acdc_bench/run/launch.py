@@ -14,29 +14,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from acdc_bench.budget.cells import RunSpec
 from acdc_bench.runconfig import RunConfig
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One planned run. A run of a paper-suite cell (``reproduce.variants``,
-    :mod:`acdc_bench.budget.cells`) also carries the cell's name, its variant tag (None: the
-    run's own) and its method options and recipe keys over the suite's."""
-
-    method: str
-    sparsity: float
-    seed: int
-    budget: str  # "paper" or "matched"
-    cell: str = ""
-    variant: str | None = None
-    options: dict | None = None
-    recipe: dict | None = None
-
-    def __hash__(self) -> int:  # options and recipe are dicts: the cell's name stands for them
-        return hash((self.method, self.sparsity, self.seed, self.budget, self.cell, self.variant))
 
 
 def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=None, cells=None) -> list[list[RunSpec]]:
@@ -177,7 +158,6 @@ def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: st
     from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.loop import train
     from acdc_bench.run.store import store_at
-    from acdc_bench.runconfig import RunConfig
 
     store, first = store_at(out), RunConfig.from_dict(config)
     result, trained = None, 0
