@@ -224,11 +224,12 @@ def apply_recipe(config: dict, recipe: dict | None, sparsity: float) -> dict:
     for key in RECIPE_KEYS:
         if key in recipe:
             config[key] = copy.deepcopy(recipe[key])
-    for key, entry in (recipe.get("targets") or {}).items():
-        if abs(float(key) - sparsity) <= 1e-9:
-            for name in RECIPE_KEYS:
-                if name in entry:
-                    config[name] = copy.deepcopy(entry[name])
+    from acdc_bench.methods import target_entry
+
+    entry = target_entry(recipe.get("targets"), sparsity) or {}
+    for name in RECIPE_KEYS:
+        if name in entry:
+            config[name] = copy.deepcopy(entry[name])
     return config
 
 

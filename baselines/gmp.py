@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import torch
 
-from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
+from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method, target_entry
 from acdc_bench.methods.schedule import MaskChange, Schedule
 
 #: Gale et al.'s ImageNet ResNet50 runs: ~128k steps (batch 1024, ~102 epochs), mask update every 2000.
@@ -103,12 +103,7 @@ class GmpConfig(MaskedConfig):
             raise ValueError("GMP layer_sparsity applies to distribution 'uniform' without a pattern")
 
     def _entry(self, target_sparsity: float | None) -> dict:
-        if target_sparsity is None:
-            return {}
-        for key, entry in (self.targets or {}).items():
-            if abs(float(key) - target_sparsity) <= 1e-9:
-                return entry
-        return {}
+        return {} if target_sparsity is None else target_entry(self.targets, target_sparsity) or {}
 
     def frequency_fraction_for(self, target_sparsity: float | None) -> float | None:
         """``frequency_fraction`` for ``target_sparsity``: its ``targets`` entry's, else the top level's."""

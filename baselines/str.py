@@ -41,7 +41,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from acdc_bench.methods import MethodConfig, SparsityMethod, make_config, register_method
+from acdc_bench.methods import (
+    MethodConfig,
+    SparsityMethod,
+    make_config,
+    register_method,
+    same_target,
+    target_entry,
+)
 from acdc_bench.methods.schedule import MaskChange, Schedule
 
 #: Official ImageNet ResNet50 config (``configs/largescale/resnet50-str.yaml``, 90.23% sparse).
@@ -150,10 +157,7 @@ class StrConfig(MethodConfig):
             raise ValueError(f"STR plan_ramp must be [start, end] fractions with 0 <= start <= end <= 1, got {self.plan_ramp}")
 
     def _entry(self, target_sparsity: float) -> dict | None:
-        for key, value in (self.targets or {}).items():
-            if abs(float(key) - target_sparsity) <= 1e-9:
-                return value
-        return None
+        return target_entry(self.targets, target_sparsity)
 
     def resolve(self, target_sparsity: float) -> tuple[float, float]:
         """(s_init, lam) for ``target_sparsity``: its ``targets`` entry (key within 1e-9); with no
@@ -220,7 +224,7 @@ class STR(SparsityMethod):
         config = make_config(cls, options)
         s_init, _ = config.resolve(target_sparsity)
         targets = {key: entry for key, entry in (options.get("targets") or {}).items()
-                   if abs(float(key) - target_sparsity) > 1e-9}
+                   if not same_target(key, target_sparsity)}
         targets[float(target_sparsity)] = {"s_init": s_init, "lam": float(value)}
         return {**options, "targets": targets}
 

@@ -145,11 +145,13 @@ def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suit
     when = start.get("when") or {}
     if any(suite.get(key) != value for key, value in when.items()):
         return None
-    for key, entry in (start.get(method) or {}).items():
-        if abs(float(key) - sparsity) <= 1e-9:
-            entry = {int(k): v for k, v in (entry.get("seeds") or {}).items()}.get(int(seed), entry)
-            return int(entry["steps"]), float(entry["value"])
-    return None
+    from acdc_bench.methods import target_entry
+
+    entry = target_entry(start.get(method), sparsity)
+    if entry is None:
+        return None
+    entry = {int(k): v for k, v in (entry.get("seeds") or {}).items()}.get(int(seed), entry)
+    return int(entry["steps"]), float(entry["value"])
 
 
 def _calibrated(suite: dict, base: RunConfig, budget: dict, planner, steps: int, store,

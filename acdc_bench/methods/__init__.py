@@ -10,6 +10,8 @@ from acdc_bench.methods.base import (
     MethodConfig,
     NoConfig,
     SparsityMethod,
+    same_target,
+    target_entry,
     zero_momentum,
 )
 from acdc_bench.methods.schedule import MaskChange, Schedule
@@ -24,6 +26,6 @@ from acdc_bench.methods.registry import (
 
 __all__ = [
     "MaskChange", "MaskedConfig", "MaskedMethod", "MethodConfig", "NoConfig", "Schedule", "SparsityMethod",
-    "zero_momentum",
+    "same_target", "target_entry", "zero_momentum",
     "find_method", "get_method", "load_plugins", "make_config", "method_names", "register_method",
 ]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +47,17 @@ from acdc_bench.core.sparsity import (
     magnitude_mask,
 )
 from acdc_bench.methods.schedule import Schedule
+
+def same_target(key: Any, sparsity: float) -> bool:
+    """Whether the key of a per-target table (``targets: {0.9: ...}``) names ``sparsity`` (within 1e-9)."""
+    return abs(float(key) - sparsity) <= 1e-9
+
+
+def target_entry(targets: Mapping | None, sparsity: float) -> Any:
+    """The entry of a per-target table (a method's ``targets:``, a recipe's, a calibration start
+    point's) for ``sparsity``, or None where it has none."""
+    return next((entry for key, entry in (targets or {}).items() if same_target(key, sparsity)), None)
+
 
 class MethodConfig:
     """Base of every method's options: subclass it as a dataclass (``Config`` on the method class).
