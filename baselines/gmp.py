@@ -39,8 +39,7 @@ from typing import ClassVar
 
 import torch
 
-from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method, target_entry
-from acdc_bench.methods.schedule import MaskChange, Schedule
+from acdc_bench.methods import MaskChange, MaskedConfig, MaskedMethod, Schedule, register_method, target_entry
 
 #: Gale et al.'s ImageNet ResNet50 runs: ~128k steps (batch 1024, ~102 epochs), mask update every 2000.
 GALE_TOTAL_STEPS = 128_000

@@ -39,8 +39,7 @@ from typing import ClassVar
 
 import torch
 
-from acdc_bench.methods import MaskedConfig, MaskedMethod, register_method
-from acdc_bench.methods.schedule import MaskChange, Schedule
+from acdc_bench.methods import MaskChange, MaskedConfig, MaskedMethod, Schedule, register_method
 from acdc_bench.core.sparsity import layer_densities, mask_from_scores
 
 

@@ -42,14 +42,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from acdc_bench.methods import (
+    MaskChange,
     MethodConfig,
+    Schedule,
     SparsityMethod,
     make_config,
     register_method,
     same_target,
     target_entry,
 )
-from acdc_bench.methods.schedule import MaskChange, Schedule
 
 #: Official ImageNet ResNet50 config (``configs/largescale/resnet50-str.yaml``, 90.23% sparse).
 RESNET50_S_INIT = -3200.0
