@@ -278,12 +278,7 @@ class Budget:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> "Budget":
-        values = dict(values or {})
-        names = {item.name for item in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"budget: unknown key(s) {unknown}; allowed: {', '.join(sorted(names))}")
-        return cls(**values)
+        return cls(**_check_keys(values or {}, {item.name for item in dataclasses.fields(cls)}, "budget"))
 
 
 @dataclass(frozen=True)
