@@ -41,7 +41,7 @@ from torch import nn
 
 from acdc_bench.core.flops import LayerFlops, TrainingFlopMeter, measure_layer_flops
 from acdc_bench.core.kernels import SparseKernels
-from acdc_bench.core.sparsity import prunable_layers, weight_sparsity
+from acdc_bench.core.sparsity import prunable_layers, unwrap_compiled, weight_sparsity
 from acdc_bench.methods.base import MaskedMethod, SparsityMethod
 from acdc_bench.methods.registry import get_method, make_config
 
@@ -60,6 +60,8 @@ class Sparsifier:
     def __init__(self, model: nn.Module, method: SparsityMethod, batch_size: int | None,
                  input_shape: Sequence[int] | None = None, kernels: str = "auto"):
         self.model = model
+        #: The eager module (``model`` itself unless it was compiled): its layers, FLOPs and masks.
+        self._eager = unwrap_compiled(model)
         self.method = method
         self.layers = method.layers
         self.batch_size = batch_size
@@ -150,7 +152,7 @@ class Sparsifier:
         self._examples = int(examples)
 
     def _before_forward(self, module, args, kwargs) -> None:
-        if not module.training or self._finalized:
+        if not self._eager.training or self._finalized:
             return
         if self.method.flops is None:
             self._measure_flops(args, kwargs)
@@ -158,16 +160,22 @@ class Sparsifier:
 
     def measure_flops(self, *args, **kwargs) -> None:
         """Measure the model's FLOPs now from a training batch's model inputs (cut to their first
-        example), for a loop whose training forward does not call the model ``sparsify`` was given
-        (a LightningModule whose ``training_step`` calls a submodule). Usually automatic."""
+        example), for a loop whose training forward does not call the model ``sparsify`` was given.
+        Usually automatic."""
         self._measure_flops(args, kwargs)
+
+    def measure_flops_of(self, run) -> None:
+        """Measure the model's FLOPs now as those of ``run()``, a computation on one example that calls
+        the model's submodules itself (a LightningModule without ``forward``, whose ``training_step``
+        calls its layers): see :func:`acdc_bench.core.flops.measure_layer_flops`."""
+        self.method.flops = measure_layer_flops(self._eager, self.layers, run=run)
 
     def _measure_flops(self, args: tuple, kwargs: dict) -> None:
         """FLOPs from ``input_shape``, else from the first example of the first training batch: every
         tensor argument cut to its first row (a transformer's ``input_ids=`` and ``attention_mask=``
         too, so its FLOPs follow the real sequence length)."""
         if self._input_shape is not None:
-            self.method.flops = measure_layer_flops(self.model, self.layers, self._input_shape)
+            self.method.flops = measure_layer_flops(self._eager, self.layers, self._input_shape)
             return
 
         def first(value):
@@ -177,7 +185,7 @@ class Sparsifier:
             raise ValueError("sparsify: the model's inputs hold no tensor; pass input_shape= (one example's "
                              "shape, e.g. (3, 224, 224)) to measure its FLOPs")
         example = (tuple(first(a) for a in args), {k: first(v) for k, v in kwargs.items()})
-        self.method.flops = measure_layer_flops(self.model, self.layers, example=example)
+        self.method.flops = measure_layer_flops(self._eager, self.layers, example=example)
 
     def start_step(self) -> None:
         """Run the hooks due before this step's forward pass (idempotent within a step)."""
@@ -342,12 +350,13 @@ def sparsify(
             raise ValueError("sparsify: give epochs= or total_steps= (the run's length drives the method's schedule)")
         total_steps = int(epochs) * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    layers = prunable_layers(model, config.include or (), config.exclude or ())
+    eager = unwrap_compiled(model)  # a compiled model: the layers of the module inside it, by their own names
+    layers = prunable_layers(eager, config.include or (), config.exclude or ())
     if flops is None and input_shape is not None:
-        flops = measure_layer_flops(model, layers, input_shape)
+        flops = measure_layer_flops(eager, layers, input_shape)
     instance = method_cls(config, target_sparsity=float(sparsity), epochs=epochs,
                           steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    instance.setup(model, layers, flops)
+    instance.setup(eager, layers, flops)
     problem = instance.schedule_problem() if check_schedule else None
     if problem:
         raise ValueError(f"sparsify: {problem}")

@@ -31,7 +31,9 @@ def tiny_bert():
 
 
 # --------------------------------------------------------------------------- Lightning
-def _lightning_module():
+def _lightning_module(forward: bool = True):
+    """A small classifier; ``forward=False``: the same network in a module that defines no ``forward``
+    (its ``training_step`` calls the layers and logs its loss), as many LightningModules are written."""
     pl = pytest.importorskip("lightning.pytorch")
 
     class Classifier(pl.LightningModule):
@@ -50,7 +52,16 @@ def _lightning_module():
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
-    return Classifier()
+    class NoForward(Classifier):
+        forward = pl.LightningModule.forward
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+    return Classifier() if forward else NoForward()
 
 
 class EpochSampler(torch.utils.data.Sampler):

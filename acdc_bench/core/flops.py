@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import operator
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -61,21 +61,31 @@ class LayerFlops:
 
 def measure_layer_flops(
     model: nn.Module, layers: Sequence[PrunableLayer], input_shape: Sequence[int] | None = None, *,
-    example: tuple[tuple, dict] | None = None,
+    example: tuple[tuple, dict] | None = None, run: Callable[[], object] | None = None,
 ) -> LayerFlops:
     """Run one example through ``model`` under ``FlopCounterMode`` and read each layer's FLOPs: zeros of
     ``input_shape`` (one example's shape), or ``example``, the ``(args, kwargs)`` of a real call with a
-    batch of one (a transformer's token ids, so that its FLOPs follow the real sequence length)."""
+    batch of one (a transformer's token ids, so that its FLOPs follow the real sequence length), or
+    ``run()``, a computation on one example that calls ``model``'s submodules itself (a Lightning
+    ``training_step``), run as ``model``'s forward so that the layers carry their names in it."""
     device = next(model.parameters()).device
     if example is None:
-        example = ((torch.zeros(1, *input_shape, device=device),), {})
+        example = ((), {}) if run is not None else ((torch.zeros(1, *input_shape, device=device),), {})
     args, kwargs = example
     was_training = model.training
     model.eval()
+    if run is not None:
+        model.forward = lambda: run()  # an instance attribute: the class's forward is untouched
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # Outside any autocast region the caller is in: autocast caches its low-precision copies of
+        # the weights until the region ends, so a cast made here would hide the masks a method
+        # applies in place before the step's own forward pass (the FLOPs do not depend on the dtype).
+        with torch.no_grad(), torch.autocast(device.type, enabled=False), \
+                FlopCounterMode(display=False) as counter:
             model(*args, **kwargs)
     finally:
+        if run is not None:
+            del model.forward
         model.train(was_training)
     counts = counter.get_flop_counts()
     prefix = type(model).__name__

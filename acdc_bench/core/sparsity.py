@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -38,10 +39,22 @@ def name_matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The eager module inside ``torch.compile(model)`` (its ``_orig_mod``), else ``model``: layer
+    names, FLOPs and masks are those of the eager module, whose names carry no ``_orig_mod.`` prefix.
+    (A compiled module exists only once torch._dynamo is imported, so this imports nothing.)"""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    while eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        model = model._orig_mod
+    return model
+
+
 def prunable_layers(
     model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[PrunableLayer]:
     """Conv and linear weights of ``model`` in module order; biases and BatchNorm never.
+    A compiled model (``torch.compile``) gives the layers of the eager module inside it, by their
+    eager names (:func:`unwrap_compiled`).
 
     ``include`` (if given) keeps only modules whose name matches one of the patterns
     (exact name or shell-style glob); ``exclude`` drops the matching ones. A Hugging Face
@@ -49,6 +62,7 @@ def prunable_layers(
     blocks only (attention and MLP: :func:`transformer_block_layers`), as the BERT pruning
     literature does; embeddings, norms, the pooler and the LM or classifier head stay dense.
     """
+    model = unwrap_compiled(model)
     if not include and _is_hf_transformer(model):
         include = transformer_block_layers(model)
     layers = []

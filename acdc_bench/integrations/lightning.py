@@ -66,18 +66,41 @@ class SparsityCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """The step's hooks before its forward pass, whether ``training_step`` calls the module itself
-        or a submodule of it; the FLOPs from the first batch (``module(batch[0])``, or ``module(**batch)``
-        for a dict) unless ``input_shape`` was given."""
+        or a submodule of it; the FLOPs from the first batch unless ``input_shape`` was given."""
         s = self.sparsifier
         if s.method.flops is None:
+            self._measure_flops(pl_module, batch, batch_idx)
+        s.start_step()
+
+    def _measure_flops(self, pl_module, batch, batch_idx) -> None:
+        """A module with its own ``forward``: ``module(batch[0])``, or ``module(**batch)`` for a dict. A
+        module without one (its ``training_step`` calls its layers): what ``training_step`` runs on the
+        batch's first example, its logging switched off (automatic optimization only: a manual one
+        steps the optimizer inside the step)."""
+        s = self.sparsifier
+        if type(pl_module).forward is not pl.LightningModule.forward:
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
             try:
                 s.measure_flops(**inputs) if isinstance(inputs, dict) else s.measure_flops(inputs)
+                return
             except Exception as error:  # noqa: BLE001 - the module's forward does not take the batch
                 raise ValueError(f"SparsityCallback: could not measure the model's FLOPs by calling the module on "
                                  f"the first batch's inputs ({type(error).__name__}: {error}); pass input_shape= "
                                  "(one example's shape) to SparsityCallback") from error
-        s.start_step()
+        if not pl_module.automatic_optimization:
+            raise ValueError("SparsityCallback: this LightningModule defines no forward and optimizes manually, so its "
+                             "FLOPs cannot be measured by running a training step; pass input_shape= (one example's "
+                             "shape) to SparsityCallback")
+        from lightning_utilities.core.apply_func import apply_to_collection
+        import torch
+
+        example = apply_to_collection(batch, torch.Tensor, lambda t: t[:1] if t.dim() else t)
+        silent = lambda *args, **kwargs: None  # noqa: E731 - the measurement logs nothing
+        pl_module.log, pl_module.log_dict = silent, silent
+        try:
+            s.measure_flops_of(lambda: pl_module.training_step(example, batch_idx))
+        finally:
+            del pl_module.log, pl_module.log_dict
 
     def state_dict(self) -> dict:
         return self.sparsifier.state_dict() if self.sparsifier is not None else {}

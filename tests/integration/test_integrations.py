@@ -18,7 +18,8 @@ class Interrupt(Exception):
     pass
 
 
-def _trainer(out, callback, *, stop_at: int | None = None, steps: int = 24):
+def _trainer(out, callback, *, stop_at: int | None = None, steps: int = 24, compiled: bool = False,
+             accumulation: int = 1):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
 
@@ -29,9 +30,12 @@ def _trainer(out, callback, *, stop_at: int | None = None, steps: int = 24):
 
     args = transformers.TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=8,
                                           save_steps=12, logging_steps=4, report_to=[], use_cpu=True, seed=0,
-                                          learning_rate=1e-3, disable_tqdm=True)
-    return transformers.Trainer(model=tiny_bert(), args=args, train_dataset=TokenData(),
-                                callbacks=[callback, StopAt()])
+                                          learning_rate=1e-3, disable_tqdm=True,
+                                          # a compiled model's forward(*args, **kwargs) names no column to keep
+                                          remove_unused_columns=not compiled,
+                                          gradient_accumulation_steps=accumulation)
+    model = torch.compile(tiny_bert(), backend="eager") if compiled else tiny_bert()
+    return transformers.Trainer(model=model, args=args, train_dataset=TokenData(), callbacks=[callback, StopAt()])
 
 
 def _encoder_linear_sparsity(model) -> float:
@@ -102,7 +106,8 @@ def test_the_flop_meter_follows_the_real_sequence_length():
 
 
 # --------------------------------------------------------------------------- Lightning
-def _fit(out, callback, *, epochs: int, ckpt_path=None, stop_at: int | None = None):
+def _fit(out, callback, *, epochs: int, ckpt_path=None, stop_at: int | None = None, forward: bool = True,
+         compiled: bool = False, accumulation: int = 1):
     pl = pytest.importorskip("lightning.pytorch")
 
     class StopAt(pl.Callback):  # a run killed after its checkpoint of epoch `stop_at - 1`
@@ -110,12 +115,13 @@ def _fit(out, callback, *, epochs: int, ckpt_path=None, stop_at: int | None = No
             if stop_at is not None and trainer.current_epoch == stop_at:
                 raise Interrupt
 
-    module = _lightning_module()
+    module = _lightning_module(forward)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=str(out), logger=False,
                          enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                         accumulate_grad_batches=accumulation,
                          callbacks=[callback, StopAt(), pl.callbacks.ModelCheckpoint(dirpath=str(out), save_top_k=-1,
                                                                                       every_n_epochs=1)])
-    trainer.fit(module, _loader(), ckpt_path=ckpt_path)
+    trainer.fit(torch.compile(module, backend="eager") if compiled else module, _loader(), ckpt_path=ckpt_path)
     return module, trainer
 
 
@@ -137,6 +143,71 @@ def test_lightning_rigl_reaches_the_target_and_resumes_exactly(tmp_path):
     assert resumed.sparsifier.training_flops == whole.sparsifier.training_flops
     for key, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_lightning_module_without_forward_trains_as_the_same_network_with_one(tmp_path):
+    """A module whose training_step calls its layers itself (no forward) measures the FLOPs of what
+    that step runs, logs nothing from the measurement, and trains bit for bit as the module with forward."""
+    from acdc_bench.integrations.lightning import SparsityCallback
+
+    with_forward = SparsityCallback("gmp", sparsity=0.9, distribution="uniform")
+    expected, _ = _fit(tmp_path / "forward", with_forward, epochs=2)
+    without = SparsityCallback("gmp", sparsity=0.9, distribution="uniform")
+    got, trainer = _fit(tmp_path / "none", without, epochs=2, forward=False)
+    assert without.sparsifier.method.flops == with_forward.sparsifier.method.flops
+    assert without.final["within"] and without.sparsifier.training_flops == with_forward.sparsifier.training_flops
+    assert "train_loss" in trainer.callback_metrics  # the module's own logging still works
+    for key, value in expected.state_dict().items():
+        assert torch.equal(value, got.state_dict()[key]), key
+
+
+def test_gradient_accumulation_counts_optimizer_steps_in_both_frameworks(tmp_path):
+    """With two batches a step the schedule runs on optimizer steps, and each step meters the
+    examples of both batches."""
+    from acdc_bench.integrations.hf import SparsityCallback as HFCallback
+    from acdc_bench.integrations.lightning import SparsityCallback as LightningCallback
+
+    hf = HFCallback("gmp", sparsity=0.9)
+    _trainer(tmp_path / "hf", hf, steps=4, accumulation=2).train()
+    assert hf.sparsifier.step == hf.sparsifier.method.total_steps == 4
+    assert hf.sparsifier.meter.examples == 4 * 2 * 8 and hf.final["within"]
+
+    lightning = LightningCallback("gmp", sparsity=0.9, distribution="uniform")
+    _fit(tmp_path / "lightning", lightning, epochs=2, accumulation=2)  # 8 batches of 16 an epoch
+    assert lightning.sparsifier.step == lightning.sparsifier.method.total_steps == 2 * 4
+    assert lightning.sparsifier.method.steps_per_epoch == 4
+    assert lightning.sparsifier.meter.examples == 2 * 4 * 2 * 16 and lightning.final["within"]
+
+
+# --------------------------------------------------------------------------- compiled models
+def test_a_compiled_model_prunes_the_layers_of_the_eager_one(tmp_path):
+    """torch.compile wraps a model in a module whose layer names start with ``_orig_mod.``: sparsify and
+    both callbacks prune the eager model's layers, by their eager names (a transformer's head stays dense)."""
+    import acdc_bench
+    from acdc_bench.core.sparsity import prunable_layers
+
+    eager = [layer.name for layer in prunable_layers(tiny_bert())]
+    compiled = torch.compile(tiny_bert(), backend="eager")
+    assert [layer.name for layer in prunable_layers(compiled)] == eager
+    sparsifier = acdc_bench.sparsify(compiled, "gmp", sparsity=0.9, epochs=1, steps_per_epoch=4, batch_size=8)
+    assert [layer.name for layer in sparsifier.layers] == eager
+
+    from acdc_bench.integrations.hf import SparsityCallback as HFCallback
+
+    callback = HFCallback("gmp", sparsity=0.9)
+    trainer = _trainer(tmp_path / "hf", callback, steps=4, compiled=True)
+    trainer.train()
+    assert [layer.name for layer in callback.sparsifier.layers] == eager
+    assert callback.final["within"]
+    head = trainer.model._orig_mod if hasattr(trainer.model, "_orig_mod") else trainer.model
+    assert bool((head.classifier.weight != 0).all()) and bool((head.bert.pooler.dense.weight != 0).all())
+
+    from acdc_bench.integrations.lightning import SparsityCallback as LightningCallback
+
+    names = [layer.name for layer in prunable_layers(_lightning_module())]
+    callback = LightningCallback("gmp", sparsity=0.9, distribution="uniform")
+    _fit(tmp_path / "lightning", callback, epochs=1, compiled=True)
+    assert [layer.name for layer in callback.sparsifier.layers] == names and callback.final["within"]
 
 
 # --------------------------------------------------------------------------- torch.compile

@@ -132,6 +132,66 @@ def test_resumed_loop_continues_exactly():
         assert torch.equal(a, b)
 
 
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_loop(method: str, dtype, *, input_shape=None, stop: int | None = None, state: dict | None = None):
+    """32 steps of ``method`` (sparse from step 0 where it can be) with each forward under CPU autocast;
+    every training forward of every layer is checked against the layer's weights as they are (masks
+    applied): the output must equal the same product computed outside autocast from those weights.
+    ``stop``: return a checkpoint after that many steps; ``state``: start from such a checkpoint."""
+    options = {**OPTIONS[method], **({"warmup_epochs": 0} if method == "acdc" else {})}
+    model, loader = user_model(), user_data()
+    sparsifier = acdc_bench.sparsify(model, method, sparsity=0.9, epochs=4, steps_per_epoch=len(loader),
+                                     batch_size=256, input_shape=input_shape, **options)
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sparsifier.load_state_dict(state["sparsifier"])
+    stale = []
+
+    def check(module, inputs, output):
+        if not module.training:  # the FLOP measurement's own forward, outside autocast
+            return
+        with torch.autocast("cpu", enabled=False):
+            expected = nn.functional.linear(inputs[0].to(dtype), module.weight.to(dtype), module.bias.to(dtype))
+        if not torch.equal(output, expected):
+            stale.append((sparsifier.step, module))
+
+    for module in model:
+        if isinstance(module, nn.Linear):
+            module.register_forward_hook(check)
+    for step in range(sparsifier.step, 32):
+        if step == stop:
+            return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "sparsifier": sparsifier.state_dict()}
+        inputs, targets = loader[step % len(loader)]
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=dtype):
+            loss = nn.functional.cross_entropy(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+    assert not stale, f"{len(stale)} forward(s) ran on weights other than the masked ones (first at step {stale[0][0]})"
+    return model
+
+
+@pytest.mark.parametrize("amp", sorted(AMP))
+@pytest.mark.parametrize("method", SHIPPED)
+def test_autocast_steps_run_on_the_masked_weights_and_resume_exactly(method, amp):
+    """Under bf16 or fp16 autocast, every forward uses the weights with the masks in force, the
+    first step's included (FLOPs measured from the first batch, or from input_shape), and a run
+    resumed mid-epoch from a checkpoint ends bit for bit where the uninterrupted run ends."""
+    dtype = AMP[amp]
+    whole = amp_loop(method, dtype)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(),
+                                                  amp_loop(method, dtype, input_shape=(1, 28, 28)).state_dict().values()))
+    for stop in {"bf16": (9,), "fp16": (15,)}[amp]:  # mid-epoch (8 steps an epoch), and an epoch's last step
+        resumed = amp_loop(method, dtype, state=amp_loop(method, dtype, stop=stop))
+        for (name, a), b in zip(resumed.state_dict().items(), whole.state_dict().values()):
+            assert torch.equal(a, b), f"{name} differs after resuming at step {stop}"
+
+
 def test_unknown_method_or_option_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown method 'rigl2'; allowed: .*rigl"):
         acdc_bench.sparsify(user_model(), "rigl2", sparsity=0.9, epochs=1, steps_per_epoch=1)
