@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from acdc_bench import numerics
 from acdc_bench.config import ConfigError, load_suite, suite_names, suite_numerics
+from acdc_bench.core.io import staged
 from acdc_bench.run.folder import RunLocked
 from acdc_bench.run.launch import JobsFailed
 
@@ -132,7 +134,9 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true",
                         help="re-run every run of the record (default: seed 0 of every cell in it)")
     parser.add_argument("--record", default=None,
-                        help="the run record to hold the runs to (default: leaderboards/<suite>.runs.csv)")
+                        help="the run record to hold the runs to, e.g. one a reproduction of your own wrote "
+                             "(default: the suite's record shipped with the package, acdc_bench/records/"
+                             "<suite>.runs.csv, a copy of leaderboards/<suite>.runs.csv as committed)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="train into DIR and keep it (default: a temporary folder, removed at the end)")
     parser.add_argument("--jobs", type=_jobs, default="auto", help="runs side by side (as reproduce --jobs)")
@@ -174,8 +178,10 @@ def _suite(args) -> dict:
 
 def _budgeted_config(args, suite: dict, out: Path | None):
     from acdc_bench.budget.matching import resolve_budget
+    from acdc_bench.methods import get_method
     from acdc_bench.run.store import store_at
 
+    get_method(args.method)  # an unknown name is said as such, before any budget is planned
     mode = getattr(args, "budget", None) or suite["budget"]["mode"]
     return resolve_budget(suite, args.method, args.sparsity, args.seed, mode, args.epochs, store_at(out))
 
@@ -184,7 +190,7 @@ def cmd_run(args) -> int:
     from acdc_bench.budget.calibrate import describe
     from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.loop import train
-    from acdc_bench.run.store import store_at
+    from acdc_bench.run.store import removed_if_left_empty, store_at
     from acdc_bench.run.tracking import Tracker
 
     suite = _suite(args)
@@ -196,11 +202,12 @@ def cmd_run(args) -> int:
         return 0
     # a matched STR run is a calibration chain: each finished run may call for the next
     chain = run_chain(lambda: _budgeted_config(args, suite, out), store, first=first)
-    for number, config in enumerate(chain):
-        if number:
-            print(describe(config.budget.as_dict(), config.train_steps), flush=True)
-        tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
-        train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
+    with removed_if_left_empty(out):
+        for number, config in enumerate(chain):
+            if number:
+                print(describe(config.budget.as_dict(), config.train_steps), flush=True)
+            tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
+            train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
     return 0
 
 
@@ -368,14 +375,27 @@ def report(suite_name: str, runs, reference, compare_dir: Path, leaderboard_dir:
         print(f"note: {line}", file=sys.stderr)
     table = compare_table(runs, reference, suite=suite_name)
     print(format_compare(table))
-    written = write_compare(table, compare_dir)
-    written += export_leaderboard(build_leaderboard(runs, reference, suite_name), leaderboard_dir / f"{suite_name}.csv")
-    written += export_run_record(runs, leaderboard_dir / f"{suite_name}.csv")
-    written += plot_all(runs, reference, leaderboard_dir / "plots" / suite_name, suite_name)
+    # every file or none: they are written aside and moved into place once all are written
+    with staged(compare_dir, leaderboard_dir) as (compare_stage, leaderboard_stage):
+        staged_files = write_compare(table, compare_stage)
+        staged_files += export_leaderboard(build_leaderboard(runs, reference, suite_name),
+                                           leaderboard_stage / f"{suite_name}.csv")
+        staged_files += export_run_record(runs, leaderboard_stage / f"{suite_name}.csv")
+        staged_files += plot_all(runs, reference, leaderboard_stage / "plots" / suite_name, suite_name)
+        written = [_unstaged(path, (compare_stage, compare_dir), (leaderboard_stage, leaderboard_dir))
+                   for path in staged_files]
     unfinished = runs[runs["status"] != "finished"] if not runs.empty else runs
     for _, row in unfinished.iterrows():
         print(f"note: {row['run_dir']} is {row['status']}{': ' + str(row['error']) if row.get('error') else ''}")
     print("wrote: " + ", ".join(str(p) for p in written))
+
+
+def _unstaged(path: Path, *pairs: tuple[Path, Path]) -> Path:
+    """Where a file written into a staging folder (:func:`acdc_bench.core.io.staged`) ends up."""
+    for stage, folder in pairs:
+        if path.is_relative_to(stage):
+            return folder / path.relative_to(stage)
+    return path
 
 
 def cmd_compare(args) -> int:
@@ -386,7 +406,9 @@ def cmd_compare(args) -> int:
     table = compare_table(runs, reference, suite=suite_name)
     print(format_compare(table))
     out = Path(args.out) if args.out else Path(args.runs[0] if args.runs else Path("runs") / suite_name)
-    print("wrote: " + ", ".join(str(p) for p in write_compare(table, out)))
+    with staged(out) as (stage,):
+        written = [_unstaged(path, (stage, out)) for path in write_compare(table, stage)]
+    print("wrote: " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -403,6 +425,7 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from acdc_bench.run.launch import plan_runs, run_all
+    from acdc_bench.run.store import removed_if_left_empty
     from acdc_bench.report.results import load_reference, load_runs
 
     suite = _suite(args)
@@ -427,7 +450,8 @@ def cmd_reproduce(args) -> int:
         return 0
     resolve_jobs(args)
     started = time.perf_counter()
-    trained = run_all(suite, runs, out, args)
+    with removed_if_left_empty(out):
+        trained = run_all(suite, runs, out, args)
     elapsed = time.perf_counter() - started
     leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
     finished = load_runs(out)
@@ -437,16 +461,23 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Re-run the record's seed-0 runs (``--all``: every run) and hold each to the record."""
+    """Re-run the record's seed-0 runs (``--all``: every run) and hold each to the record: the
+    shipped one (``acdc_bench/records``), else ``--record``. Options under which a recorded run
+    would get another id are refused before anything trains."""
     import tempfile
     from argparse import Namespace
 
+    from acdc_bench import __version__
     from acdc_bench.report.results import load_runs
-    from acdc_bench.report.verify import compare_with_record, format_outcomes, read_record
+    from acdc_bench.report.verify import (compare_with_record, format_outcomes, plan_against_record, read_record,
+                                          shipped_record)
     from acdc_bench.run.launch import plan_runs, run_all
 
     suite = _suite(args)
-    record = read_record(args.record or Path("leaderboards") / f"{suite['suite']}.runs.csv")
+    path = Path(args.record) if args.record else shipped_record(suite["suite"])
+    record = read_record(path)
+    print(f"verify: record {path} ({'given with --record' if args.record else f'shipped with acdc-bench {__version__}'})",
+          flush=True)
     seeds = sorted({int(seed) for seed in record["seed"]}) if args.all else [0]
     record = record[record["seed"].astype(int).isin(seeds)]
     if record.empty:
@@ -454,6 +485,15 @@ def cmd_verify(args) -> int:
     methods = sorted(set(record["method"]))
     sparsities = sorted({float(value) for value in record.loc[record["method"] != "dense", "target_sparsity"]})
     waves = plan_runs(suite, methods=methods, sparsities=sparsities or None, seeds=seeds)
+    waves, missing, unrecorded = plan_against_record(suite, waves, record)
+    if missing:
+        given = " ".join(f"--set {text}" for text in args.overrides or []) or "no --set"
+        twin = next((run_id for run_id in unrecorded if run_id.rsplit("-", 2)[0] == missing[0].rsplit("-", 2)[0]), None)
+        raise ConfigError(
+            f"{len(missing)} of the {len(record)} recorded run(s) of seed(s) {seeds} would not be re-made under these "
+            f"options (recorded {missing[0]}, planned {twin or 'no run of its method, target and seed'}): the record "
+            f"{path} keeps no overrides, so run verify with the options it was made with (given: {given}), or give "
+            f"--record a record made with these")
     print(f"verify: re-running {sum(len(w) for w in waves)} run(s) of {suite['suite']} (seeds {seeds}) under "
           f"{numerics.active()} numerics on {numerics.cpu_model()}", flush=True)
     resolve_jobs(args)
@@ -462,7 +502,10 @@ def cmd_verify(args) -> int:
         run_args = Namespace(launcher="local", jobs=args.jobs, data_root=args.data_root, wandb=False,
                              no_progress=True, status_every=30)
         run_all(suite, waves, out, run_args)
-        outcomes = compare_with_record(record, load_runs(out))
+        runs = load_runs(out)
+        for row in runs[runs["status"] != "finished"].itertuples():  # never held to the record in silence
+            print(f"skipped {row.run_dir}: {row.status}: {row.error}", file=sys.stderr)
+        outcomes = compare_with_record(record, runs)
     print(format_outcomes(outcomes, numerics.cpu_model(), numerics.active()))
     return 0 if outcomes and all(o["verdict"] == "identical" for o in outcomes) else 1
 
@@ -499,7 +542,7 @@ COMMANDS = {
     "compare": (cmd_compare, _report_arguments, "per-sparsity table of every method against AC/DC and the published numbers"),
     "leaderboard": (cmd_leaderboard, _report_arguments, "export leaderboards/<suite>.csv (+ .md) and the plots"),
     "verify": (cmd_verify, _verify_arguments,
-               "re-run seed 0 of every cell of the shipped record (leaderboards/<suite>.runs.csv) and say, "
+               "re-run seed 0 of every cell of the record shipped with the package (acdc_bench/records) and say, "
                "run by run, identical or different"),
 }
 
@@ -553,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     called in-process with ``argv`` under other numerics, it stops with the fix instead."""
     args = build_parser().parse_args(argv)
     try:
+        _check_seeds(args)
         if getattr(args, "numerics", None):
             args.overrides = [*args.overrides, f"numerics={args.numerics}"]
         if args.command in TRAINING_COMMANDS:
@@ -571,6 +615,34 @@ def main(argv: list[str] | None = None) -> int:
     except JobsFailed as error:  # the runs' own failures, each named with its logs
         print(f"acdc-bench {args.command}: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        if error.errno not in USER_OS_ERRORS:
+            raise  # not the user's situation: a bug keeps its traceback
+        print(f"acdc-bench {args.command}: error: {error.filename or 'a file'}: {error.strerror} (a file or "
+              f"folder this command reads or writes, e.g. --out: check the path and its permissions)",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resumable = args.command in ("run", "reproduce") or (args.command == "verify" and args.keep)
+        print(f"acdc-bench {args.command}: interrupted"
+              + ("; every finished epoch is kept: run the same command again to resume" if resumable else ""),
+              file=sys.stderr)
+        return 130
+
+
+#: errno values of an ``OSError`` that is the user's situation (a path that cannot be written or
+#: read as asked, a full disk), told in one line; any other ``OSError`` keeps its traceback.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EROFS,
+                  errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _check_seeds(args) -> None:
+    """A seed names its run (``...-seed1-...``): a negative one would read as another seed."""
+    seeds = [args.seed] if getattr(args, "seed", None) is not None else list(getattr(args, "seeds", None) or [])
+    negative = [seed for seed in seeds if seed < 0]
+    if negative:
+        option = "--seed" if hasattr(args, "seed") else "--seeds"
+        raise ConfigError(f"{option} {negative[0]}: a seed is an integer >= 0 (0, 1, 2, ...)")
 
 
 if __name__ == "__main__":

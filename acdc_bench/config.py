@@ -152,7 +152,10 @@ def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SUITE_DEFAULTS)}")
     data = copy.deepcopy(SUITE_DEFAULTS)
     data.update(raw)
+    as_written = copy.deepcopy(data)
+    _split_recipes(as_written, str(path))
     data = apply_overrides(data, overrides or [], str(path))
+    data["_budget_inputs"] = budget_inputs(as_written)  # cell_id tells a matched run of another budget apart
     data["_overrides"] = list(overrides or [])  # run_config re-applies those of recipe keys over a recipe
     data.setdefault("suite", path.stem)
     if data["suite"] is None:
@@ -451,18 +454,35 @@ def run_budget(suite: dict, budget: dict | Budget) -> Budget:
     return Budget.from_mapping(budget)
 
 
+def budget_inputs(suite: dict) -> dict:
+    """What sets a matched run's budget beyond the suite keys its cell hashes anyway: the suite's
+    length (the reference's length and the unit of every multiplier) and the reference method's
+    options and recipe."""
+    budget, methods = suite.get("budget"), suite.get("methods")
+    reference = budget.get("reference", "acdc") if isinstance(budget, dict) else None
+    options = methods.get(reference) if isinstance(methods, dict) else None
+    options = {key: value for key, value in options.items() if key != "recipe"} if isinstance(options, dict) else options
+    return {"epochs": suite.get("epochs"), "reference_options": options,
+            "reference_recipe": method_recipe(suite, reference)}
+
+
 def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs: int | None,
             variant: str | None = None) -> str:
     """What a run of one table row was asked to compute, every seed alike: the suite's keys that
     change results (overrides applied), the method with its options and recipe, the target, the
     budget mode and an explicit length. A matched run's solved length and a calibrated option
     are answers to these inputs, not inputs, so the seeds of one cell share it (``compare`` and
-    the leaderboards group runs by it)."""
+    the leaderboards group runs by it). What sets a matched run's budget (:func:`budget_inputs`:
+    the suite's length, the reference's options and recipe) is an input too: where ``--set``
+    changes it from what the suite file says, the cell is another one; as the file says, it adds
+    nothing to the hash."""
     inputs = {key: value for key, value in suite.items()
               if not key.startswith("_") and key not in NON_RESULT_KEYS and key != "suite"}
     inputs.update(method=method, sparsity=round(float(sparsity), 9), budget_mode=budget_mode, epochs=epochs,
                   options=(suite.get("methods") or {}).get(method) or {}, recipe=method_recipe(suite, method),
                   reference=(suite.get("budget") or {}).get("reference") if budget_mode == "matched" else None)
+    if budget_mode == "matched" and suite.get("_budget_inputs") not in (None, budget_inputs(suite)):
+        inputs["budget_inputs"] = budget_inputs(suite)
     if variant:
         inputs["variant"] = variant
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]

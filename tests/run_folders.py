@@ -65,6 +65,8 @@ def _write_run(root: Path, name: str, config: dict, *, result=None, metrics: pd.
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is None and isinstance(result, dict):  # a finished run has its epochs' rows
+        metrics = _metrics(config["method"])
     if metrics is not None:
         metrics.to_csv(run_dir / "metrics.csv", index=False)
     if checkpoint:

@@ -6,17 +6,36 @@ import csv
 import io
 import json
 import os
+import secrets
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+
+
+def _temporary_beside(path: Path) -> tuple[int, Path]:
+    """A new file ``.<name>.<random>.tmp`` beside ``path``, open for writing, with the mode ``open()``
+    gives a new file (0o666 less the umask; ``tempfile.mkstemp``'s 0o600 would keep a lab's
+    colleagues from reading the runs)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    The file gets the mode ``open()`` would give it (0o666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -52,6 +71,32 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+@contextmanager
+def staged(*folders: str | Path) -> Iterator[list[Path]]:
+    """Temporary folders standing in for ``folders``, for output that is written whole or not at all.
+
+    The body writes into the folders yielded (one per folder given); when it returns, every file it
+    wrote is renamed to the same place under the real folder; when it raises, nothing is moved and
+    the temporary folders are removed. They lie beside the real folders (hidden, ``.staging-*``),
+    so the renames stay on one file system."""
+    stages: list[Path] = []
+    try:
+        for folder in map(Path, folders):
+            anchor = folder.parent
+            while not anchor.is_dir() and anchor != anchor.parent:
+                anchor = anchor.parent
+            stages.append(Path(tempfile.mkdtemp(prefix=".staging-", dir=anchor)))
+        yield stages
+        for stage, folder in zip(stages, map(Path, folders)):
+            for source in sorted(p for p in stage.rglob("*") if p.is_file()):
+                target = folder / source.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+    finally:
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:

@@ -4,11 +4,14 @@ A run folder is any folder holding ``config.yaml`` or ``result.json``. A
 training run writes ``config.yaml`` first, appends one row per finished epoch
 to ``metrics.csv`` and writes ``result.json`` atomically, last. So:
 
-- ``finished``: ``result.json`` parses and carries every required key;
+- ``finished``: ``result.json`` parses, carries every required key and agrees with
+  the folder;
 - ``incomplete``: no ``result.json`` yet (still running, interrupted, or
   crashed); ``resumable`` tells whether a ``checkpoint.pt`` is there;
 - ``corrupt``: ``result.json`` is unreadable, not an object, misses keys or
-  holds the wrong types; ``error`` says why;
+  holds the wrong types, or the folder disagrees with it (no ``metrics.csv``, a
+  final top-1 above its best epoch's: :func:`acdc_bench.run.folder.finished_problems`);
+  ``error`` says why;
 - ``failed``: the run trained to its end but missed the sparsity its method promises
   (``failed.txt``, no ``result.json``): never a result; ``error`` holds the message.
 
@@ -183,6 +186,8 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
             result, problems = None, [f"result.json unreadable: {error}"]
         if isinstance(result, dict):  # a corrupt result keeps what it has, never counts as finished
             row.update(_flatten(result))
+        if not problems:  # a valid result.json in a folder that disagrees with it is no result either
+            problems = folder.finished_problems(run_dir, result)
         if not problems:
             row.update({key: value for key, value in config_fields.items() if key.startswith("protocol_")})
             if "top1_best" not in result:  # written before runs recorded it: read it from metrics.csv

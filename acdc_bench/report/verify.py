@@ -7,6 +7,13 @@ its id, method, target, seed, final top-1, sparsity, training FLOPs, steps, the 
 and compares, run by run: ``identical`` when every recorded value is equal, else ``different``
 with what differs. Under portable numerics (:mod:`acdc_bench.numerics`) every run is meant to be
 identical on Intel and AMD x86-64 CPUs with AVX2; a ``different`` says where that fails.
+
+The record it holds the runs to is the shipped one: ``acdc_bench/records/<suite>.runs.csv``,
+installed with the package, a copy of ``leaderboards/<suite>.runs.csv`` as committed (the tests
+hold the two equal). ``reproduce`` and ``leaderboard`` rewrite the latter with a user's own runs;
+the packaged copy stays what the project measured. The record keeps no ``--set`` overrides: the
+runs to re-make are planned from the suite and the command's options, and a recorded run they
+do not plan is refused before anything trains (:func:`plan_against_record`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +82,79 @@ def read_record(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: not a run record, missing column(s) {', '.join(missing)}")
     return record
+
+
+def shipped_records() -> dict[str, Path]:
+    """The run records shipped with the package (``acdc_bench/records``), by suite name."""
+    records = Path(str(resources.files("acdc_bench").joinpath("records")))
+    return {path.name[:-len(".runs.csv")]: path for path in sorted(records.glob("*.runs.csv"))}
+
+
+def shipped_record(suite_name: str) -> Path:
+    """The shipped record of a suite; FileNotFoundError naming the shipped ones and ``--record``."""
+    records = shipped_records()
+    if suite_name not in records:
+        raise FileNotFoundError(f"suite {suite_name} ships no run record to verify against (shipped: "
+                                f"{', '.join(records) or 'none'}); give a record of your own with --record PATH "
+                                f"(the leaderboard export writes <suite>.runs.csv beside <suite>.csv)")
+    return records[suite_name]
+
+
+class RecordStore:
+    """A record's runs as a read-only run store (:class:`acdc_bench.run.store.RunStore`'s reading
+    side): a recorded run is finished with its recorded training FLOPs and sparsity, which is all
+    a matched budget reads of the runs it depends on (the reference's FLOPs, a calibration run's
+    outcome). ``read``: the recorded run ids read so far."""
+
+    def __init__(self, record: pd.DataFrame):
+        self.rows = {row["run_id"]: row for _, row in record.iterrows()}
+        self.read: set[str] = set()
+
+    def result(self, run_id: str) -> dict | None:
+        row = self.rows.get(run_id)
+        if row is None:
+            return None
+        self.read.add(run_id)
+        return {"run_id": run_id, "training_flops": float(row["training_flops"]),
+                "actual_sparsity": float(row["actual_sparsity"])}
+
+    def finished(self, run_id: str) -> bool:
+        return run_id in self.rows
+
+    exists = finished
+
+    def run_ids(self) -> list[str]:
+        return sorted(self.rows)
+
+
+def plan_against_record(suite: dict, waves: list, record: pd.DataFrame) -> tuple[list, list[str], list[str]]:
+    """The planned runs (``waves`` of :class:`acdc_bench.budget.cells.RunSpec`) that re-make recorded
+    runs, and what does not match: ``(kept waves, recorded run ids no planned run re-makes, planned
+    run ids the record lacks)``.
+
+    Each run is resolved as it will be once the runs before it finished as recorded (a matched run
+    against the recorded reference FLOPs, a calibration chain through its recorded runs, whose ids
+    all count as planned). A planned run whose id the record lacks is left out (a seed or cell the
+    record does not hold); a recorded run that no planned run re-makes means that the options (a
+    ``--set``, say) give runs of other ids than the record's.
+    """
+    from acdc_bench.budget.cells import spec_config
+
+    store = RecordStore(record)
+    kept, planned, unrecorded = [], set(), []
+    for wave in waves:
+        here = []
+        for spec in wave:
+            store.read.clear()
+            run_id = spec_config(suite, spec, store).run_id
+            planned |= store.read | {run_id}
+            if run_id in store.rows:
+                here.append(spec)
+            else:
+                unrecorded.append(run_id)
+        if here:
+            kept.append(here)
+    return kept, sorted(set(store.rows) - planned), unrecorded
 
 
 def compare_with_record(record: pd.DataFrame, runs: pd.DataFrame) -> list[dict]:

@@ -19,6 +19,7 @@ the kernel releases the lock of a process that dies, so a killed run never block
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import errno
 import fcntl
@@ -214,6 +215,44 @@ def read_result(run_dir: str | os.PathLike) -> dict | None:
     if problems:
         raise CorruptResult(f"{path} is not a valid result ({'; '.join(problems)}): {fix}")
     return result
+
+
+def finished_problems(run_dir: str | os.PathLike, result: dict) -> list[str]:
+    """What makes a finished run's folder disagree with its ``result.json`` (parsed, and valid by
+    :func:`validate_result`); empty if nothing. The reports skip such a run, naming these.
+
+    - ``metrics.csv`` holds a row per trained epoch: a finished run without one is not whole;
+    - ``top1`` (the final model's) is never above ``top1_best``, the best over the epochs that held
+      the final sparsity, the last epoch among them: the final evaluation may differ from the last
+      epoch's by one test example (its rounding differs where sparse kernels ran), the test-set
+      size read from ``predictions.npz``; without that file, by nothing.
+    """
+    run_dir = Path(run_dir)
+    fix = f"restore it, or delete {run_dir} to train the run again"
+    problems = []
+    try:
+        with open(run_dir / METRICS, newline="", encoding="utf-8") as handle:
+            epochs = sum(1 for _ in csv.DictReader(handle))
+    except FileNotFoundError:
+        problems.append(f"no {METRICS} beside its {RESULT} ({fix})")
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        problems.append(f"{METRICS} unreadable ({error}; {fix})")
+    else:
+        if not epochs:
+            problems.append(f"{METRICS} holds no epoch ({fix})")
+    best = result.get("top1_best")
+    if _is_number(best):
+        try:
+            predictions = read_predictions(run_dir)
+        except ValueError:
+            predictions = None
+        examples = len(predictions["targets"]) if predictions is not None else 0
+        slack = 100 / examples if examples else 0.0
+        if result["top1"] > best + slack + 1e-9:
+            problems.append(f"{RESULT}'s top1 {result['top1']:g} lies above its top1_best {best:g}, the best "
+                            f"epoch's at the final sparsity (the last epoch is one of those): the file was edited "
+                            f"or mixes two runs ({fix})")
+    return problems
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:

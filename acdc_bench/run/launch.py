@@ -11,6 +11,7 @@ chain is accepted or has run ``budget.calibration.max_runs`` runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -146,8 +147,13 @@ def one_thread_per_run(suite: dict) -> bool:
 
 
 def _worker_start(threads: int) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C reaches every process of the terminal's group: the parent alone answers it, ending the
+    # workers (:func:`run_parallel`), instead of each worker printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
 
 
@@ -244,7 +250,7 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
     print(f"{total} runs of suite {suite['suite']}: {jobs} side by side, {threads} thread(s) each", flush=True)
     try:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_start,
-                                 initargs=(threads,)) as pool:
+                                 initargs=(threads,)) as pool, _ends_workers_on_interrupt(pool):
             for wave in waves:
                 running = {}
                 # Longest first (by planned steps): the short runs fill in beside the long ones,
@@ -284,6 +290,18 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
                 os.environ[key] = value
     print(f"all {total} runs of suite {suite['suite']} finished in {format_duration(time.perf_counter() - started)} -> {out}")
     return trained
+
+
+@contextlib.contextmanager
+def _ends_workers_on_interrupt(pool):
+    """On Ctrl-C, end the pool's workers (they ignore SIGINT, :func:`_worker_start`) before the pool
+    would wait for their runs to finish; a run ended so resumes from its last finished epoch."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
 
 
 def _steps(config: "RunConfig") -> int | None:

@@ -8,8 +8,9 @@ chain's results through it and never touches the file system or :mod:`acdc_bench
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from acdc_bench.run import folder
 
@@ -48,6 +49,26 @@ class RunStore:
     def lock(self, run_id: str) -> AbstractContextManager:
         """The run folder's exclusive lock (:class:`acdc_bench.run.folder.RunLocked` if held)."""
         return folder.lock_run(self.folder(run_id))
+
+
+@contextmanager
+def removed_if_left_empty(root: str | os.PathLike) -> Iterator[None]:
+    """Run the body; when it fails (an error, Ctrl-C) the folders it created on the way to ``root``
+    (``root`` and the missing folders above it) are removed again while they are empty: a run that
+    fails before writing anything leaves no folder behind. A folder that was there stays."""
+    created, path = [], Path(root).absolute()
+    while not path.exists() and path != path.parent:
+        created.append(path)
+        path = path.parent
+    try:
+        yield
+    except BaseException:
+        for made in created:  # the deepest first; a folder holding anything stops it
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def store_at(out: str | os.PathLike | RunStore | None) -> RunStore | None:
