@@ -23,9 +23,16 @@ Supported datasets (see :data:`DATASETS`):
 
 Data roots are resolved from the ``root`` argument, else the environment
 variable ``ACDC_BENCH_DATA`` (``$ACDC_BENCH_DATA/<dataset>``, then
-``$ACDC_BENCH_DATA``), else the dataset's default location (Fashion-MNIST only).
-Missing or malformed data raise :class:`DataError`, which says where it looked,
-what layout it expects and how to fix it.
+``$ACDC_BENCH_DATA``), else the dataset's default location (Fashion-MNIST: the
+Debian package's folder), else the per-user cache (:func:`user_cache`).
+Fashion-MNIST and CIFAR-100 can be downloaded (:func:`download_dataset`) into
+that cache, from the official URLs or from the base URL in ``ACDC_BENCH_MIRROR``;
+every file is checked against its published MD5 before it is moved into place
+(Fashion-MNIST's on the decompressed IDX content, so a mirror may recompress).
+Fashion-MNIST is downloaded by default when no root is given and it is found
+nowhere; CIFAR-100 when asked (``download=True``).  Missing or malformed data
+raise :class:`DataError`, which says where it looked, what layout it expects and
+how to fix it.
 """
 
 from __future__ import annotations
@@ -37,18 +44,28 @@ import hashlib
 import math
 import os
 import struct
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+from filelock import FileLock  # a dependency of torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets, transforms
+from tqdm import tqdm
 
 __all__ = ["DataError", "DatasetSpec", "DATASETS", "Data", "TensorData", "LoaderData",
-           "load_data", "read_idx", "epoch_seed", "DATA_ROOT_ENV"]
+           "load_data", "read_idx", "epoch_seed", "download_dataset", "user_cache", "DATA_ROOT_ENV",
+           "MIRROR_ENV"]
 
 DATA_ROOT_ENV = "ACDC_BENCH_DATA"
+#: A base URL serving the data sets' files under their official names (a mirror).
+MIRROR_ENV = "ACDC_BENCH_MIRROR"
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -277,7 +294,10 @@ class DatasetSpec:
         layout: the expected on-disk layout, for error messages.
         default_root: where to look when no root or environment variable is given.
         is_present: whether a directory holds this dataset's layout.
-        can_download: whether ``download=True`` can fetch it into a missing root.
+        fetch: downloads the missing files into a folder (checked, moved into place
+            only once verified), or ``None`` where the dataset cannot be downloaded.
+        downloads_by_default: whether ``download=None`` downloads it into the per-user
+            cache when no root is given and it is found nowhere.
         fix_hint: extra advice (how to install or download) for error messages.
         loader: builds the :class:`Data` (internal signature).
     """
@@ -289,7 +309,8 @@ class DatasetSpec:
     layout: str
     default_root: str | None
     is_present: Callable[[Path], bool]
-    can_download: bool
+    fetch: Callable[[Path], None] | None
+    downloads_by_default: bool
     fix_hint: str
     loader: Callable[..., Data]
 
@@ -304,6 +325,128 @@ def _error(spec: DatasetSpec, problem: str, searched: Sequence[Path]) -> DataErr
         f"{spec.fix_hint}")
 
 
+# -------------------------------------------------------------------- downloads
+
+#: Seconds a download waits for the server (to connect, and between two reads).
+DOWNLOAD_TIMEOUT = 60
+#: Tries per URL: a corrupt, partial or failed download is fetched once more.
+DOWNLOAD_TRIES = 2
+
+
+def user_cache(dataset: str) -> Path:
+    """Where ``dataset`` is downloaded when no root is given: ``$ACDC_BENCH_DATA/<dataset>``
+    when the variable is set, else ``${XDG_CACHE_HOME:-~/.cache}/acdc-bench/<dataset>``."""
+    env_root = os.environ.get(DATA_ROOT_ENV)
+    if env_root:
+        return Path(env_root) / dataset
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "acdc-bench" / dataset
+
+
+def _urls(official: Sequence[str], name: str) -> list[str]:
+    """``name`` under ``$ACDC_BENCH_MIRROR`` when set, else under each official base URL."""
+    mirror = os.environ.get(MIRROR_ENV)
+    bases = [mirror] if mirror else official
+    return [base.rstrip("/") + "/" + name for base in bases]
+
+
+def _md5(chunks) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _chunks(file, size: int = 1 << 20) -> Iterator[bytes]:
+    return iter(lambda: file.read(size), b"")
+
+
+def _file_md5_problem(path: Path, expected: str) -> str | None:
+    with open(path, "rb") as file:
+        actual = _md5(_chunks(file))
+    return None if actual == expected else f"MD5 {actual}, expected {expected}"
+
+
+def _gzip_content_md5_problem(path: Path, expected: str) -> str | None:
+    """What is wrong with a ``.gz`` file whose decompressed content should have MD5 ``expected``."""
+    try:
+        with gzip.open(path, "rb") as file:
+            actual = _md5(_chunks(file))
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut stream an EOFError
+        return f"not a complete gzip file ({exc})"
+    return None if actual == expected else (f"the decompressed content has MD5 {actual}, "
+                                            f"expected {expected}")
+
+
+def _download(url: str, path: Path, label: str) -> None:
+    """``url`` into ``path``, with a progress bar named ``label`` on stderr; a short body is an error."""
+    request = urllib.request.Request(url, headers={"User-Agent": "acdc-bench"})
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response, open(path, "wb") as out:
+        total = response.length  # Content-Length, or None
+        received = 0
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                  file=sys.stderr, leave=False) as bar:
+            for chunk in _chunks(response, 1 << 16):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received != total:
+        raise OSError(f"the connection closed after {received} of {total} bytes")
+
+
+def _fetch_verified(urls: Sequence[str], dest: Path, problem: Callable[[Path], str | None]) -> None:
+    """Download ``dest`` from the first of ``urls`` that gives a file ``problem`` finds nothing wrong with.
+
+    Each download goes to a temporary file beside ``dest``, moved into place only once checked, so
+    ``dest`` never holds an unchecked file. A failed or wrong download is fetched again once
+    (:data:`DOWNLOAD_TRIES`), then the next URL is tried; a :class:`DataError` lists every failure.
+    """
+    failures = []
+    for url in urls:
+        for attempt in range(1, DOWNLOAD_TRIES + 1):
+            part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")  # mode from the umask
+            try:
+                _download(url, part, dest.name)
+                issue = problem(part)
+            except (OSError, ValueError) as exc:  # URLError, HTTPError and timeouts are OSErrors
+                issue = f"download failed: {exc}"
+            else:
+                if issue is None:
+                    os.replace(part, dest)
+                    return
+            finally:
+                part.unlink(missing_ok=True)
+            failures.append(f"{url} (try {attempt} of {DOWNLOAD_TRIES}): {issue}")
+            again = "fetching it again" if attempt < DOWNLOAD_TRIES else "giving up on this URL"
+            print(f"{url}: {issue}; {again}", file=sys.stderr)
+    listed = "\n".join(f"  - {failure}" for failure in failures)
+    raise DataError(f"cannot download {dest.name} (nothing unchecked was kept):\n{listed}\n"
+                    f"Fix: check the network (or its proxy), or set {MIRROR_ENV} to a base URL serving "
+                    f"{dest.name}, or place the data yourself in {dest.parent} (or set {DATA_ROOT_ENV}).")
+
+
+def download_dataset(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """Download ``dataset`` into ``root`` (default: :func:`user_cache`) unless it is there; returns the folder.
+
+    Fashion-MNIST comes from the official mirrors (torchvision's, then the dataset's GitHub) and
+    CIFAR-100 from its Toronto page, or both from the base URL in ``$ACDC_BENCH_MIRROR``. Every file
+    is checked against its published MD5 before it is moved into place; concurrent callers (the
+    ranks of a run, the workers of ``reproduce``) wait for one download. Raises :class:`DataError`
+    when the download fails twice from every URL.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[dataset]
+    if spec.fetch is None:
+        raise DataError(f"{dataset} cannot be downloaded automatically: {spec.fix_hint}")
+    folder = Path(root) if root is not None else user_cache(dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".download.lock")):
+        if not spec.is_present(folder):
+            spec.fetch(folder)
+    return folder
+
+
 # ------------------------------------------------------------------ IDX parsing
 
 
@@ -315,6 +458,19 @@ _FASHION_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+#: The official base URLs of the four ``.gz`` files: torchvision's FashionMNIST mirrors, then the
+#: data folder of zalandoresearch/fashion-mnist on GitHub.
+FASHION_MNIST_MIRRORS = (*datasets.FashionMNIST.mirrors,
+                         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/")
+#: MD5 of each file's decompressed IDX content (the published raw-file sums; the ``.gz`` sums of
+#: torchvision's FashionMNIST.resources hold only for the official compression, and a mirror such
+#: as Debian's package recompresses).
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
 
 
 def read_idx(path: str | os.PathLike, expected_ndim: int) -> torch.Tensor:
@@ -369,6 +525,16 @@ def _fashion_present(root: Path) -> bool:
     return all(_fashion_file(root, stem) for stem in _FASHION_FILES.values())
 
 
+def _fetch_fashion_mnist(root: Path) -> None:
+    missing = [stem for stem in _FASHION_FILES.values() if _fashion_file(root, stem) is None]
+    print(f"fashion-mnist: not found; downloading {len(missing)} file(s) into {root} from "
+          f"{_urls(FASHION_MNIST_MIRRORS, '')[0]}, each checked against the MD5 of its published content",
+          file=sys.stderr)
+    for stem in missing:
+        _fetch_verified(_urls(FASHION_MNIST_MIRRORS, stem + ".gz"), root / (stem + ".gz"),
+                        functools.partial(_gzip_content_md5_problem, expected=FASHION_MNIST_MD5[stem]))
+
+
 def _load_fashion_mnist(spec: DatasetSpec, root: Path, searched: list[Path], *,
                         train_subset: int | None, download: bool, **common) -> Data:
     arrays = {}
@@ -406,16 +572,43 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
+#: The archive (torchvision's CIFAR100: the Toronto page) and its published MD5.
+CIFAR100_URL = datasets.CIFAR100.url
+CIFAR100_ARCHIVE_MD5 = datasets.CIFAR100.tgz_md5
+
+
 def _cifar_present(root: Path) -> bool:
     folder = root / "cifar-100-python"
     return all((folder / name).is_file() for name in ("train", "test", "meta"))
+
+
+def _fetch_cifar100(root: Path) -> None:
+    final = root / "cifar-100-python"
+    if final.exists():
+        raise DataError(f"cifar100: {final} exists but lacks train, test or meta: delete it and run again")
+    base, name = CIFAR100_URL.rsplit("/", 1)
+    urls = _urls([base], name)
+    print(f"cifar100: not found; downloading {name} (169 MB) into {root} from {urls[0]}, "
+          f"checked against its published MD5 before extraction", file=sys.stderr)
+    archive = root / name
+    _fetch_verified(urls, archive, functools.partial(_file_md5_problem, expected=CIFAR100_ARCHIVE_MD5))
+    try:
+        with tempfile.TemporaryDirectory(dir=root, prefix=".extract.") as scratch, \
+                tarfile.open(archive, "r:gz") as tar:
+            # the "data" filter (Python 3.12, backported) refuses paths outside the folder
+            tar.extractall(scratch, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if not _cifar_present(Path(scratch)):
+                raise DataError(f"cifar100: {urls[0]} holds no cifar-100-python/{{train,test,meta}}")
+            os.replace(Path(scratch) / "cifar-100-python", final)
+    finally:
+        archive.unlink(missing_ok=True)
 
 
 class _CIFAR100WithoutMD5(datasets.CIFAR100):
     """torchvision's CIFAR100 checking that the files exist, not their MD5 sums.
 
     Hashing 180 MB on every start is slow, and malformed files still fail to
-    unpickle.  Downloads keep the archive's MD5 check.
+    unpickle.  Downloads (:func:`download_dataset`) check the archive's MD5.
     """
 
     train_list = [["train", None]]
@@ -431,8 +624,7 @@ def _load_cifar100(spec: DatasetSpec, root: Path, searched: list[Path], *,
                                    transforms.ToTensor(), normalize])
     test_tf = transforms.Compose([transforms.ToTensor(), normalize])
     try:
-        train_set = _CIFAR100WithoutMD5(str(root), train=True, transform=train_tf,
-                                      download=download)
+        train_set = _CIFAR100WithoutMD5(str(root), train=True, transform=train_tf)
         test_set = _CIFAR100WithoutMD5(str(root), train=False, transform=test_tf)
     except Exception as exc:  # torchvision raises RuntimeError, pickle/numpy many kinds
         raise _error(spec, f"cannot load {root / 'cifar-100-python'}: "
@@ -515,8 +707,8 @@ DATASETS: dict[str, DatasetSpec] = {
         layout="  <root>/" + "[.gz]\n  <root>/".join(_FASHION_FILES.values()) + "[.gz]\n"
                "  (IDX files; gzip-compressed or not)",
         default_root="/usr/share/datasets/fashion-mnist",
-        is_present=_fashion_present, can_download=False,
-        fix_hint="or run `apt-get install dataset-fashion-mnist` "
+        is_present=_fashion_present, fetch=_fetch_fashion_mnist, downloads_by_default=True,
+        fix_hint="or, as root on Debian or Ubuntu, run `apt-get install dataset-fashion-mnist` "
                  "(installs /usr/share/datasets/fashion-mnist).",
         loader=_load_fashion_mnist),
     "cifar100": DatasetSpec(
@@ -524,16 +716,15 @@ DATASETS: dict[str, DatasetSpec] = {
         layout="  <root>/cifar-100-python/train\n  <root>/cifar-100-python/test\n"
                "  <root>/cifar-100-python/meta\n  (the pickles of cifar-100-python.tar.gz)",
         default_root=None,
-        is_present=_cifar_present, can_download=True,
-        fix_hint="or, where the network allows, pass --download (download=True) to "
-                 "fetch it into the root.",
+        is_present=_cifar_present, fetch=_fetch_cifar100, downloads_by_default=False,
+        fix_hint="or get torchvision's cifar-100-python.tar.gz and extract it there.",
         loader=_load_cifar100),
     "imagenet": DatasetSpec(
         name="imagenet", num_classes=1000, input_shape=(3, 224, 224), train_size=1_281_167,
         layout="  <root>/train/<wnid>/*.JPEG\n  <root>/val/<wnid>/*.JPEG\n"
                "  (ImageFolder layout; the validation images sorted into class folders)",
         default_root=None,
-        is_present=_imagenet_present, can_download=False,
+        is_present=_imagenet_present, fetch=None, downloads_by_default=False,
         fix_hint="ImageNet cannot be downloaded automatically (image-net.org).",
         loader=_load_imagenet),
 }
@@ -551,27 +742,32 @@ def _candidate_roots(spec: DatasetSpec, root: str | os.PathLike | None) -> list[
         candidates += [Path(env_root) / spec.name, Path(env_root)]
     if spec.default_root:
         candidates.append(Path(spec.default_root))
+    if spec.fetch is not None and not env_root:  # with the variable set, the cache is $ACDC_BENCH_DATA/<dataset>
+        candidates.append(user_cache(spec.name))
     return candidates
 
 
 def load_data(dataset: str, *, root: str | os.PathLike | None, batch_size: int, seed: int,
               num_workers: int = 0, device: torch.device | str = torch.device("cpu"),
               rank: int = 0, world_size: int = 1, train_subset: int | None = None,
-              download: bool = False) -> Data:
+              download: bool | None = None) -> Data:
     """Load ``dataset`` for one rank of a run.
 
     Args:
         dataset: a key of :data:`DATASETS`.
         root: the data folder; ``None`` searches ``$ACDC_BENCH_DATA/<dataset>``,
-            ``$ACDC_BENCH_DATA`` and the dataset's default location, in that order.
+            ``$ACDC_BENCH_DATA``, the dataset's default location and, for the datasets that
+            can be downloaded, the per-user cache (:func:`user_cache`), in that order.
         batch_size: the global batch size (a multiple of ``world_size``).
         seed: with the epoch, fixes the training order (and worker seeds).
         num_workers: ``DataLoader`` workers (ignored for in-memory Fashion-MNIST).
         device: where batches are delivered.
         rank, world_size: the data-parallel position; each rank gets a disjoint shard.
         train_subset: keep a class-stratified sample of N training examples (:func:`stratified_subset`).
-        download: fetch the data into the first searched root if it is absent
-            (CIFAR-100 only; ignored where the data is present).
+        download: where the data is found nowhere, download it (:func:`download_dataset`)
+            into ``root``, or into the per-user cache when ``root`` is ``None``; ``None``
+            (the default) downloads where no root is given and the dataset downloads by
+            default (Fashion-MNIST, not CIFAR-100's 169 MB); ``False`` never downloads.
 
     Raises:
         ValueError: unknown dataset, or batch size/rank/world size inconsistent.
@@ -585,16 +781,24 @@ def load_data(dataset: str, *, root: str | os.PathLike | None, batch_size: int, 
     spec = DATASETS[dataset]
     searched = _candidate_roots(spec, root)
     found = next((path for path in searched if spec.is_present(path)), None)
-    if found is None:
-        if download and spec.can_download and searched:
-            found = searched[0]
+    if download is None:
+        download = spec.downloads_by_default and root is None
+    if found is None and download and spec.fetch is not None:
+        found = download_dataset(dataset, root)
+    elif found is None:
+        problem = ("no data root given (no root argument, " + DATA_ROOT_ENV +
+                   " unset) and the dataset has no default location"
+                   if not searched else "data not found (missing files or folders)")
+        if spec.fetch is None:
+            problem += "; this dataset cannot be downloaded automatically" if download else ""
+        elif root is not None:
+            problem += "; download=True downloads it into that root"
+            if spec.downloads_by_default:
+                problem += f" (and with no root given it is downloaded into {user_cache(dataset)})"
         else:
-            problem = ("no data root given (no root argument, " + DATA_ROOT_ENV +
-                       " unset) and the dataset has no default location"
-                       if not searched else "data not found (missing files or folders)")
-            if download and not spec.can_download:
-                problem += "; this dataset cannot be downloaded automatically"
-            raise _error(spec, problem, searched)
+            problem += (f"; `python -c \"import acdc_bench.data as d; d.download_dataset('{dataset}')\"` "
+                        f"(or download=True) downloads it into {user_cache(dataset)}")
+        raise _error(spec, problem, searched)
     return spec.loader(spec, found, searched, train_subset=train_subset, download=download,
                        batch_size=batch_size, seed=seed, num_workers=num_workers,
                        device=torch.device(device), rank=rank, world_size=world_size)

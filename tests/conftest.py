@@ -13,6 +13,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The tests never reach the internet: a data set that is missing is "downloaded" from a closed port
+# of this machine, which fails at once (tests/unit/test_download.py serves its own files).
+os.environ.setdefault("ACDC_BENCH_MIRROR", "http://127.0.0.1:9/")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

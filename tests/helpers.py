@@ -10,13 +10,16 @@ from torch import nn
 
 from acdc_bench.api import sparsify
 from acdc_bench.config import load_suite, run_config
+from acdc_bench.data import user_cache
 
 #: The repository (tests/ is one folder below it) and the tests' support folder.
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA"),
-                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+needs_fashion = pytest.mark.skipif(
+    not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA") and not user_cache("fashion-mnist").exists(),
+    reason="Fashion-MNIST not on disk (the tests download nothing: run ./nox -s reproduce once, or "
+           "apt-get install dataset-fashion-mnist)")
 #: --set overrides for a short AC/DC on 2,000 examples: dense 0, sparse 1, dense 2, sparse 3
 #: (4 epochs of 8 steps, 1-epoch phases).
 SHORT = ["train_subset=2000", "epochs=4", "methods.acdc.schedule_epochs=4", "methods.acdc.warmup_epochs=1",

@@ -1,9 +1,9 @@
 """Callbacks that attach a method to the training loops researchers use, through :func:`acdc_bench.sparsify`:
 
 - :mod:`acdc_bench.integrations.hf`: ``SparsityCallback`` for the Hugging Face ``Trainer``
-  (``pip install 'acdc-bench[hf]'``);
+  (the ``hf`` extra);
 - :mod:`acdc_bench.integrations.lightning`: ``SparsityCallback`` for Lightning
-  (``pip install 'acdc-bench[lightning]'``).
+  (the ``lightning`` extra).
 
 Importing :mod:`acdc_bench` never needs them; importing an integration without its framework is
 an error naming the extra to install.
@@ -19,8 +19,8 @@ def require(module: str, extra: str, integration: str):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"acdc_bench.integrations.{integration} needs {module.split('.')[0]}: "
-                          f"pip install 'acdc-bench[{extra}]'") from error
+        raise ImportError(f"acdc_bench.integrations.{integration} needs {module.split('.')[0]}: install the "
+                          f"project's '{extra}' extra (pip install '.[{extra}]' in a checkout)") from error
 
 
 #: The file beside a framework's checkpoint that holds the sparsifier's state (masks, step, meter).

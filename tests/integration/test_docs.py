@@ -40,7 +40,8 @@ def _cli_lines() -> list[tuple[str, str]]:
 
 #: Lines of the docs the tests do not run, and why: the tests themselves (nox), installing, and
 #: what needs ImageNet or several GPUs. Every other line is run.
-NOT_RUN = (("python3 -m pip install nox && nox ", "the two commands themselves"),
+NOT_RUN = (("./nox ", "the two commands themselves"),
+           ("pip install ", "installing the library"),
            ("nox -s ", "a nox session: its command is what is tested"),
            ("torchrun ", "needs the ImageNet data and GPUs"))
 

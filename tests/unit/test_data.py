@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from acdc_bench.data import DATA_ROOT_ENV, DataError, load_data
+from acdc_bench.data import DATA_ROOT_ENV, MIRROR_ENV, DataError, load_data
 
 from data_files import FASHION_ROOT, HAVE_FASHION, rgb
 
@@ -19,8 +19,12 @@ needs_fashion = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def no_data_env(monkeypatch):
+def no_data_env(monkeypatch, tmp_path_factory):
+    """No data folder from the environment, an empty user cache, and a mirror that refuses every
+    connection: a test here never downloads (tests/unit/test_download.py does, from 127.0.0.1)."""
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9/")
 
 
 def collect(batches):
@@ -215,7 +219,7 @@ def test_imagenet_without_images(tmp_path):
 
 @pytest.mark.parametrize("dataset, layout_fragment, hint", [
     ("fashion-mnist", "train-images-idx3-ubyte", "apt-get install dataset-fashion-mnist"),
-    ("cifar100", "cifar-100-python/train", "--download"),
+    ("cifar100", "cifar-100-python/train", "download=True downloads it into that root"),
     ("imagenet", "<root>/train/<wnid>/*.JPEG", "ACDC_BENCH_DATA"),
 ])
 def test_missing_root(tmp_path, dataset, layout_fragment, hint):
@@ -233,9 +237,9 @@ def test_empty_dir(tmp_path):
     assert str(tmp_path) in str(info.value)
 
 
-def test_no_location_for_cifar():
+def test_no_location_for_imagenet():
     with pytest.raises(DataError, match="no data root given"):
-        load_data("cifar100", root=None, batch_size=4, seed=0)
+        load_data("imagenet", root=None, batch_size=4, seed=0)
 
 
 @pytest.mark.parametrize("corrupt", ["truncate_gzip", "truncate_data", "bad_magic"])
