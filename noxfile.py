@@ -25,14 +25,14 @@ TORCH = {"torch": "2.14.1", "torchvision": "0.29.1"}
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _installed(*names: str) -> dict:
-    """The installed versions of ``names`` in the shared environment (from the packages' metadata:
-    importing torch to ask would cost seconds on every session)."""
+def _installed(*names: str, python: Path = PYTHON) -> dict:
+    """The installed versions of ``names`` in an environment (the shared one by default), from the
+    packages' metadata: importing torch to ask would cost seconds on every session."""
     probe = ("import importlib.metadata as m, sys\n"
              "for name in sys.argv[1:]:\n"
              "    try: print(name, m.version(name).split('+')[0])\n"
              "    except m.PackageNotFoundError: pass")
-    result = subprocess.run([str(PYTHON), "-c", probe, *names], capture_output=True, text=True)
+    result = subprocess.run([str(python), "-c", probe, *names], capture_output=True, text=True)
     return dict(line.split() for line in result.stdout.splitlines()) if result.returncode == 0 else {}
 
 
@@ -77,38 +77,46 @@ def _sparseprop(session: nox.Session) -> None:
         session.warn(f"sparseprop did not build ({error}); masked layers run densely (kernels: dense)")
 
 
-def _make_venv(session: nox.Session) -> None:
-    """``python -m venv .venv`` with this Python; where its venv has no ensurepip (Debian and Ubuntu
-    without python3-venv), an environment without pip, into which this Python's own pip installs pip
-    (``pip --python``, pip >= 22.3). Nothing is installed into this Python itself."""
-    made = subprocess.run([sys.executable, "-m", "venv", str(VENV)], capture_output=True, text=True)
+def _make_venv(session: nox.Session, venv: Path, interpreter: str) -> None:
+    """``interpreter -m venv venv``; where its venv has no ensurepip (Debian and Ubuntu without
+    python3-venv), an environment without pip, into which the interpreter's own pip installs pip
+    (``pip --python``, pip >= 22.3). Nothing is installed into the interpreter itself."""
+    made = subprocess.run([interpreter, "-m", "venv", str(venv)], capture_output=True, text=True)
     if made.returncode == 0:
         return
-    shutil.rmtree(VENV, ignore_errors=True)
+    shutil.rmtree(venv, ignore_errors=True)
     why = (made.stderr or made.stdout).strip().splitlines()[-1:] or ["no message"]
-    has_pip = subprocess.run([sys.executable, "-m", "pip", "--python", sys.executable, "--version"],
+    has_pip = subprocess.run([interpreter, "-m", "pip", "--python", interpreter, "--version"],
                              capture_output=True).returncode == 0
     if not has_pip:
-        session.error(f"{sys.executable} -m venv failed ({why[0]}) and this Python has no pip >= 22.3 to fill an "
+        session.error(f"{interpreter} -m venv failed ({why[0]}) and this Python has no pip >= 22.3 to fill an "
                       "environment: install python3-venv (sudo apt install python3-venv) or run nox from another Python")
-    session.run(sys.executable, "-m", "venv", "--without-pip", str(VENV), external=True)
-    session.run(sys.executable, "-m", "pip", "--python", str(PYTHON), "install", "-q", "pip", external=True)
+    session.run(interpreter, "-m", "venv", "--without-pip", str(venv), external=True)
+    session.run(interpreter, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "pip", external=True)
+
+
+def _prepare(session: nox.Session, venv: Path, interpreter: str) -> Path:
+    """Create ``venv`` from ``interpreter`` unless it exists; install torch into it once and the
+    project (editable, with its test extra) whenever pyproject.toml changed; returns its python."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.log(f"creating the environment {venv}")
+        _make_venv(session, venv, interpreter)
+        session.run(str(python), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
+    if _installed(*TORCH, python=python) != TORCH:
+        session.log(f"installing torch and torchvision once into {venv}")
+        session.run(str(python), "-m", "pip", "install", *(f"{k}=={v}" for k, v in TORCH.items()), external=True)
+    stamp = venv / ".acdc-bench-installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        session.run(str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", external=True)
+        stamp.write_text(digest)
+    return python
 
 
 def environment(session: nox.Session) -> str:
     """Create or update the shared environment; returns its python."""
-    if not PYTHON.exists():
-        session.log(f"creating the shared environment {VENV}")
-        _make_venv(session)
-        session.run(str(PYTHON), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
-    if _installed(*TORCH) != TORCH:
-        session.log("installing torch and torchvision once into the shared environment")
-        session.run(str(PYTHON), "-m", "pip", "install", *(f"{k}=={v}" for k, v in TORCH.items()), external=True)
-    stamp = VENV / ".acdc-bench-installed"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if not stamp.exists() or stamp.read_text() != digest:
-        session.run(str(PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", external=True)
-        stamp.write_text(digest)
+    _prepare(session, VENV, sys.executable)
     _sparseprop(session)
     _fashion_mnist(session)
     session.env.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
@@ -133,6 +141,44 @@ def tests(session: nox.Session) -> None:
         # every benchmark once, CI-sized (the timed run is `nox -s bench`)
         session.run(python, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
                     external=True, env={"ACDC_BENCH_SHORT": "1"})
+
+
+def _interpreter(version: str) -> str | None:
+    """A ``python<version>`` that runs: the PATH's, else one of pyenv's installed versions (pyenv's shim
+    on the PATH refuses a version that is installed but not selected)."""
+    candidates = [shutil.which(f"python{version}")]
+    if shutil.which("pyenv"):
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+        if root:
+            candidates += sorted(Path(root, "versions").glob(f"{version}.*/bin/python{version}"), reverse=True)
+    for candidate in filter(None, candidates):
+        if subprocess.run([str(candidate), "-c", "pass"], capture_output=True).returncode == 0:
+            return str(candidate)
+    return None
+
+
+#: The supported Pythons besides the one nox runs on: ``nox -s pythons`` runs the unit tests and the
+#: behaviour record on each (CI runs it), in an environment of its own, ``.venv-py<version>``.
+OTHER_PYTHONS = ("3.10", "3.13")
+
+
+@nox.session
+def pythons(session: nox.Session) -> None:
+    """The unit tests and the behaviour record (bit for bit) on Python 3.10 and 3.13 (``-- 3.12``: others),
+    each found as ``python3.X`` on the PATH or among pyenv's versions, with any warning raised from the
+    project's own code an error. torch is installed once per environment (its CUDA build from the
+    index for a Python whose wheel is not on the machine's disk)."""
+    for version in session.posargs or OTHER_PYTHONS:
+        interpreter = _interpreter(version)
+        if interpreter is None:
+            session.error(f"python{version} is not on the PATH: install it (pyenv install {version}, or your "
+                          f"system's python{version}) or name the versions to test: nox -s pythons -- 3.11")
+        python = _prepare(session, ROOT / f".venv-py{version}", interpreter)
+        session.run(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto", "--maxprocesses", "4",
+                    # the ini form's module is a prefix (acdc_bench.*); -W's would be the exact module name.
+                    # A FutureWarning is an error wherever pandas or matplotlib raise it for the project's calls.
+                    "-o", "filterwarnings=error:::acdc_bench", "-W", "error::FutureWarning", "tests/unit",
+                    "tests/integration/test_behaviour.py", external=True, env={"WANDB_MODE": "offline"})
 
 
 SLURM_PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")

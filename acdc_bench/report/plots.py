@@ -94,9 +94,11 @@ def _save(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _ci_errors(rows: pd.DataFrame, value: str, low: str, high: str) -> list[pd.Series]:
-    """Asymmetric error-bar lengths (below, above) of ``value`` to its interval; 0 where none."""
-    return [(rows[value] - rows[low]).fillna(0).clip(lower=0), (rows[high] - rows[value]).fillna(0).clip(lower=0)]
+def _ci_errors(rows: pd.DataFrame, value: str, low: str, high: str) -> list:
+    """Asymmetric error-bar lengths (below, above) of ``value`` to its interval; 0 where none (arrays:
+    matplotlib converts a one-row Series element by element, which pandas deprecates)."""
+    return [(rows[value] - rows[low]).fillna(0).clip(lower=0).to_numpy(),
+            (rows[high] - rows[value]).fillna(0).clip(lower=0).to_numpy()]
 
 
 def _published_for(reference: pd.DataFrame | None, dataset: str, model: str) -> pd.DataFrame:
@@ -147,7 +149,7 @@ def plot_top1_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None, o
                 if not (math.isnan(low) or math.isnan(high)):
                     axes.axhspan(low, high, color=method_color(method), alpha=0.1)
                 continue
-            axes.errorbar(rows["x_sparsity"] * 100, rows["top1_mean"],
+            axes.errorbar((rows["x_sparsity"] * 100).to_numpy(), rows["top1_mean"].to_numpy(),
                           yerr=_ci_errors(rows, "top1_mean", "top1_ci_low", "top1_ci_high"),
                           marker="o", capsize=3, color=method_color(method), label=label,
                           linestyle="-" if not variant else "--")
@@ -177,7 +179,7 @@ def plot_top1_vs_training_flops(table: pd.DataFrame, reference: pd.DataFrame | N
         figure, axes = _new_figure()
         for (method, variant), rows in ours.groupby(["method", "variant"], sort=True):
             rows = rows.sort_values("training_flops_multiplier")
-            axes.errorbar(rows["training_flops_multiplier"], rows["top1_mean"],
+            axes.errorbar(rows["training_flops_multiplier"].to_numpy(), rows["top1_mean"].to_numpy(),
                           yerr=_ci_errors(rows, "top1_mean", "top1_ci_low", "top1_ci_high"),
                           marker="o", capsize=3, color=method_color(method),
                           label=display_name("method", method) + (f" {variant}" if variant else ""),

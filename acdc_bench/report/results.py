@@ -108,9 +108,9 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
         log.warning("results root %s is not a folder; skipped", root)
         return []
     run_dirs = []
-    for folder, subfolders, files in os.walk(root):
+    for path, subfolders, files in os.walk(root):
         if CONFIG_FILE in files or RESULT_FILE in files:
-            run_dirs.append(Path(folder))
+            run_dirs.append(Path(path))
             subfolders.clear()
         else:
             subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
@@ -317,7 +317,7 @@ def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:
         superseded = chained & runs["run_id"].isin(named)
     ends = runs[chained & ~superseded]
     keys = [ends[key].round(6) if key == "target_sparsity" else ends[key]
-            for key in ("suite", "method", "target_sparsity", "seed", "budget_mode")]
+            for key in ("suite", "cell", "method", "target_sparsity", "seed", "budget_mode") if key in ends]
     for _, group in ends.groupby(keys, dropna=False):
         if len(group) < 2:
             continue
@@ -364,9 +364,8 @@ def load_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 def _numbers(values: pd.Series, column: str, path) -> pd.Series:
     """A text column as float ('' -> NaN); a value that is not a number is an error naming its line."""
-    values = values.replace("", math.nan)
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-    bad = numbers.isna() & values.notna()
+    bad = numbers.isna() & values.notna() & (values != "")
     if bad.any():
         line = int(bad.to_numpy().nonzero()[0][0]) + 2
         raise ValueError(f"{path}:{line}: {column} {values[bad].iloc[0]!r} is not a number")

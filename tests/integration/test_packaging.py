@@ -110,6 +110,8 @@ def test_the_installed_wheel_runs_from_outside_the_checkout(built, installed):
              "records = resources.files('acdc_bench').joinpath('records')\n"
              "print(acdc_bench.__file__, config.SUITES_DIR, DEFAULT_REFERENCE_PATH, records)\n"
              "print(len(load_reference()))\n"
+             "import acdc_bench.methods as methods; assert methods.get_method('set').__module__ == "
+             "'acdc_bench.baselines.set'\n"
              "print(' '.join(sorted(p.name for p in records.iterdir())))")
     paths, rows, records = _run([installed / "python", "-c", probe], **place).stdout.splitlines()
     for path in paths.split():

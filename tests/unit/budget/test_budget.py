@@ -459,6 +459,9 @@ def test_two_chains_of_one_cell_keep_the_last_finished_end(tmp_path, caplog):
     # the old chain finished last (copied back, say): its end wins, never both
     os.utime(tmp_path / "old-1" / "result.json", (400, 400))
     assert drop_superseded(runs)["run_id"].tolist() == ["old-1", "other-seed"]
+    # chains of two cells (matched to two suite lengths, say) are two chains: each keeps its end
+    runs["cell"] = ["str-s0.9-a", "str-s0.9-a", "str-s0.9-b", "str-s0.9-a"]
+    assert drop_superseded(runs)["run_id"].tolist() == ["old-1", "new-0", "other-seed"]
 
 
 def test_run_chain_yields_each_unfinished_run_once_and_refuses_to_skip_one(tmp_path):
