@@ -74,6 +74,13 @@ def _flops_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=["fashion-mnist", "cifar100"], help="the data set to download")
+    parser.add_argument("--root", default=None,
+                        help="the folder to download into (default: the per-user cache, $ACDC_BENCH_DATA/<dataset> "
+                             "or ~/.cache/acdc-bench/<dataset>)")
+
+
 def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     _add_suite_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=None, help="default: the suite's reproduce.methods")
@@ -269,6 +276,15 @@ def _plan_all(args, suite: dict, out: Path) -> int:
                        f"{calibration['option']}={calibration['value']:.4g}")
         print(f"{r['method']:<8} {r['epochs']:>6} {r['train_steps']:>7} {estimate / r['dense_training_flops']:>18.3f} "
               f"{ratio:>9}  {source}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    """Download a data set into the per-user cache (or ``--root``), each file checked before it is kept."""
+    from acdc_bench.data import download_dataset
+
+    folder = download_dataset(args.dataset, args.root)
+    print(f"{args.dataset}: in {folder}")
     return 0
 
 
@@ -538,6 +554,8 @@ COMMANDS = {
     "run": (cmd_run, _run_arguments, "train one run (resumes or reports a run already there)"),
     "plan": (cmd_plan, _plan_arguments, "per-epoch phase, lr and sparsity, and the estimated training FLOPs"),
     "flops": (cmd_flops, _flops_arguments, "dense and sparse forward FLOPs of a model per layer"),
+    "download": (cmd_download, _download_arguments,
+                 "download Fashion-MNIST or CIFAR-100 into the per-user cache, each file checked before it is kept"),
     "reproduce": (cmd_reproduce, _reproduce_arguments, "run a whole suite, then compare, export and plot"),
     "compare": (cmd_compare, _report_arguments, "per-sparsity table of every method against AC/DC and the published numbers"),
     "leaderboard": (cmd_leaderboard, _report_arguments, "export leaderboards/<suite>.csv (+ .md) and the plots"),

@@ -796,8 +796,8 @@ def load_data(dataset: str, *, root: str | os.PathLike | None, batch_size: int, 
             if spec.downloads_by_default:
                 problem += f" (and with no root given it is downloaded into {user_cache(dataset)})"
         else:
-            problem += (f"; `python -c \"import acdc_bench.data as d; d.download_dataset('{dataset}')\"` "
-                        f"(or download=True) downloads it into {user_cache(dataset)}")
+            problem += (f"; `acdc-bench download {dataset}` (or download=True) downloads it into "
+                        f"{user_cache(dataset)}")
         raise _error(spec, problem, searched)
     return spec.loader(spec, found, searched, train_subset=train_subset, download=download,
                        batch_size=batch_size, seed=seed, num_workers=num_workers,

@@ -222,7 +222,7 @@ def test_a_missing_file_on_the_mirror_is_a_clear_error(fashion, mirror):
 
 
 def test_no_download_when_disabled_or_a_root_is_given(fashion, mirror, tmp_path):
-    with pytest.raises(DataError, match=f"download_dataset\\('fashion-mnist'\\).*{cache()}"):
+    with pytest.raises(DataError, match=f"`acdc-bench download fashion-mnist`.*{cache()}"):
         load(download=False)
     given = tmp_path / "given"
     with pytest.raises(DataError, match=f"download=True downloads it into that root.*{cache()}"):
@@ -269,13 +269,23 @@ def test_cifar100_download_is_checked_before_extraction(cifar_archive, mirror):
     corrupt = bytearray(cifar_archive)
     corrupt[len(corrupt) // 2] ^= 0xFF
     mirror.files["cifar-100-python.tar.gz"] = [bytes(corrupt), cifar_archive]
-    with pytest.raises(DataError, match="download_dataset\\('cifar100'\\)"):
+    with pytest.raises(DataError, match="`acdc-bench download cifar100`"):
         load_data("cifar100", root=None, batch_size=32, seed=0)  # not downloaded unless asked
     assert mirror.requests == []
     data = load_data("cifar100", root=None, batch_size=32, seed=0, download=True)
     assert (data.train_size, data.test_size) == (96, 32)
     assert mirror.requests == ["cifar-100-python.tar.gz"] * 2 and not any(mirror.final_seen)
     assert sorted(p.name for p in cache("cifar100").iterdir()) == [".download.lock", "cifar-100-python"]
+
+
+def test_the_download_command_fetches_into_the_cache_and_says_where(cifar_archive, mirror, capsys):
+    from acdc_bench.cli import main
+
+    mirror.files["cifar-100-python.tar.gz"] = [cifar_archive]
+    assert main(["download", "cifar100"]) == 0
+    assert capsys.readouterr().out.strip() == f"cifar100: in {cache('cifar100')}"
+    assert (cache("cifar100") / "cifar-100-python" / "train").is_file()
+    assert main(["download", "cifar100"]) == 0 and mirror.requests == ["cifar-100-python.tar.gz"]  # once
 
 
 def test_cifar100_wrong_archive_is_refused_and_nothing_extracted(cifar_archive, mirror):
