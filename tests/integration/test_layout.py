@@ -126,7 +126,7 @@ def test_builtin_methods_come_from_this_package_even_beside_another_baselines(tm
 def test_cli_is_one_module_with_a_plain_table():
     from acdc_bench import cli
 
-    assert set(cli.COMMANDS) == {"run", "plan", "flops", "reproduce", "compare", "leaderboard", "verify"}
+    assert set(cli.COMMANDS) == {"run", "plan", "flops", "download", "reproduce", "compare", "leaderboard", "verify"}
     source = Path(cli.__file__).read_text()
     assert "._actions" not in source and "_SubParsersAction" not in source
     assert not (PACKAGE / "reporting_cli.py").exists()
