@@ -241,7 +241,7 @@ def finished_problems(run_dir: str | os.PathLike, result: dict) -> list[str]:
         if not epochs:
             problems.append(f"{METRICS} holds no epoch ({fix})")
     best = result.get("top1_best")
-    if _is_number(best):
+    if _is_number(best) and result["top1"] > best + 1e-9:  # only then is the test-set size read
         try:
             predictions = read_predictions(run_dir)
         except ValueError:
