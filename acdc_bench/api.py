@@ -325,8 +325,9 @@ def sparsify(
     (the last epoch may then be partial). ``batch_size`` is the examples per step for the FLOP
     meter. ``input_shape`` is one example's shape (default: read from the first training
     batch); ``flops`` reuses a measurement. ``kernels``: ``auto`` runs masked layers on sparse
-    kernels where they measure faster (:mod:`acdc_bench.core.kernels`; needs sparseprop), ``dense``
-    never. ``options`` are the method's own (its ``Config``
+    kernels where they measure faster (:mod:`acdc_bench.core.kernels`; needs sparseprop), ``portable``
+    on the fixed-order kernels of portable numerics by a density rule (:mod:`acdc_bench.core.sparse`),
+    ``dense`` never. ``options`` are the method's own (its ``Config``
     fields, e.g. ``distribution``, ``update_interval``); an unknown one is an error naming them.
     A schedule that cannot reach its target in the run's steps is an error here, before training
     (``check_schedule=False``: a planner trying lengths).

@@ -465,6 +465,7 @@ def cmd_reproduce(args) -> int:
         print(json.dumps(listing, indent=2) if args.json else format_dry_run(listing))
         return 0
     resolve_jobs(args)
+    step = _dense_step(suite, args)
     started = time.perf_counter()
     with removed_if_left_empty(out):
         trained = run_all(suite, runs, out, args)
@@ -472,7 +473,7 @@ def cmd_reproduce(args) -> int:
     leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
     finished = load_runs(out)
     report(suite["suite"], finished, load_reference(), out, leaderboard_dir)
-    print_timing(finished, (trained, elapsed), args)
+    print_timing(finished, (trained, elapsed), args, step)
     return 0
 
 
@@ -526,16 +527,36 @@ def cmd_verify(args) -> int:
     return 0 if outcomes and all(o["verdict"] == "identical" for o in outcomes) else 1
 
 
-def print_timing(runs, invocation: tuple[int, float] | None = None, args=None) -> None:
+def _dense_step(suite: dict, args) -> dict | None:
+    """The dense step timed on this machine before the runs start (the FLOP-ideal table's rate),
+    for local runs on the CPU; None where the runs train elsewhere or it cannot be built here."""
+    import torch
+
+    from acdc_bench.run.steptime import dense_step
+
+    if getattr(args, "launcher", "local") != "local" or torch.cuda.is_available():
+        return None
+    try:
+        step = dense_step(suite, args.data_root)
+    except (OSError, RuntimeError, ValueError) as error:  # the runs will say so themselves
+        print(f"dense step not timed ({error}); the FLOP-ideal table uses the dense runs' rate", flush=True)
+        return None
+    print(f"dense step of {suite['suite']}: {step['seconds'] * 1e3:.2f} ms (median of {step['steps']}), "
+          f"{step['rate'] / 1e9:.1f} GFLOP/s on {step['threads']} thread(s)", flush=True)
+    return step
+
+
+def print_timing(runs, invocation: tuple[int, float] | None = None, args=None, step: dict | None = None) -> None:
     """The reproduction's calibration chains, its runs' time against the FLOP-ideal time, and what
-    this invocation trained: ``invocation`` is (runs trained, elapsed seconds)."""
+    this invocation trained: ``invocation`` is (runs trained, elapsed seconds); ``step``, the
+    timed dense step whose rate the FLOP-ideal times take (else the dense runs' rate)."""
     from acdc_bench.report.results import drop_superseded
     from acdc_bench.report.timing import calibration_summary, flop_ideal_table, format_flop_ideal
     from acdc_bench.run.launch import format_duration
 
     for line in calibration_summary(runs):
         print(line)
-    print(format_flop_ideal(flop_ideal_table(runs)))
+    print(format_flop_ideal(flop_ideal_table(runs, step["rate"] if step else None), step))
     kept = drop_superseded(runs)
     if len(kept) != len(runs):
         print(f"  (of these, {len(runs) - len(kept)} calibration run(s) were superseded by a later run of their chain)")

@@ -483,6 +483,8 @@ def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs:
                   reference=(suite.get("budget") or {}).get("reference") if budget_mode == "matched" else None)
     if budget_mode == "matched" and suite.get("_budget_inputs") not in (None, budget_inputs(suite)):
         inputs["budget_inputs"] = budget_inputs(suite)
+    if inputs.get("numerics") == "portable":
+        inputs["numerics"] = numerics.PORTABLE_ID  # what fixes its bits (another scheme: another run)
     if variant:
         inputs["variant"] = variant
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]

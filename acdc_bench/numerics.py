@@ -8,12 +8,14 @@ Under ``numerics: portable`` (the default of every suite) each library is pinned
 starts, through the environment variables that they read once, at start-up:
 
 - ``ATEN_CPU_CAPABILITY=avx2``: ATen's own kernels (reductions, softmax, elementwise);
-- ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility on its one code path
-  for Intel and non-Intel CPUs alike (SSE2, without the approximate rcpps/rsqrtps). Every
-  other branch (``AVX2`` among them) is for Intel CPUs only: on an AMD CPU MKL silently runs
-  its ``AUTO`` branch instead (oneMKL developer guide, "Specifying Code Branches"), so an AMD
-  and an Intel CPU compute different products. It costs speed: a LeNet-300-100 training step
-  takes 17.0 ms instead of 5.4 ms on a 2-core Intel Xeon (family 6 model 106, 1 thread);
+- ``OPENBLAS_CORETYPE=Haswell OPENBLAS_NUM_THREADS=1``: the matrix products of linear layers run
+  on the OpenBLAS of numpy's PyPI wheels, on its AVX2/FMA kernels with one blocking and one thread,
+  the same on Intel and AMD CPUs (:mod:`acdc_bench.core.blas`). torch's own products run on MKL,
+  whose one vendor-independent path is ~2.5x slower;
+- ``MKL_CBWR=COMPATIBLE``: every product left on MKL (none in the CPU suites' models) on MKL's one
+  code path for Intel and non-Intel CPUs alike (SSE2). Every other branch (``AVX2`` among them) is
+  for Intel CPUs only: on an AMD CPU MKL silently runs its ``AUTO`` branch instead (oneMKL
+  developer guide, "Specifying Code Branches");
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's convolutions and matrix products.
 
 sparseprop's kernels are compiled with ``-march=native``, so they stay off under portable
@@ -31,6 +33,7 @@ environment before torch initialises (:func:`ensure`).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -41,7 +44,13 @@ MODES = ("portable", "native")
 DEFAULT = "portable"
 ENV_DEFAULT = "ACDC_BENCH_NUMERICS"
 #: What each library reads at start-up to compute the same on every x86-64 CPU (see the module docstring).
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "1"}
+#: What a run id says of portable numerics: the libraries and kernels that fix its bits (a run made
+#: under other pins has another id, so it is never resumed or reused under these).
+PORTABLE_ID = "portable: ATen avx2, linear products on OpenBLAS Haswell 1 thread"
+#: What numpy's build information calls the OpenBLAS of its PyPI wheels (the portable products' library).
+OPENBLAS = "scipy-openblas"
 #: torch.compile's (inductor's) code cache. Its keys do not include ATen's capability, so a kernel
 #: compiled for AVX-512 by a native process and reused under ``ATEN_CPU_CAPABILITY=avx2`` computes
 #: wrong numbers (measured: a LeNet-300-100 gradient 12.1 where eager gives 0.025). Portable
@@ -100,8 +109,9 @@ def _x86() -> bool:
 
 def active() -> str:
     """The mode this process's math libraries run under. Portable needs the pinned environment
-    and, once torch is imported, ATen on AVX2 (a CPU without AVX2 cannot run portable numerics).
-    On a CPU other than x86 there is nothing to cap: the CPU's own rounding is the only one."""
+    and, once torch or numpy is imported, ATen on AVX2 (a CPU without AVX2 cannot run portable
+    numerics) and numpy's OpenBLAS on the pinned core type and thread count. On a CPU other than
+    x86 there is nothing to cap: the CPU's own rounding is the only one."""
     if not _x86():
         return "native"
     if not environment_pinned():
@@ -109,35 +119,46 @@ def active() -> str:
     torch = sys.modules.get("torch")
     if torch is not None and torch.backends.cpu.get_cpu_capability() != "AVX2":
         return "native"
+    if "numpy" in sys.modules and openblas_problem() is not None:
+        return "native"
     return "portable"
 
 
 def ensure(mode: str, *, reexec: bool = False) -> None:
     """Make this process run under ``mode``.
 
-    Before torch is imported, portable numerics are pinned by setting the environment (inherited
+    Before torch or numpy is imported, portable numerics are pinned by setting the environment (inherited
     by every process this one starts: parallel jobs, torchrun workers, submitit jobs). Once torch
-    has started, its libraries cannot change: with ``reexec`` (the command line) the process
+    or numpy has started, its libraries cannot change: with ``reexec`` (the command line) the process
     starts again with the environment pinned; otherwise it is an error that says what to do.
     ``native`` accepts any environment: it is the libraries' own choice.
     """
     check_mode(mode)
     if mode == "native" or not _x86() or active() == "portable":
         return
-    if "torch" not in sys.modules:
+    if "torch" not in sys.modules and "numpy" not in sys.modules:
         os.environ.update(pinned_environment())
+        if (problem := openblas_problem()) is not None:
+            raise _cannot_run(problem)
         return
     if reexec and not os.environ.get(_REEXEC_MARK):
         environ = dict(os.environ, **pinned_environment(), **{_REEXEC_MARK: "1"})
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+    if environment_pinned() and (problem := openblas_problem()) is not None:
+        raise _cannot_run(problem)
     raise NumericsError(
-        "this run asks for portable numerics, but torch started in this process without them "
+        "this run asks for portable numerics, but torch or numpy started in this process without them "
         f"(ATen on {_capability()}, environment {_pinned_text()}). Set "
         + " ".join(f"{k}={v}" for k, v in PORTABLE_ENV.items())
-        + " before Python starts (or before `import torch`), or choose native numerics "
+        + " before Python starts (or before `import numpy` and `import torch`), or choose native numerics "
           "(`--numerics native`, suite key `numerics: native`, or ACDC_BENCH_NUMERICS=native).")
+
+
+def _cannot_run(problem: str) -> NumericsError:
+    return NumericsError(f"portable numerics cannot run here: {problem}; or choose native numerics "
+                         "(`--numerics native`, suite key `numerics: native`, or ACDC_BENCH_NUMERICS=native).")
 
 
 def _capability() -> str:
@@ -179,12 +200,70 @@ def describe(mode: str) -> dict:
         "threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
         "mkl": _first_line(build, "Math Kernel Library"),
+        "blas": openblas(),
         "onednn": _first_line(build, "MKL-DNN"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
     return info
+
+
+@functools.lru_cache(maxsize=1)
+def _openblas_library():
+    """(numpy's loaded OpenBLAS, its symbol suffix, numpy's BLAS build record); imports numpy."""
+    import ctypes
+    import glob
+
+    import numpy
+
+    try:
+        blas = dict(numpy.show_config(mode="dicts")["Build Dependencies"]["blas"])
+    except (KeyError, TypeError):
+        blas = {}
+    root = Path(numpy.__file__).parent
+    # Linux wheels keep it in numpy.libs beside the package, macOS wheels in numpy/.dylibs.
+    for path in sorted(glob.glob(str(root.parent / "numpy.libs" / "libscipy_openblas*"))
+                       + glob.glob(str(root / ".dylibs" / "libscipy_openblas*"))):
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for suffix in ("64_", ""):
+            if hasattr(library, f"scipy_openblas_get_corename{suffix}"):
+                return library, suffix, blas
+    return None, "", blas
+
+
+def openblas() -> dict:
+    """numpy's BLAS as this process runs it: numpy's version, the library, its version, and for
+    numpy's OpenBLAS the core type and thread count it started with (imports numpy)."""
+    import ctypes
+
+    import numpy
+
+    library, suffix, blas = _openblas_library()
+    found = {"numpy": numpy.__version__, "library": blas.get("name"), "version": blas.get("version")}
+    if library is not None:
+        corename = getattr(library, f"scipy_openblas_get_corename{suffix}")
+        corename.restype = ctypes.c_char_p
+        found["core"] = corename().decode()
+        found["threads"] = int(getattr(library, f"scipy_openblas_get_num_threads{suffix}")())
+    return found
+
+
+def openblas_problem() -> str | None:
+    """Why this process cannot compute portable products (None when it can; imports numpy)."""
+    found = openblas()
+    if found.get("library") != OPENBLAS or "core" not in found:
+        return (f"numpy {found['numpy']} runs on {found.get('library') or 'an unknown BLAS'}, not on the OpenBLAS of "
+                f"numpy's PyPI wheels ({OPENBLAS}); install numpy from PyPI (`pip install --force-reinstall numpy`)")
+    core, threads = PORTABLE_ENV["OPENBLAS_CORETYPE"], int(PORTABLE_ENV["OPENBLAS_NUM_THREADS"])
+    if found["core"].lower() != core.lower() or found["threads"] != threads:
+        return (f"numpy's OpenBLAS started on core type {found['core']} with {found['threads']} thread(s), not {core} "
+                f"with {threads}; set OPENBLAS_CORETYPE={core} OPENBLAS_NUM_THREADS={threads} before Python starts "
+                "(before numpy is imported)")
+    return None
 
 
 def _first_line(text: str, needle: str) -> str | None:

@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from acdc_bench import numerics
+
 
 def _outside_id(default: Any = dataclasses.MISSING, **kwargs) -> Any:
     """A field that does not change what a run computes: left out of the run id."""
@@ -363,6 +365,8 @@ class RunConfig:
         identity.pop("budget", None)
         if self.budget.mode != Budget.mode:
             identity["budget_mode"] = self.budget.mode
+        if identity.get("numerics") == "portable":
+            identity["numerics"] = numerics.PORTABLE_ID  # what fixes its bits (another scheme: another run)
         return identity
 
     @functools.cached_property

@@ -1,13 +1,16 @@
 """Sparse kernels against the masked dense layer: forward + backward time per layer shape.
 
-    python benchmarks/sparse_kernels.py [--threads 1 2] [--densities 0.1 0.05] [--repeats 20]
-                                        [--out .benchmarks/sparse_kernels.json]
+    python benchmarks/sparse_kernels.py [--numerics native portable] [--threads 1 2] [--densities 0.1 0.05]
+                                        [--repeats 20] [--out .benchmarks/sparse_kernels.json]
 
 For every layer shape of the default suite's model (LeNet-300-100, batch 256) and a few of
 ResNet50's (batch 16), a random weight pruned to each density by magnitude, and each backend:
 
-- ``dense-masked``: what the compressed-phase step computes now, ``F.linear`` / ``F.conv2d``
-  with the masked weight, forward + backward, the dense weight gradient masked afterwards;
+- ``dense-masked``: a masked layer's dense step, ``F.linear`` / ``F.conv2d`` with the masked
+  weight, forward + backward, the dense weight gradient masked afterwards (under portable
+  numerics the linear products on the pinned OpenBLAS, :mod:`acdc_bench.core.blas`, as runs do);
+- ``fixed-order`` (portable numerics, linear layers): :mod:`acdc_bench.core.sparse`'s kernels,
+  which portable runs use for masks at most ``MAX_DENSITY`` dense;
 - ``csr``: PyTorch's CSR tensors (linear layers only): ``torch.sparse.mm`` forward and input
   gradient (with the transposed weight in CSR), ``torch.sparse.sampled_addmm`` for the weight
   gradient at the mask's non-zeros;
@@ -15,7 +18,8 @@ ResNet50's (batch 16), a random weight pruned to each density by magnitude, and 
   backpropagation, the AC/DC authors' lab; optional: ``pip install pybind11 wheel`` then
   ``pip install --no-build-isolation sparseprop``, compiled with ``-march=native``).
 
-Each (thread count) runs in its own process with ``OMP_NUM_THREADS`` and torch's threads set,
+Each (numerics, thread count) runs in its own process with ``OMP_NUM_THREADS`` and torch's
+threads set (portable: pinned as runs are, :func:`acdc_bench.numerics.pinned_environment`),
 and the backends are timed in interleaved rounds (A B C A B C ...), so that load on a shared
 machine falls on all of them alike; the table gives medians in ms and the ratio to
 dense-masked, and checks every backend's output, input gradient and (linear) weight gradient against
@@ -43,7 +47,7 @@ LAYERS = [
     ("resnet50 layer4 conv1x1 2048->512, 7x7", "conv", (512, 2048, 1, 1, 0), (16, 2048, 7, 7)),
     ("resnet50 fc 2048x1000", "linear", (1000, 2048), (16, 2048)),
 ]
-BACKENDS = ["dense-masked", "csr", "sparseprop"]
+BACKENDS = ["dense-masked", "csr", "sparseprop", "fixed-order"]
 
 
 # ----------------------------------------------------------------------------- in the worker
@@ -105,19 +109,38 @@ def _backend_step(backend: str, kind: str, spec, weight, mask):
     import torch
     import torch.nn.functional as F
 
+    from acdc_bench import numerics
+    from acdc_bench.core import blas, sparse
+
     factor = mask.to(weight.dtype)  # as MaskSet multiplies: same dtype (a bool mask takes a slow cast)
+    portable = numerics.active() == "portable"
+    if backend in ("csr", "sparseprop") and portable or backend == "fixed-order" and not portable:
+        return None  # sparseprop is built for this CPU (-march=native); the fixed-order kernels are portable's
 
     if kind == "linear":
+        linear = blas.linear if portable else F.linear
         if backend == "dense-masked":
             w = weight.clone().requires_grad_()
 
             def run(x):
-                out = F.linear(x, w)
+                out = linear(x, w)
                 out.backward(run.grad)
                 grad_w = w.grad.mul_(factor)  # the compressed phase masks the dense gradient
                 w.grad = None
                 return out, grad_w
-            run.forward = lambda x: F.linear(x, w)
+            run.forward = lambda x: linear(x, w)
+            return run
+        if backend == "fixed-order":
+            layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            with torch.no_grad():
+                layer.weight.copy_(weight)
+            structure = sparse.Structure(mask)
+
+            def run(x):
+                out = sparse.forward(layer, structure, x)
+                out.backward(run.grad)
+                grad_w, layer.weight.grad = layer.weight.grad, None
+                return out, grad_w
             return run
         if backend == "csr":
             function = _csr_linear()
@@ -160,8 +183,8 @@ def _backend_step(backend: str, kind: str, spec, weight, mask):
             return out, grad_w
         run.forward = lambda x: F.conv2d(x, w, stride=stride, padding=padding)
         return run
-    if backend == "csr":
-        return None  # PyTorch has no CSR convolution
+    if backend in ("csr", "fixed-order"):
+        return None  # linear layers only (PyTorch has no CSR convolution)
     from sparseprop.modules import SparseConv2d
 
     conv = torch.nn.Conv2d(in_channels, out_channels, k, stride=stride, padding=padding, bias=False)
@@ -184,6 +207,8 @@ def worker(threads: int, densities: list[float], repeats: int, layers: list[str]
 
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+    from acdc_bench import numerics
 
     torch.set_num_threads(threads)
     try:
@@ -242,6 +267,7 @@ def worker(threads: int, densities: list[float], repeats: int, layers: list[str]
                 values = sorted(times[backend])
                 results[backend] = values[len(values) // 2] * 1e3
             rows.append({"layer": name, "kind": kind, "batch": input_shape[0], "density": density, "threads": threads,
+                         "numerics": numerics.active(),
                          "ms": results, "ratio": {b: results[b] / results["dense-masked"] for b in results},
                          "max_rel_error": check, "within_rounding_bound": within})
             print(f"  {threads} thread(s) {name} density {density:g}: "
@@ -312,21 +338,24 @@ def whole_step(threads: int, densities: list[float], repeats: int) -> list[dict]
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| layer | batch | density | threads | dense-masked ms | CSR ms (x) | sparseprop ms (x) | max rel. error |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| numerics | layer | batch | density | threads | dense-masked ms | CSR ms (x) | sparseprop ms (x) "
+             "| fixed-order ms (x) | max rel. error |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         def cell(backend):
             if backend not in row["ms"]:
                 return "n/a"
             return f"{row['ms'][backend]:.3f} ({row['ratio'][backend]:.2f}x)"
         error = max((v for k, v in row["max_rel_error"].items() if k != "dense-masked"), default=0.0)
-        lines.append(f"| {row['layer']} | {row['batch']} | {row['density']:g} | {row['threads']} | "
-                     f"{row['ms']['dense-masked']:.3f} | {cell('csr')} | {cell('sparseprop')} | {error:.1e} |")
+        lines.append(f"| {row.get('numerics', '?')} | {row['layer']} | {row['batch']} | {row['density']:g} | "
+                     f"{row['threads']} | {row['ms']['dense-masked']:.3f} | {cell('csr')} | {cell('sparseprop')} | "
+                     f"{cell('fixed-order')} | {error:.1e} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--numerics", nargs="+", default=["native", "portable"], choices=["native", "portable"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.05])
     parser.add_argument("--repeats", type=int, default=20)
@@ -341,16 +370,23 @@ def main(argv: list[str] | None = None) -> int:
             worker(args.worker, args.densities, args.repeats, args.layers)
         json.dump(work, sys.stdout)
         return 0
+    from acdc_bench import numerics
+
     rows = []
-    for threads in args.threads:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+    for mode, threads in [(mode, threads) for mode in args.numerics for threads in args.threads]:
+        if mode == "portable" and (threads > 1 or args.whole_step):
+            continue  # portable runs train on one thread; the whole step compares sparseprop (native)
+        env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+        if mode == "portable":
+            env.update(numerics.pinned_environment())
+        env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
         command = [sys.executable, __file__, "--worker", str(threads), "--repeats", str(args.repeats),
                    "--densities", *map(str, args.densities)]
         if args.layers:
             command += ["--layers", *args.layers]
         if args.whole_step:
             command.append("--whole-step")
-        print(f"timing with {threads} thread(s) ...", file=sys.stderr, flush=True)
+        print(f"timing under {mode} numerics with {threads} thread(s) ...", file=sys.stderr, flush=True)
         done = subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True)
         rows += json.loads(done.stdout)
     from _harness import machine as machine_facts

@@ -2,8 +2,9 @@
 
 ``python -m tests.behaviour record`` writes ``tests/data/behaviour.json`` from the current code;
 ``tests/integration/test_behaviour.py`` re-runs the same commands and compares every value exactly. The runs
-compute under portable numerics (:mod:`acdc_bench.numerics`: ATen and oneDNN capped to AVX2,
-MKL on its branch for every CPU vendor, pinned before torch starts in a process of their own), so
+compute under portable numerics (:mod:`acdc_bench.numerics`: ATen and oneDNN capped to AVX2, the
+linear products on OpenBLAS's Haswell kernels and the fixed-order sparse kernels, pinned before
+torch starts in a process of their own), so
 the record holds bit for bit on Intel and AMD x86-64 CPUs with AVX2, whatever the numerics of the
 process that asks for it. The record says which CPU made it.
 """
@@ -31,6 +32,7 @@ COMMANDS = [
     ["--method", "acdc", "--sparsity", "0.9", "--budget", "paper"],
     ["--method", "gmp", "--sparsity", "0.9", "--budget", "paper"],
     ["--method", "rigl", "--sparsity", "0.9", "--budget", "paper", "--set", "methods.rigl.update_interval=3"],
+    ["--method", "set", "--sparsity", "0.9", "--budget", "paper", "--set", "methods.set.update_interval=3"],
     # STR's sparsity follows lam and s_init, untuned for these 4-epoch runs: its end-of-run check is
     # opened (the record holds what STR computes; tests/unit/methods/test_targets.py holds the check).
     ["--method", "str", "--sparsity", "0.9", "--budget", "paper", "--set", "budget.calibration.sparsity_tolerance=0.95"],

@@ -33,6 +33,9 @@ from torch import nn
 MIN_WEIGHTS = 200_000
 MAX_DENSITY = 0.05
 MODES = ("auto", "dense")
+#: What :class:`SparseKernels` runs: sparseprop where it measures faster (``auto``), nothing
+#: (``dense``), or the fixed-order kernels of portable numerics (``portable``, :mod:`acdc_bench.core.sparse`).
+BACKENDS = (*MODES, "portable")
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,11 +80,20 @@ class SparseKernels:
     """Runs the eligible layers of a mask set through sparseprop while their masks are in force."""
 
     def __init__(self, modules: Sequence[nn.Module], mode: str = "auto"):
-        if mode not in MODES:
-            raise ValueError(f"kernels '{mode}' is unknown; allowed: {', '.join(MODES)}")
+        if mode not in BACKENDS:
+            raise ValueError(f"kernels '{mode}' is unknown; allowed: {', '.join(BACKENDS)}")
         self.modules = list(modules)
         self.mode = mode
         self._installed: list[tuple[torch.Tensor, int] | None] = [None] * len(self.modules)
+        #: Per layer, the instance forward it had before a sparse one (the portable dense products').
+        self._before: list[object | None] = [None] * len(self.modules)
+
+    def _wanted(self, module: nn.Module, density: float) -> bool:
+        if self.mode == "portable":
+            from acdc_bench.core import sparse
+
+            return sparse.eligible(module, density)
+        return self.mode == "auto" and eligible(module, density)
 
     @property
     def active(self) -> list[bool]:
@@ -92,17 +104,25 @@ class SparseKernels:
         """Before a step's forward pass: the sparse kernel on every eligible layer when ``enabled``
         (masks in force, no dense gradient wanted), its structure rebuilt when a mask changed."""
         for index, (module, mask, density) in enumerate(zip(self.modules, masks, densities)):
-            wanted = enabled and self.mode == "auto" and eligible(module, density)
+            wanted = enabled and self._wanted(module, density)
             installed = self._installed[index]
             if not wanted:
                 if installed is not None:
-                    del module.forward  # back to nn.Linear.forward
-                    self._installed[index] = None
+                    del module.forward
+                    if self._before[index] is not None:
+                        module.forward = self._before[index]
+                    self._installed[index] = self._before[index] = None
                 continue
             if installed is not None and installed[0] is mask and installed[1] == mask._version:
                 continue
-            structure = _csr_structure(mask)
-            module.forward = functools.partial(_sparse_linear_forward, module, mask, structure)
+            if installed is None:
+                self._before[index] = vars(module).get("forward")
+            if self.mode == "portable":
+                from acdc_bench.core import sparse
+
+                module.forward = functools.partial(sparse.forward, module, sparse.Structure(mask))
+            else:
+                module.forward = functools.partial(_sparse_linear_forward, module, mask, _csr_structure(mask))
             self._installed[index] = (mask, mask._version)
 
     def remove(self) -> None:

@@ -1,10 +1,12 @@
 """Where a reproduction's time went: wall time against the FLOP-ideal time, and STR's chains.
 
-The FLOP-ideal time of a run is its metered training FLOPs divided by the FLOP rate the
-dense runs of the same folder reached on this machine (their training FLOPs over their wall
-time, evaluation included as in every run). A method whose ratio wall / ideal is far above 1
-spends its time on something other than the FLOPs it is charged for (RigL computes its
-sparse steps densely; STR recomputes its effective weights every step).
+The FLOP-ideal time of a run is its metered training FLOPs divided by the machine's dense FLOP
+rate: that of the suite's dense training step timed before the runs start
+(:func:`acdc_bench.run.steptime.dense_step`), or, without one, the rate the dense runs of the same
+folder reached (their training FLOPs over their wall time, which moves with whatever shared the
+cores). A method whose ratio wall / ideal is far above 1 spends its time on something other than
+the FLOPs it is charged for (a sparse product runs at a lower FLOP rate than a dense one; STR
+recomputes its effective weights every step; every run evaluates each epoch).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def flop_ideal_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per method and in total: runs, wall time, FLOP-ideal time and their ratio (finished runs)."""
+def flop_ideal_table(runs: pd.DataFrame, rate: float | None = None) -> pd.DataFrame:
+    """Per method and in total: runs, wall time, FLOP-ideal time and their ratio (finished runs);
+    ``rate``: the dense FLOP rate (FLOPs/s; default: the dense runs' own)."""
     finished = runs[runs["status"] == "finished"] if not runs.empty else runs
     dense = finished[finished["method"] == "dense"] if not finished.empty else finished
-    rate = dense["training_flops"].sum() / dense["wall_time_s"].sum() if len(dense) else math.nan
+    if rate is None:
+        rate = dense["training_flops"].sum() / dense["wall_time_s"].sum() if len(dense) else math.nan
     rows = []
     for method, group in list(finished.groupby("method", sort=False)) + [("total", finished)]:
         wall = float(group["wall_time_s"].sum())
@@ -33,9 +37,15 @@ def flop_ideal_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def format_flop_ideal(table: pd.DataFrame, dense_rate: float | None = None) -> str:
-    lines = ["time per method: wall time vs the FLOP-ideal time (metered training FLOPs at the dense "
-             "runs' FLOP rate on this machine)"]
+def format_flop_ideal(table: pd.DataFrame, step: dict | None = None) -> str:
+    """The table as text; ``step``: the timed dense step behind its rate (else the dense runs')."""
+    if step is None:
+        lines = ["time per method: wall time vs the FLOP-ideal time (metered training FLOPs at the dense "
+                 "runs' FLOP rate on this machine)"]
+    else:
+        lines = [f"time per method: wall time vs the FLOP-ideal time (metered training FLOPs at the rate of the "
+                 f"dense training step timed before the runs: median of {step['steps']} steps {step['seconds'] * 1e3:.2f} ms, "
+                 f"{step['rate'] / 1e9:.1f} GFLOP/s, {step['threads']} thread(s); evaluation is outside it)"]
     for row in table.itertuples():
         ideal = "-" if row.flop_ideal_s != row.flop_ideal_s else _duration(row.flop_ideal_s)
         ratio = "-" if row.ratio != row.ratio else f"{row.ratio:.2f}x"

@@ -25,6 +25,7 @@ from torch import nn
 from acdc_bench import numerics, recipe
 from acdc_bench.api import Sparsifier, sparsify
 from acdc_bench.config import dump_yaml
+from acdc_bench.core import blas
 from acdc_bench.core.io import atomic_torch_save, load_checkpoint
 from acdc_bench.core.sparsity import weight_sparsity
 from acdc_bench.data import Data, epoch_seed, load_data
@@ -90,6 +91,8 @@ def train(config: RunConfig | Mapping, out_dir: str | Path, *, data_root: str | 
             raise
         if run.is_main:
             folder.write_config(run_dir, dump_yaml(dict(config.as_dict(), environment=environment(run))))
+            if run.kernels == "portable" and "compiled" not in (path := environment(run)["sparse_products"]):
+                log(f"[{config.run_id}] sparse products on {path}")
         restore(run, log)
         if tracker is not None and run.is_main:
             tracker.start(run_dir, config.as_dict(), config.run_id)
@@ -147,7 +150,12 @@ def environment(run: Run) -> dict:
     ``result.json``'s ``numerics``): numerics mode, CPU, instruction set, threads, versions."""
     info = numerics.describe(run.config.numerics or "native")
     info["world_size"] = run.world_size
-    info["kernels"] = run.kernels  # sparseprop's kernels where they measure faster (auto), or none (dense)
+    info["linear_products"] = "openblas" if run.config.numerics == "portable" and run.device.type == "cpu" else "torch"
+    info["kernels"] = run.kernels
+    if run.kernels == "portable":
+        from acdc_bench.core import sparse
+
+        info["sparse_products"] = sparse.implementation()  # sparseprop's kernels where they measure faster (auto), or none (dense)
     return info
 
 
@@ -158,8 +166,9 @@ def build_run(config: RunConfig, run_dir: Path, data_root: str | None, rank: int
     device = distributed.pick_device(local_rank)
     distributed.configure_cuda(device)
     numerics.configure_device(config.numerics, device)
-    # sparseprop is compiled for the build machine's CPU (-march=native): off under portable numerics.
-    kernels = "dense" if config.numerics == "portable" else config.kernels
+    # sparseprop is compiled for the build machine's CPU (-march=native): under portable numerics the
+    # fixed-order kernels of acdc_bench.core.sparse run instead.
+    kernels = ("portable" if config.kernels == "auto" else "dense") if config.numerics == "portable" else config.kernels
     seed = config.seed
     random.seed(seed)
     torch.manual_seed(seed)
@@ -175,6 +184,8 @@ def build_run(config: RunConfig, run_dir: Path, data_root: str | None, rank: int
                           steps_per_epoch=data.steps_per_epoch, total_steps=total_steps,
                           batch_size=data.batch_size, input_shape=data.input_shape,
                           kernels=kernels, **dataclasses.asdict(config.method_config))
+    if config.numerics == "portable" and device.type == "cpu":
+        blas.install(model)  # linear layers' products on the pinned OpenBLAS (acdc_bench.core.blas)
     optimizer = sparsifier.wrap(recipe.build_optimizer(model, config.optimizer))
     amp_dtype = AMP_DTYPES.get(config.amp) if device.type == "cuda" else None
     train_model = model

@@ -43,7 +43,7 @@ def test_this_test_process_runs_the_default_numerics():
 def test_torch_started_without_the_pins_is_an_error_naming_the_fix(monkeypatch):
     monkeypatch.delenv("MKL_CBWR", raising=False)
     assert numerics.active() == "native"
-    with pytest.raises(numerics.NumericsError, match="MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 before Python starts") as error:
+    with pytest.raises(numerics.NumericsError, match="MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell OPENBLAS_NUM_THREADS=1 before Python starts") as error:
         numerics.ensure("portable")
     assert "--numerics native" in str(error.value)
     numerics.ensure("native")  # the libraries' own choice: nothing to pin
@@ -55,7 +55,7 @@ def test_an_in_process_call_under_other_numerics_stops_before_training(tmp_path)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_unpinned_environment(), capture_output=True,
                           text=True)
     assert done.returncode == 2, done.stderr
-    assert "asks for portable numerics, but torch started in this process without them" in done.stderr
+    assert "asks for portable numerics, but torch or numpy started in this process without them" in done.stderr
     assert not any(tmp_path.iterdir())
 
 
@@ -72,7 +72,9 @@ def test_the_command_line_restarts_itself_pinned_and_records_the_environment(tmp
     environment = yaml.safe_load(config_path.read_text())["environment"]
     assert environment["mode"] == environment["active"] == "portable"
     assert environment["aten_capability"] == "AVX2" and environment["environment"] == numerics.PORTABLE_ENV
-    assert environment["kernels"] == "dense"  # sparseprop is built for the build machine's CPU: off
+    # sparseprop is built for the build machine's CPU: the fixed-order kernels run instead
+    assert environment["kernels"] == "portable" and environment["linear_products"] == "openblas"
+    assert environment["blas"]["core"] == numerics.PORTABLE_ENV["OPENBLAS_CORETYPE"]
     assert environment["cpu"] == numerics.cpu_model() and environment["threads"] >= 1
 
 
@@ -97,8 +99,8 @@ def test_the_slurm_job_script_pins_portable_numerics():
 
     args = Namespace(gpus_per_node=None, nodes=None, timeout_min=None, slurm_partition=None)
     setup = slurm_parameters(load_suite("fashion-mnist-10", ["numerics=portable"]), args)["slurm_setup"]
-    assert setup[:3] == [f"export {k}={v}" for k, v in numerics.PORTABLE_ENV.items()]
-    assert setup[3].startswith("export TORCHINDUCTOR_CACHE_DIR=") and "aten-avx2" in setup[3]
+    assert setup[:len(numerics.PORTABLE_ENV)] == [f"export {k}={v}" for k, v in numerics.PORTABLE_ENV.items()]
+    assert setup[len(numerics.PORTABLE_ENV)].startswith("export TORCHINDUCTOR_CACHE_DIR=") and "aten-avx2" in setup[len(numerics.PORTABLE_ENV)]
     assert "slurm_setup" not in slurm_parameters(load_suite("fashion-mnist-10", ["numerics=native"]), args)
 
 

@@ -278,3 +278,32 @@ def test_rigl_resnet50_plan_matches_published_training_cost(options, multiplier,
     assert config.epochs == 100 * multiplier and config.variant == f"{multiplier}x"
     report = plan(config)
     assert report["estimated_training_flops_multiplier"] == pytest.approx(expected, abs=tolerance)
+
+
+def test_set_update_step_trains_then_updates_the_mask():
+    """Official SET (google-research/rigl, SparseSETOptimizerBase.apply_gradients): the optimizer's
+    update first, then the mask update on the weights it left; RigL's update step does not train."""
+    model, twin = tiny_mlp(), tiny_mlp()
+    method = attach("set", {"distribution": "uniform", "update_interval": 10}, model)
+    reference = attach("set", {"distribution": "uniform", "update_interval": 10}, twin)
+    optimizer, twin_optimizer = make_optimizer(method, model), make_optimizer(reference, twin)
+    assert method.schedule.is_update(0)
+    before = [m.clone() for m in method.masks.masks]
+    # The twin takes the same step as a plain masked step (no mask update), to compare with.
+    generator = torch.Generator().manual_seed(1000)
+    inputs, targets = torch.randn(16, 20, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    twin_optimizer.zero_grad()
+    nn.functional.cross_entropy(twin(inputs), targets).backward()
+    reference.masks.apply_to_grads()
+    twin_optimizer.step()
+    reference.masks.apply_to_weights()
+    stepped, _ = train_step(method, model, optimizer, 0)
+    assert stepped
+    for layer, twin_layer, old, new in zip(method.layers, reference.layers, before, method.masks.masks):
+        kept = old & new
+        assert torch.equal(layer.weight.detach()[kept], twin_layer.weight.detach()[kept])  # trained, then kept
+        grown = new & ~old
+        assert grown.any() and not layer.weight.detach()[grown].any()  # new connections start at zero
+        buffer = optimizer.state[layer.weight]["momentum_buffer"]
+        assert not buffer[grown].any()
+    assert method.masks.nonzeros == [m.sum().item() for m in before]

@@ -1,0 +1,67 @@
+"""The dense training step of a suite, timed as its runs train it: the FLOP rate behind "FLOP-ideal".
+
+A reproduction's table of wall time against FLOP-ideal time needs the machine's dense FLOP rate.
+The dense runs of the same invocation give one, but they share the cores with whatever runs
+beside them, so the rate (and every ratio) moves with the neighbours: two idle reproductions of
+the same suite on one machine timed their dense runs 40% apart. This module measures the rate
+once per invocation, before any run starts: the suite's dense run is built as a run builds it
+(:func:`acdc_bench.run.loop.build_run`: model, numerics' products, optimizer, data), on the
+threads a run gets, and :data:`STEPS` of its training steps (after :data:`WARMUP`) are timed one
+by one through :func:`acdc_bench.run.loop.train_step`; the median step gives the rate. It leaves
+out what a run does besides training steps (evaluation, checkpoints), so a dense run's own ratio
+is a little above 1, and says how much.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+WARMUP = 10
+STEPS = 60
+
+
+def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS, warmup: int = WARMUP) -> dict:
+    """``{"seconds": median step, "flops": training FLOPs of one step, "rate": FLOPs/s, "steps",
+    "threads"}`` of ``suite``'s dense step on this machine, one thread under portable numerics."""
+    from acdc_bench.config import run_config
+    from acdc_bench.run.launch import one_thread_per_run
+    from acdc_bench.run.loop import build_run, train_step
+
+    config = run_config(suite, "dense", 0.0, epochs=1)
+    threads = torch.get_num_threads()
+    rng = torch.random.get_rng_state()
+    if one_thread_per_run(suite):
+        torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="acdc-dense-step-") as scratch:
+            run = build_run(config, Path(scratch), data_root, rank=0, world_size=1, local_rank=0)
+        run.train_model.train()
+        times, flops = [], []
+        batches = iter(run.data.train_batches(0))
+        for index in range(warmup + steps):
+            try:
+                inputs, targets = next(batches)
+            except StopIteration:
+                batches = iter(run.data.train_batches(0))
+                inputs, targets = next(batches)
+            before = run.sparsifier.training_flops
+            started = time.perf_counter()
+            train_step(run.train_model, run.sparsifier, run.optimizer, run.scaler, run.criterion, inputs, targets,
+                       int(targets.shape[0]), run.amp_dtype, run.channels_last)
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)
+            if index >= warmup:
+                times.append(time.perf_counter() - started)
+                flops.append(run.sparsifier.training_flops - before)
+        seconds = statistics.median(times)
+        per_step = statistics.median(flops)
+        return {"seconds": seconds, "flops": per_step, "rate": per_step / seconds, "steps": steps,
+                "threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)

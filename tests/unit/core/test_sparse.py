@@ -1,0 +1,91 @@
+"""Sparse masked linear layers of portable numerics (acdc_bench.core.sparse): one summation order,
+so the compiled kernels and the no-compiler path agree bit for bit; the masked dense values up to
+rounding; the rule by type, size and density; the run records which path it took."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from acdc_bench.core import sparse
+from acdc_bench.core.kernels import SparseKernels
+from helpers import ROOT
+from tolerance import assert_within, reduction_bound
+
+
+def _layer(out_features: int, in_features: int, density: float, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(in_features, out_features)
+    mask = torch.rand(out_features, in_features, generator=generator) < density
+    mask[0] = False  # an empty row: its output is the bias alone
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    return layer, mask
+
+
+def _products(layer, structure, x, grad):
+    x = x.clone().requires_grad_()
+    layer.weight.grad = None
+    y = sparse.forward(layer, structure, x)
+    y.backward(grad)
+    return y.detach(), x.grad, layer.weight.grad.clone()
+
+
+@pytest.mark.parametrize("batch", [256, 37])  # a batch that is not a multiple of the 8 lanes
+def test_compiled_kernels_and_the_no_compiler_path_give_the_same_bits(monkeypatch, batch):
+    assert "compiled" in sparse.implementation(), sparse.implementation()  # the test machine has cc
+    layer, mask = _layer(60, 90, 0.1)
+    structure = sparse.Structure(mask)
+    x, grad = torch.randn(batch, 90), torch.randn(batch, 60)
+    compiled = _products(layer, structure, x, grad)
+    monkeypatch.setattr(sparse, "_compiled", lambda: (None, "scipy and ATen (test)"))
+    fallback = _products(layer, structure, x, grad)
+    for a, b, what in zip(compiled, fallback, ("output", "input gradient", "weight gradient")):
+        assert torch.equal(a, b), what
+
+
+def test_the_products_are_the_masked_dense_ones_up_to_rounding():
+    layer, mask = _layer(50, 120, 0.08, seed=1)
+    x, grad = torch.randn(64, 120), torch.randn(64, 50)
+    y, grad_x, grad_w = _products(layer, sparse.Structure(mask), x, grad)
+    w = layer.weight.detach()
+    assert_within(y, x @ w.T + layer.bias.detach(),
+                  reduction_bound(x.abs() @ w.abs().T, 121) + torch.finfo().eps * y.abs(), "output")
+    assert_within(grad_x, grad @ w, reduction_bound(grad.abs() @ w.abs(), 50), "input gradient")
+    dense = (grad.T @ x) * mask
+    assert_within(grad_w, dense, reduction_bound(grad.abs().T @ x.abs(), 64), "weight gradient")
+    assert torch.equal(grad_w[~mask], torch.zeros(int((~mask).sum())))
+
+
+def test_the_rule_is_type_size_and_density():
+    big, small = nn.Linear(784, 300), nn.Linear(100, 10)
+    assert sparse.eligible(big, sparse.MAX_DENSITY) and not sparse.eligible(big, sparse.MAX_DENSITY + 0.01)
+    assert not sparse.eligible(small, 0.01)  # below MIN_WEIGHTS
+    assert not sparse.eligible(nn.Conv2d(64, 64, 3), 0.01)
+    assert not sparse.eligible(big.double(), 0.01)
+
+
+def test_sparse_kernels_come_and_go_and_leave_the_portable_dense_forward_in_place():
+    from acdc_bench.core import blas
+
+    layer, mask = _layer(300, 100, 0.05)
+    blas.install(layer)
+    dense_forward = vars(layer)["forward"]
+    kernels = SparseKernels([layer], "portable")
+    kernels.sync([mask], [float(mask.float().mean())], enabled=True)
+    assert kernels.active == [True] and vars(layer)["forward"].func is sparse.forward
+    kernels.sync([mask], [float(mask.float().mean())], enabled=False)  # a step that wants the dense gradient
+    assert kernels.active == [False] and vars(layer)["forward"] is dense_forward
+
+
+def test_without_a_compiler_the_run_says_which_path_it_takes(tmp_path):
+    code = ("from acdc_bench.core import sparse\nprint(sparse.implementation())")
+    environment = {"PATH": str(tmp_path), "CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("scipy and ATen (compiling sparse_linear.c failed"), done.stdout
