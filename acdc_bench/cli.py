@@ -541,7 +541,8 @@ def _dense_step(suite: dict, args) -> dict | None:
     except (OSError, RuntimeError, ValueError) as error:  # the runs will say so themselves
         print(f"dense step not timed ({error}); the FLOP-ideal table uses the dense runs' rate", flush=True)
         return None
-    print(f"dense step of {suite['suite']}: {step['seconds'] * 1e3:.2f} ms (median of {step['steps']}), "
+    print(f"dense step of {suite['suite']}: {step['seconds'] * 1e3:.2f} ms (the fastest block of {step['steps']} steps; "
+          f"median {step['median'] * 1e3:.2f} ms), "
           f"{step['rate'] / 1e9:.1f} GFLOP/s on {step['threads']} thread(s)", flush=True)
     return step
 

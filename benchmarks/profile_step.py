@@ -1,10 +1,11 @@
 """Where a method's training step spends its time: ms per step and torch.profiler's operator table.
 
-    python benchmarks/profile_step.py [--suite fashion-mnist-10] [--threads 1] [--steps 100]
-                                      [--profile] [--kernels auto|dense] [--pair] [CASE ...]
+    python benchmarks/profile_step.py [--suite fashion-mnist-10] [--numerics portable|native] [--threads 1]
+                                      [--steps 100] [--profile] [--kernels auto|dense] [--pair] [CASE ...]
 
 Cases (default: all): dense, acdc-sparse (a compressed epoch), acdc-dense (a decompressed one),
-rigl (its masks as set up; an update step every dT), str (from its start). Each builds the run exactly as
+gmp (after its pruning ramp), rigl and set (their masks as set up; an update step every dT), str
+(from its start). ``--numerics`` pins the process as a run is pinned (default: the suite's). Each builds the run exactly as
 ``acdc-bench run`` does (``acdc_bench.run.loop.build_run``, the suite's matched configuration),
 positions the method at the chosen epoch's start (AC/DC: that epoch's phase change run), then times ``train_step`` on that epoch's
 batches. A diagnostic, not a benchmark: compare cases within one invocation (the paired ratios
@@ -27,7 +28,9 @@ CASES = {
     "dense": ("dense", 0.0, 0.5),
     "acdc-sparse": ("acdc", 0.95, None),
     "acdc-dense": ("acdc", 0.95, None),
+    "gmp": ("gmp", 0.95, 0.9),
     "rigl": ("rigl", 0.95, 0.5),
+    "set": ("set", 0.95, 0.5),
     "str": ("str", 0.95, 0.5),
 }
 
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="*", choices=[[], *CASES], default=[])
     parser.add_argument("--suite", default="fashion-mnist-10")
+    parser.add_argument("--numerics", choices=["portable", "native"], help="default: the suite's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--kernels", default="auto", choices=["auto", "dense"])
@@ -47,13 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # read by every OpenMP runtime at its start
+    from acdc_bench import config as suites
+    from acdc_bench import numerics
+
+    mode = args.numerics or suites.suite_numerics(args.suite)
+    numerics.ensure(mode, reexec=True)  # pinned before torch starts, as a run is
     import torch
 
     torch.set_num_threads(args.threads)
-    from acdc_bench import config as suites
     from acdc_bench.run import loop
 
-    suite = suites.load_suite(args.suite)
+    suite = suites.load_suite(args.suite, [f"numerics={mode}"])
+    print(f"{mode} numerics ({numerics.active()} active), {numerics.cpu_model()}", flush=True)
     for name in args.cases or list(CASES):
         if args.pair:
             auto, dense = (_build(suites, loop, suite, name, mode, args.sparsity, args.distribution)
@@ -131,6 +140,8 @@ def _build(suites, loop, suite: dict, name: str, kernels: str, sparsity: float |
     sparsifier.seek(epoch * per_epoch)
     if fraction is None:
         sparsifier.method.on_epoch_start(epoch)  # AC/DC's phase change: prune, or masks to ones
+    elif method == "gmp":  # seeking skips the pruning ramp: the masks of its end
+        sparsifier.method.prune_by_magnitude(sparsifier.method.sparsity_at(epoch * per_epoch))
     run.train_model.train()
     return _Built(loop, run, epoch)
 

@@ -1,8 +1,8 @@
 """The library as a user installs it: ``python -m build`` makes a wheel and an sdist without
-warnings; the wheel holds the suites, the published reference rows, the shipped run records and
-LICENSE; installed (not
-editable) into a fresh environment, its ``acdc-bench`` runs from a folder outside the checkout and
-imports the installed package, not the checkout.
+warnings; the wheel holds the suites, the published reference rows, the shipped run records, the
+sparse kernels' C source and LICENSE; installed (not editable) into a fresh environment, its
+``acdc-bench`` runs from a folder outside the checkout and imports the installed package, not the
+checkout.
 
 The build runs without build isolation (``--no-isolation``), with the build and setuptools of the
 tests' environment (the ``test`` extra), so that it needs no network; ``build`` still checks that they
@@ -96,6 +96,7 @@ def test_the_build_is_clean_and_ships_the_data_and_the_licence(built):
     assert suites | reference | records <= names, sorted((suites | reference | records) - names)
     assert any(re.fullmatch(r"acdc_bench-[^/]+\.dist-info/licenses/LICENSE", n) for n in names), sorted(names)
     assert "acdc_bench/baselines/__init__.py" in names
+    assert "acdc_bench/core/sparse_linear.c" in names  # compiled at first use (acdc_bench.core.sparse)
     with tarfile.open(built["sdist"]) as sdist:
         top = sdist.getnames()[0].split("/")[0]
         assert f"{top}/LICENSE" in sdist.getnames()

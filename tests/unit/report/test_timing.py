@@ -1,0 +1,50 @@
+"""The FLOP-ideal table (acdc_bench.report.timing) and the dense step behind its rate
+(acdc_bench.run.steptime)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from acdc_bench import numerics
+from acdc_bench.config import load_suite
+from acdc_bench.models import build_model
+from acdc_bench.report.timing import flop_ideal_table, format_flop_ideal
+from helpers import needs_fashion
+
+
+def _runs() -> pd.DataFrame:
+    return pd.DataFrame([
+        {"method": "dense", "status": "finished", "training_flops": 100.0, "wall_time_s": 20.0},
+        {"method": "rigl", "status": "finished", "training_flops": 50.0, "wall_time_s": 40.0},
+        {"method": "rigl", "status": "finished", "training_flops": 50.0, "wall_time_s": 20.0},
+        {"method": "rigl", "status": "failed", "training_flops": 50.0, "wall_time_s": 99.0},
+    ])
+
+
+def test_the_ideal_time_is_the_metered_flops_at_the_given_rate():
+    table = flop_ideal_table(_runs(), rate=10.0).set_index("method")
+    assert table.loc["rigl", "runs"] == 2 and table.loc["rigl", "flop_ideal_s"] == 10.0
+    assert table.loc["rigl", "ratio"] == 6.0 and table.loc["dense", "ratio"] == 2.0
+    assert table.loc["total", "wall_time_s"] == 80.0 and table.loc["total", "ratio"] == 4.0
+    # without a timed step: the dense runs' own rate (100 FLOPs in 20 s), dense at 1 by construction
+    assert flop_ideal_table(_runs()).set_index("method").loc["dense", "ratio"] == 1.0
+    text = format_flop_ideal(flop_ideal_table(_runs(), rate=10.0),
+                             {"seconds": 0.1, "rate": 10.0, "steps": 300, "threads": 1})
+    assert "the fastest block of 300 steps" in text and "ratio 6.00x" in text
+
+
+@needs_fashion
+def test_the_dense_step_is_timed_as_a_run_trains_it():
+    from acdc_bench.run.steptime import dense_step
+
+    suite = load_suite("fashion-mnist-10", ["train_subset=2048"])
+    before = torch.random.get_rng_state()
+    threads = torch.get_num_threads()
+    step = dense_step(suite, steps=20, warmup=2, block=10)
+    assert torch.equal(torch.random.get_rng_state(), before) and torch.get_num_threads() == threads
+    parameters = sum(p.numel() for p in build_model("lenet-300-100", 10).parameters() if p.dim() > 1)
+    assert step["flops"] == 3 * 2 * parameters * suite["batch_size"]  # multiply-add = 2 FLOPs, backward = 2x
+    assert 0 < step["seconds"] <= step["median"] and step["rate"] == pytest.approx(step["flops"] / step["seconds"])
+    assert step["threads"] == (1 if numerics.active() == "portable" else threads)
