@@ -246,7 +246,9 @@ def leaderboard(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Performance benchmarks (pytest-benchmark); ``-- --short`` for the CI-sized run."""
+    """Performance benchmarks (pytest-benchmark), then every method's step of the default suite
+    under portable (sparse kernels against dense, paired) and native numerics and the layer table
+    of both numerics (docs/performance.md); ``-- --short`` for the CI-sized pytest-benchmark run only."""
     python = environment(session)
     short = "--short" in session.posargs
     args = [a for a in session.posargs if a != "--short"]
@@ -254,6 +256,13 @@ def bench(session: nox.Session) -> None:
     session.run(python, "-m", "pytest", "benchmarks", "--benchmark-enable", "--benchmark-only",
                 "--benchmark-autosave", "--benchmark-columns=min,median,mean,rounds", *args,
                 external=True, env=env)
+    if short or args:
+        return
+    session.run(python, "benchmarks/profile_step.py", "--numerics", "portable", "--pair", "--steps", "150",
+                external=True)
+    session.run(python, "benchmarks/profile_step.py", "--numerics", "native", "--steps", "150", external=True)
+    session.run(python, "benchmarks/sparse_kernels.py", "--threads", "1", "--densities", "0.1", "0.05", "0.02",
+                "--layers", "lenet", "resnet50 fc", external=True)
 
 
 @nox.session

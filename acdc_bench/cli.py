@@ -465,11 +465,15 @@ def cmd_reproduce(args) -> int:
         print(json.dumps(listing, indent=2) if args.json else format_dry_run(listing))
         return 0
     resolve_jobs(args)
-    step = _dense_step(suite, args)
+    step = _dense_step(suite, args, out)
     started = time.perf_counter()
     with removed_if_left_empty(out):
         trained = run_all(suite, runs, out, args)
     elapsed = time.perf_counter() - started
+    if step is not None and out.is_dir():
+        from acdc_bench.core.io import atomic_write_json
+
+        atomic_write_json(out / DENSE_STEP, step)
     leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
     finished = load_runs(out)
     report(suite["suite"], finished, load_reference(), out, leaderboard_dir)
@@ -527,24 +531,47 @@ def cmd_verify(args) -> int:
     return 0 if outcomes and all(o["verdict"] == "identical" for o in outcomes) else 1
 
 
-def _dense_step(suite: dict, args) -> dict | None:
+#: Beside a reproduction's run folders: its dense step as timed on this machine (reused by a later
+#: invocation on the same CPU, numerics, threads and torch, so that its table does not move).
+DENSE_STEP = "dense-step.json"
+
+
+def _dense_step(suite: dict, args, out: Path) -> dict | None:
     """The dense step timed on this machine before the runs start (the FLOP-ideal table's rate),
-    for local runs on the CPU; None where the runs train elsewhere or it cannot be built here."""
+    for local runs on the CPU, or as an earlier invocation timed it into ``out``; None where the
+    runs train elsewhere or it cannot be built here."""
     import torch
 
+    from acdc_bench.run.launch import one_thread_per_run
     from acdc_bench.run.steptime import dense_step
 
     if getattr(args, "launcher", "local") != "local" or torch.cuda.is_available():
         return None
+    here = {"suite": suite["suite"], "model": suite["model"], "batch_size": suite["batch_size"],
+            "cpu": numerics.cpu_model(), "numerics": numerics.active(), "torch": str(torch.__version__),
+            "threads": 1 if one_thread_per_run(suite) else torch.get_num_threads()}
+    try:
+        recorded = json.loads((out / DENSE_STEP).read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if isinstance(recorded, dict) and all(recorded.get(key) == value for key, value in here.items()) \
+            and isinstance(recorded.get("rate"), (int, float)):
+        print(f"dense step of {suite['suite']}: {recorded['seconds'] * 1e3:.2f} ms, {recorded['rate'] / 1e9:.1f} GFLOP/s "
+              f"(timed on this CPU by an earlier invocation: {out / DENSE_STEP})", flush=True)
+        return recorded
     try:
         step = dense_step(suite, args.data_root)
     except (OSError, RuntimeError, ValueError) as error:  # the runs will say so themselves
         print(f"dense step not timed ({error}); the FLOP-ideal table uses the dense runs' rate", flush=True)
         return None
+    if step is None:
+        print(f"dense step of {suite['suite']} not timed (a step this large takes seconds on a CPU); the FLOP-ideal "
+              "table uses the dense runs' rate", flush=True)
+        return None
     print(f"dense step of {suite['suite']}: {step['seconds'] * 1e3:.2f} ms (the fastest block of {step['steps']} steps; "
           f"median {step['median'] * 1e3:.2f} ms), "
           f"{step['rate'] / 1e9:.1f} GFLOP/s on {step['threads']} thread(s)", flush=True)
-    return step
+    return dict(here, **step)
 
 
 def print_timing(runs, invocation: tuple[int, float] | None = None, args=None, step: dict | None = None) -> None:

@@ -4,8 +4,8 @@ Float rounding on a CPU follows the instructions the math libraries pick at star
 vectorised kernels (AVX2 or AVX-512), MKL's BLAS (per CPU vendor and generation, and AMX on
 recent Xeons) and oneDNN's convolutions. Two CPU types therefore train two different models
 from one seed, and accuracies move by tenths of a point, the size of the gaps between methods.
-Under ``numerics: portable`` (the default of every suite) each library is pinned before torch
-starts, through the environment variables that they read once, at start-up:
+Under ``numerics: portable`` (the default of every suite) each library is pinned before torch and
+numpy start, through the environment variables that they read once, at start-up:
 
 - ``ATEN_CPU_CAPABILITY=avx2``: ATen's own kernels (reductions, softmax, elementwise);
 - ``OPENBLAS_CORETYPE=Haswell OPENBLAS_NUM_THREADS=1``: the matrix products of linear layers run
@@ -19,7 +19,7 @@ starts, through the environment variables that they read once, at start-up:
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's convolutions and matrix products.
 
 sparseprop's kernels are compiled with ``-march=native``, so they stay off under portable
-numerics (``kernels: auto`` runs every layer densely).
+numerics; ``kernels: auto`` runs the fixed-order kernels of :mod:`acdc_bench.core.sparse` instead.
 
 ``numerics: native`` leaves the libraries free to use whatever the CPU has: faster where AVX-512
 or AMX pays, reproducible on that CPU type only. A run records its mode, CPU, instruction set,

@@ -43,8 +43,8 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous().numpy()
-        grad_x = torch.from_numpy(grad @ weight.numpy()) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.from_numpy(grad.T @ x.numpy()) if ctx.needs_input_grad[1] else None
+        grad_x = torch.from_numpy(grad @ weight.detach().numpy()) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.from_numpy(grad.T @ x.detach().numpy()) if ctx.needs_input_grad[1] else None
         return grad_x, grad_weight
 
 

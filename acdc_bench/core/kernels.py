@@ -77,7 +77,8 @@ def _sparse_linear_forward(module: nn.Linear, mask: torch.Tensor, structure, x: 
 
 
 class SparseKernels:
-    """Runs the eligible layers of a mask set through sparseprop while their masks are in force."""
+    """Runs the eligible layers of a mask set on sparse kernels while their masks are in force:
+    sparseprop's (``auto``) or, under portable numerics, the fixed-order ones (``portable``)."""
 
     def __init__(self, modules: Sequence[nn.Module], mode: str = "auto"):
         if mode not in BACKENDS:

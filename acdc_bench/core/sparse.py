@@ -181,7 +181,10 @@ class _SparseLinear(torch.autograd.Function):
 
 @torch.compiler.disable
 def forward(module: nn.Linear, structure: Structure, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` with the mask's structure: a batch (..., in) in, (..., out) out."""
+    """``module(x)`` with the mask's structure: a batch (..., in) in, (..., out) out (another
+    dtype or device than the layer's float32 CPU weight: torch's product of the masked weight)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return nn.functional.linear(x, module.weight, module.bias)
     flat = x.reshape(-1, x.shape[-1])
     # In and out of the transposed layout here: element-wise layers after this one (ReLU and its
     # backward) run several times slower on a transposed view than the two copies cost.

@@ -90,9 +90,10 @@ def train(config: RunConfig | Mapping, out_dir: str | Path, *, data_root: str | 
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         if run.is_main:
-            folder.write_config(run_dir, dump_yaml(dict(config.as_dict(), environment=environment(run))))
-            if run.kernels == "portable" and "compiled" not in (path := environment(run)["sparse_products"]):
-                log(f"[{config.run_id}] sparse products on {path}")
+            described = environment(run)
+            folder.write_config(run_dir, dump_yaml(dict(config.as_dict(), environment=described)))
+            if not described.get("sparse_products", "compiled").startswith("compiled"):
+                log(f"[{config.run_id}] sparse products on {described['sparse_products']}")
         restore(run, log)
         if tracker is not None and run.is_main:
             tracker.start(run_dir, config.as_dict(), config.run_id)
@@ -151,11 +152,12 @@ def environment(run: Run) -> dict:
     info = numerics.describe(run.config.numerics or "native")
     info["world_size"] = run.world_size
     info["linear_products"] = "openblas" if run.config.numerics == "portable" and run.device.type == "cpu" else "torch"
+    # sparseprop's kernels where they measure faster (auto), the fixed-order ones (portable), or none (dense)
     info["kernels"] = run.kernels
     if run.kernels == "portable":
         from acdc_bench.core import sparse
 
-        info["sparse_products"] = sparse.implementation()  # sparseprop's kernels where they measure faster (auto), or none (dense)
+        info["sparse_products"] = sparse.implementation()  # compiled, or scipy and ATen (and why)
     return info
 
 

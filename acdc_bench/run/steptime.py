@@ -27,13 +27,20 @@ import torch
 WARMUP = 30
 STEPS = 300
 BLOCK = 30
+#: At most this long (s) for the timed steps (a large model's step on a CPU takes seconds): fewer
+#: steps, in blocks of a tenth of them; the warm-up likewise stops after a tenth of it.
+SECONDS = 3.0
+#: A dense step of more training FLOPs than this (about a third of a second on one CPU core) is not
+#: timed: the paper suites' models on a CPU take seconds a step, and the table then takes the dense
+#: runs' own rate (:func:`dense_step` returns None).
+MAX_STEP_FLOPS = 2e10
 
 
 def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS, warmup: int = WARMUP,
-               block: int = BLOCK) -> dict:
+               block: int = BLOCK, seconds: float = SECONDS) -> dict | None:
     """``{"seconds": the fastest block's median step, "median": the median step, "flops": training
     FLOPs of one step, "rate": FLOPs/s, "steps", "threads"}`` of ``suite``'s dense step on this
-    machine, one thread under portable numerics."""
+    machine, one thread under portable numerics; None for a step above :data:`MAX_STEP_FLOPS`."""
     from acdc_bench.config import run_config
     from acdc_bench.run.launch import one_thread_per_run
     from acdc_bench.run.loop import build_run, train_step
@@ -46,10 +53,18 @@ def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS,
     try:
         with tempfile.TemporaryDirectory(prefix="acdc-dense-step-") as scratch:
             run = build_run(config, Path(scratch), data_root, rank=0, world_size=1, local_rank=0)
+        if 3 * run.sparsifier.method.flops.dense_forward * run.data.batch_size > MAX_STEP_FLOPS:
+            return None
         run.train_model.train()
         times, flops = [], []
         batches = iter(run.data.train_batches(0))
+        began = time.perf_counter()
         for index in range(warmup + steps):
+            spent = time.perf_counter() - began
+            if index < warmup and index > 0 and spent > seconds / 10:
+                warmup = index  # the warm-up ends here
+            if index > warmup and spent > seconds * 1.1:
+                break
             try:
                 inputs, targets = next(batches)
             except StopIteration:
@@ -64,10 +79,11 @@ def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS,
             if index >= warmup:
                 times.append(time.perf_counter() - started)
                 flops.append(run.sparsifier.training_flops - before)
-        seconds = min(statistics.median(times[start:start + block]) for start in range(0, len(times), block))
+        block = min(block, max(1, len(times) // 10))
+        fastest = min(statistics.median(times[start:start + block]) for start in range(0, len(times), block))
         per_step = statistics.median(flops)
-        return {"seconds": seconds, "median": statistics.median(times), "flops": per_step, "rate": per_step / seconds,
-                "steps": steps, "threads": torch.get_num_threads()}
+        return {"seconds": fastest, "median": statistics.median(times), "flops": per_step, "rate": per_step / fastest,
+                "steps": len(times), "threads": torch.get_num_threads()}
     finally:
         torch.set_num_threads(threads)
         torch.random.set_rng_state(rng)

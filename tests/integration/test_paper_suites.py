@@ -16,6 +16,7 @@ from acdc_bench.cli import main
 from acdc_bench.config import ConfigError, load_suite, method_recipe, run_config, run_protocol
 from acdc_bench.core.sparsity import nm_group_nonzeros
 from acdc_bench.report.compare import match_published, protocol_differences
+from acdc_bench.report.dryrun import format_dry_run
 from acdc_bench.report.results import load_reference
 from acdc_bench.run.launch import RunSpec, plan_runs
 from plan_check import assert_plan_matches_run
@@ -158,6 +159,17 @@ def test_dry_run_lists_every_resnet50_run_and_trains_nothing(tmp_path, capsys):
         assert compared == (expected is not None), row["cell"]
         if expected:
             assert {k: row["published"][k] for k in expected} == expected, row["cell"]
+    # The text the listing prints without --json (the same listing: planning ResNet50's 49 runs once)
+    # names each published row no planned run is compared with, and why.
+    text = format_dry_run(listing)
+    assert "acdc-readme 75.03 (verified, best epoch)" in text
+    assert "published rows no planned run is compared with" in text
+    assert "pwc-acdc AC/DC - global 0.9: top-1 75.64 (unknown epoch): an aggregator value" in text
+    assert ("rigl-readme-nolabelsmooth RigL 1x ERK 0.8: top-1 75.02 (unknown epoch): the planned run at this point "
+            "is compared with rigl-readme instead (this row's protocol differs: label smoothing 0.1 here, 0 there)") in text
+    assert "chase-readme SET - - 0.8: top-1 72.90 (unknown epoch): shown beside a planned run, not compared: " \
+           "other protocol: recipe not published" in text
+    assert "chase-readme MEST - - 0.8: top-1 75.39 (unknown epoch): not reproduced here" in text
 
 
 def test_dry_run_text_for_mobilenet(tmp_path, capsys):

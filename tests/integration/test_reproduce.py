@@ -54,6 +54,8 @@ def test_kill_midway_then_rerun_keeps_finished_runs_and_completes(tmp_path):
     third = subprocess.run(command(out, leaderboards), env=env, capture_output=True, text=True, check=True)
     assert third.stdout.count("finished already") == 3
     assert "this invocation trained nothing: every run had finished before" in third.stdout
+    # the FLOP-ideal table's dense step, timed by the second invocation, is reused: the table does not move
+    assert "timed on this CPU by an earlier invocation" in third.stdout and (out / "dense-step.json").exists()
     table = pd.read_csv(out / "compare.csv")
     assert set(table["method"]) == {"dense", "acdc"}
     board = read_leaderboard(leaderboards / "fashion-mnist.csv")

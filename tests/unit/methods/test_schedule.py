@@ -46,7 +46,7 @@ def test_a_malformed_schedule_is_refused_naming_what_is_wrong(bad, words):
 def test_the_hooks_do_what_the_schedule_says(name, options):
     """At every step: the masks hold the schedule's sparsity in force (whole weights: 0.9 of 600
     and of 300 are whole), masking is on exactly in its sparse phase, and the masks move (or
-    the step skips its optimizer update) exactly at its changes and updates."""
+    RigL's step skips its optimizer update) exactly at its changes and updates."""
     model = tiny_mlp()
     method = attach(name, options, model, total_steps=100, steps_per_epoch=10)
     schedule = method.schedule
@@ -64,7 +64,8 @@ def test_the_hooks_do_what_the_schedule_says(name, options):
         moved = any(not (a == b).all() for a, b in zip(before, method.masks.masks))
         if moved:
             assert schedule.change_at(step) is not None or schedule.is_update(step), step
-        assert stepped == (not schedule.is_update(step)), step
+        # RigL's update step replaces the optimizer's update; SET's trains, then updates the masks
+        assert stepped == (not (schedule.is_update(step) and name == "rigl")), step
         assert method.needs_dense_gradient(step) == schedule.needs_dense_gradient(step)
     assert method.schedule.dense_gradient == (name == "rigl")
 

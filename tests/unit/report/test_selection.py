@@ -64,18 +64,3 @@ def test_a_selection_that_is_not_known_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"bad.csv:2: selection 'middle' not in"):
         load_reference(tmp_path / "bad.csv")
     assert not math.isnan(load_reference()["top1"].iloc[0])
-
-
-def test_the_dry_run_lists_each_published_row_no_run_is_compared_with_and_why(capsys):
-    from acdc_bench.cli import main
-
-    assert main(["reproduce", "--suite", "imagenet-resnet50", "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "acdc-readme 75.03 (verified, best epoch)" in out
-    assert "published rows no planned run is compared with" in out
-    assert "pwc-acdc AC/DC - global 0.9: top-1 75.64 (unknown epoch): an aggregator value" in out
-    assert ("rigl-readme-nolabelsmooth RigL 1x ERK 0.8: top-1 75.02 (unknown epoch): the planned run at this point "
-            "is compared with rigl-readme instead (this row's protocol differs: label smoothing 0.1 here, 0 there)") in out
-    assert "chase-readme SET - - 0.8: top-1 72.90 (unknown epoch): shown beside a planned run, not compared: " \
-           "other protocol: recipe not published" in out
-    assert "chase-readme MEST - - 0.8: top-1 75.39 (unknown epoch): not reproduced here" in out
