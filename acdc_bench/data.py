@@ -59,6 +59,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
+from acdc_bench.core.io import user_cache_root
+
 __all__ = ["DataError", "DatasetSpec", "DATASETS", "Data", "TensorData", "LoaderData",
            "load_data", "read_idx", "epoch_seed", "download_dataset", "user_cache", "DATA_ROOT_ENV",
            "MIRROR_ENV"]
@@ -339,8 +341,7 @@ def user_cache(dataset: str) -> Path:
     env_root = os.environ.get(DATA_ROOT_ENV)
     if env_root:
         return Path(env_root) / dataset
-    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(cache).expanduser() / "acdc-bench" / dataset
+    return user_cache_root() / dataset
 
 
 def _urls(official: Sequence[str], name: str) -> list[str]:

@@ -28,6 +28,7 @@ import functools
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 class _Linear(torch.autograd.Function):
@@ -50,8 +51,6 @@ class _Linear(torch.autograd.Function):
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``linear(x, weight)`` takes the portable path (the rule of the module docstring)."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.dim() == 2
             and not torch.is_autocast_enabled("cpu") and _get_current_dispatch_mode() is None)
 

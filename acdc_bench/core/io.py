@@ -29,6 +29,11 @@ def _temporary_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def user_cache_root() -> Path:
+    """The project's per-user cache: ``${XDG_CACHE_HOME:-~/.cache}/acdc-bench``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "acdc-bench"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
 

@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from acdc_bench.core import sparse
+
 #: The rule measured on the default suite's model (see the module docstring).
 MIN_WEIGHTS = 200_000
 MAX_DENSITY = 0.05
@@ -61,9 +63,7 @@ def eligible(module: nn.Module, density: float) -> bool:
 def _csr_structure(mask: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """((row pointers, column indices), flat indices) of ``mask``'s non-zeros, rows in order."""
     rows, columns = mask.nonzero(as_tuple=True)
-    indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
-    indptr[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
-    return (indptr.int(), columns.int()), rows * mask.shape[1] + columns
+    return (sparse.csr_indptr(rows, mask.shape[0]).int(), columns.int()), rows * mask.shape[1] + columns
 
 
 def _sparse_linear_forward(module: nn.Linear, mask: torch.Tensor, structure, x: torch.Tensor) -> torch.Tensor:
@@ -91,8 +91,6 @@ class SparseKernels:
 
     def _wanted(self, module: nn.Module, density: float) -> bool:
         if self.mode == "portable":
-            from acdc_bench.core import sparse
-
             return sparse.eligible(module, density)
         return self.mode == "auto" and eligible(module, density)
 
@@ -119,8 +117,6 @@ class SparseKernels:
             if installed is None:
                 self._before[index] = vars(module).get("forward")
             if self.mode == "portable":
-                from acdc_bench.core import sparse
-
                 module.forward = functools.partial(sparse.forward, module, sparse.Structure(mask))
             else:
                 module.forward = functools.partial(_sparse_linear_forward, module, mask, _csr_structure(mask))

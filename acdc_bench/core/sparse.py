@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from acdc_bench.core.io import user_cache_root
+
 #: The rule: a layer of at least this many weights whose mask keeps at most this fraction runs
 #: sparse. Measured per layer of LeNet-300-100 at batch 256, one thread (docs/performance.md): the
 #: 784x300 and 300x100 layers break even near 10-15% density; the 100x10 layer never does (the
@@ -46,18 +48,13 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 _X86_FLAGS = ("-mavx2",)  # wider vectors along the batch; the order of every sum stays the source's
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(root).expanduser() / "acdc-bench" / "kernels"
-
-
 @functools.lru_cache(maxsize=1)
 def _compiled() -> tuple[ctypes.CDLL | None, str]:
     """(the compiled kernels, what runs): compiled once per source and flag set, then reused."""
     flags = FLAGS + (_X86_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else ())
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"sparse_linear-{platform.machine()}-{digest}.so"
+    target = user_cache_root() / "kernels" / f"sparse_linear-{platform.machine()}-{digest}.so"
     if not target.exists():
         compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         if not compiler:
@@ -100,14 +97,15 @@ class Structure:
         rows, columns = mask.nonzero(as_tuple=True)
         self.rows, self.columns = rows.contiguous(), columns.contiguous()
         self.flat = rows * in_features + columns
-        self.indptr = _indptr(rows, out_features)
+        self.indptr = csr_indptr(rows, out_features)
         t_columns, t_rows = mask.t().nonzero(as_tuple=True)  # (input feature, output feature), rows of w^T
         self.t_rows = t_rows.contiguous()
         self.t_flat = t_rows * in_features + t_columns
-        self.t_indptr = _indptr(t_columns, in_features)
+        self.t_indptr = csr_indptr(t_columns, in_features)
 
 
-def _indptr(rows: torch.Tensor, count: int) -> torch.Tensor:
+def csr_indptr(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """CSR row pointers (int64, ``count + 1``) of non-zeros whose row indices, in order, are ``rows``."""
     indptr = torch.zeros(count + 1, dtype=torch.int64)
     indptr[1:] = torch.bincount(rows, minlength=count).cumsum(0)
     return indptr

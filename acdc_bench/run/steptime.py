@@ -58,13 +58,13 @@ def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS,
         run.train_model.train()
         times, flops = [], []
         batches = iter(run.data.train_batches(0))
-        began = time.perf_counter()
-        for index in range(warmup + steps):
+        began, warmed = time.perf_counter(), 0
+        while len(times) < steps:
             spent = time.perf_counter() - began
-            if index < warmup and index > 0 and spent > seconds / 10:
-                warmup = index  # the warm-up ends here
-            if index > warmup and spent > seconds * 1.1:
+            if times and spent > seconds * 1.1:
                 break
+            # the warm-up: its steps, or a tenth of the time, whichever ends first (at least one step)
+            warming = warmed < warmup and (warmed == 0 or spent <= seconds / 10)
             try:
                 inputs, targets = next(batches)
             except StopIteration:
@@ -76,7 +76,9 @@ def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS,
                        int(targets.shape[0]), run.amp_dtype, run.channels_last)
             if run.device.type == "cuda":
                 torch.cuda.synchronize(run.device)
-            if index >= warmup:
+            if warming:
+                warmed += 1
+            else:
                 times.append(time.perf_counter() - started)
                 flops.append(run.sparsifier.training_flops - before)
         block = min(block, max(1, len(times) // 10))
