@@ -493,6 +493,9 @@ def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs:
 
 #: What a published number's protocol says, beside what it measured (``published.csv`` columns).
 PROTOCOL_FIELDS = ("recipe", "denominator", "label_smoothing", "length", "batch_size")
+#: A run's protocol adds ``extrapolated``: its method values are not a published run's (a suite's
+#: ``unofficial: true`` entry, e.g. STR's lambda at a target its authors published no config for).
+RUN_PROTOCOL_FIELDS = (*PROTOCOL_FIELDS, "extrapolated")
 
 
 def run_protocol(config: dict | RunConfig) -> dict:
@@ -503,7 +506,8 @@ def run_protocol(config: dict | RunConfig) -> dict:
     ``denominator``: ``all`` when its target counts every prunable weight, ``pruned layers`` when
     layers are left dense (``keep_dense``, ``exclude``, ``include``) and out of it ('' for dense);
     ``label_smoothing``;
-    ``length``: its epochs over the suite's (RigL 5x: 5); ``batch_size``.
+    ``length``: its epochs over the suite's (RigL 5x: 5); ``batch_size``; ``extrapolated``: its
+    method options are marked ``unofficial`` (no published row is then the same protocol).
     """
     if isinstance(config, RunConfig):
         config = config.as_dict()
@@ -521,6 +525,7 @@ def run_protocol(config: dict | RunConfig) -> dict:
         "label_smoothing": float(recipe.get("label_smoothing", config.get("label_smoothing", 0.0)) or 0.0),
         "length": round(float(epochs) / float(suite_epochs), 4) if epochs and suite_epochs else math.nan,
         "batch_size": int(recipe.get("batch_size", config.get("batch_size", 0)) or 0),
+        "extrapolated": bool(options.get("unofficial", False)),
     }
 
 

@@ -93,6 +93,11 @@ def initialize(model: nn.Module, scheme: str | None) -> nn.Module:
     1, fan_in, truncated normal: N(0, s^2) cut at 2 s, s = sqrt(1 / fan_in) / 0.8796, so that the
     weights' standard deviation is sqrt(1 / fan_in)), the fc from N(0, 0.01^2) with a zero bias,
     every BatchNorm at scale 1 and shift 0 except the last of each residual block (scale 0).
+    ``tf-mobilenet``: the TensorFlow MobileNetV1 of RigL's code (``mobilenetv1_model.py``): the
+    stem, the pointwise convolutions and the fc from ``variance_scaling_initializer()`` as above
+    (the fc's bias zero), the depthwise convolutions from Glorot uniform (``separable_conv2d``'s
+    default; TF's fans of its (3, 3, C, 1) kernel sum to 9 C + 9, as PyTorch's of (C, 1, 3, 3)),
+    every BatchNorm at scale 1 and shift 0.
     Call it right after the model is built, before a method attaches.
     """
     if scheme in (None, "", "default"):
@@ -107,12 +112,43 @@ def initialize(model: nn.Module, scheme: str | None) -> nn.Module:
         return model
     if scheme == "tf-resnet":
         return _tf_resnet_init(model)
+    if scheme == "tf-mobilenet":
+        return _tf_mobilenet_init(model)
     raise ValueError(f"init scheme {scheme!r} is unknown; allowed: {', '.join(INIT_SCHEMES)}")
 
 
 #: The standard deviation of N(0, 1) cut at +-2 (TF's truncated_normal keeps its stddev argument
 #: for the uncut normal; variance_scaling divides by this so the cut weights have the asked spread).
 TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def _variance_scaling_(weight: torch.Tensor) -> None:
+    """TF's ``variance_scaling_initializer()``: truncated normal whose cut weights have std sqrt(1 / fan_in)."""
+    scale = (1.0 / weight[0].numel()) ** 0.5 / TRUNCATED_NORMAL_STD
+    nn.init.trunc_normal_(weight, mean=0.0, std=scale, a=-2 * scale, b=2 * scale)
+
+
+def _tf_mobilenet_init(model: nn.Module) -> nn.Module:
+    from acdc_bench.models import MobileNetV1
+
+    if not isinstance(model, MobileNetV1):
+        raise ValueError("init 'tf-mobilenet' is the TensorFlow MobileNetV1's initialisation: this model is "
+                         f"a {type(model).__name__}; use init: null or kaiming_normal_fan_in")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and module.groups > 1:
+                nn.init.xavier_uniform_(module.weight)
+            elif isinstance(module, (nn.Conv2d, nn.Linear)):
+                _variance_scaling_(module.weight)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+                continue
+            else:
+                continue
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
 
 
 def _tf_resnet_init(model: nn.Module) -> nn.Module:
@@ -125,9 +161,7 @@ def _tf_resnet_init(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                scale = (1.0 / fan_in) ** 0.5 / TRUNCATED_NORMAL_STD
-                nn.init.trunc_normal_(module.weight, mean=0.0, std=scale, a=-2 * scale, b=2 * scale)
+                _variance_scaling_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):

@@ -38,7 +38,7 @@ def _outside_id(default: Any = dataclasses.MISSING, **kwargs) -> Any:
 #: ``optimizer.no_decay`` categories (:func:`acdc_bench.recipe.no_decay_parameters`).
 NO_DECAY_CATEGORIES = ("bias", "bn", "depthwise")
 #: ``init`` schemes (:func:`acdc_bench.recipe.initialize`; null or "default": the model's own initialisation).
-INIT_SCHEMES = ("default", "kaiming_normal_fan_in", "tf-resnet")
+INIT_SCHEMES = ("default", "kaiming_normal_fan_in", "tf-resnet", "tf-mobilenet")
 LR_SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 

@@ -31,6 +31,10 @@ sparsity and seed::
 - ``published`` names the row the cell reproduces (``null`` or absent: none is published);
   the dry run (:mod:`acdc_bench.report.dryrun`) shows the row ``compare`` will match, and the
   tests hold the two equal.
+- ``official`` lists the official configurations the cell follows, each ``owner/name path``
+  as in ``official_configs.csv`` (the shipped list of the official codes' configurations, each
+  named by a cell or given the reason none runs it); a published row that names its
+  configuration is only paired with a cell that lists it.
 - A method given to ``reproduce --methods`` that has no cell runs plain at ``--sparsities``
   (else ``reproduce.sparsities``); ``--sparsities`` keeps each cell's listed sparsities
   among those given. Under ``budget: matched`` every method gets AC/DC's FLOPs, so
@@ -47,7 +51,8 @@ from dataclasses import dataclass
 from acdc_bench.config import RECIPE_KEYS, ConfigError, check_sparsity, method_recipe, validate_method_recipe
 from acdc_bench.runconfig import RunConfig, default_variant
 
-CELL_KEYS = ("cell", "method", "options", "recipe", "recipe_of", "sparsities", "variant", "published", "note")
+CELL_KEYS = ("cell", "method", "options", "recipe", "recipe_of", "sparsities", "variant", "published", "official",
+             "note")
 PUBLISHED_KEYS = ("source_id", "variant", "distribution")
 #: A training-length word of a variant tag (``2x``, ``1.5x``).
 LENGTH_WORD = re.compile(r"\d+(\.\d+)?x")
@@ -77,7 +82,7 @@ def suite_cells(suite: dict) -> list[dict]:
 
     Each cell: ``cell``, ``method``, ``options``, ``recipe``, ``sparsities`` (``[0.0]`` for
     dense), ``variant`` (None: the run's own), ``tag`` (the variant its runs record),
-    ``published`` (dict or None), ``note``. Errors name the file, the cell and the allowed values.
+    ``published`` (dict or None), ``official`` (list), ``note``. Errors name the file, the cell and the allowed values.
     """
     from acdc_bench.methods import get_method, make_config, method_names
 
@@ -150,6 +155,11 @@ def suite_cells(suite: dict) -> list[dict]:
         if published is not None and (not isinstance(published, dict) or set(published) - set(PUBLISHED_KEYS)):
             raise ConfigError(f"{here}: published must be null or a mapping with keys among "
                               f"{', '.join(PUBLISHED_KEYS)}, got {published!r}")
+        official = entry.get("official") or []
+        if not isinstance(official, list) or not all(isinstance(item, str) and len(item.split()) == 2
+                                                      for item in official):
+            raise ConfigError(f"{here}: official must be a list of 'owner/name path' entries, e.g. "
+                              f"[RAIVNLab/STR configs/largescale/resnet50-str.yaml], got {official!r}")
         tag = variant if variant is not None else default_variant(method_config)
         for sparsity in sparsities:
             key = (method, tag.strip().lower(), round(sparsity, 6), recipe_of or "")
@@ -161,7 +171,7 @@ def suite_cells(suite: dict) -> list[dict]:
                       "recipe_of": recipe_of,
                       "sparsities": sparsities, "variant": variant, "tag": tag,
                       "published": dict(published) if published is not None else None,
-                      "note": entry.get("note") or ""})
+                      "official": list(official), "note": entry.get("note") or ""})
     return cells
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from acdc_bench.budget.cells import LENGTH_WORD, length_key
-from acdc_bench.config import PROTOCOL_FIELDS
+from acdc_bench.config import RUN_PROTOCOL_FIELDS
 from acdc_bench.core.io import atomic_write_text
 from acdc_bench.methods import SparsityMethod, find_method, get_method, method_names
 from acdc_bench.report import stats
@@ -58,9 +58,9 @@ COMPARE_COLUMNS = GROUP_COLUMNS + ["differs", "train_subset", "numerics", "overr
     "actual_sparsity", "training_flops_multiplier", "inference_flops_multiplier", "top1_dense_mean",
     "delta_vs_acdc", "delta_vs_acdc_ci_low", "delta_vs_acdc_ci_high", "verdict_vs_acdc", "verdict_basis",
     "paired_seeds", "published_top1", "published_source", "published_status", "published_selection",
-    "published_runs", "delta_basis", "delta_vs_published",
-    "published_inside_ci", "published_protocol", "published_variant", "published_distribution",
-    "published_citation", "distribution", "epochs", *(f"protocol_{field}" for field in PROTOCOL_FIELDS),
+    "published_runs", "delta_basis", "delta_vs_published", "delta_vs_published_best",
+    "published_inside_ci", "published_inferred", "published_protocol", "published_variant", "published_distribution",
+    "published_citation", "distribution", "epochs", *(f"protocol_{field}" for field in RUN_PROTOCOL_FIELDS),
     "run_ids", "calibration",
 ]
 # Sparsities closer than this are the same target.
@@ -124,6 +124,8 @@ def protocol_differences(ours: dict | None, row) -> list[str]:
                 differences.append(f"{words} {_protocol_text(mine)} here, {_protocol_text(theirs)} there")
         elif str(theirs).lower() != str(mine or "").lower():
             differences.append(f"{words} {mine or 'not recorded'} here, {theirs or 'not said'} there")
+    if str(ours.get("extrapolated", "")).lower() == "true":
+        differences.append("method values extrapolated here (a suite entry marked unofficial), the published run's there")
     return differences
 
 
@@ -146,6 +148,8 @@ def protocol_summary(protocol: dict | None) -> str:
         value = protocol.get(field)
         if value is not None and value != "" and not (isinstance(value, float) and math.isnan(value)):
             parts.append(text.format(f"{float(value):g}"))
+    if str(protocol.get("extrapolated", "")).lower() == "true":
+        parts.append("extrapolated method values")
     return ", ".join(parts)
 
 
@@ -153,7 +157,7 @@ def run_protocol_of(row) -> dict | None:
     """The protocol columns of a compare/run row (``protocol_<field>``), or None when not recorded."""
     if not str(row.get("protocol_recipe", "") or "") and pd.isna(row.get("protocol_length", math.nan)):
         return None
-    return {field: row.get(f"protocol_{field}") for field in PROTOCOL_FIELDS}
+    return {field: row.get(f"protocol_{field}") for field in RUN_PROTOCOL_FIELDS}
 
 
 def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method: str,
@@ -215,6 +219,15 @@ def match_published(reference: pd.DataFrame, *, dataset: str, model: str, method
     }, index=candidates.index)
     best = ranking.sort_values(["protocol", "status", "distribution", "exact_distribution", "order"]).index[0]
     return candidates.loc[best]
+
+
+def citation(row) -> str:
+    """A published row's citation with the file it was read from: ``source (repository path at commit)``."""
+    where = " ".join(str(row.get(column, "") or "") for column in ("repository", "path")).strip()
+    commit = str(row.get("commit", "") or "")
+    if where and commit:
+        where += f" at {commit[:12]}"
+    return f"{row.get('source', '')} ({where})" if where else str(row.get("source", ""))
 
 
 def _first(values: pd.Series, default=None):
@@ -473,7 +486,7 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
             "overrides": " ".join(_first(group["overrides"], []) or []) if "overrides" in group else "",
             "budget_flag": _budget_flag(group),
             **{f"protocol_{field}": _first(group[f"protocol_{field}"], "") if f"protocol_{field}" in group else ""
-               for field in PROTOCOL_FIELDS},
+               for field in RUN_PROTOCOL_FIELDS},
         })
     table = pd.DataFrame(rows)
     table["differs"] = _differences(table, finished)
@@ -490,7 +503,7 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
 
     published = {"published_top1": [], "published_source": [], "published_status": [], "published_selection": [],
                  "published_runs": [], "published_variant": [], "published_distribution": [],
-                 "published_citation": [], "published_protocol": []}
+                 "published_citation": [], "published_protocol": [], "published_inferred": []}
     for _, row in table.iterrows():
         protocol = run_protocol_of(row)
         match = match_published(reference, dataset=row["dataset"], model=row["model"], method=row["method"],
@@ -504,8 +517,9 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
                                          ("published_selection", "selection"),
                                          ("published_variant", "variant"),
                                          ("published_distribution", "distribution"),
-                                         ("published_citation", "source")):
+                                         ("published_inferred", "inferred")):
             published[column].append(str(match.get(reference_column, "")) if match is not None else "")
+        published["published_citation"].append(citation(match) if match is not None else "")
     for column, values in published.items():
         table[column] = values
     table["published_top1"] = table["published_top1"].astype(float)
@@ -518,6 +532,9 @@ def compare_table(runs: pd.DataFrame, reference: pd.DataFrame | None, *, suite: 
     # a row of another protocol is shown, never differenced
     comparable = table["published_protocol"] == ""
     table["delta_vs_published"] = (ours - table["published_top1"]).where(comparable)
+    # a number whose source does not say which epoch it is: set beside our best epoch too
+    unknown = comparable & (table["published_selection"] == "unknown")
+    table["delta_vs_published_best"] = (table["top1_best_mean"] - table["published_top1"]).where(unknown)
     table.loc[~comparable, "delta_basis"] = ""
     # against the interval of the same selection (a best-epoch interval: t over seeds, 2 seeds or more)
     lows = table["top1_best_ci_low"].where(best, table["top1_ci_low"])
@@ -584,6 +601,8 @@ def _display_rows(block: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         delta = _number(row["delta_vs_published"], signed=True)
         if row["delta_basis"]:
             delta += f" ({row['delta_basis']})"
+        if not pd.isna(row.get("delta_vs_published_best", math.nan)):
+            delta += f" / {_number(row['delta_vs_published_best'], signed=True)} (best)"
         cells.append([method, row["variant"] or "-", row.get("protocol_recipe") or "-", top1,
                       _interval_text(row["top1_ci_low"], row["top1_ci_high"]), best, str(int(row["seeds"])),
                       _number(row["actual_sparsity"], 4), _number(row["training_flops_multiplier"], 3),
@@ -611,7 +630,10 @@ def _interval_notes(block: pd.DataFrame) -> list[str]:
                      + (" (selected on ImageNet's validation set, which is also its test set: optimistic)"
                         if "imagenet" in str(row["dataset"]).lower() else ""))
         elif row.get("published_selection") == "unknown" and row.get("published_source"):
-            note += f"; {row['published_source']} does not say which epoch: set beside our final top-1"
+            note += (f"; {row['published_source']} does not say which epoch: set beside our final top-1 and, "
+                     f"as d (best), our best-epoch top-1; the interval test is the final one's")
+        if row.get("published_inferred") and row.get("published_source"):
+            note += f"; inferred in {row['published_source']}'s row, not read: {row['published_inferred']}"
         notes.append(note)
     return notes
 

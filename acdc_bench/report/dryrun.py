@@ -75,6 +75,7 @@ def dry_run(suite: dict, waves, store=None, reference=None) -> dict:
                 "estimated_training_flops": float(estimate),
                 "estimated_training_flops_multiplier": float(estimate) / float(report["dense_training_flops"]),
                 "protocol": protocol_summary(protocol),
+                "recipe": resolved_recipe(config),
                 "published": published,
                 "expected_published": cell["published"] if cell else None,
             })
@@ -88,6 +89,42 @@ def dry_run(suite: dict, waves, store=None, reference=None) -> dict:
                               for row in rows),
         "estimated_training_flops_multiplier_total": sum(row["estimated_training_flops_multiplier"] for row in rows),
     }
+
+
+def resolved_recipe(config) -> dict:
+    """What a planned run will train with: its recipe resolved (the suite's keys, the method's recipe, the
+    cell's and the target's keys and the user's ``--set`` applied) and its method options at its target."""
+    plain = config.as_dict()
+    return {"source": config.recipe_source, "family": config.recipe_family,
+            **{key: plain[key] for key in ("optimizer", "lr_schedule", "label_smoothing", "batch_size", "epochs",
+                                           "amp", "method_options")},
+            "init": plain["init"] or "default"}
+
+
+def recipe_text(recipe: dict) -> str:
+    """One line for a resolved recipe: ``sgd lr 0.1 m 0.9 nesterov wd 1e-4 (not bias, bn); step [30, 70, 90]
+    per step; ls 0.1; init tf-resnet; batch 256; 100 ep; fp32``."""
+    optimizer, schedule = recipe["optimizer"], recipe["lr_schedule"]
+    text = f"{optimizer['name']} lr {optimizer['lr']:g} m {optimizer['momentum']:g}"
+    text += " nesterov" if optimizer.get("nesterov") else ""
+    text += f" wd {optimizer['weight_decay']:g}"
+    if optimizer.get("no_decay"):
+        text += f" (not {', '.join(optimizer['no_decay'])})"
+    shape = schedule["name"]
+    if schedule.get("milestones"):
+        shape += f" x{schedule['gamma']:g} at {list(schedule['milestones'])}"
+    if schedule.get("warmup_epochs"):
+        shape += f", {schedule['warmup_epochs']}-ep warm-up"
+    if schedule.get("per_step"):
+        shape += ", per step"
+    precision = {"none": "fp32"}.get(recipe["amp"], recipe["amp"])
+    text += (f"; {shape}; ls {recipe['label_smoothing']:g}; init {recipe['init']}; batch {recipe['batch_size']}; "
+             f"{recipe['epochs']} ep; {precision}")
+    options = recipe.get("method_options") or {}
+    if options.get("unofficial"):
+        picked = ", ".join(f"{key} {options[key]:g}" for key in ("lam", "s_init") if isinstance(options.get(key), float))
+        text += f"; EXTRAPOLATED method values{' (' + picked + ')' if picked else ''}"
+    return text
 
 
 def _point(dataset: str, model: str, method: str, sparsity: float, variant: str) -> tuple:
@@ -136,7 +173,7 @@ def _unmatched(reference, places: set, matched: set, other: dict, methods: set, 
 def format_dry_run(report: dict) -> str:
     """The dry run as an aligned text table, one line per planned run."""
     header = ["cell", "method", "variant", "distribution", "sparsity", "seed", "epochs", "est. train FLOPs x",
-              "protocol", "published (source_id, top-1)"]
+              "protocol", "published (source_id, top-1)", "recipe"]
     lines = []
     for row in report["runs"]:
         published = row["published"]
@@ -149,7 +186,8 @@ def format_dry_run(report: dict) -> str:
                 text += f": OTHER PROTOCOL, not compared ({published['other_protocol']})"
         lines.append([row["cell"], row["method"], row["variant"] or "-", row["distribution"] or "-",
                       f"{row['sparsity']:g}", str(row["seed"]), str(row["epochs"]),
-                      f"{row['estimated_training_flops_multiplier']:.3f}", row.get("protocol") or "-", text + (" [finished]" if row["finished"] else "")])
+                      f"{row['estimated_training_flops_multiplier']:.3f}", row.get("protocol") or "-",
+                      text + (" [finished]" if row["finished"] else ""), recipe_text(row["recipe"])])
     widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
     table = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header] + lines]
     table.insert(1, "  ".join("-" * width for width in widths))

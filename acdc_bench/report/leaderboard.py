@@ -38,7 +38,7 @@ training_flops_multiplier  float    training FLOPs / dense training FLOPs; NaN i
 inference_flops_multiplier float    inference FLOPs / dense inference FLOPs; NaN if unknown
 epochs                     Int64    training epochs; <NA> if unknown
 seeds                      Int64    runs averaged (ours); <NA> if not published
-source                     str      ``acdc_bench`` for our runs, else the citation; non-empty
+source                     str      ``acdc_bench`` for our runs, else the citation with the file it was read from (repository, path, commit); non-empty
 source_status              str      ``measured`` (ours) or the reference status: ``verified``,
                                     ``reported``, ``unverified``, ``aggregator``
 run_ids                    str      our run ids joined by ';' ('' for published rows)
@@ -68,7 +68,7 @@ from pathlib import Path
 import pandas as pd
 
 from acdc_bench.config import PROTOCOL_FIELDS
-from acdc_bench.report.compare import compare_table, display_name, name_key, protocol_summary, run_protocol_of
+from acdc_bench.report.compare import citation, compare_table, display_name, name_key, protocol_summary, run_protocol_of
 from acdc_bench.core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def build_leaderboard(runs: pd.DataFrame, reference: pd.DataFrame | None, suite:
                 "value": row.top1, "value_std": row.top1_std, "value_ci_low": math.nan,
                 "value_ci_high": math.nan, "value_best": math.nan, "selection": row.selection, "sparsity": sparsity, "training_flops_multiplier": row.train_flops_mult,
                 "inference_flops_multiplier": row.inference_flops_mult, "epochs": row.epochs, "seeds": math.nan,
-                "source": row.source, "source_status": row.status, "run_ids": "",
+                "source": citation(row._asdict()), "source_status": row.status, "run_ids": "",
                 "protocol": protocol_summary({field: getattr(row, field, "") for field in PROTOCOL_FIELDS}),
             })
     if not rows:

@@ -85,6 +85,11 @@ REFERENCE_SELECTIONS = ("best", "final", "unknown")
 #: length over the recipe's own ~100 epochs) and ``batch_size``. See :func:`run_protocol`.
 REFERENCE_DENOMINATORS = ("all", "pruned layers", "")
 REFERENCE_PROTOCOL_NUMBERS = ("label_smoothing", "length", "batch_size")
+#: Where a published number was read (optional columns; the shipped table fills the first three in every
+#: row): ``repository`` (GitHub owner/name), ``path`` in it and ``commit`` (full hash); ``config``, the
+#: official configuration the number was trained with, where the source ties it to one; ``inferred``, each
+#: field of the row that was inferred rather than read, and from what (empty: every field was read).
+REFERENCE_PROVENANCE = ("repository", "path", "commit", "config", "inferred")
 #: The published numbers ship inside the package (``leaderboards/reference/`` installed as
 #: ``acdc_bench.reference``), so they are found after a non-editable install too.
 DEFAULT_REFERENCE_PATH = Path(str(resources.files("acdc_bench.reference").joinpath("published.csv")))
@@ -386,7 +391,8 @@ def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
         raise ValueError(f"{path}: missing columns {missing}")
     for column in reference.columns:
         reference[column] = reference[column].astype(str).str.strip()
-    for column in ("selection", "runs", "recipe", "denominator", *REFERENCE_PROTOCOL_NUMBERS):  # optional columns
+    for column in ("selection", "runs", "recipe", "denominator", *REFERENCE_PROTOCOL_NUMBERS,
+                   *REFERENCE_PROVENANCE):  # optional columns
         if column not in reference:
             reference[column] = ""
     reference["selection"] = reference["selection"].replace("", "unknown")

@@ -37,8 +37,8 @@ def _specs(waves):
 @pytest.mark.parametrize("name", PAPER_SUITES)
 def test_every_cell_matches_the_published_row_it_names(name):
     """Each cell's runs record its variant and length and are compared by compare with the row the cell
-    names, of the same protocol; a cell naming none is compared with no row (one of another protocol
-    may be shown beside it)."""
+    names, of the same protocol and, where the row names its official configuration, one the cell
+    runs; a cell naming none is compared with no row (one of another protocol may be shown beside it)."""
     suite, reference = load_suite(name), load_reference()
     for spec in _specs(plan_runs(suite)):
         cell = next(c for c in suite_cells(suite) if c["cell"] == spec.cell)
@@ -57,6 +57,8 @@ def test_every_cell_matches_the_published_row_it_names(name):
             assert match is None, (spec.cell, spec.sparsity, match is not None and match["source_id"])
             continue
         assert match is not None, (spec.cell, spec.sparsity)
+        if match["config"]:  # a row that names its configuration pairs only with a cell that runs it
+            assert f"{match['repository']} {match['config']}" in cell["official"], (spec.cell, spec.sparsity, match["config"])
         got = {key: (match[key] if isinstance(match[key], str) else "") for key in ("source_id", "variant", "distribution")}
         assert got == {key: expected.get(key, got[key]) for key in got}, (spec.cell, spec.sparsity)
 
@@ -89,7 +91,8 @@ def test_plan_filters_and_the_matched_budget():
     only = _specs(plan_runs(suite, methods=["rigl", "set"], sparsities=[0.9]))
     assert {(s.cell, s.sparsity) for s in only} == {("rigl-1x", 0.9), ("rigl-1x-uniform", 0.9), ("rigl-5x", 0.9),
                                                    ("rigl-5x-uniform", 0.9), ("set", 0.9)}
-    assert [s.sparsity for s in _specs(plan_runs(suite, cells=["str"], seeds=[0, 1]))] == [0.8, 0.9, 0.95, 0.965, 0.98, 0.99] * 2
+    assert [s.sparsity for s in _specs(plan_runs(suite, cells=["str-extrapolated"], seeds=[0, 1]))] == [
+        0.8, 0.95, 0.965, 0.98, 0.99] * 2
     first, second = plan_runs(suite, budget="matched")
     assert {s.method for s in first} == {"dense", "acdc"} and "acdc" not in {s.method for s in second}
     assert not any(variant_length(s.variant) != 1.0 for s in first + second)  # 2x, 5x, 1.5x: left out
@@ -141,14 +144,26 @@ def test_dry_run_lists_every_resnet50_run_and_trains_nothing(tmp_path, capsys):
     assert by_cell[("rigl-5x-uniform", 0.8)]["estimated_training_flops_multiplier"] == pytest.approx(1.14, abs=0.04)
     assert by_cell[("rigl-5x", 0.8)]["estimated_training_flops_multiplier"] == pytest.approx(2.09, abs=0.04)
     assert by_cell[("acdc-2:4", 0.5)]["published"] is None
-    assert by_cell[("str", 0.965)]["published"]["source_id"] == "str-readme"
-    assert by_cell[("str", 0.965)]["published"]["reported_sparsity"] == pytest.approx(0.9611)
+    assert by_cell[("str", 0.9)]["published"]["source_id"] == "str-readme"
+    assert by_cell[("str", 0.9)]["published"]["reported_sparsity"] == pytest.approx(0.9023)
+    # STR at a target whose lambda is extrapolated: its README row shown beside it, never compared
+    assert "method values extrapolated here" in by_cell[("str-extrapolated", 0.965)]["published"]["other_protocol"]
+    assert by_cell[("str-extrapolated", 0.965)]["published"]["reported_sparsity"] == pytest.approx(0.9611)
+    # each run's resolved recipe: STR's dense model on STR's dense weight decay, not on its lambda
+    dense_str = by_cell[("dense-str", 0.0)]["recipe"]
+    assert dense_str["optimizer"]["weight_decay"] == pytest.approx(3.0517578125e-05)
+    assert (dense_str["init"], dense_str["label_smoothing"], dense_str["epochs"]) == ("kaiming_normal_fan_in", 0.1, 100)
+    assert by_cell[("str-extrapolated", 0.8)]["recipe"]["method_options"]["unofficial"] is True
+    # SET as the RigL paper's rows: uniform with the first layer dense, at their 0.23x training FLOPs
+    assert by_cell[("set", 0.8)]["distribution"] == "uniform"
+    assert by_cell[("set", 0.8)]["estimated_training_flops_multiplier"] == pytest.approx(0.23, abs=0.01)
     assert by_cell[("acdc-2x-uniform", 0.9)]["published"]["top1"] == pytest.approx(76.09)
     # every official AC/DC configuration and every baseline, SET included, each on its own recipe
     assert {r["cell"] for r in runs} >= {
         "dense", "dense-rigl", "dense-str", "acdc", "acdc-50", "acdc-global-no-conv1-fc", "acdc-1.5x", "acdc-ftdense",
-        "acdc-1.5x-ftdense", "acdc-uniform", "acdc-2x-uniform", "acdc-2:4", "gmp", "gmp-1.5x", "rigl-1x",
-        "rigl-1x-uniform", "rigl-5x", "rigl-5x-uniform", "set", "str"}
+        "acdc-1.5x-ftdense", "acdc-uniform", "acdc-2x-uniform", "acdc-2x-uniform-ftdense", "acdc-2:4", "gmp",
+        "gmp-1.5x", "rigl-1x", "rigl-1x-uniform", "rigl-5x", "rigl-5x-uniform", "set", "str", "str-extrapolated"}
+    assert by_cell[("gmp", 0.5)]["published"]["top1"] == pytest.approx(76.53)
     assert by_cell[("dense-rigl", 0.0)]["protocol"].startswith("rigl recipe")
     assert by_cell[("gmp", 0.95)]["protocol"] == "gale recipe, sparsity over all, label smoothing 0, 1x, batch 256"
     # a row of another protocol is shown beside a run, never compared: AC/DC's dense run beside RigL's
@@ -159,25 +174,26 @@ def test_dry_run_lists_every_resnet50_run_and_trains_nothing(tmp_path, capsys):
         assert compared == (expected is not None), row["cell"]
         if expected:
             assert {k: row["published"][k] for k in expected} == expected, row["cell"]
-    # The text the listing prints without --json (the same listing: planning ResNet50's 49 runs once)
+    # The text the listing prints without --json (the same listing: planning ResNet50's 52 runs once)
     # names each published row no planned run is compared with, and why.
     text = format_dry_run(listing)
-    assert "acdc-readme 75.03 (verified, best epoch)" in text
+    assert "acdc-readme 75.03 (verified, unknown epoch)" in text
+    assert "sgd lr 0.256 m 0.875 wd 3.05176e-05; cosine, 5-ep warm-up; ls 0.1; init kaiming_normal_fan_in" in text
     assert "published rows no planned run is compared with" in text
-    assert "pwc-acdc AC/DC - global 0.9: top-1 75.64 (unknown epoch): an aggregator value" in text
-    assert ("rigl-readme-nolabelsmooth RigL 1x ERK 0.8: top-1 75.02 (unknown epoch): the planned run at this point "
+    assert ("rigl-readme-nolabelsmooth RigL 1x ERK 0.8: top-1 75.02 (final epoch): the planned run at this point "
             "is compared with rigl-readme instead (this row's protocol differs: label smoothing 0.1 here, 0 there)") in text
-    assert "chase-readme SET - - 0.8: top-1 72.90 (unknown epoch): shown beside a planned run, not compared: " \
-           "other protocol: recipe not published" in text
+    assert "chase-readme SET - uniform (first layer dense) 0.8: top-1 72.90 (unknown epoch): shown beside a " \
+           "planned run, not compared: other protocol: recipe not published" in text
     assert "chase-readme MEST - - 0.8: top-1 75.39 (unknown epoch): not reproduced here" in text
 
 
 def test_dry_run_text_for_mobilenet(tmp_path, capsys):
     assert main(["reproduce", "--suite", "imagenet-mobilenetv1", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     text = capsys.readouterr().out
-    assert "16 planned runs, 5 compared with a published number of the same protocol" in text
-    assert "acdc-readme 70.41 (verified, best epoch)" in text
-    assert "str-readme 62.10 (verified, best epoch), reported sparsity 0.8901" in text
+    assert "16 planned runs, 4 compared with a published number of the same protocol" in text
+    assert "acdc-readme 70.41 (verified, unknown epoch)" in text
+    assert "str-readme 62.10 (verified, unknown epoch), reported sparsity 0.8901" in text
+    assert "init tf-mobilenet" in text  # RigL's MobileNet initialisation
     assert not (tmp_path / "r").exists()
     assert main(["reproduce", "--suite", "imagenet-mobilenetv1", "--json"]) == 2  # --json needs --dry-run
 

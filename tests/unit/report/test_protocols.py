@@ -33,8 +33,12 @@ def _runs(schedule: list[str]) -> list[tuple[str, int]]:
 def test_a_run_states_its_protocol_in_the_terms_of_the_published_table():
     suite = load_suite("imagenet-resnet50")
     assert run_protocol(run_config(suite, "rigl", 0.9)) == {
-        "recipe": "rigl", "denominator": "all", "label_smoothing": 0.1, "length": 1.0, "batch_size": 256}
+        "recipe": "rigl", "denominator": "all", "label_smoothing": 0.1, "length": 1.0, "batch_size": 256,
+        "extrapolated": False}
     assert run_protocol(run_config(suite, "gmp", 0.95))["label_smoothing"] == 0.0  # Gale's grid point
+    # STR at a target whose lambda its authors published no config for: never the published run's protocol
+    assert run_protocol(run_config(suite, "str", 0.95))["extrapolated"] is True
+    assert run_protocol(run_config(suite, "str", 0.9))["extrapolated"] is False
     assert run_protocol(run_config(suite, "acdc", 0.9))["recipe"] == "acdc"
     # a matched budget runs the suite's shared recipe: AC/DC's, whatever the method
     matched = run_protocol(run_config(suite, "rigl", 0.9, budget={"mode": "matched"}))
@@ -56,6 +60,8 @@ def test_protocol_differences_name_each_field_that_differs_or_is_not_published()
         "recipe not published", "sparsity over all here, not said there", "label smoothing not published",
         "length not published"]
     assert protocol_differences(None, row) == ["our run's protocol is unknown"]
+    assert protocol_differences({**ours, "recipe": "rigl", "label_smoothing": 0.1, "extrapolated": True}, row) == [
+        "method values extrapolated here (a suite entry marked unofficial), the published run's there"]
 
 
 def test_a_row_of_another_protocol_is_shown_without_a_difference_or_a_verdict(tmp_path):
@@ -248,6 +254,32 @@ def test_tf_resnet_init_is_the_tensorflow_resnets():
     assert bool((model.bn1.weight == 1).all()) and bool((model.layer1[0].bn2.weight == 1).all())
     with pytest.raises(ValueError, match="no torchvision ResNet blocks"):
         initialize(build_model("mobilenetv1", num_classes=10), "tf-resnet")
+
+
+def test_tf_mobilenet_init_is_rigls_tensorflow_mobilenet():
+    from acdc_bench.models import build_model
+    from acdc_bench.recipe import TRUNCATED_NORMAL_STD, initialize
+
+    torch.manual_seed(0)
+    model = initialize(build_model("mobilenetv1", num_classes=1000), "tf-mobilenet")
+    convs = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)]
+    pointwise = next(conv.weight.detach() for conv in convs if conv.kernel_size == (1, 1) and conv.in_channels == 512)
+    depthwise = next(conv for conv in convs if conv.groups == conv.in_channels == 512)
+    # pointwise 512 -> 512: variance scaling, std sqrt(1 / 512) cut at 2 s (262,144 draws, 5 standard errors)
+    std = (1 / 512) ** 0.5
+    assert float(pointwise.std()) == pytest.approx(std, rel=5 * (2 / pointwise.numel()) ** 0.5)
+    assert float(pointwise.abs().max()) <= 2 * std / TRUNCATED_NORMAL_STD * (1 + 1e-6)
+    # depthwise (512, 1, 3, 3): Glorot uniform on fans 9 and 9 x 512, bound sqrt(6 / (9 + 4608))
+    bound = (6 / (9 + 9 * 512)) ** 0.5
+    weight = depthwise.weight.detach()
+    assert float(weight.abs().max()) <= bound and float(weight.abs().max()) > 0.99 * bound
+    # a uniform's sample std has relative standard error sqrt((kurtosis - 1) / 4n) = sqrt(0.2 / n)
+    assert float(weight.std()) == pytest.approx(bound / 3 ** 0.5, rel=5 * (0.2 / weight.numel()) ** 0.5)
+    fc = next(module for module in model.modules() if isinstance(module, torch.nn.Linear))
+    assert float(fc.weight.std()) == pytest.approx((1 / fc.in_features) ** 0.5, rel=5 * (2 / fc.weight.numel()) ** 0.5)
+    assert int(torch.count_nonzero(fc.bias)) == 0
+    with pytest.raises(ValueError, match="TensorFlow MobileNetV1"):
+        initialize(build_model("resnet50", num_classes=10), "tf-mobilenet")
 
 
 # --------------------------------------------------------------------------- helpers

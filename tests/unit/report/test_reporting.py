@@ -263,14 +263,24 @@ def test_published_match_imagenet_resnet50_acdc(tmp_path: Path, reference: pd.Da
                    result=result)
     table = compare_table(load_runs(tmp_path), reference)
     row = table.iloc[0]
-    # the verified README checkpoint (global); Papers with Code's 75.64 is an aggregator value, never matched
+    # the verified README checkpoint (global), cited with the file and commit it was read from
     assert row["published_top1"] == pytest.approx(75.03)
     assert row["published_source"] == "acdc-readme" and row["published_status"] == "verified"
-    assert row["published_distribution"] == "global" and row["published_selection"] == "best"
-    # a best-epoch checkpoint is set beside our best epochs, not our final ones
+    assert "IST-DASLab/ACDC README.md at ac53210b6adc" in row["published_citation"]
+    # the README does not say which checkpoint it released: set beside our final epochs and our best ones
+    assert row["published_distribution"] == "global" and row["published_selection"] == "unknown"
     assert row["top1_best_mean"] == pytest.approx(74.75) and row["best_epochs"] == "91 91"
+    assert row["delta_basis"] == "final" and row["delta_vs_published"] == pytest.approx(74.25 - 75.03)
+    assert row["delta_vs_published_best"] == pytest.approx(74.75 - 75.03)
+    assert "d (best)" in format_compare(table) and "-0.28 (best)" in format_compare(table)
+    # tested against the final epochs' interval: 74.25 +- t(1) 0.25 = [71.07, 77.43] holds 75.03
+    assert row["published_inside_ci"] == True  # noqa: E712
+    # a best-epoch number is set beside our best epochs only, and tested against their interval
+    best = reference.assign(selection=reference["selection"].where(reference["source_id"] != "acdc-readme", "best"))
+    row = compare_table(load_runs(tmp_path), best).iloc[0]
     assert row["delta_basis"] == "best" and row["delta_vs_published"] == pytest.approx(74.75 - 75.03)
-    # and tested against the best epochs' interval: 74.75 +- t(1) 0.25 = [71.57, 77.93] holds 75.03
+    assert pd.isna(row["delta_vs_published_best"])
+    # 74.75 +- t(1) 0.25 = [71.57, 77.93] holds 75.03
     assert row["published_inside_ci"] == True  # noqa: E712
 
     out = write_compare(table, tmp_path / "report")
@@ -326,11 +336,10 @@ def test_leaderboard_carries_intervals(tmp_path: Path, reference: pd.DataFrame):
     assert (ours["value"], ours["value_std"]) == pytest.approx((75.0, 1.0))
     assert (ours["value_ci_low"], ours["value_ci_high"]) == pytest.approx((72.515862, 77.484138), abs=1e-5)
     assert ours["seeds"] == 3
-    rigl = board[(board["method"] == "RigL") & (board["source_status"] == "verified")
-                 & (board["distribution"] == "ERK") & (board["variant"] == "1x") & (board["sparsity"] == 0.9)
-                 & board["source"].str.contains("Best Sparse Models")]
-    assert rigl["value_std"].tolist() == [0.04]  # the published std; no interval for published rows
-    assert rigl["value_ci_low"].isna().all()
+    set_rows = board[(board["method"] == "SET") & (board["sparsity"] == 0.9)]
+    assert set_rows["value_std"].tolist() == [0.23]  # the published std; no interval for published rows
+    assert set_rows["value_ci_low"].isna().all()
+    assert set_rows["source"].str.contains("luuyin/chase README.md at 6190eb8fcb79").all()
     assert "| 75.00 ± 2.48 | 1.00 |" in format_leaderboard_markdown(board)
     paths = export_leaderboard(board, tmp_path / "board.csv")
     again = read_leaderboard(paths[0])

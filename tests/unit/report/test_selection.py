@@ -44,12 +44,15 @@ def test_published_rows_say_their_selection_and_aggregators_are_never_matched():
     reference = load_reference()
     assert set(reference["selection"]) <= {"best", "final", "unknown"}
     assert "acdc-paper-recalled" not in set(reference["source_id"])  # rows nobody read are gone
-    assert (reference.loc[reference["source_id"] == "pwc-acdc", "status"] == "aggregator").all()
-    assert (reference.loc[reference["source_id"].isin(["acdc-readme", "str-readme"]), "selection"] == "best").all()
+    # the AC/DC and STR READMEs do not say which checkpoint they released (both codes keep several)
+    assert (reference.loc[reference["source_id"].isin(["acdc-readme", "str-readme"]), "selection"] == "unknown").all()
+    # a selection that was inferred says so, and from what
+    final = reference[reference["selection"] == "final"]
+    assert len(final) > 0 and final["inferred"].str.contains("selection").all()
     match = match_published(reference, dataset="imagenet", model="resnet50", method="acdc", target_sparsity=0.9,
                             distribution="global")
     assert match["source_id"] == "acdc-readme"
-    only_aggregator = reference[reference["source_id"] == "pwc-acdc"]
+    only_aggregator = reference[reference["source_id"] == "acdc-readme"].assign(status="aggregator")
     assert match_published(only_aggregator, dataset="imagenet", model="resnet50", method="acdc",
                            target_sparsity=0.9) is None
 
