@@ -232,6 +232,17 @@ def _planned_training_flops(name: str, sparsity: float, options: dict, method_cl
     return planned, 3 * whole_weight_slack(method.flops) * EPOCHS * STEPS_PER_EPOCH * BATCH
 
 
+def _start_method() -> str:
+    """How the ranks start: forked from a fork server that imported torch and this module once (and
+    forks them single-threaded), where the platform has one; else spawned, each importing torch again."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    multiprocessing.set_forkserver_preload(["torch", __name__])  # read when the server first starts
+    return "forkserver"
+
+
 def _check_ranks(name: str, sparsity: float, options: dict, ranks: int) -> None:
     import torch.multiprocessing as mp
 
@@ -241,7 +252,8 @@ def _check_ranks(name: str, sparsity: float, options: dict, ranks: int) -> None:
     with tempfile.TemporaryDirectory(prefix="acdc-bench-contract-") as folder:
         files = [os.path.join(folder, f"rank{rank}.pt") for rank in range(ranks)]
         try:
-            mp.spawn(_rank_main, args=(ranks, folder, name, sparsity, options, module), nprocs=ranks, join=True)
+            mp.start_processes(_rank_main, args=(ranks, folder, name, sparsity, options, module), nprocs=ranks,
+                               join=True, start_method=_start_method())
         except mp.ProcessExitedException:
             # a rank killed by a signal while tearing down gloo, after both saved their state, says
             # nothing about the method; before that, it does

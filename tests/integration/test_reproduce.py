@@ -50,12 +50,8 @@ def test_kill_midway_then_rerun_keeps_finished_runs_and_completes(tmp_path):
     assert "finished already" in rerun.stdout
     assert "[3/3]" in rerun.stdout
     assert f"this invocation trained {3 - len(before)} run(s) in " in rerun.stdout
-
-    third = subprocess.run(command(out, leaderboards), env=env, capture_output=True, text=True, check=True)
-    assert third.stdout.count("finished already") == 3
-    assert "this invocation trained nothing: every run had finished before" in third.stdout
-    # the FLOP-ideal table's dense step, timed by the second invocation, is reused: the table does not move
-    assert "timed on this CPU by an earlier invocation" in third.stdout and (out / "dense-step.json").exists()
+    # the dense step it timed is kept for the next invocation (its reuse: tests/unit/report/test_timing.py)
+    assert (out / "dense-step.json").exists()
     table = pd.read_csv(out / "compare.csv")
     assert set(table["method"]) == {"dense", "acdc"}
     board = read_leaderboard(leaderboards / "fashion-mnist.csv")

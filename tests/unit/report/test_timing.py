@@ -48,3 +48,38 @@ def test_the_dense_step_is_timed_as_a_run_trains_it():
     assert step["flops"] == 3 * 2 * parameters * suite["batch_size"]  # multiply-add = 2 FLOPs, backward = 2x
     assert 0 < step["seconds"] <= step["median"] and step["rate"] == pytest.approx(step["flops"] / step["seconds"])
     assert step["threads"] == (1 if numerics.active() == "portable" else threads)
+
+
+def test_a_dense_step_timed_on_this_cpu_is_reused_and_one_of_another_is_not(tmp_path, monkeypatch, capsys):
+    """``reproduce`` keeps the dense step it timed in ``<out>/dense-step.json``; a later invocation on
+    the same CPU, numerics, threads and torch reuses it (the FLOP-ideal table does not move), one
+    under any other of these times it again."""
+    import argparse
+    import json
+
+    from acdc_bench import cli
+    from acdc_bench.run import steptime
+
+    timed = []
+    monkeypatch.setattr(steptime, "dense_step", lambda suite, data_root=None: timed.append(1) or
+                        {"seconds": 0.005, "median": 0.006, "rate": 7e10, "steps": 300, "threads": 1, "flops": 3.5e8})
+    suite, args = load_suite("fashion-mnist-10"), argparse.Namespace(launcher="local", data_root=None)
+    first = cli._dense_step(suite, args, tmp_path)
+    assert timed == [1] and "GFLOP/s on 1 thread(s)" in capsys.readouterr().out
+    (tmp_path / cli.DENSE_STEP).write_text(json.dumps(first))
+    assert cli._dense_step(suite, args, tmp_path) == first and timed == [1]
+    assert "timed on this CPU by an earlier invocation" in capsys.readouterr().out
+    (tmp_path / cli.DENSE_STEP).write_text(json.dumps(dict(first, cpu="another CPU")))
+    cli._dense_step(suite, args, tmp_path)
+    assert timed == [1, 1]
+
+
+def test_an_invocation_says_what_it_trained(capsys):
+    import argparse
+
+    from acdc_bench.cli import print_timing
+
+    print_timing(_runs(), (0, 0.0), argparse.Namespace(jobs=2, launcher="local"))
+    assert "this invocation trained nothing: every run had finished before" in capsys.readouterr().out
+    print_timing(_runs(), (2, 75.0), argparse.Namespace(jobs=2, launcher="local"))
+    assert "this invocation trained 2 run(s) in 1m15s elapsed, in 2 jobs side by side" in capsys.readouterr().out
