@@ -1,15 +1,18 @@
 """Where a method's training step spends its time: ms per step and torch.profiler's operator table.
 
     python benchmarks/profile_step.py [--suite fashion-mnist-10] [--numerics portable|native] [--threads 1]
-                                      [--steps 100] [--profile] [--kernels auto|dense] [--pair] [CASE ...]
+                                      [--steps 100] [--profile] [--kernels auto|dense] [--pair]
+                                      [--examples N] [CASE ...]
 
 Cases (default: all): dense, acdc-sparse (a compressed epoch), acdc-dense (a decompressed one),
 gmp (after its pruning ramp), rigl and set (their masks as set up; an update step every dT), str
 (from its start). ``--numerics`` pins the process as a run is pinned (default: the suite's). Each builds the run exactly as
 ``acdc-bench run`` does (``acdc_bench.run.loop.build_run``, the suite's matched configuration),
 positions the method at the chosen epoch's start (AC/DC: that epoch's phase change run), then times ``train_step`` on that epoch's
-batches. A diagnostic, not a benchmark: compare cases within one invocation (the paired ratios
-are ``nox -s bench``'s).
+batches. ``--examples 1`` trains each step on the first example of its batch only: the products
+all but vanish and what is left is the step's fixed cost (Python, autograd, the optimizer, the
+method's hooks), which no kernel removes. A diagnostic, not a benchmark: compare cases within one
+invocation (the paired ratios are ``nox -s bench``'s).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table (100 steps)")
     parser.add_argument("--sparsity", type=float, help="the target instead of the case's 0.95")
     parser.add_argument("--distribution", help="the masked methods' distribution instead of the suite's")
+    parser.add_argument("--examples", type=int, help="train each step on the first N examples of its batch "
+                        "(1: the step's fixed cost)")
     parser.add_argument("--pair", action="store_true",
                         help="time kernels auto against dense, one step of each in turn (the ratio to quote)")
     args = parser.parse_args(argv)
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{mode} numerics ({numerics.active()} active), {numerics.cpu_model()}", flush=True)
     for name in args.cases or list(CASES):
         if args.pair:
-            auto, dense = (_build(suites, loop, suite, name, mode, args.sparsity, args.distribution)
+            auto, dense = (_build(suites, loop, suite, name, mode, args.sparsity, args.distribution, args.examples)
                            for mode in ("auto", "dense"))
             for built in (auto, dense):
                 _check_room(parser, built, args.steps)
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"median ratio of pairs {ratios[len(ratios) // 2]:.3f} ({args.steps} pairs, {args.threads} "
                   f"thread(s), sparse kernels on {sum(auto.active)} of {len(auto.active)} layers)", flush=True)
             continue
-        built = _build(suites, loop, suite, name, args.kernels, args.sparsity, args.distribution)
+        built = _build(suites, loop, suite, name, args.kernels, args.sparsity, args.distribution, args.examples)
         _check_room(parser, built, args.steps + (100 if args.profile else 0))
         built.steps(20)
         start = time.perf_counter()
@@ -102,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 class _Built:
     """One case's run, positioned at its epoch; ``steps(n)`` trains the epoch's next n batches."""
 
-    def __init__(self, loop, run, epoch: int):
+    def __init__(self, loop, run, epoch: int, examples: int | None = None):
         self.loop, self.run, self.epoch = loop, run, epoch
-        self.batches = list(run.data.train_batches(epoch))
+        self.batches = [(inputs[:examples], targets[:examples]) for inputs, targets in run.data.train_batches(epoch)]
         self.next = 0
 
     @property
@@ -122,7 +127,7 @@ class _Built:
 
 
 def _build(suites, loop, suite: dict, name: str, kernels: str, sparsity: float | None = None,
-           distribution: str | None = None) -> _Built:
+           distribution: str | None = None, examples: int | None = None) -> _Built:
     method, default_sparsity, fraction = CASES[name]
     sparsity = default_sparsity if sparsity is None or method == "dense" else sparsity
     if distribution is not None and method in ("acdc", "rigl"):
@@ -143,7 +148,7 @@ def _build(suites, loop, suite: dict, name: str, kernels: str, sparsity: float |
     elif method == "gmp":  # seeking skips the pruning ramp: the masks of its end
         sparsifier.method.prune_by_magnitude(sparsifier.method.sparsity_at(epoch * per_epoch))
     run.train_model.train()
-    return _Built(loop, run, epoch)
+    return _Built(loop, run, epoch, examples)
 
 
 def _check_room(parser, built: _Built, steps: int) -> None:
