@@ -635,7 +635,14 @@ EXAMPLES = f"""examples:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written; every option's default shown."""
+    """Examples kept as written; every option's default shown once: where its help does not say it
+    already, and never as ``None``."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 #: ``acdc_bench.models.model_names()``, written out so that building the parser does not start torch

@@ -94,6 +94,30 @@ def test_nothing_points_outside_the_repository():
     assert not offenders, offenders
 
 
+#: Words that tell how the project came to be rather than what it is: the pages say what holds now,
+#: measured figures name their machine, date and command, and nothing more of their past.
+HISTORY = re.compile(r"\b(not yet|no longer|formerly|previously|used to (?:be|run|give|take)|until now|as of now"
+                     r"|(?:former|previous|old|older|earlier) (?:scheme|version|record|records|code|behaviou?r|numbers?)"
+                     r"|(?:was|were) (?:changed|replaced|renamed|rewritten|re-?made|re-?recorded)"
+                     r"|written before \d{4}|before \d{4}-\d\d-\d\d|this session|last session)\b", re.I)
+
+
+def test_the_pages_tell_no_history():
+    """README, docs/, the reference and benchmark READMEs and the suites' comments say what the project
+    is, not how it was made."""
+    pages = [*PAGES, ROOT / "leaderboards" / "reference" / "README.md", ROOT / "benchmarks" / "README.md"]
+    suites = sorted((ROOT / "acdc_bench" / "suites").glob("*.yaml"))
+    found = []
+    for page in [*pages, *suites]:
+        for number, line in enumerate(page.read_text().splitlines(), start=1):
+            text = line.split("#", 1)[1] if page.suffix == ".yaml" and "#" in line else line
+            if page.suffix == ".yaml" and "#" not in line:
+                continue
+            found += [f"{page.relative_to(ROOT)}:{number}: {match.group(0)!r}" for match in HISTORY.finditer(text)]
+    assert not found, found
+    assert HISTORY.search("run folders written before 2026-12-06 carry ids of the former scheme")
+
+
 def test_the_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
