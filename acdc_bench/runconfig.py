@@ -283,6 +283,19 @@ class Budget:
         return cls(**_check_keys(values or {}, {item.name for item in dataclasses.fields(cls)}, "budget"))
 
 
+def run_id_prefix(method: str, sparsity: float, seed: int) -> str:
+    """The readable start of a run id, ``<method>-s<sparsity>-seed<seed>-``: every run of one method,
+    target and seed (a calibration chain's runs among them) has it; the id's length tag and hash follow."""
+    return f"{method}-s{float(sparsity):g}-seed{int(seed)}-"
+
+
+def run_id_seed(run_id: str, method: str, sparsity: float) -> int | None:
+    """The seed in ``run_id`` when it is a run of ``method`` at ``sparsity`` (:func:`run_id_prefix`), else None."""
+    head = f"{method}-s{float(sparsity):g}-seed"
+    digits = run_id[len(head):].split("-", 1)[0] if run_id.startswith(head) else ""
+    return int(digits) if digits.isdigit() and run_id.startswith(run_id_prefix(method, sparsity, int(digits))) else None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One run, resolved: what it computes (hashed into :attr:`run_id`) and where and how it runs."""
@@ -373,7 +386,7 @@ class RunConfig:
     def run_id(self) -> str:
         """Readable prefix plus a hash of :meth:`identity`."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-        return f"{self.method}-s{self.sparsity:g}-seed{self.seed}-{self.length.tag}-{digest}"
+        return f"{run_id_prefix(self.method, self.sparsity, self.seed)}{self.length.tag}-{digest}"
 
     def lr_at(self, epoch: int, step: int | None = None, steps_per_epoch: int | None = None,
               epochs: int | None = None) -> float:

@@ -115,11 +115,11 @@ def _accepted_elsewhere(suite: dict, base: RunConfig, store) -> RunConfig | None
     Only chains that started from the recipe count (each is re-derived with ``warm_start=False``),
     so the answer does not depend on the order in which warm-started chains ran.
     """
-    import re
+    from acdc_bench.runconfig import run_id_seed
 
     method, sparsity, seed = base.method, base.sparsity, base.seed
-    pattern = re.compile(rf"^{re.escape(method)}-s{re.escape(f'{sparsity:g}')}-seed(\d+)-")
-    seeds = sorted({int(m.group(1)) for name in store.run_ids() if (m := pattern.match(name))} - {int(seed)})
+    found = (run_id_seed(name, method, sparsity) for name in store.run_ids())
+    seeds = sorted({other for other in found if other is not None} - {int(seed)})
     for other in seeds:
         config = resolve_budget(suite, method, sparsity, other, "matched", store=store, warm_start=False,
                                 variant=base.variant)

@@ -187,7 +187,9 @@ def _chain_folders(out: Path, config: "RunConfig") -> list[Path] | None:
 
     if not (config.budget.mode == "matched" and get_method(config.method).calibration_option):
         return None
-    prefix = f"{config.method}-s{config.sparsity:g}-seed{config.seed}-"
+    from acdc_bench.runconfig import run_id_prefix
+
+    prefix = run_id_prefix(config.method, config.sparsity, config.seed)
     return [p for p in out.glob(f"{prefix}*") if (p / "config.yaml").exists()]
 
 

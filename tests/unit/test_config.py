@@ -95,6 +95,12 @@ def test_run_id_is_stable_and_changes_with_what_the_run_computes():
     # where the data live does not change the result
     assert a.run_id == run_config(load_suite("fashion-mnist", ["data_root=/elsewhere"]), "acdc", 0.9).run_id
     assert a.run_id.startswith("acdc-s0.9-seed0-e20-")
+    # one place spells the readable part, and reads a run's seed back from it
+    from acdc_bench.runconfig import run_id_prefix, run_id_seed
+
+    assert a.run_id.startswith(run_id_prefix("acdc", 0.9, 0)) and run_id_seed(a.run_id, "acdc", 0.9) == 0
+    assert run_id_seed(a.run_id, "acdc", 0.95) is None and run_id_seed(a.run_id, "gmp", 0.9) is None
+    assert run_id_seed("acdc-s0.9-seedx-e20-0", "acdc", 0.9) is None
 
 
 # ------------------------------------------------------------------ the resolved run
