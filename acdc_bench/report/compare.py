@@ -33,6 +33,7 @@ from acdc_bench.core.io import atomic_write_text
 from acdc_bench.methods import SparsityMethod, find_method, get_method, method_names
 from acdc_bench.report import stats
 from acdc_bench.report.results import drop_superseded, select_runs
+from acdc_bench.run import folder
 from acdc_bench.run.folder import read_predictions
 
 log = logging.getLogger(__name__)
@@ -259,8 +260,6 @@ def _budget_flag(group: pd.DataFrame) -> str:
 def _differences(table: pd.DataFrame, finished: pd.DataFrame) -> list[str]:
     """For rows that share method, variant and target but not their cell: the config keys whose
     values differ between those cells (from one run's ``config.yaml`` each), as ``key=value``."""
-    import yaml
-
     from acdc_bench.core.io import flatten
 
     ignore = ("seed", "run_id", "cell", "train_steps", "overrides", "budget", "method_options", "environment",
@@ -268,8 +267,8 @@ def _differences(table: pd.DataFrame, finished: pd.DataFrame) -> list[str]:
     configs = {}
     for cell, group in finished.groupby("cell", sort=False):
         try:
-            config = yaml.safe_load((Path(str(group["run_dir"].iloc[0])) / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError, KeyError):
+            config = folder.read_config(str(group["run_dir"].iloc[0])) or {}
+        except (folder.UnreadableConfig, KeyError):
             config = {}
         if (config.get("budget") or {}).get("mode") != "matched":
             ignore_here = tuple(k for k in ignore if k != "epochs")

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from acdc_bench.config import run_protocol
 from acdc_bench.core.io import flatten
@@ -129,15 +128,12 @@ def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
 
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     """Return the run's config fields usable as row values, and a read error if any."""
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        return {}, None
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        return {}, f"config.yaml unreadable: {error}"
-    if not isinstance(config, dict):
-        return {}, "config.yaml is not a mapping"
+        config = folder.read_config(run_dir)
+    except folder.UnreadableConfig as error:
+        return {}, str(error)
+    if config is None:
+        return {}, None
     fields: dict[str, Any] = {f"protocol_{key}": value for key, value in run_protocol(config).items()}
     for config_key, column in _CONFIG_FIELDS.items():
         value = config.get(config_key)

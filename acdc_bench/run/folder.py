@@ -198,6 +198,28 @@ def validate_result(result: Any) -> list[str]:
     return problems
 
 
+class UnreadableConfig(ValueError):
+    """A run's ``config.yaml`` that does not parse, or is not a mapping; the message names which."""
+
+
+def read_config(run_dir: str | os.PathLike) -> dict | None:
+    """The run's ``config.yaml`` as a mapping, None when the folder has none (the one reader of it).
+
+    A file that cannot be read or parsed, or is not a mapping, is :class:`UnreadableConfig`."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UnreadableConfig(f"config.yaml unreadable: {error}") from error
+    if not isinstance(config, dict):
+        raise UnreadableConfig("config.yaml is not a mapping")
+    return config
+
+
 def read_result(run_dir: str | os.PathLike) -> dict | None:
     """The run's ``result.json`` when the run is finished, None when there is none yet.
 

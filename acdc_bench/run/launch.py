@@ -216,12 +216,12 @@ def _cell_progress(out: Path, config: "RunConfig") -> str:
     folders = _chain_folders(out, config)
     if folders is None:
         return f"epoch {_epochs_done(out / config.run_id)}/{config.epochs}"
-    import yaml
+    from acdc_bench.run import folder
 
     if not folders:
         return f"epoch 0/{config.epochs}"
     latest = max(folders, key=_last_write)
-    epochs = yaml.safe_load((latest / "config.yaml").read_text()).get("epochs", config.epochs)
+    epochs = (folder.read_config(latest) or {}).get("epochs", config.epochs)
     return f"run {len(folders)} epoch {_epochs_done(latest)}/{epochs}"
 
 

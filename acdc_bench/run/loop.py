@@ -131,11 +131,9 @@ def check_resumable(config: RunConfig, run_dir: Path) -> None:
     were rounded one way, the rest would be rounded another, and the result would match neither."""
     if not (run_dir / folder.CHECKPOINT).exists() or not (run_dir / folder.CONFIG).exists():
         return
-    import yaml
-
     try:
-        before = yaml.safe_load((run_dir / folder.CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        before = folder.read_config(run_dir) or {}
+    except folder.UnreadableConfig:
         return  # config.yaml is rewritten from this run's config below
     made = before.get("numerics") or "native"
     now = config.numerics or "native"

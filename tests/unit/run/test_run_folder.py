@@ -90,3 +90,17 @@ def test_one_schema_says_what_a_result_holds_and_the_validator_reads_it_from_the
                            ("budget", [], "not an object"), ("seed", None, "not a finite number")):
         problems = validate_result(dict(written, **{key: bad}))
         assert any(problem.startswith(key) and says in problem for problem in problems), (key, problems)
+
+
+def test_config_yaml_has_one_reader_that_names_a_broken_file(tmp_path):
+    from acdc_bench.run.folder import UnreadableConfig, read_config
+
+    assert read_config(tmp_path) is None
+    (tmp_path / "config.yaml").write_text("method: acdc\nepochs: 4\n")
+    assert read_config(tmp_path) == {"method": "acdc", "epochs": 4}
+    (tmp_path / "config.yaml").write_text("method: [acdc\n")
+    with pytest.raises(UnreadableConfig, match="config.yaml unreadable"):
+        read_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("- a list\n")
+    with pytest.raises(UnreadableConfig, match="not a mapping"):
+        read_config(tmp_path)
