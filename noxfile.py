@@ -68,10 +68,13 @@ def _sparseprop(session: nox.Session) -> None:
                      "masked layers run densely")
         return
     session.log("building sparseprop (sparse CPU kernels) once into the shared environment")
+    # its setup.py asks the PATH's `python3 -m pybind11 --includes`: the environment's own Python
+    # first on the PATH, so that it answers (a system python3 without pybind11 gives no include path)
+    path = os.pathsep.join([str(PYTHON.parent), os.environ.get("PATH", "")])
     try:
         session.run(str(PYTHON), "-m", "pip", "install", "-q", "pybind11", "wheel", external=True)
         session.run(str(PYTHON), "-m", "pip", "install", "-q", "--no-build-isolation", "sparseprop==0.1.14",
-                    external=True)
+                    external=True, env={"PATH": path})
     except Exception as error:  # nox raises its own CommandFailed
         failed.write_text(str(error))
         session.warn(f"sparseprop did not build ({error}); masked layers run densely (kernels: dense)")

@@ -674,7 +674,8 @@ def format_compare_markdown(table: pd.DataFrame) -> str:
     parts.append("top-1 is the final epoch's, mean ± sample std over seeds (percent); best-epoch top-1 is each "
                  "run's best test top-1 over the epochs at its final sparsity (AC/DC's dense epochs and GMP's ramp "
                  "excluded), as published best-epoch checkpoints are selected; d = difference in top-1 points, "
-                 "against a published number taken on the same selection (`(best)` or `(final)`); FLOPs x = "
+                 "against a published number taken on the same selection (`(best)` or `(final)`; a number whose "
+                 "source does not say which epoch it is gets both, `(final) / (best)`); FLOPs x = "
                  "multiple of the dense run's FLOPs.")
     parts += ["", "95% CI of top-1: t-interval over seeds; with one seed, the test-set binomial (Wilson) "
               "interval, which covers test-set sampling only. d vs AC/DC is paired by seed (the seeds both "
