@@ -102,8 +102,8 @@ def resolved_recipe(config) -> dict:
 
 
 def recipe_text(recipe: dict) -> str:
-    """One line for a resolved recipe: ``sgd lr 0.1 m 0.9 nesterov wd 1e-4 (not bias, bn); step [30, 70, 90]
-    per step; ls 0.1; init tf-resnet; batch 256; 100 ep; fp32``."""
+    """One line for a resolved recipe: ``sgd lr 0.1 m 0.9 nesterov wd 0.0001 (not bias, bn); step x0.1 at
+    [30, 70, 90], per step; ls 0.1; init tf-resnet; batch 256; 100 ep; fp32``."""
     optimizer, schedule = recipe["optimizer"], recipe["lr_schedule"]
     text = f"{optimizer['name']} lr {optimizer['lr']:g} m {optimizer['momentum']:g}"
     text += " nesterov" if optimizer.get("nesterov") else ""

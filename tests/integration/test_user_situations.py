@@ -76,7 +76,10 @@ def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(tmp_path, smal
     command = [sys.executable, "-m", "acdc_bench", "run", "--out", str(out), *DENSE,
                "--data-root", str(small_fashion_root), "--set", "epochs=40"]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child, whatever this process inherited: a suite started in the
+    # background of a non-interactive shell (`./nox -s tests &`) ignores SIGINT, and so would the run
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if out.is_dir() and any(_rows(run_dir) >= 1 for run_dir in out.iterdir()):
