@@ -316,6 +316,7 @@ def sparsify(
     flops: LayerFlops | None = None,
     kernels: str = "auto",
     check_schedule: bool = True,
+    planning: bool = False,
     **options: Any,
 ) -> Sparsifier:
     """Attach the registered method ``method`` to ``model`` and return its :class:`Sparsifier`.
@@ -330,7 +331,9 @@ def sparsify(
     ``dense`` never. ``options`` are the method's own (its ``Config``
     fields, e.g. ``distribution``, ``update_interval``); an unknown one is an error naming them.
     A schedule that cannot reach its target in the run's steps is an error here, before training
-    (``check_schedule=False``: a planner trying lengths).
+    (``check_schedule=False``: a planner trying lengths). ``planning=True``: the model is attached
+    only to be planned, never trained (the method may skip what only training needs; see
+    :attr:`acdc_bench.methods.SparsityMethod.planning`).
     """
     method_cls = get_method(method)
     if method_cls.sparsity_options and not set(options) & set(method_cls.sparsity_options):
@@ -357,6 +360,7 @@ def sparsify(
         flops = measure_layer_flops(eager, layers, input_shape)
     instance = method_cls(config, target_sparsity=float(sparsity), epochs=epochs,
                           steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    instance.planning = bool(planning)
     instance.setup(eager, layers, flops)
     problem = instance.schedule_problem() if check_schedule else None
     if problem:

@@ -71,12 +71,12 @@ def _data(seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(inputs[i:i + BATCH], targets[i:i + BATCH]) for i in range(0, len(inputs), BATCH)]
 
 
-def _build(name: str, sparsity: float, options: dict, model: nn.Module | None = None):
+def _build(name: str, sparsity: float, options: dict, model: nn.Module | None = None, planning: bool = False):
     from acdc_bench.api import sparsify
 
     model = model if model is not None else _model()
     sparsifier = sparsify(model, name, sparsity=sparsity, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH,
-                          batch_size=BATCH, kernels="dense", **options)
+                          batch_size=BATCH, kernels="dense", planning=planning, **options)
     optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4))
     return model, sparsifier, optimizer
 
@@ -220,7 +220,7 @@ def _planned_training_flops(name: str, sparsity: float, options: dict, method_cl
     sparsifier; None for a method whose cost emerges from training."""
     if method_cls.calibration_option is not None:
         return None
-    model, sparsifier, _ = _build(name, sparsity, options)
+    model, sparsifier, _ = _build(name, sparsity, options, planning=True)  # attached to be planned, as a Planner does
     model.train()
     model(_data()[0][0])  # the forward pre-hook measures the FLOPs, as the first training step does
     method = sparsifier.method

@@ -108,6 +108,14 @@ def random_mask(shape: torch.Size, nonzeros: int, generator: torch.Generator) ->
     return mask.view(shape)
 
 
+def leading_mask(shape: torch.Size, nonzeros: int) -> torch.Tensor:
+    """Boolean mask of ``shape`` whose first ``nonzeros`` positions are True: the non-zero count of
+    :func:`random_mask` without its draw, for a method attached only to be planned."""
+    mask = torch.zeros(math.prod(shape), dtype=torch.bool)
+    mask[:nonzeros] = True
+    return mask.view(shape)
+
+
 @register_method("rigl")
 class RigL(MaskedMethod):
     """RigL with drop/grow mask updates every ``update_interval`` steps until ``end_fraction``."""
@@ -136,7 +144,9 @@ class RigL(MaskedMethod):
         masks = []
         for layer, density in zip(self.layers, self.densities):
             keep = int(round(density * layer.numel))
-            masks.append(random_mask(layer.weight.shape, keep, generator))
+            # planning reads the masks' non-zero counts only: where they lie is not drawn
+            masks.append(leading_mask(layer.weight.shape, keep) if self.planning
+                         else random_mask(layer.weight.shape, keep, generator))
         self.masks.set(masks)
         self.masks.apply_to_weights()
         self.masking = True

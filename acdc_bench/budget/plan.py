@@ -87,7 +87,7 @@ class Planner:
         self.epochs_count = math.ceil(self.total_steps / self.steps_per_epoch)
         self.method = sparsify(self.model, self.config.method, sparsity=self.config.sparsity,
                                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                               batch_size=self.config.batch_size, flops=self.flops, check_schedule=False,
+                               batch_size=self.config.batch_size, flops=self.flops, check_schedule=False, planning=True,
                                **dataclasses.asdict(self.method_config)).method
         return self
 

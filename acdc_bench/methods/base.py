@@ -122,6 +122,11 @@ class SparsityMethod:
     #: or a ``targets`` entry). :func:`acdc_bench.sparsify` refuses a call that gives none of them:
     #: the defaults are tuned for one recipe, and ``sparsity=`` alone would be a promise not kept.
     sparsity_options: ClassVar[tuple[str, ...]] = ()
+    #: True when the method is attached only to plan a run (:class:`acdc_bench.budget.plan.Planner`,
+    #: ``sparsify(..., planning=True)``): nothing trains it, so :meth:`setup` may skip what only
+    #: training needs (RigL's random mask positions) as long as every ``planned_*`` answer is the
+    #: one a training attachment gives (the contract's ``plan`` clause plans this way).
+    planning: bool = False
 
     def __init__(
         self,

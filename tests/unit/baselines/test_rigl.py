@@ -307,3 +307,25 @@ def test_set_update_step_trains_then_updates_the_mask():
         buffer = optimizer.state[layer.weight]["momentum_buffer"]
         assert not buffer[grown].any()
     assert method.masks.nonzeros == [m.sum().item() for m in before]
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_a_plan_draws_no_mask_and_plans_what_training_would(method, monkeypatch):
+    """Attached only to be planned (as the Planner attaches every run), RigL and SET keep each layer's
+    non-zero count and skip the random draw of where they lie: every planned answer is the same."""
+    from acdc_bench import sparsify
+    from acdc_bench.baselines import rigl as rigl_module
+
+    def plan(planning: bool):
+        sparsifier = sparsify(tiny_mlp(), method, sparsity=0.9, epochs=4, steps_per_epoch=10, batch_size=8,
+                              input_shape=(20,), planning=planning, update_interval=5)
+        return sparsifier.method
+
+    trained = plan(False)
+    monkeypatch.setattr(rigl_module, "random_mask", lambda *args: pytest.fail("a plan drew random masks"))
+    planned = plan(True)
+    assert planned.planning and not trained.planning
+    assert planned.masks.nonzeros == trained.masks.nonzeros
+    for epoch in range(4):
+        assert planned.planned_densities(epoch) == trained.planned_densities(epoch)
+        assert planned.planned_training_flops_per_example(epoch) == trained.planned_training_flops_per_example(epoch)
