@@ -32,6 +32,7 @@ from acdc_bench.data import Data, epoch_seed, load_data
 from acdc_bench.methods.registry import load_plugins
 from acdc_bench.models import build_model
 from acdc_bench.run import distributed, folder
+from acdc_bench.run.store import RunStore, store_at
 from acdc_bench.runconfig import RunConfig, as_run_config
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,13 +66,15 @@ class Run:
         return self.rank == 0
 
 
-def train(config: RunConfig | Mapping, out_dir: str | Path, *, data_root: str | None = None, progress: bool = True,
-          tracker=None, log=print) -> dict:
+def train(config: RunConfig | Mapping, out_dir: str | Path | RunStore, *, data_root: str | None = None,
+          progress: bool = True, tracker=None, log=print) -> dict:
     """Train (or resume, or report) the run described by ``config`` (a
-    :class:`~acdc_bench.runconfig.RunConfig`, or a ``config.yaml`` mapping); returns its result dict."""
+    :class:`~acdc_bench.runconfig.RunConfig`, or a ``config.yaml`` mapping) in its folder of
+    ``out_dir`` (a folder, or its :class:`~acdc_bench.run.store.RunStore`); returns its result dict."""
     config = as_run_config(config)
-    run_dir = Path(out_dir) / config.run_id
-    finished = folder.read_result(run_dir)
+    store = store_at(out_dir)
+    run_dir = store.folder(config.run_id)
+    finished = store.result(config.run_id)
     if finished is not None:
         log(f"[{config.run_id}] finished already: top-1 {finished['top1']:.2f}% "
             f"(sparsity {finished['actual_sparsity']:.4f}); not retraining")
@@ -79,9 +82,9 @@ def train(config: RunConfig | Mapping, out_dir: str | Path, *, data_root: str | 
     numerics.ensure(config.numerics)  # torch has started: a clear error unless it computes so
     rank, world_size, local_rank = distributed.distributed_context()
     fresh = rank == 0 and not run_dir.exists()
-    with folder.lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
-        if folder.read_result(run_dir) is not None:  # finished by another process meanwhile
-            return train(config, out_dir, data_root=data_root, progress=progress, tracker=tracker, log=log)
+    with store.lock(config.run_id) if rank == 0 else contextlib.nullcontext():
+        if store.finished(config.run_id):  # finished by another process meanwhile
+            return train(config, store, data_root=data_root, progress=progress, tracker=tracker, log=log)
         try:
             check_resumable(config, run_dir)
             run = build_run(config, run_dir, data_root, rank, world_size, local_rank)
