@@ -292,8 +292,10 @@ def run_id_prefix(method: str, sparsity: float, seed: int) -> str:
 def run_id_seed(run_id: str, method: str, sparsity: float) -> int | None:
     """The seed in ``run_id`` when it is a run of ``method`` at ``sparsity`` (:func:`run_id_prefix`), else None."""
     head = f"{method}-s{float(sparsity):g}-seed"
-    digits = run_id[len(head):].split("-", 1)[0] if run_id.startswith(head) else ""
-    return int(digits) if digits.isdigit() and run_id.startswith(run_id_prefix(method, sparsity, int(digits))) else None
+    if not run_id.startswith(head):
+        return None
+    digits, dash, _ = run_id[len(head):].partition("-")
+    return int(digits) if dash and digits.isdigit() else None
 
 
 @dataclass(frozen=True)

@@ -125,9 +125,14 @@ def protocol_differences(ours: dict | None, row) -> list[str]:
                 differences.append(f"{words} {_protocol_text(mine)} here, {_protocol_text(theirs)} there")
         elif str(theirs).lower() != str(mine or "").lower():
             differences.append(f"{words} {mine or 'not recorded'} here, {theirs or 'not said'} there")
-    if str(ours.get("extrapolated", "")).lower() == "true":
+    if _extrapolated(ours):
         differences.append("method values extrapolated here (a suite entry marked unofficial), the published run's there")
     return differences
+
+
+def _extrapolated(protocol: dict) -> bool:
+    """Whether a run's protocol says its method values are extrapolated (True, or "True" read back from a CSV)."""
+    return str(protocol.get("extrapolated", "")).lower() == "true"
 
 
 def _protocol_text(value) -> str:
@@ -149,7 +154,7 @@ def protocol_summary(protocol: dict | None) -> str:
         value = protocol.get(field)
         if value is not None and value != "" and not (isinstance(value, float) and math.isnan(value)):
             parts.append(text.format(f"{float(value):g}"))
-    if str(protocol.get("extrapolated", "")).lower() == "true":
+    if _extrapolated(protocol):
         parts.append("extrapolated method values")
     return ", ".join(parts)
 

@@ -187,15 +187,18 @@ def _chain_folders(out: Path, config: "RunConfig") -> list[Path] | None:
 
     if not (config.budget.mode == "matched" and get_method(config.method).calibration_option):
         return None
+    from acdc_bench.run import folder
     from acdc_bench.runconfig import run_id_prefix
 
     prefix = run_id_prefix(config.method, config.sparsity, config.seed)
-    return [p for p in out.glob(f"{prefix}*") if (p / "config.yaml").exists()]
+    return [p for p in out.glob(f"{prefix}*") if (p / folder.CONFIG).exists()]
 
 
 def _started(out: Path, config: "RunConfig") -> bool:
+    from acdc_bench.run import folder
+
     folders = _chain_folders(out, config)
-    return bool(folders) if folders is not None else (out / config.run_id / "config.yaml").exists()
+    return bool(folders) if folders is not None else (out / config.run_id / folder.CONFIG).exists()
 
 
 def _last_write(folder: Path) -> float:

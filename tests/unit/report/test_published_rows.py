@@ -26,7 +26,8 @@ def _official_configs() -> list[dict]:
 def test_every_published_row_names_the_file_and_commit_it_was_read_from():
     reference = load_reference()
     assert len(reference) > 0
-    configs = {(row["repository"], row["path"]) for row in _official_configs()}
+    listed = _official_configs()
+    configs = {(row["repository"], row["path"]) for row in listed}
     for line, row in enumerate(reference.to_dict("records"), start=2):
         where = f"published.csv:{line} ({row['source_id']} {row['method']} {row['target_sparsity']})"
         assert REPOSITORY.fullmatch(row["repository"]), f"{where}: repository {row['repository']!r} is not owner/name"
@@ -37,7 +38,7 @@ def test_every_published_row_names_the_file_and_commit_it_was_read_from():
         if row["config"]:
             assert (row["repository"], row["config"]) in configs, f"{where}: config {row['config']} is not in official_configs.csv"
         # a row's commit is the one the official configurations of its repository were read at
-        commits = {c["commit"] for c in _official_configs() if c["repository"] == row["repository"]}
+        commits = {c["commit"] for c in listed if c["repository"] == row["repository"]}
         assert not commits or commits == {row["commit"]}, f"{where}: read at another commit than its configurations"
 
 
