@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from acdc_bench import numerics
-from acdc_bench.config import ConfigError, load_suite, suite_names, suite_numerics
+from acdc_bench.config import ConfigError, Suite, load_suite, suite_names, suite_numerics
 from acdc_bench.core.io import staged
 from acdc_bench.run.folder import RunLocked
 from acdc_bench.run.launch import JobsFailed
+from acdc_bench.run.store import RunStore
 
 
 #: The suite every command uses unless told otherwise: three seeds in about 10 minutes on 2 CPU cores.
@@ -171,25 +172,25 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", default=None, help="published CSV (default: the shipped leaderboards/reference/published.csv)")
 
 
-def _suite(args) -> dict:
+def _suite(args) -> Suite:
     """The suite with its plugins and the command line's ``--plugin`` modules imported (those
     first: a suite may name the methods they register)."""
     from acdc_bench.methods import load_plugins
 
     load_plugins(list(getattr(args, "plugin", []) or []))
     suite = load_suite(args.suite, args.overrides)
-    suite["plugins"] = list(suite.get("plugins") or []) + list(getattr(args, "plugin", []) or [])
-    load_plugins(suite["plugins"])
+    suite = suite.replace(plugins=[*suite.plugins, *(getattr(args, "plugin", []) or [])])
+    load_plugins(suite.plugins)
     return suite
 
 
-def _budgeted_config(args, suite: dict, out: Path | None):
+def _budgeted_config(args, suite: Suite, out: Path | None):
     from acdc_bench.budget.matching import resolve_budget
     from acdc_bench.methods import get_method
     from acdc_bench.run.store import store_at
 
     get_method(args.method)  # an unknown name is said as such, before any budget is planned
-    mode = getattr(args, "budget", None) or suite["budget"]["mode"]
+    mode = getattr(args, "budget", None) or suite.budget_mode
     return resolve_budget(suite, args.method, args.sparsity, args.seed, mode, args.epochs, store_at(out))
 
 
@@ -201,7 +202,7 @@ def cmd_run(args) -> int:
     from acdc_bench.run.tracking import Tracker
 
     suite = _suite(args)
-    out = Path(args.out) if args.out else Path("runs") / suite["suite"]
+    out = Path(args.out) if args.out else Path("runs") / suite.name
     store = store_at(out)
     first = _budgeted_config(args, suite, out)
     if store.finished(first.run_id):  # train() says so, and where
@@ -213,7 +214,7 @@ def cmd_run(args) -> int:
         for number, config in enumerate(chain):
             if number:
                 print(describe(config.budget.as_dict(), config.train_steps), flush=True)
-            tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
+            tracker = Tracker(enabled=args.wandb or bool(suite.wandb))
             train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
     return 0
 
@@ -223,7 +224,7 @@ def cmd_plan(args) -> int:
     from acdc_bench.budget.plan import plan
 
     suite = _suite(args)
-    out = Path(args.out) if args.out else Path("runs") / suite["suite"]
+    out = Path(args.out) if args.out else Path("runs") / suite.name
     if args.method == "all":
         return _plan_all(args, suite, out)
     report = plan(_budgeted_config(args, suite, out))
@@ -251,18 +252,18 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _plan_all(args, suite: dict, out: Path) -> int:
+def _plan_all(args, suite: Suite, out: Path) -> int:
     """One line per method of the suite's reproduction: run length and estimated cost under the budget."""
     from acdc_bench.budget.plan import plan
 
     reports = []
-    for method in suite["reproduce"].get("methods") or ["dense", "acdc"]:
+    for method in suite.reproduce.get("methods") or ["dense", "acdc"]:
         args.method = method
         reports.append(plan(_budgeted_config(args, suite, out)))
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in reports], indent=2))
         return 0
-    print(f"suite {suite['suite']}  sparsity {args.sparsity:g}  budget {args.budget or suite['budget']['mode']}")
+    print(f"suite {suite.name}  sparsity {args.sparsity:g}  budget {args.budget or suite.budget_mode}")
     print(f"{'method':<8} {'epochs':>6} {'steps':>7} {'est. train FLOPs x':>18} {'vs budget':>9}  budget source")
     for r in reports:
         budget = r.get("budget") or {}
@@ -328,7 +329,7 @@ def cmd_flops(args) -> int:
 def _suite_name(suite: str) -> str:
     from acdc_bench.config import load_suite
 
-    return load_suite(suite)["suite"]
+    return load_suite(suite).name
 
 
 def _load(args, suite_name: str):
@@ -445,7 +446,7 @@ def cmd_reproduce(args) -> int:
     from acdc_bench.report.results import load_reference, load_runs
 
     suite = _suite(args)
-    out = Path(args.out) if args.out else Path("runs") / suite["suite"]
+    out = Path(args.out) if args.out else Path("runs") / suite.name
     runs = plan_runs(
         suite,
         methods=args.methods,
@@ -471,12 +472,10 @@ def cmd_reproduce(args) -> int:
         trained = run_all(suite, runs, out, args)
     elapsed = time.perf_counter() - started
     if step is not None and out.is_dir():
-        from acdc_bench.core.io import atomic_write_json
-
-        atomic_write_json(out / DENSE_STEP, step)
+        RunStore(out).write_dense_step(step)
     leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
     finished = load_runs(out)
-    report(suite["suite"], finished, load_reference(), out, leaderboard_dir)
+    report(suite.name, finished, load_reference(), out, leaderboard_dir)
     print_timing(finished, (trained, elapsed), args, step)
     return 0
 
@@ -495,7 +494,7 @@ def cmd_verify(args) -> int:
     from acdc_bench.run.launch import plan_runs, run_all
 
     suite = _suite(args)
-    path = Path(args.record) if args.record else shipped_record(suite["suite"])
+    path = Path(args.record) if args.record else shipped_record(suite.name)
     record = read_record(path)
     print(f"verify: record {path} ({'given with --record' if args.record else f'shipped with acdc-bench {__version__}'})",
           flush=True)
@@ -515,7 +514,7 @@ def cmd_verify(args) -> int:
             f"options (recorded {missing[0]}, planned {twin or 'no run of its method, target and seed'}): the record "
             f"{path} keeps no overrides, so run verify with the options it was made with (given: {given}), or give "
             f"--record a record made with these")
-    print(f"verify: re-running {sum(len(w) for w in waves)} run(s) of {suite['suite']} (seeds {seeds}) under "
+    print(f"verify: re-running {sum(len(w) for w in waves)} run(s) of {suite.name} (seeds {seeds}) under "
           f"{numerics.active()} numerics on {numerics.cpu_model()}", flush=True)
     resolve_jobs(args)
     with tempfile.TemporaryDirectory(prefix="acdc-verify-") as scratch:
@@ -533,10 +532,7 @@ def cmd_verify(args) -> int:
 
 #: Beside a reproduction's run folders: its dense step as timed on this machine (reused by a later
 #: invocation on the same CPU, numerics, threads and torch, so that its table does not move).
-DENSE_STEP = "dense-step.json"
-
-
-def _dense_step(suite: dict, args, out: Path) -> dict | None:
+def _dense_step(suite: Suite, args, out: Path) -> dict | None:
     """The dense step timed on this machine before the runs start (the FLOP-ideal table's rate),
     for local runs on the CPU, or as an earlier invocation timed it into ``out``; None where the
     runs train elsewhere or it cannot be built here."""
@@ -547,17 +543,15 @@ def _dense_step(suite: dict, args, out: Path) -> dict | None:
 
     if getattr(args, "launcher", "local") != "local" or torch.cuda.is_available():
         return None
-    here = {"suite": suite["suite"], "model": suite["model"], "batch_size": suite["batch_size"],
+    here = {"suite": suite.name, "model": suite.model, "batch_size": suite.batch_size,
             "cpu": numerics.cpu_model(), "numerics": numerics.active(), "torch": str(torch.__version__),
-            "threads": 1 if one_thread_per_run(suite) else torch.get_num_threads()}
-    try:
-        recorded = json.loads((out / DENSE_STEP).read_text())
-    except (OSError, ValueError):
-        recorded = None
-    if isinstance(recorded, dict) and all(recorded.get(key) == value for key, value in here.items()) \
+            "threads": 1 if one_thread_per_run(suite.numerics) else torch.get_num_threads()}
+    store = RunStore(out)
+    recorded = store.dense_step()
+    if recorded is not None and all(recorded.get(key) == value for key, value in here.items()) \
             and isinstance(recorded.get("rate"), (int, float)):
-        print(f"dense step of {suite['suite']}: {recorded['seconds'] * 1e3:.2f} ms, {recorded['rate'] / 1e9:.1f} GFLOP/s "
-              f"(timed on this CPU by an earlier invocation: {out / DENSE_STEP})", flush=True)
+        print(f"dense step of {suite.name}: {recorded['seconds'] * 1e3:.2f} ms, {recorded['rate'] / 1e9:.1f} GFLOP/s "
+              f"(timed on this CPU by an earlier invocation: {store.root / store.DENSE_STEP})", flush=True)
         return recorded
     try:
         step = dense_step(suite, args.data_root)
@@ -565,10 +559,10 @@ def _dense_step(suite: dict, args, out: Path) -> dict | None:
         print(f"dense step not timed ({error}); the FLOP-ideal table uses the dense runs' rate", flush=True)
         return None
     if step is None:
-        print(f"dense step of {suite['suite']} not timed (a step this large takes seconds on a CPU); the FLOP-ideal "
+        print(f"dense step of {suite.name} not timed (a step this large takes seconds on a CPU); the FLOP-ideal "
               "table uses the dense runs' rate", flush=True)
         return None
-    print(f"dense step of {suite['suite']}: {step['seconds'] * 1e3:.2f} ms (the fastest block of {step['steps']} steps; "
+    print(f"dense step of {suite.name}: {step['seconds'] * 1e3:.2f} ms (the fastest block of {step['steps']} steps; "
           f"median {step['median'] * 1e3:.2f} ms), "
           f"{step['rate'] / 1e9:.1f} GFLOP/s on {step['threads']} thread(s)", flush=True)
     return dict(here, **step)

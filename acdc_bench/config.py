@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +27,6 @@ from acdc_bench.runconfig import (
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
-REQUIRED = object()
-
-#: Every top-level key of a suite, with its default (REQUIRED: the suite must give it).
-SUITE_DEFAULTS: dict[str, Any] = {
-    "suite": None,
-    "description": "",
-    "dataset": REQUIRED,
-    "data_root": None,
-    "num_workers": 0,
-    "train_subset": None,
-    "model": REQUIRED,
-    "epochs": REQUIRED,
-    "batch_size": REQUIRED,
-    "optimizer": REQUIRED,
-    "lr_schedule": REQUIRED,
-    "label_smoothing": 0.0,
-    "amp": "none",
-    "init": None,
-    "recipe_family": None,
-    "channels_last": False,
-    "compile": False,
-    "kernels": "auto",
-    "numerics": None,
-    "budget": {"mode": "paper", "reference": "acdc"},
-    "reproduce": {"methods": ["dense", "acdc"], "sparsities": [0.9], "seeds": [0]},
-    "methods": {},
-    "plugins": [],
-    "wandb": False,
-    "resources": {},
-}
-
 BUDGET_MODES = ("paper", "matched")
 BUDGET_KEYS = {"mode", "reference", "calibration"}
 #: Matched budgets of emergent-cost methods (STR, see acdc_bench.budget.calibrate): at most ``max_runs``
@@ -67,13 +39,150 @@ CALIBRATION_DEFAULTS = {"max_runs": 5, "sparsity_tolerance": 0.005, "start": {}}
 #: (each replaces the suite's key whole), plus ``targets: {sparsity: {key: value}}`` for one target.
 RECIPE_KEYS = ("optimizer", "lr_schedule", "label_smoothing", "batch_size", "amp", "epochs", "init")
 
-#: Suite keys that do not change what a run computes: left out of its cell id (:func:`cell_id`).
-NON_RESULT_KEYS = {"description", "data_root", "num_workers", "kernels", "reproduce", "methods", "wandb", "resources", "plugins",
-                   "budget", "recipe_family"}
-
-
 class ConfigError(ValueError):
     """A suite or override that cannot be used; the message names the file, key and allowed values."""
+
+
+REQUIRED = object()
+
+
+def _key(default: Any = REQUIRED, *, key: str | None = None, result: bool = True) -> Any:
+    """A top-level key of a suite file, declared once: its default (REQUIRED: the file must give it),
+    its name in the file when the attribute's differs (``key``), and whether it changes what a run
+    computes (``result=False``: left out of the cell id, :func:`cell_id`)."""
+    metadata = {"key": key, "result": result}
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _loaded(default: Any) -> Any:
+    """What loading a suite file adds (not a key of the file)."""
+    return field(default_factory=lambda: copy.deepcopy(default), metadata={"key": None, "loaded": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suite:
+    """A suite file, loaded once (:func:`load_suite`): its keys with their defaults, the user's
+    ``--set`` overrides applied once, validated once. Treat it as read-only: :meth:`for_cell`
+    and :meth:`replace` give changed copies."""
+
+    name: str = _key(None, key="suite", result=False)
+    description: str = _key("", result=False)
+    dataset: str = _key()
+    data_root: str | None = _key(None, result=False)
+    num_workers: int = _key(0, result=False)
+    train_subset: int | None = _key(None)
+    model: str = _key()
+    epochs: int = _key()
+    batch_size: int = _key()
+    optimizer: dict = _key()
+    lr_schedule: dict = _key()
+    label_smoothing: float = _key(0.0)
+    amp: str = _key("none")
+    init: str | None = _key(None)
+    #: The code whose recipe the suite's keys are (``acdc``, ``rigl``); a method's ``recipe.family`` wins.
+    recipe_family: str | None = _key(None, result=False)
+    channels_last: bool = _key(False)
+    compile: bool = _key(False)
+    kernels: str = _key("auto", result=False)
+    numerics: str | None = _key(None)
+    budget: dict = _key({"mode": "paper", "reference": "acdc"}, result=False)
+    reproduce: dict = _key({"methods": ["dense", "acdc"], "sparsities": [0.9], "seeds": [0]}, result=False)
+    #: ``methods.<name>``: each method's own options (its ``recipe:`` is in :attr:`recipes`).
+    methods: dict = _key({}, result=False)
+    plugins: list = _key([], result=False)
+    wandb: Any = _key(False, result=False)
+    resources: dict = _key({}, result=False)
+    # ---- what loading adds
+    #: The file it was loaded from.
+    path: str = _loaded("")
+    #: ``methods.<name>.recipe`` of each method that has one.
+    recipes: dict = _loaded({})
+    #: The ``--set`` overrides applied, in order (a recipe key's wins over a method's recipe).
+    overrides: tuple = _loaded(())
+    #: :func:`budget_inputs` of the file as written (a cell id tells another budget apart by it).
+    written_budget_inputs: dict | None = _loaded(None)
+
+    @classmethod
+    def keys(cls) -> dict[str, Any]:
+        """Every top-level key of a suite file with its default (REQUIRED: the file must give it)."""
+        out = {}
+        for item in dataclasses.fields(cls):
+            if item.metadata.get("loaded"):
+                continue
+            if item.default is not dataclasses.MISSING:
+                default = item.default
+            elif item.default_factory is not dataclasses.MISSING:
+                default = item.default_factory()
+            else:
+                default = REQUIRED
+            out[item.metadata.get("key") or item.name] = default
+        return out
+
+    @classmethod
+    def non_result_keys(cls) -> set[str]:
+        """The file's keys that do not change what a run computes (left out of its cell id)."""
+        return {item.metadata.get("key") or item.name for item in dataclasses.fields(cls)
+                if not item.metadata.get("loaded") and not item.metadata.get("result", True)}
+
+    @classmethod
+    def from_keys(cls, data: Mapping, **loaded) -> "Suite":
+        """The suite of the file keys ``data`` (every key of :meth:`keys`) and what loading adds."""
+        names = {item.metadata.get("key") or item.name: item.name for item in dataclasses.fields(cls)
+                 if not item.metadata.get("loaded")}
+        return cls(**{names[key]: copy.deepcopy(value) for key, value in data.items()}, **loaded)
+
+    def as_keys(self) -> dict[str, Any]:
+        """The suite as the keys of a file (``suite``, ``methods`` without recipes, ...), copied."""
+        return {item.metadata.get("key") or item.name: copy.deepcopy(getattr(self, item.name))
+                for item in dataclasses.fields(self) if not item.metadata.get("loaded")}
+
+    def replace(self, **changes) -> "Suite":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def where(self) -> str:
+        """How errors name the suite: its file, else its name."""
+        return self.path or self.name
+
+    @property
+    def budget_mode(self) -> str:
+        return self.budget["mode"]
+
+    @property
+    def reference(self) -> str:
+        """The method whose training FLOPs a matched budget gives every other method."""
+        return self.budget.get("reference", "acdc")
+
+    @property
+    def calibration(self) -> dict:
+        """``budget.calibration`` with its defaults filled in."""
+        return {**CALIBRATION_DEFAULTS, **(self.budget.get("calibration") or {})}
+
+    def method_options(self, method: str) -> dict:
+        """``methods.<method>``: the method's own options (a copy; {} when the suite sets none)."""
+        return copy.deepcopy(self.methods.get(method) or {})
+
+    def method_recipe(self, method: str) -> dict | None:
+        """The ``recipe:`` of ``methods.<method>`` (None: the method runs the suite's recipe)."""
+        return self.recipes.get(method)
+
+    def for_cell(self, method: str, options: Mapping | None = None, recipe: Mapping | None = None) -> "Suite":
+        """The suite as one run of a cell sees it: the cell's ``options`` and ``recipe`` keys over the method's."""
+        if not options and not recipe:
+            return self
+        methods = {**self.methods, method: {**self.method_options(method), **copy.deepcopy(dict(options or {}))}}
+        recipes = dict(self.recipes)
+        if recipe:
+            recipes[method] = {**(self.method_recipe(method) or {}), **copy.deepcopy(dict(recipe))}
+        return self.replace(methods=methods, recipes=recipes)
+
+
+#: Every top-level key of a suite file, with its default (REQUIRED: the file must give it).
+SUITE_DEFAULTS: dict[str, Any] = Suite.keys()
 
 
 def suite_names() -> list[str]:
@@ -114,9 +223,10 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(suite: dict, overrides: list[str], where: str) -> dict:
-    """Apply ``key.path=value`` overrides; a key that the suite schema lacks is an error."""
-    suite = copy.deepcopy(suite)
+def apply_overrides(keys: dict, overrides: list[str], where: str) -> dict:
+    """A copy of a suite file's ``keys`` with ``key.path=value`` overrides applied; a key that the
+    suite schema lacks is an error."""
+    suite = copy.deepcopy(keys)
     for text in overrides or []:
         path, value = _parse_override(text)
         if path[0] not in SUITE_DEFAULTS:
@@ -141,51 +251,43 @@ def suite_numerics(suite: str | Path, overrides: list[str] | None = None) -> str
     return numerics.check_mode(raw.get("numerics") or numerics.default_mode())
 
 
-def load_suite(suite: str | Path, overrides: list[str] | None = None) -> dict:
-    """Load, override and validate a suite; returns the suite dict with defaults filled in."""
+def load_suite(suite: str | Path, overrides: list[str] | None = None) -> Suite:
+    """Load a suite file (a shipped suite's name, or a path), apply ``overrides`` (``key.path=value``)
+    once and validate it once: the :class:`Suite` every command below the command line reads."""
     path = resolve_suite_path(suite)
-    raw = parse_yaml(path.read_text(), str(path))
+    where = str(path)
+    raw = parse_yaml(path.read_text(), where)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a suite file must be a YAML mapping of keys to values")
     unknown = sorted(set(raw) - set(SUITE_DEFAULTS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SUITE_DEFAULTS)}")
-    data = copy.deepcopy(SUITE_DEFAULTS)
-    data.update(raw)
+    data = {**Suite.keys(), **raw}
     as_written = copy.deepcopy(data)
-    _split_recipes(as_written, str(path))
-    data = apply_overrides(data, overrides or [], str(path))
-    data["_budget_inputs"] = budget_inputs(as_written)  # cell_id tells a matched run of another budget apart
-    data["_overrides"] = list(overrides or [])  # run_config re-applies those of recipe keys over a recipe
-    data.setdefault("suite", path.stem)
+    written_recipes = _split_recipes(as_written, where)
+    data = apply_overrides(data, overrides or [], where)
     if data["suite"] is None:
         data["suite"] = path.stem
     if data.get("numerics") is None:
         data["numerics"] = numerics.default_mode()
-    _split_recipes(data, str(path))
-    validate_suite(data, str(path))
-    data["_path"] = str(path)
-    return data
+    recipes = _split_recipes(data, where)
+    validate_suite(data, recipes, where)
+    data["plugins"] = list(data.get("plugins") or [])
+    return Suite.from_keys(data, path=where, recipes=recipes, overrides=tuple(overrides or ()),
+                           written_budget_inputs=_budget_inputs(as_written, written_recipes))
 
 
-def _split_recipes(data: dict, where: str) -> None:
-    """Move each ``methods.<name>.recipe`` to ``data["_recipes"][name]``: ``methods.<name>`` then
-    holds the method's own options only (what every consumer builds the method's config from)."""
+def _split_recipes(data: dict, where: str) -> dict:
+    """Take each ``methods.<name>.recipe`` out of ``data`` and return them by method name:
+    ``methods.<name>`` then holds the method's own options only (what every consumer builds the
+    method's config from)."""
     methods = data.get("methods") or {}
     _require(isinstance(methods, dict), where, "methods must be a mapping of method name to its options")
-    recipes = dict(data.get("_recipes") or {})
+    recipes = {}
     for name, options in methods.items():
         if isinstance(options, dict) and "recipe" in options:
             recipes[name] = options.pop("recipe")
-    data["_recipes"] = recipes
-
-
-def method_recipe(suite: dict, method: str) -> dict | None:
-    """The ``recipe:`` of ``methods.<method>`` (None: the method runs the suite's recipe)."""
-    recipe = (suite.get("_recipes") or {}).get(method)
-    if recipe is None:
-        recipe = ((suite.get("methods") or {}).get(method) or {}).get("recipe")
-    return recipe
+    return recipes
 
 
 def _start_point(point) -> bool:
@@ -255,8 +357,9 @@ def validate_method_recipe(data: dict, recipe: Any, here: str) -> None:
     validate_recipe(apply_recipe(data, recipe, -1.0), here)
 
 
-def validate_suite(data: dict, where: str) -> None:
-    """Check every field; the error names the file, the key and the allowed values."""
+def validate_suite(data: dict, recipes: dict, where: str) -> None:
+    """Check every key of a suite file (``data``, its method recipes ``recipes`` taken out); the
+    error names the file, the key and the allowed values."""
     from acdc_bench.data import DATASETS
     from acdc_bench.methods import get_method, load_plugins, make_config, method_names
     from acdc_bench.models import model_names
@@ -325,7 +428,7 @@ def validate_suite(data: dict, where: str) -> None:
             make_config(get_method(name), options)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{where}: methods.{name}: {error}") from error
-        recipe = method_recipe(data, name)
+        recipe = recipes.get(name)
         if recipe is not None:
             validate_method_recipe(data, recipe, f"{where}: methods.{name}.recipe")
     reproduce = data["reproduce"]
@@ -342,7 +445,7 @@ def validate_suite(data: dict, where: str) -> None:
 
 
 def run_config(
-    suite: dict,
+    suite: Suite,
     method: str,
     sparsity: float,
     seed: int = 0,
@@ -366,22 +469,22 @@ def run_config(
     """
     from acdc_bench.methods import get_method
 
-    where = suite.get("_path", suite["suite"])
+    where = suite.where
     get_method(method)  # an unknown method: an error naming the registered ones
     sparsity = check_sparsity(sparsity, f"{where}: --sparsity")
     if method == "dense":
         sparsity = 0.0
-    options = method_options if method_options is not None else ((suite.get("methods") or {}).get(method) or {})
+    options = method_options if method_options is not None else suite.method_options(method)
 
-    config = {key: copy.deepcopy(value) for key, value in suite.items() if not key.startswith("_") and key not in ("methods", "reproduce")}
+    config = {key: value for key, value in suite.as_keys().items() if key not in ("methods", "reproduce")}
     budget = run_budget(suite, budget if budget is not None else {"mode": "paper", "reference_training_flops": None})
-    recipe = method_recipe(suite, method)
-    family = suite.get("recipe_family") or ""
+    recipe = suite.method_recipe(method)
+    family = suite.recipe_family or ""
     if recipe and budget.mode == "paper":
         config = apply_recipe(config, recipe, sparsity)
         source = f"methods.{method}.recipe"
         family = recipe.get("family") or family
-        overrides = [text for text in suite.get("_overrides") or []
+        overrides = [text for text in suite.overrides
                      if text.split("=", 1)[0].strip().split(".")[0] in RECIPE_KEYS]
         if overrides:  # the user's --set of a recipe key is never dropped: it wins over the recipe
             config = apply_overrides(config, overrides, where)
@@ -397,8 +500,8 @@ def run_config(
     # The dense reference of every training multiplier: the suite's length, or an explicit
     # --epochs (a shorter or longer suite); a matched budget or a method's own multiplier
     # (RigL 5x) changes the run's length but not its reference.
-    suite_epochs = int(epochs) if epochs is not None and not train_steps else int(suite["epochs"])
-    recipe_epochs = length if epochs is None and length != suite["epochs"] else None  # step milestones' length
+    suite_epochs = int(epochs) if epochs is not None and not train_steps else int(suite.epochs)
+    recipe_epochs = length if epochs is None and length != suite.epochs else None  # step milestones' length
     multiplier = method_config.epochs_multiplier
     own_variant = default_variant(method_config)
     if epochs is None:
@@ -425,12 +528,12 @@ def run_config(
         num_workers=int(config.get("num_workers") or 0), kernels=config.get("kernels", "auto"),
         plugins=tuple(config.get("plugins") or ()), wandb=config.get("wandb", False),
         resources=dict(config.get("resources") or {}), recipe_family=family, recipe_source=source,
-        suite_recipe_family=config.get("recipe_family"), overrides=tuple(suite.get("_overrides") or ()),
+        suite_recipe_family=config.get("recipe_family"), overrides=suite.overrides,
         cell=cell_id(suite, method, sparsity, budget.mode, int(epochs) if budget.mode != "matched" else None, tagged),
     )
 
 
-def method_options_config(suite: dict, method: str, options: dict, batch_size: int):
+def method_options_config(suite: Suite, method: str, options: dict, batch_size: int):
     """The method's ``Config`` from ``options`` (a ``methods.<method>`` mapping; ``recipe``
     aside), at ``batch_size``; a bad option is a ConfigError naming the suite and the method."""
     from acdc_bench.methods import get_method, make_config
@@ -439,34 +542,35 @@ def method_options_config(suite: dict, method: str, options: dict, batch_size: i
     try:
         return make_config(get_method(method), options).for_batch_size(int(batch_size))
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"{suite.get('_path', suite['suite'])}: methods.{method}: {error}") from error
+        raise ConfigError(f"{suite.where}: methods.{method}: {error}") from error
 
 
-def run_budget(suite: dict, budget: dict | Budget) -> Budget:
+def run_budget(suite: Suite, budget: dict | Budget) -> Budget:
     """``budget`` as a :class:`Budget`, with the suite's sparsity tolerance for methods without
     one of their own (STR) unless it says its own."""
     if isinstance(budget, Budget):
         return budget
     budget = dict(budget)
-    calibration = (suite.get("budget") or {}).get("calibration") or {}
-    budget.setdefault("sparsity_tolerance", float(calibration.get("sparsity_tolerance",
-                                                                  CALIBRATION_DEFAULTS["sparsity_tolerance"])))
+    budget.setdefault("sparsity_tolerance", float(suite.calibration["sparsity_tolerance"]))
     return Budget.from_mapping(budget)
 
 
-def budget_inputs(suite: dict) -> dict:
+def _budget_inputs(keys: Mapping, recipes: Mapping) -> dict:
     """What sets a matched run's budget beyond the suite keys its cell hashes anyway: the suite's
     length (the reference's length and the unit of every multiplier) and the reference method's
-    options and recipe."""
-    budget, methods = suite.get("budget"), suite.get("methods")
+    options and recipe (``keys``: a suite file's keys, ``recipes``: its method recipes)."""
+    budget, methods = keys.get("budget"), keys.get("methods")
     reference = budget.get("reference", "acdc") if isinstance(budget, dict) else None
     options = methods.get(reference) if isinstance(methods, dict) else None
-    options = {key: value for key, value in options.items() if key != "recipe"} if isinstance(options, dict) else options
-    return {"epochs": suite.get("epochs"), "reference_options": options,
-            "reference_recipe": method_recipe(suite, reference)}
+    return {"epochs": keys.get("epochs"), "reference_options": options, "reference_recipe": recipes.get(reference)}
 
 
-def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs: int | None,
+def budget_inputs(suite: Suite) -> dict:
+    """:func:`_budget_inputs` of a loaded suite."""
+    return _budget_inputs(suite.as_keys(), suite.recipes)
+
+
+def cell_id(suite: Suite, method: str, sparsity: float, budget_mode: str, epochs: int | None,
             variant: str | None = None) -> str:
     """What a run of one table row was asked to compute, every seed alike: the suite's keys that
     change results (overrides applied), the method with its options and recipe, the target, the
@@ -476,12 +580,11 @@ def cell_id(suite: dict, method: str, sparsity: float, budget_mode: str, epochs:
     the suite's length, the reference's options and recipe) is an input too: where ``--set``
     changes it from what the suite file says, the cell is another one; as the file says, it adds
     nothing to the hash."""
-    inputs = {key: value for key, value in suite.items()
-              if not key.startswith("_") and key not in NON_RESULT_KEYS and key != "suite"}
+    inputs = {key: value for key, value in suite.as_keys().items() if key not in Suite.non_result_keys()}
     inputs.update(method=method, sparsity=round(float(sparsity), 9), budget_mode=budget_mode, epochs=epochs,
-                  options=(suite.get("methods") or {}).get(method) or {}, recipe=method_recipe(suite, method),
-                  reference=(suite.get("budget") or {}).get("reference") if budget_mode == "matched" else None)
-    if budget_mode == "matched" and suite.get("_budget_inputs") not in (None, budget_inputs(suite)):
+                  options=suite.method_options(method), recipe=suite.method_recipe(method),
+                  reference=suite.budget.get("reference") if budget_mode == "matched" else None)
+    if budget_mode == "matched" and suite.written_budget_inputs not in (None, budget_inputs(suite)):
         inputs["budget_inputs"] = budget_inputs(suite)
     if inputs.get("numerics") == "portable":
         inputs["numerics"] = numerics.PORTABLE_ID  # what fixes its bits (another scheme: another run)

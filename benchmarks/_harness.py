@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from acdc_bench.api import sparsify
-from acdc_bench.config import load_suite
+from acdc_bench.config import Suite, load_suite
 from acdc_bench.data import DATASETS
 from acdc_bench.core.flops import LayerFlops, TrainingFlopMeter, measure_layer_flops
 from acdc_bench.methods import get_method, make_config, method_names
@@ -44,7 +44,7 @@ SPARSITY = 0.9
 
 
 @functools.lru_cache(maxsize=None)
-def _suite(name: str) -> dict:
+def _suite(name: str) -> Suite:
     return load_suite(name)
 
 
@@ -58,11 +58,11 @@ class Workload:
     warmup: int
 
     @property
-    def spec(self) -> dict:
+    def spec(self) -> Suite:
         return _suite(self.suite)
 
     def input_shape(self) -> tuple[int, ...]:
-        shape = {"lenet-300-100": (1, 28, 28), "resnet50": (3, 224, 224)}[self.spec["model"]]
+        shape = {"lenet-300-100": (1, 28, 28), "resnet50": (3, 224, 224)}[self.spec.model]
         if self.resolution is not None:
             shape = (shape[0], self.resolution, self.resolution)
         return shape
@@ -70,7 +70,7 @@ class Workload:
     @property
     def label(self) -> str:
         shape = "x".join(str(d) for d in self.input_shape())
-        return f"{self.spec['model']}, batch {self.batch}, {shape}"
+        return f"{self.spec.model}, batch {self.batch}, {shape}"
 
 
 def workloads(short: bool = SHORT) -> list[Workload]:
@@ -83,11 +83,11 @@ def workloads(short: bool = SHORT) -> list[Workload]:
     default = _suite("fashion-mnist")
     if short:
         return [
-                Workload("default-suite", "fashion-mnist", default["batch_size"], None, rounds=30, warmup=5),
+                Workload("default-suite", "fashion-mnist", default.batch_size, None, rounds=30, warmup=5),
             Workload("resnet50", "imagenet-resnet50", 2, 64, rounds=1, warmup=1),
         ]
     return [
-        Workload("default-suite", "fashion-mnist", default["batch_size"], None, rounds=200, warmup=20),
+        Workload("default-suite", "fashion-mnist", default.batch_size, None, rounds=200, warmup=20),
         Workload("resnet50", "imagenet-resnet50", 32, None, rounds=5, warmup=1),
     ]
 
@@ -215,13 +215,13 @@ class Stepper:
         self.workload, self.scenario = workload, scenario
         self.batch = workload.batch
         input_shape = workload.input_shape()
-        num_classes = 10 if spec["model"] == "lenet-300-100" else 1000
-        self.model = build_model(spec["model"], num_classes)
+        num_classes = 10 if spec.model == "lenet-300-100" else 1000
+        self.model = build_model(spec.model, num_classes)
         self.model.train()
         self.inputs = torch.randn(workload.batch, *input_shape)
         self.targets = torch.randint(0, num_classes, (workload.batch,))
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(spec.get("label_smoothing", 0.0)))
-        options = spec["optimizer"]
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(spec.label_smoothing))
+        options = spec.optimizer
         kwargs = dict(lr=float(options["lr"]), momentum=float(options.get("momentum", 0.0)),
                       nesterov=bool(options.get("nesterov", False)),
                       weight_decay=float(options.get("weight_decay", 0.0)))
@@ -236,13 +236,13 @@ class Stepper:
             return
         # Wired by acdc_bench.sparsify, as in any training loop; method_step below then drives the
         # hooks one by one, in the order the Sparsifier runs them, to clock them separately.
-        options = dict((spec.get("methods") or {}).get(method_name) or {})
+        options = spec.method_options(method_name)
         config = make_config(get_method(method_name), options)
         layers = prunable_layers(self.model, getattr(config, "include", ()) or (), getattr(config, "exclude", ()) or ())
-        steps_per_epoch = math.ceil(DATASETS[spec["dataset"]].train_size / int(spec["batch_size"]))
-        sparsifier = sparsify(self.model, method_name, sparsity=SPARSITY, epochs=int(spec["epochs"]),
+        steps_per_epoch = math.ceil(DATASETS[spec.dataset].train_size / int(spec.batch_size))
+        sparsifier = sparsify(self.model, method_name, sparsity=SPARSITY, epochs=int(spec.epochs),
                               steps_per_epoch=steps_per_epoch, batch_size=self.batch,
-                              flops=_layer_flops(self.model, layers, spec["model"], input_shape), **options)
+                              flops=_layer_flops(self.model, layers, spec.model, input_shape), **options)
         self.method = sparsifier.method
         self.optimizer = torch.optim.SGD(self.model.parameters(), **kwargs)
         self.method.bind_optimizer(self.optimizer)

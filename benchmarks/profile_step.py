@@ -126,12 +126,12 @@ class _Built:
                                  inputs, targets, len(targets))
 
 
-def _build(suites, loop, suite: dict, name: str, kernels: str, sparsity: float | None = None,
+def _build(suites, loop, suite, name: str, kernels: str, sparsity: float | None = None,
            distribution: str | None = None, examples: int | None = None) -> _Built:
     method, default_sparsity, fraction = CASES[name]
     sparsity = default_sparsity if sparsity is None or method == "dense" else sparsity
     if distribution is not None and method in ("acdc", "rigl"):
-        suite = suites.apply_overrides(suite, [f"methods.{method}.distribution={distribution}"], "--distribution")
+        suite = suite.for_cell(method, {"distribution": distribution})
     config = dataclasses.replace(suites.run_config(suite, method, sparsity, seed=0, budget={"mode": "paper"}),
                                  kernels=kernels)
     run = loop.build_run(config, Path(tempfile.mkdtemp()), None, 0, 1, 0)

@@ -75,5 +75,5 @@ def fashion_config(method: str, sparsity: float, options: dict | None = None, ep
     opened = ["budget.calibration.sparsity_tolerance=0.95"] if method == "str" else []
     suite = load_suite("fashion-mnist", [f"train_subset={subset}", "budget.mode=paper", *opened])
     if options is not None:
-        suite["methods"] = dict(suite["methods"], **{method: options})
+        suite = suite.replace(methods={**suite.methods, method: options})
     return run_config(suite, method, sparsity, epochs=epochs)

@@ -48,7 +48,7 @@ import copy
 import re
 from dataclasses import dataclass
 
-from acdc_bench.config import RECIPE_KEYS, ConfigError, check_sparsity, method_recipe, validate_method_recipe
+from acdc_bench.config import RECIPE_KEYS, ConfigError, Suite, check_sparsity, validate_method_recipe
 from acdc_bench.runconfig import RunConfig, default_variant
 
 CELL_KEYS = ("cell", "method", "options", "recipe", "recipe_of", "sparsities", "variant", "published", "official",
@@ -58,8 +58,8 @@ PUBLISHED_KEYS = ("source_id", "variant", "distribution")
 LENGTH_WORD = re.compile(r"\d+(\.\d+)?x")
 
 
-def _where(suite: dict) -> str:
-    return f"{suite.get('_path', suite.get('suite'))}: reproduce.variants"
+def _where(suite: Suite) -> str:
+    return f"{suite.where}: reproduce.variants"
 
 
 def variant_length(tag: str | None) -> float:
@@ -77,7 +77,7 @@ def length_key(tag: str | None) -> str:
     return "" if length == 1.0 else f"{length:g}x"
 
 
-def suite_cells(suite: dict) -> list[dict]:
+def suite_cells(suite: Suite) -> list[dict]:
     """The suite's ``reproduce.variants``, checked and filled in (``[]`` when it has none).
 
     Each cell: ``cell``, ``method``, ``options``, ``recipe``, ``sparsities`` (``[0.0]`` for
@@ -87,7 +87,7 @@ def suite_cells(suite: dict) -> list[dict]:
     from acdc_bench.methods import get_method, make_config, method_names
 
     where = _where(suite)
-    raw = (suite.get("reproduce") or {}).get("variants")
+    raw = suite.reproduce.get("variants")
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -117,21 +117,21 @@ def suite_cells(suite: dict) -> list[dict]:
         if not isinstance(recipe, dict) or set(recipe) - {*RECIPE_KEYS, "targets"}:
             raise ConfigError(f"{here}: recipe must be a mapping with keys among {', '.join(RECIPE_KEYS)}, "
                               f"targets, got {recipe!r}")
-        merged = {**((suite.get("methods") or {}).get(method) or {}), **options}
-        merged.pop("recipe", None)
+        merged = {**suite.method_options(method), **options}
         try:
             method_config = make_config(get_method(method), merged)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{here}: options: {error}") from error
         recipe_of = entry.get("recipe_of")
         if recipe_of is not None:  # e.g. a dense run on RigL's recipe, beside RigL's published dense row
-            if method_recipe(suite, recipe_of) is None:
-                with_recipes = sorted(name for name in (suite.get("methods") or {}) if method_recipe(suite, name))
+            if suite.method_recipe(recipe_of) is None:
+                with_recipes = sorted(suite.recipes)
                 raise ConfigError(f"{here}: recipe_of {recipe_of!r} names no method with a recipe; allowed: "
                                   f"{', '.join(with_recipes) or 'none (no methods.<name>.recipe in this suite)'}")
-            recipe = {**copy.deepcopy(method_recipe(suite, recipe_of)), **recipe}
+            recipe = {**copy.deepcopy(suite.method_recipe(recipe_of)), **recipe}
         if recipe:
-            validate_method_recipe(suite, {**(method_recipe(suite, method) or {}), **recipe}, f"{here}: recipe")
+            validate_method_recipe(suite.as_keys(), {**(suite.method_recipe(method) or {}), **recipe},
+                                   f"{here}: recipe")
         if method == "dense":
             sparsities = [0.0]
         else:
@@ -194,23 +194,7 @@ class RunSpec:
         return hash((self.method, self.sparsity, self.seed, self.budget, self.cell, self.variant))
 
 
-def spec_suite(suite: dict, spec: RunSpec) -> dict:
-    """The suite as one run of a cell sees it: the cell's options and recipe keys over the method's."""
-    options, recipe = spec.options or {}, spec.recipe or {}
-    if not options and not recipe:
-        return suite
-    view = dict(suite)
-    methods = dict(view.get("methods") or {})
-    methods[spec.method] = {**(methods.get(spec.method) or {}), **copy.deepcopy(options)}
-    view["methods"] = methods
-    if recipe:
-        recipes = dict(view.get("_recipes") or {})
-        recipes[spec.method] = {**(method_recipe(suite, spec.method) or {}), **copy.deepcopy(recipe)}
-        view["_recipes"] = recipes
-    return view
-
-
-def spec_config(suite: dict, spec: RunSpec, store=None) -> RunConfig:
+def spec_config(suite: Suite, spec: RunSpec, store=None) -> RunConfig:
     """The run config of one :class:`RunSpec` under its budget (``store``:
     the runs already there, a :class:`acdc_bench.run.store.RunStore` or None).
 
@@ -220,5 +204,5 @@ def spec_config(suite: dict, spec: RunSpec, store=None) -> RunConfig:
     """
     from acdc_bench.budget.matching import resolve_budget
 
-    return resolve_budget(spec_suite(suite, spec), spec.method, spec.sparsity, spec.seed, spec.budget, None, store,
-                          variant=spec.variant)
+    return resolve_budget(suite.for_cell(spec.method, spec.options, spec.recipe), spec.method, spec.sparsity,
+                          spec.seed, spec.budget, None, store, variant=spec.variant)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from acdc_bench.config import ConfigError, method_options_config, run_budget, run_config
+from acdc_bench.config import ConfigError, Suite, method_options_config, run_budget, run_config
 from acdc_bench.runconfig import RunConfig
 
 def run_chain(resolve: Callable[[], RunConfig], store, first: RunConfig | None = None) -> Iterator[RunConfig]:
@@ -40,12 +40,12 @@ def run_chain(resolve: Callable[[], RunConfig], store, first: RunConfig | None =
 UNMATCHED = {"dense"}
 
 
-def reference_training_flops(suite: dict, sparsity: float, seed: int, store) -> tuple[float, str]:
+def reference_training_flops(suite: Suite, sparsity: float, seed: int, store) -> tuple[float, str]:
     """The budget: a finished reference run's measured FLOPs (read through ``store``, a
     :class:`acdc_bench.run.store.RunStore` or None), else the reference's estimate."""
     from acdc_bench.budget.plan import Planner
 
-    reference = suite["budget"].get("reference", "acdc")
+    reference = suite.reference
     config = run_config(suite, reference, sparsity, seed, budget={"mode": "paper", "reference_training_flops": None})
     if store is not None:
         finished = store.result(config.run_id)
@@ -60,7 +60,7 @@ def reference_training_flops(suite: dict, sparsity: float, seed: int, store) -> 
 
 
 def resolve_budget(
-    suite: dict,
+    suite: Suite,
     method: str,
     sparsity: float,
     seed: int,
@@ -79,7 +79,7 @@ def resolve_budget(
     it once, to its solved length (and a calibration chain, to each run's option value)."""
     from acdc_bench.budget.plan import Planner, solve_matched_steps
 
-    reference = suite["budget"].get("reference", "acdc")
+    reference = suite.reference
     if mode == "matched" and epochs is not None and method not in UNMATCHED and method != reference:
         raise ConfigError(
             f"--epochs {epochs} with a matched budget: a matched {method} run's length is solved from "
@@ -108,7 +108,7 @@ def resolve_budget(
     return base.refined(train_steps=steps, steps_per_epoch=planner.steps_per_epoch, budget=run_budget(suite, budget))
 
 
-def _accepted_elsewhere(suite: dict, base: RunConfig, store) -> RunConfig | None:
+def _accepted_elsewhere(suite: Suite, base: RunConfig, store) -> RunConfig | None:
     """The accepted run of another seed's calibration chain (lowest seed first) in ``store``, if any
     (``base``: this seed's run resolved from the suite).
 
@@ -133,7 +133,7 @@ def _accepted_elsewhere(suite: dict, base: RunConfig, store) -> RunConfig | None
 START_CONTEXT = ("epochs", "batch_size", "train_subset", "dataset", "model")
 
 
-def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suite: dict) -> tuple[int, float] | None:
+def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suite: Suite) -> tuple[int, float] | None:
     """(steps, option value) of ``budget.calibration.start.<method>.<sparsity>``, if the suite has it
     and the run's suite still has the fields it was derived under (``when``): a ``--set epochs=4``
     or a ``train_subset`` makes another budget, where the shipped point would be far off.
@@ -143,7 +143,8 @@ def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suit
     tolerance); a seed not listed starts at the entry's own ``steps`` and ``value``."""
     start = settings.get("start") or {}
     when = start.get("when") or {}
-    if any(suite.get(key) != value for key, value in when.items()):
+    keys = suite.as_keys()
+    if any(keys.get(key) != value for key, value in when.items()):
         return None
     from acdc_bench.methods import target_entry
 
@@ -154,7 +155,7 @@ def _shipped_start(settings: dict, method: str, sparsity: float, seed: int, suit
     return int(entry["steps"]), float(entry["value"])
 
 
-def _calibrated(suite: dict, base: RunConfig, budget: dict, planner, steps: int, store,
+def _calibrated(suite: Suite, base: RunConfig, budget: dict, planner, steps: int, store,
                 warm_start: bool = True) -> RunConfig:
     """The calibration chain of an emergent-cost method, re-derived from the runs in ``store``.
 
@@ -166,14 +167,13 @@ def _calibrated(suite: dict, base: RunConfig, budget: dict, planner, steps: int,
     refined to its length and option value.
     """
     from acdc_bench.budget.calibrate import Observation, next_point, within_tolerance
-    from acdc_bench.config import CALIBRATION_DEFAULTS
     from acdc_bench.methods import make_config
     from acdc_bench.budget.plan import MATCH_TOLERANCE
 
     method, sparsity, seed = base.method, base.sparsity, base.seed
-    settings = {**CALIBRATION_DEFAULTS, **(suite["budget"].get("calibration") or {})}
+    settings = suite.calibration
     method_cls = planner.method_cls
-    options = dict((suite.get("methods") or {}).get(method) or {})
+    options = suite.method_options(method)
     method_config = make_config(method_cls, options)
     jacobian = method_cls.calibration_jacobian(method_config)
     value = method_cls.calibration_value(method_config, sparsity)

@@ -34,7 +34,7 @@ from acdc_bench.methods import SparsityMethod, find_method, get_method, method_n
 from acdc_bench.report import stats
 from acdc_bench.report.results import drop_superseded, select_runs
 from acdc_bench.run import folder
-from acdc_bench.run.folder import read_predictions
+from acdc_bench.run.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,8 @@ def _differences(table: pd.DataFrame, finished: pd.DataFrame) -> list[str]:
     configs = {}
     for cell, group in finished.groupby("cell", sort=False):
         try:
-            config = folder.read_config(str(group["run_dir"].iloc[0])) or {}
+            store, run_id = RunStore.locate(str(group["run_dir"].iloc[0]))
+            config = store.config(run_id) or {}
         except (folder.UnreadableConfig, KeyError):
             config = {}
         if (config.get("budget") or {}).get("mode") != "matched":
@@ -330,7 +331,8 @@ def _load_predictions(run_dir, top1: float) -> tuple[dict | None, str]:
     if not isinstance(run_dir, str) or not run_dir:
         return None, "no run folder"
     try:
-        predictions = read_predictions(run_dir)
+        store, run_id = RunStore.locate(run_dir)
+        predictions = store.predictions(run_id)
     except ValueError as error:
         log.warning("%s", error)
         return None, "predictions.npz unreadable"

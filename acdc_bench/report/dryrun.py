@@ -7,13 +7,14 @@ from __future__ import annotations
 import math
 
 from acdc_bench.budget.cells import length_key, spec_config, suite_cells
+from acdc_bench.config import Suite
 
 
 def _text(value) -> str:
     return value if isinstance(value, str) else ""
 
 
-def dry_run(suite: dict, waves, store=None, reference=None) -> dict:
+def dry_run(suite: Suite, waves, store=None, reference=None) -> dict:
     """Every planned run with its estimated cost and published reference; nothing is trained or written.
 
     ``store``: the runs already there (a :class:`acdc_bench.run.store.RunStore`, or None), which a
@@ -80,7 +81,7 @@ def dry_run(suite: dict, waves, store=None, reference=None) -> dict:
                 "expected_published": cell["published"] if cell else None,
             })
     return {
-        "suite": suite["suite"],
+        "suite": suite.name,
         "runs": rows,
         "unmatched_published": _unmatched(reference, places, matched, other,
                                           {row["method"] for row in rows}, protocols),

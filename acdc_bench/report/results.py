@@ -21,7 +21,6 @@ on a bad folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,14 +33,9 @@ import pandas as pd
 from acdc_bench.config import run_protocol
 from acdc_bench.core.io import flatten
 from acdc_bench.run import folder
+from acdc_bench.run.store import RunStore
 
 log = logging.getLogger(__name__)
-
-# The run-folder format is acdc_bench.run.folder's; these are its names.
-RESULT_FILE = folder.RESULT
-CONFIG_FILE = folder.CONFIG
-METRICS_FILE = folder.METRICS
-CHECKPOINT_FILE = folder.CHECKPOINT
 
 #: Columns of :func:`load_runs`, in order; flattened extras follow before the status columns.
 RUN_COLUMNS = [
@@ -102,23 +96,12 @@ _CONFIG_FIELDS = {
 
 
 def find_run_dirs(root: str | os.PathLike) -> list[Path]:
-    """Return the run folders at any depth below ``root`` (``root`` itself included).
-
-    The walk does not descend into a run folder (its ``wandb/`` tree holds
-    ``config.yaml`` files of its own) nor into hidden folders.
-    """
-    root = Path(root)
-    if not root.is_dir():
+    """The run folders at any depth below ``root`` (:meth:`RunStore.find`); a root that is not a
+    folder is skipped with a warning."""
+    if not Path(root).is_dir():
         log.warning("results root %s is not a folder; skipped", root)
         return []
-    run_dirs = []
-    for path, subfolders, files in os.walk(root):
-        if CONFIG_FILE in files or RESULT_FILE in files:
-            run_dirs.append(Path(path))
-            subfolders.clear()
-        else:
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-    return sorted(run_dirs)
+    return RunStore.find(root)
 
 
 def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -126,10 +109,10 @@ def _flatten(mapping: dict[str, Any]) -> dict[str, Any]:
     return flatten(mapping, "_", keep=("layer_densities",))
 
 
-def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+def _read_config(store: RunStore, run_id: str) -> tuple[dict[str, Any], str | None]:
     """Return the run's config fields usable as row values, and a read error if any."""
     try:
-        config = folder.read_config(run_dir)
+        config = store.config(run_id)
     except folder.UnreadableConfig as error:
         return {}, str(error)
     if config is None:
@@ -144,51 +127,26 @@ def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     return fields, None
 
 
-def _epochs_completed(run_dir: Path) -> float:
+def _epochs_completed(store: RunStore, run_id: str) -> float:
     """Number of epochs with a row in metrics.csv (NaN when there is none or it is unreadable)."""
     try:
-        metrics = load_metrics(run_dir)
+        metrics = load_metrics(store.folder(run_id))
     except (OSError, ValueError, pd.errors.ParserError):
         return math.nan
     return float(len(metrics)) if len(metrics) else math.nan
 
 
-def _locked(run_dir: Path) -> bool:
-    """Whether the run folder's lock names a live process on this host (it is training now).
-
-    Reads the ``.lock`` file only (taking the lock, even shared, could make a run that starts
-    at that instant fail); a killed holder's stale PID reads as not training."""
-    try:
-        words = (run_dir / folder.LOCK).read_text().split()
-    except OSError:
-        return False
-    if len(words) < 4 or words[0] != "pid" or words[3] != os.uname().nodename:
-        return False
-    try:
-        os.kill(int(words[1]), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_run(run_dir: Path) -> dict[str, Any]:
     """Return one row of :func:`load_runs` for ``run_dir``; never raises on bad content."""
+    store, run_id = RunStore.locate(run_dir)
     row: dict[str, Any] = {}
-    resumable = (run_dir / CHECKPOINT_FILE).exists()
-    config_fields, config_error = _read_config(run_dir)
-    result_path = run_dir / RESULT_FILE
-    if result_path.exists():
-        try:
-            result = json.loads(result_path.read_text(encoding="utf-8"))
-            problems = folder.validate_result(result)  # the schema lives with the run folder
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            result, problems = None, [f"result.json unreadable: {error}"]
+    resumable = store.checkpoint_path(run_id) is not None
+    config_fields, config_error = _read_config(store, run_id)
+    written = store.result_as_written(run_id)
+    if written is not None:
+        result, problems = written
         if isinstance(result, dict):  # a corrupt result keeps what it has, never counts as finished
             row.update(_flatten(result))
-        if not problems:  # a valid result.json in a folder that disagrees with it is no result either
-            problems = folder.finished_problems(run_dir, result)
         if not problems:
             row.update({key: value for key, value in config_fields.items() if key.startswith("protocol_")})
             if "top1_best" not in result:  # written before runs recorded it: read it from metrics.csv
@@ -201,22 +159,22 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
                        epochs_completed=float(result["epochs"]))
             return row
         status, reasons = "corrupt", problems
-    elif (failure := folder.read_failure(run_dir)) is not None:
+    elif (failure := store.failure(run_id)) is not None:
         status, reasons = "failed", [failure]
     else:
         status, reasons = "incomplete", ["no result.json"]
-        if _locked(run_dir):
+        if store.being_trained(run_id):
             reasons.append("being trained now (run folder locked)")
         reasons.append("checkpoint.pt present (resumable)" if resumable else "no checkpoint.pt")
-        if not (run_dir / METRICS_FILE).exists():
+        if not store.metrics_path(run_id).exists():
             reasons.append("no metrics.csv")
     if config_error:
         reasons.append(config_error)
     for column, value in config_fields.items():
         row.setdefault(column, value)
-    row.setdefault("run_id", run_dir.name)
+    row.setdefault("run_id", run_id)
     row.update(run_dir=str(run_dir), resumable=resumable, status=status, error="; ".join(reasons),
-               epochs_completed=_epochs_completed(run_dir))
+               epochs_completed=_epochs_completed(store, run_id))
     return row
 
 
@@ -335,9 +293,10 @@ def drop_superseded(runs: pd.DataFrame) -> pd.DataFrame:
 def _finished_at(row) -> float:
     """When a run wrote its ``result.json`` (0 when unknown)."""
     try:
-        return (Path(row["run_dir"]) / RESULT_FILE).stat().st_mtime
-    except (KeyError, TypeError, OSError):
+        store, run_id = RunStore.locate(row["run_dir"])
+    except (KeyError, TypeError):
         return 0.0
+    return store.result_written_at(run_id) or 0.0
 
 
 def load_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
@@ -348,7 +307,8 @@ def load_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
     empty); a truncated last line (run killed mid-write) is dropped. Raises
     ``pandas.errors.ParserError`` for a file that is not CSV.
     """
-    path = Path(run_dir) / METRICS_FILE
+    store, run_id = RunStore.locate(run_dir)
+    path = store.metrics_path(run_id)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame({column: pd.Series(dtype="float64") for column in METRICS_COLUMNS})
     metrics = pd.read_csv(path, on_bad_lines="skip")

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from acdc_bench.config import Suite
 from acdc_bench.core.io import atomic_write_text
-from acdc_bench.run import folder
+from acdc_bench.run.store import RunStore
 
 #: The record's columns; the ones compared, and how (``exact``: as text, the floats' full repr).
 RECORD_COLUMNS = ["run_id", "method", "target_sparsity", "seed", "top1", "actual_sparsity", "training_flops",
@@ -37,7 +38,8 @@ COMPARED = ["top1", "actual_sparsity", "training_flops", "steps", "metrics_sha25
 
 def metrics_digest(run_dir: str | os.PathLike) -> str:
     """SHA-256 of ``metrics.csv`` without its ``wall_time_s`` column (what the run computed)."""
-    with open(Path(run_dir) / folder.METRICS, newline="") as handle:
+    store, run_id = RunStore.locate(run_dir)
+    with open(store.metrics_path(run_id), newline="") as handle:
         rows = [[key + "=" + value for key, value in row.items() if key != "wall_time_s"]
                 for row in csv.DictReader(handle)]
     return hashlib.sha256("\n".join(",".join(row) for row in rows).encode()).hexdigest()
@@ -127,7 +129,7 @@ class RecordStore:
         return sorted(self.rows)
 
 
-def plan_against_record(suite: dict, waves: list, record: pd.DataFrame) -> tuple[list, list[str], list[str]]:
+def plan_against_record(suite: Suite, waves: list, record: pd.DataFrame) -> tuple[list, list[str], list[str]]:
     """The planned runs (``waves`` of :class:`acdc_bench.budget.cells.RunSpec`) that re-make recorded
     runs, and what does not match: ``(kept waves, recorded run ids no planned run re-makes, planned
     run ids the record lacks)``.

@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 from acdc_bench.budget.cells import RunSpec
+from acdc_bench.config import Suite
+from acdc_bench.run.store import RunStore, store_at
 from acdc_bench.runconfig import RunConfig
 
 
-def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=None, cells=None) -> list[list[RunSpec]]:
+def plan_runs(suite: Suite, methods=None, sparsities=None, seeds=None, budget=None, cells=None) -> list[list[RunSpec]]:
     """Waves of runs: wave 0 holds the dense runs and the budget references, wave 1 the rest.
 
     A suite with ``reproduce.variants`` runs its cells (``cells``: only those named); ``methods``
@@ -31,16 +33,16 @@ def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=Non
     from acdc_bench.config import check_sparsity
     from acdc_bench.methods import get_method
 
-    plan = suite["reproduce"]
+    plan = suite.reproduce
     if plan.get("variants") is not None:
         return _plan_cells(suite, methods, sparsities, seeds, budget, cells)
     if cells:
-        raise ValueError(f"--cells: suite {suite['suite']} has no reproduce.variants (its runs are reproduce.methods)")
+        raise ValueError(f"--cells: suite {suite.name} has no reproduce.variants (its runs are reproduce.methods)")
     methods = methods or plan.get("methods") or ["dense", "acdc"]
     sparsities = [check_sparsity(s, "--sparsities") for s in (sparsities or plan.get("sparsities") or [0.9])]
     seeds = seeds or plan.get("seeds") or [0]
-    budget = budget or suite["budget"]["mode"]
-    reference = suite["budget"].get("reference", "acdc")
+    budget = budget or suite.budget_mode
+    reference = suite.reference
     for method in methods:
         get_method(method)  # a clear error for an unknown name before anything runs
     first, second = [], []
@@ -56,21 +58,21 @@ def plan_runs(suite: dict, methods=None, sparsities=None, seeds=None, budget=Non
     return [wave for wave in (first, second) if wave]
 
 
-def _plan_cells(suite: dict, methods, sparsities, seeds, budget, names) -> list[list[RunSpec]]:
+def _plan_cells(suite: Suite, methods, sparsities, seeds, budget, names) -> list[list[RunSpec]]:
     """:func:`plan_runs` for a suite with ``reproduce.variants``: one run per cell, sparsity and seed."""
     from acdc_bench.budget.cells import suite_cells, variant_length
     from acdc_bench.config import check_sparsity
     from acdc_bench.methods import get_method
 
-    plan = suite["reproduce"]
+    plan = suite.reproduce
     seeds = seeds or plan.get("seeds") or [0]
-    budget = budget or suite["budget"]["mode"]
-    reference = suite["budget"].get("reference", "acdc")
+    budget = budget or suite.budget_mode
+    reference = suite.reference
     cells = suite_cells(suite)
     if names:
         unknown = sorted(set(names) - {cell["cell"] for cell in cells})
         if unknown:
-            raise ValueError(f"--cells: unknown cell(s) {unknown}; suite {suite['suite']} has: "
+            raise ValueError(f"--cells: unknown cell(s) {unknown}; suite {suite.name} has: "
                              f"{', '.join(cell['cell'] for cell in cells)}")
         cells = [cell for cell in cells if cell["cell"] in names]
     given = [check_sparsity(s, "--sparsities") for s in sparsities] if sparsities else None
@@ -87,7 +89,7 @@ def _plan_cells(suite: dict, methods, sparsities, seeds, budget, names) -> list[
                  if cell["method"] != "dense" else cell for cell in cells]
         if not any(cell["sparsities"] for cell in cells if cell["method"] != "dense"):
             raise ValueError(f"--sparsities {' '.join(f'{g:g}' for g in given)}: no selected cell of suite "
-                             f"{suite['suite']} runs at these; add a cell to reproduce.variants or name a method "
+                             f"{suite.name} runs at these; add a cell to reproduce.variants or name a method "
                              f"without a cell in --methods")
     if budget == "matched":  # every method gets the reference's FLOPs: a length variant repeats 1x
         cells = [cell for cell in cells if variant_length(cell["tag"]) == 1.0]
@@ -103,10 +105,9 @@ def _plan_cells(suite: dict, methods, sparsities, seeds, budget, names) -> list[
     return [wave for wave in (first, second) if wave]
 
 
-def _config(suite: dict, spec: RunSpec, out: Path) -> "RunConfig":
+def _config(suite: Suite, spec: RunSpec, out: Path) -> "RunConfig":
     """The resolved config of ``spec`` (its cell's options and variant tag; its budget)."""
     from acdc_bench.budget.cells import spec_config
-    from acdc_bench.run.store import store_at
 
     return spec_config(suite, spec, store_at(out))
 
@@ -124,7 +125,7 @@ def _chain_note(config: "RunConfig") -> str:
     return f" ({note})" if note else ""
 
 
-def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
+def run_all(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
     """Run every unfinished run of ``waves``; returns how many runs this call trained (a calibration
     chain's further runs included)."""
     if args.launcher != "local":
@@ -137,13 +138,13 @@ def run_all(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
 # --------------------------------------------------------------------------- side by side on one machine
 
 
-def one_thread_per_run(suite: dict) -> bool:
-    """Under portable numerics a CPU run of a suite trains on 1 thread, whatever the machine's cores:
+def one_thread_per_run(numerics: str) -> bool:
+    """Under portable ``numerics`` a CPU run trains on 1 thread, whatever the machine's cores:
     a reduction split over another number of threads rounds differently, and `reproduce` and
     `verify` must give the shipped record's numbers on a 2-core and on a 64-core machine alike."""
     import torch
 
-    return suite.get("numerics") == "portable" and not torch.cuda.is_available()
+    return numerics == "portable" and not torch.cuda.is_available()
 
 
 def _worker_start(threads: int) -> None:
@@ -157,13 +158,12 @@ def _worker_start(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: str | None) -> tuple[dict, int]:
+def _run_spec(suite: Suite, config: dict, spec: RunSpec, out: Path, data_root: str | None) -> tuple[dict, int]:
     """In a worker process: one run (``config``: its ``config.yaml`` mapping, as it crosses the
     process boundary), or a calibration chain to its end; the last result and the number of runs
     trained."""
     from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.loop import train
-    from acdc_bench.run.store import store_at
 
     store, first = store_at(out), RunConfig.from_dict(config)
     result, trained = None, 0
@@ -173,62 +173,40 @@ def _run_spec(suite: dict, config: dict, spec: RunSpec, out: Path, data_root: st
     return (result if result is not None else store.result(first.run_id)), trained  # None: finished meanwhile
 
 
-def _epochs_done(run_dir: Path) -> int:
-    try:
-        return max(0, len((run_dir / "metrics.csv").read_text().splitlines()) - 1)
-    except OSError:
-        return 0
-
-
-def _chain_folders(out: Path, config: "RunConfig") -> list[Path] | None:
-    """The run folders of a calibration chain's cell (its later runs have other ids); None if the
+def _chain_runs(store: RunStore, config: "RunConfig") -> list[str] | None:
+    """The started runs of a calibration chain's cell (its later runs have other ids); None if the
     cell is not a chain."""
     from acdc_bench.methods import get_method
 
     if not (config.budget.mode == "matched" and get_method(config.method).calibration_option):
         return None
-    from acdc_bench.run import folder
     from acdc_bench.runconfig import run_id_prefix
 
     prefix = run_id_prefix(config.method, config.sparsity, config.seed)
-    return [p for p in out.glob(f"{prefix}*") if (p / folder.CONFIG).exists()]
+    return [run_id for run_id in store.run_ids(prefix) if store.started(run_id)]
 
 
-def _started(out: Path, config: "RunConfig") -> bool:
-    from acdc_bench.run import folder
-
-    folders = _chain_folders(out, config)
-    return bool(folders) if folders is not None else (out / config.run_id / folder.CONFIG).exists()
-
-
-def _last_write(folder: Path) -> float:
-    """The newest modification time in ``folder`` (a file renamed away meanwhile, as atomic
-    writes do, is skipped)."""
-    newest = 0.0
-    for path in folder.iterdir():
-        try:
-            newest = max(newest, path.stat().st_mtime)
-        except OSError:
-            continue
-    return newest
+def _started(out: Path | RunStore, config: "RunConfig") -> bool:
+    store = store_at(out)
+    runs = _chain_runs(store, config)
+    return bool(runs) if runs is not None else store.started(config.run_id)
 
 
-def _cell_progress(out: Path, config: "RunConfig") -> str:
+def _cell_progress(out: Path | RunStore, config: "RunConfig") -> str:
     """``epoch E/N`` of the cell's run under way: for a calibration chain (its later runs have
     other ids and lengths) the cell's most recently written run folder, named ``run k``."""
-    folders = _chain_folders(out, config)
-    if folders is None:
-        return f"epoch {_epochs_done(out / config.run_id)}/{config.epochs}"
-    from acdc_bench.run import folder
-
-    if not folders:
+    store = store_at(out)
+    runs = _chain_runs(store, config)
+    if runs is None:
+        return f"epoch {store.epochs_done(config.run_id)}/{config.epochs}"
+    if not runs:
         return f"epoch 0/{config.epochs}"
-    latest = max(folders, key=_last_write)
-    epochs = (folder.read_config(latest) or {}).get("epochs", config.epochs)
-    return f"run {len(folders)} epoch {_epochs_done(latest)}/{epochs}"
+    latest = max(runs, key=store.last_write)
+    epochs = (store.config(latest) or {}).get("epochs", config.epochs)
+    return f"run {len(runs)} epoch {store.epochs_done(latest)}/{epochs}"
 
 
-def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
+def run_parallel(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
     """``--jobs N``: N runs side by side, each in its own process with cores / N threads (1 under
     portable numerics on a CPU: :func:`one_thread_per_run`)
     (``OMP_WAIT_POLICY=PASSIVE``: a spinning OpenMP pool slows the other processes 5-20x).
@@ -246,13 +224,13 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
     from acdc_bench.run.folder import read_result
 
     jobs = int(args.jobs)
-    threads = 1 if one_thread_per_run(suite) else max(1, (os.cpu_count() or 1) // jobs)
+    threads = 1 if one_thread_per_run(suite.numerics) else max(1, (os.cpu_count() or 1) // jobs)
     total = sum(len(wave) for wave in waves)
     environment = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)  # inherited by the workers, read before their torch starts
     started, done, trained = time.perf_counter(), 0, 0
-    print(f"{total} runs of suite {suite['suite']}: {jobs} side by side, {threads} thread(s) each", flush=True)
+    print(f"{total} runs of suite {suite.name}: {jobs} side by side, {threads} thread(s) each", flush=True)
     try:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_start,
                                  initargs=(threads,)) as pool, _ends_workers_on_interrupt(pool):
@@ -293,7 +271,7 @@ def run_parallel(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    print(f"all {total} runs of suite {suite['suite']} finished in {format_duration(time.perf_counter() - started)} -> {out}")
+    print(f"all {total} runs of suite {suite.name} finished in {format_duration(time.perf_counter() - started)} -> {out}")
     return trained
 
 
@@ -321,7 +299,7 @@ def _steps(config: "RunConfig") -> int | None:
         return None
 
 
-def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
+def run_local(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
     """Every run in this process, in order, with overall progress and an estimate of the time left.
 
     The estimate is the time per optimizer step so far times the steps still to train, from
@@ -330,11 +308,10 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
     from acdc_bench.budget.matching import run_chain
     from acdc_bench.run.tracking import Tracker
     from acdc_bench.run.loop import train
-    from acdc_bench.run.store import store_at
 
     import torch
 
-    if one_thread_per_run(suite) and torch.get_num_threads() != 1:
+    if one_thread_per_run(suite.numerics) and torch.get_num_threads() != 1:
         print(f"portable numerics: every run on 1 thread (a run's numbers depend on its thread count; "
               f"--jobs {min(8, os.cpu_count() or 1)} uses the other cores)", flush=True)
         torch.set_num_threads(1)
@@ -366,11 +343,11 @@ def run_local(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
                   f"({index - 1} done, {remaining + 1} to go, {format_duration(time.perf_counter() - started)} elapsed{eta})",
                   flush=True)
             run_started = time.perf_counter()
-            tracker = Tracker(enabled=args.wandb or bool(suite.get("wandb")))
+            tracker = Tracker(enabled=args.wandb or bool(suite.wandb))
             train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
             trained_time += time.perf_counter() - run_started
             trained_steps, trained = trained_steps + (_steps(config) or 0), trained + 1
-    print(f"all {len(specs)} runs of suite {suite['suite']} finished in {format_duration(time.perf_counter() - started)} -> {out}")
+    print(f"all {len(specs)} runs of suite {suite.name} finished in {format_duration(time.perf_counter() - started)} -> {out}")
     return trained
 
 
@@ -395,7 +372,7 @@ class RunJob:
             # when the task sees the whole node, GPU 0 when Slurm binds one GPU per task. (export()'s
             # default would hide all but one GPU, and cuda:LOCAL_RANK would not exist for LOCAL_RANK > 0.)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        if one_thread_per_run(self.config):  # as a local run: a CPU job of N cores computes what 1 core does
+        if one_thread_per_run(self.config.get("numerics")):  # as a local run: N cores compute what 1 core does
             import torch
 
             torch.set_num_threads(1)
@@ -408,9 +385,9 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.config, self.out, self.data_root))
 
 
-def slurm_parameters(suite: dict, args) -> dict:
+def slurm_parameters(suite: Suite, args) -> dict:
     """The submitit parameters of one run's Slurm job, from the suite's ``resources`` and the options."""
-    resources = dict(suite.get("resources") or {})
+    resources = dict(suite.resources)
 
     def option(name: str, default):  # the command line's value, even 0, else the suite's, else the default
         value = getattr(args, name, None)
@@ -423,11 +400,11 @@ def slurm_parameters(suite: dict, args) -> dict:
         cpus_per_task=int(option("cpus_per_task", 8)),
         timeout_min=option("timeout_min", 1440),
         slurm_signal_delay_s=120,
-        name=f"acdc-{suite['suite']}",
+        name=f"acdc-{suite.name}",
     )
     if gpus > 0:  # a CPU partition gets no GPU request at all (Slurm rejects --gpus-per-node there)
         parameters["gpus_per_node"] = gpus
-    if suite.get("numerics") == "portable":
+    if suite.numerics == "portable":
         # Pinned in the job script, before its Python (and torch) starts: a node of another CPU type
         # computes what this machine computes. (submitit-local jobs inherit this process's environment.)
         from acdc_bench.numerics import INDUCTOR_CACHE, INDUCTOR_CACHE_NAME, PORTABLE_ENV
@@ -441,7 +418,7 @@ def slurm_parameters(suite: dict, args) -> dict:
     return parameters
 
 
-def _executor(suite: dict, out: Path, args):
+def _executor(suite: Suite, out: Path, args):
     try:
         import submitit
     except ImportError as error:
@@ -557,13 +534,12 @@ def _watch_slurm(jobs: list, request: str, number: int) -> None:
             time.sleep(POLL_S)
 
 
-def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> int:
+def run_submitit(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
     """Each run as its own job; a wave is submitted once the wave before it (the budget references) is
     done. A calibration chain's next run is submitted once its last one finished: every chain of the
     wave goes one run per round, through the generator every runner walks
     (:func:`acdc_bench.budget.matching.run_chain`). Returns the number of jobs submitted."""
     from acdc_bench.budget.matching import run_chain
-    from acdc_bench.run.store import store_at
 
     executor = _executor(suite, out, args)
     store = store_at(out)
@@ -586,7 +562,7 @@ def run_submitit(suite: dict, waves: list[list[RunSpec]], out: Path, args) -> in
     return trained
 
 
-def _submit_and_wait(executor, suite: dict, number: int, configs: list["RunConfig"], out: Path, args, store) -> None:
+def _submit_and_wait(executor, suite: Suite, number: int, configs: list["RunConfig"], out: Path, args, store) -> None:
     """Submit one job per run config and wait for them all; every failure is named, with its logs."""
     slurm = getattr(args, "launcher", "") == "slurm"
     request = _request(slurm_parameters(suite, args)) if slurm else ""

@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,7 +42,8 @@ class Run:
     """Everything one run trains with, built once by :func:`build_run`."""
 
     config: RunConfig
-    run_dir: Path
+    #: Where its folder is: every file of the run is read and written through it.
+    store: RunStore
     rank: int
     world_size: int
     device: torch.device
@@ -65,6 +65,15 @@ class Run:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder (where messages point, and the tracker keeps its files)."""
+        return self.store.folder(self.config.run_id)
+
 
 def train(config: RunConfig | Mapping, out_dir: str | Path | RunStore, *, data_root: str | None = None,
           progress: bool = True, tracker=None, log=print) -> dict:
@@ -73,33 +82,33 @@ def train(config: RunConfig | Mapping, out_dir: str | Path | RunStore, *, data_r
     ``out_dir`` (a folder, or its :class:`~acdc_bench.run.store.RunStore`); returns its result dict."""
     config = as_run_config(config)
     store = store_at(out_dir)
-    run_dir = store.folder(config.run_id)
-    finished = store.result(config.run_id)
+    run_id = config.run_id
+    finished = store.result(run_id)
     if finished is not None:
         log(f"[{config.run_id}] finished already: top-1 {finished['top1']:.2f}% "
             f"(sparsity {finished['actual_sparsity']:.4f}); not retraining")
         return finished
     numerics.ensure(config.numerics)  # torch has started: a clear error unless it computes so
     rank, world_size, local_rank = distributed.distributed_context()
-    fresh = rank == 0 and not run_dir.exists()
-    with store.lock(config.run_id) if rank == 0 else contextlib.nullcontext():
-        if store.finished(config.run_id):  # finished by another process meanwhile
+    fresh = rank == 0 and not store.exists(run_id)
+    with store.lock(run_id) if rank == 0 else contextlib.nullcontext():
+        if store.finished(run_id):  # finished by another process meanwhile
             return train(config, store, data_root=data_root, progress=progress, tracker=tracker, log=log)
         try:
-            check_resumable(config, run_dir)
-            run = build_run(config, run_dir, data_root, rank, world_size, local_rank)
+            check_resumable(config, store)
+            run = build_run(config, store, data_root, rank, world_size, local_rank)
         except BaseException:
             if fresh:  # a run that never started leaves no folder behind (a missing data root, say)
-                shutil.rmtree(run_dir, ignore_errors=True)
+                store.remove(run_id)
             raise
         if run.is_main:
             described = environment(run)
-            folder.write_config(run_dir, dump_yaml(dict(config.as_dict(), environment=described)))
+            store.write_config(run_id, dump_yaml(dict(config.as_dict(), environment=described)))
             if not described.get("sparse_products", "compiled").startswith("compiled"):
                 log(f"[{config.run_id}] sparse products on {described['sparse_products']}")
         restore(run, log)
         if tracker is not None and run.is_main:
-            tracker.start(run_dir, config.as_dict(), config.run_id)
+            tracker.start(run.run_dir, config.as_dict(), run_id)
         started = time.perf_counter() - float(run.state["wall_time_s"])
         for epoch in range(int(run.state["epoch"]), run.epochs):
             lr = set_epoch_lr(run, epoch)
@@ -129,20 +138,20 @@ def train(config: RunConfig | Mapping, out_dir: str | Path | RunStore, *, data_r
 # --------------------------------------------------------------------------- building and restoring
 
 
-def check_resumable(config: RunConfig, run_dir: Path) -> None:
+def check_resumable(config: RunConfig, store: RunStore) -> None:
     """A run folder made under one numerics mode never continues under another: its epochs so far
     were rounded one way, the rest would be rounded another, and the result would match neither."""
-    if not (run_dir / folder.CHECKPOINT).exists() or not (run_dir / folder.CONFIG).exists():
+    if store.checkpoint_path(config.run_id) is None or not store.started(config.run_id):
         return
     try:
-        before = folder.read_config(run_dir) or {}
+        before = store.config(config.run_id) or {}
     except folder.UnreadableConfig:
         return  # config.yaml is rewritten from this run's config below
     made = before.get("numerics") or "native"
     now = config.numerics or "native"
     if made != now:
         raise numerics.NumericsError(
-            f"{run_dir} was started under {made} numerics and cannot resume under {now}: its finished epochs "
+            f"{store.folder(config.run_id)} was started under {made} numerics and cannot resume under {now}: its finished epochs "
             f"were computed with other float rounding. Resume it with --numerics {made}, or delete the folder "
             f"to start again")
 
@@ -162,9 +171,10 @@ def environment(run: Run) -> dict:
     return info
 
 
-def build_run(config: RunConfig, run_dir: Path, data_root: str | None, rank: int, world_size: int,
+def build_run(config: RunConfig, out: str | Path | RunStore, data_root: str | None, rank: int, world_size: int,
               local_rank: int) -> Run:
-    """Data, model, method (through :func:`sparsify`), optimizer, AMP: the run's objects."""
+    """Data, model, method (through :func:`sparsify`), optimizer, AMP: the run's objects; its folder
+    is ``config.run_id`` in ``out`` (an output folder or its store), which building does not write."""
     load_plugins(list(config.plugins))
     device = distributed.pick_device(local_rank)
     distributed.configure_cuda(device)
@@ -196,7 +206,7 @@ def build_run(config: RunConfig, run_dir: Path, data_root: str | None, rank: int
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         train_model = torch.compile(train_model)
-    return Run(config=config, run_dir=run_dir, rank=rank, world_size=world_size, device=device, data=data,
+    return Run(config=config, store=store_at(out), rank=rank, world_size=world_size, device=device, data=data,
                model=model, train_model=train_model, sparsifier=sparsifier, optimizer=optimizer,
                scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
@@ -206,8 +216,8 @@ def build_run(config: RunConfig, run_dir: Path, data_root: str | None, rank: int
 
 def restore(run: Run, log=print) -> None:
     """Continue from the run folder's checkpoint, if there is one."""
-    path = run.run_dir / folder.CHECKPOINT
-    if not path.exists():
+    path = run.store.checkpoint_path(run.run_id)
+    if path is None:
         return
     checkpoint = load_checkpoint(path, map_location=run.device)
     run.model.load_state_dict(checkpoint["model"])
@@ -222,12 +232,11 @@ def restore(run: Run, log=print) -> None:
 
 def save_checkpoint(run: Run) -> None:
     if run.is_main:
-        folder.write_checkpoint(run.run_dir, {
+        run.store.save_progress(run.run_id, {
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "sparsifier": run.sparsifier.state_dict(), "scaler": run.scaler.state_dict(),
             "rng": _rng_state(run.device), "state": run.state,
-        })
-        folder.write_metrics(run.run_dir, run.state["rows"])
+        }, run.state["rows"])
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -402,7 +411,7 @@ def record_epoch(run: Run, row: dict, predictions: torch.Tensor, tracker, log) -
         run.state["dense_pair"] = {"epoch": epoch, "top1": row["top1"],
                                    "predictions": gather_predictions(run, predictions)}
         if run.is_main:
-            folder.write_dense_model(run.run_dir, run.model.state_dict())
+            run.store.write_dense_model(run.run_id, run.model.state_dict())
 
 
 class TargetMissed(ValueError):
@@ -424,7 +433,7 @@ def check_target(run: Run) -> None:
                f"{report['tolerance']:g}): {report['cause']}. Not written as a result; {folder.FAILED} in the run "
                f"folder says so")
     if run.is_main:
-        folder.write_failure(run.run_dir, message)
+        run.store.write_failure(run.run_id, message)
     raise TargetMissed(message)
 
 
@@ -454,13 +463,13 @@ def finish(run: Run, wall_time: float, tracker, log) -> dict:
                                     "result": {k: result[k] for k in ("top1", "actual_sparsity", "training_flops")}})
     if run.is_main:
         pair = run.state.get("dense_pair") or {}
-        folder.finish(run.run_dir, run.model.state_dict(), result,
+        run.store.finish(run.run_id, run.model.state_dict(), result,
                       {"targets": targets.numpy(), "final": predictions.numpy(),
                        "dense": pair["predictions"].numpy() if pair.get("predictions") is not None else None})
         log(f"[{run.config.run_id}] done: top-1 {result['top1']:.2f}% at sparsity {result['actual_sparsity']:.4f}, "
             f"training FLOPs x{result['training_flops_multiplier']:.3f} of dense -> {run.run_dir}")
         if tracker is not None:
-            tracker.log_result(result, [run.run_dir / folder.METRICS])
+            tracker.log_result(result, [run.store.metrics_path(run.run_id)])
             tracker.finish()
     return result
 

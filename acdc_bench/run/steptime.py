@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from acdc_bench.config import Suite
+
 WARMUP = 30
 STEPS = 300
 BLOCK = 30
@@ -36,7 +38,7 @@ SECONDS = 3.0
 MAX_STEP_FLOPS = 2e10
 
 
-def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS, warmup: int = WARMUP,
+def dense_step(suite: Suite, data_root: str | None = None, *, steps: int = STEPS, warmup: int = WARMUP,
                block: int = BLOCK, seconds: float = SECONDS) -> dict | None:
     """``{"seconds": the fastest block's median step, "median": the median step, "flops": training
     FLOPs of one step, "rate": FLOPs/s, "steps", "threads"}`` of ``suite``'s dense step on this
@@ -48,7 +50,7 @@ def dense_step(suite: dict, data_root: str | None = None, *, steps: int = STEPS,
     config = run_config(suite, "dense", 0.0, epochs=1)
     threads = torch.get_num_threads()
     rng = torch.random.get_rng_state()
-    if one_thread_per_run(suite):
+    if one_thread_per_run(suite.numerics):
         torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory(prefix="acdc-dense-step-") as scratch:

@@ -226,7 +226,7 @@ def test_slurm_jobs_on_a_cpu_partition_ask_for_no_gpu():
     assert cpu["slurm_partition"] == "cpu"
     default = slurm_parameters(suite, Namespace(gpus_per_node=None, nodes=None, timeout_min=None, slurm_partition=None))
     assert (default["gpus_per_node"], default["tasks_per_node"], default["cpus_per_task"]) == (1, 1, 8)
-    two = slurm_parameters(dict(suite, resources={"gpus_per_node": 2}), Namespace(gpus_per_node=None, nodes=None,
+    two = slurm_parameters(suite.replace(resources={"gpus_per_node": 2}), Namespace(gpus_per_node=None, nodes=None,
                                                                                    timeout_min=None, slurm_partition=None))
     assert (two["gpus_per_node"], two["tasks_per_node"]) == (2, 2)  # one DDP task per GPU
 

@@ -42,7 +42,7 @@ def test_plan_runs_puts_dense_and_the_budget_reference_in_wave_zero(other_method
     assert [s.method for s in only] == ["dense", other_method, "acdc"]
 
     # the reference is the suite's, whichever method it is
-    suite["budget"]["reference"] = other_method
+    suite = suite.replace(budget={**suite.budget, "reference": other_method})
     first, second = plan_runs(suite, methods=["dense", "acdc", other_method], sparsities=[0.9], seeds=[0])
     assert [s.method for s in first] == ["dense", other_method] and [s.method for s in second] == ["acdc"]
 

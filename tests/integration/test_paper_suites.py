@@ -13,7 +13,7 @@ import torch
 
 from acdc_bench.budget.cells import spec_config, suite_cells, variant_length
 from acdc_bench.cli import main
-from acdc_bench.config import ConfigError, load_suite, method_recipe, run_config, run_protocol
+from acdc_bench.config import ConfigError, load_suite, run_config, run_protocol
 from acdc_bench.core.sparsity import nm_group_nonzeros
 from acdc_bench.report.compare import match_published, protocol_differences
 from acdc_bench.report.dryrun import format_dry_run
@@ -103,7 +103,7 @@ def test_plan_filters_and_the_matched_budget():
     # a suite without variants plans exactly as before
     fashion = load_suite("fashion-mnist")
     assert _specs(plan_runs(fashion, methods=["dense", "acdc"], sparsities=[0.9], seeds=[0])) == [
-        RunSpec("dense", 0.0, 0, fashion["budget"]["mode"]), RunSpec("acdc", 0.9, 0, fashion["budget"]["mode"])]
+        RunSpec("dense", 0.0, 0, fashion.budget_mode), RunSpec("acdc", 0.9, 0, fashion.budget_mode)]
 
 
 @pytest.mark.parametrize("cells, words", [
@@ -251,7 +251,7 @@ def run_root(tmp_path):
 
 def tiny_config(name: str, method: str) -> dict:
     suite = load_suite(name)
-    overrides = TINY + ([f"methods.{method}.recipe.batch_size=1"] if method_recipe(suite, method) else [])
+    overrides = TINY + ([f"methods.{method}.recipe.batch_size=1"] if suite.method_recipe(method) else [])
     return run_config(load_suite(name, overrides), method, 0.9, epochs=EPOCHS[method])
 
 
@@ -268,12 +268,12 @@ def test_every_method_trains_under_its_own_recipe(name, method, run_root, reques
 
     root = request.getfixturevalue("small_imagenet_root" if DATASETS[name] == "imagenet" else "small_cifar_root")
     config = tiny_config(name, method)
-    has_recipe = method_recipe(load_suite(name), method) is not None
+    has_recipe = load_suite(name).method_recipe(method) is not None
     assert config.recipe_source.startswith(f"methods.{method}.recipe" if has_recipe else "suite")
     result = train(config, run_root, data_root=str(root), progress=False, log=lambda *_: None)
     run_dir = run_root / config.run_id
     assert (run_dir / "result.json").exists() and (run_dir / "model_final.pt").exists()
-    assert (result["method"], result["model"], result["steps"]) == (method, load_suite(name)["model"], EPOCHS[method])
+    assert (result["method"], result["model"], result["steps"]) == (method, load_suite(name).model, EPOCHS[method])
     assert 0 < result["training_flops_multiplier"] and result["dense_inference_flops"] > 0
     if method in ("acdc", "gmp", "rigl"):  # the target at the end: masks in force
         assert result["sparsity_check"]["reached"] == pytest.approx(0.9, abs=0.005)

@@ -8,7 +8,7 @@ from acdc_bench.config import ConfigError, dump_yaml, load_suite, run_config, su
 
 
 def write_suite(tmp_path, **changes):
-    data = yaml.safe_load(open(load_suite("fashion-mnist")["_path"]).read())
+    data = yaml.safe_load(open(load_suite("fashion-mnist").path).read())
     data.update(changes)
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -18,13 +18,13 @@ def write_suite(tmp_path, **changes):
 def test_shipped_suites_load():
     assert {"fashion-mnist", "imagenet-resnet50", "imagenet-mobilenetv1", "cifar100-wrn28-10"} <= set(suite_names())
     for name in suite_names():
-        assert load_suite(name)["suite"] == name
+        assert load_suite(name).name == name
 
 
 def test_user_suite_file_works_the_same_way(tmp_path):
     path = write_suite(tmp_path, suite="mine", epochs=3)
     suite = load_suite(path)
-    assert suite["suite"] == "mine" and suite["epochs"] == 3
+    assert suite.name == "mine" and suite.epochs == 3
 
 
 def test_unknown_key_names_file_key_and_allowed(tmp_path):
@@ -69,7 +69,7 @@ def test_yaml_is_parsed_safely(tmp_path):
 
 def test_overrides_and_their_errors():
     suite = load_suite("fashion-mnist", ["optimizer.lr=0.05", "methods.acdc.warmup_epochs=4"])
-    assert suite["optimizer"]["lr"] == 0.05
+    assert suite.optimizer["lr"] == 0.05
     with pytest.raises(ConfigError, match="unknown key 'optimiser'"):
         load_suite("fashion-mnist", ["optimiser.lr=0.05"])
     with pytest.raises(ConfigError, match="key.path=value"):
@@ -193,7 +193,7 @@ def test_the_planned_runs_are_each_resolved_once(monkeypatch):
         specs = [spec for wave in plan_runs(suite, budget=budget) for spec in wave]
         configs = [spec_config(suite, spec) for spec in specs]
         assert len({c.run_id for c in configs}) == len(specs)
-        reference = suite["budget"]["reference"]
+        reference = suite.reference
         own = {key: n for key, n in calls.items() if not (budget == "matched" and key[0] == reference)}
         assert sorted(own.values()) == [1] * len(own) and len(own) == sum(s.method != reference or budget == "paper"
                                                                           for s in specs)

@@ -80,7 +80,7 @@ def test_matched_budget_keeps_the_suites_shared_recipe():
     paper = run_config(suite, "rigl", 0.9, budget={"mode": "paper"})
     matched = run_config(suite, "rigl", 0.9, budget={"mode": "matched"})
     assert paper.label_smoothing == 0.1 and paper.optimizer.nesterov is True
-    assert matched.optimizer == Optimizer.from_mapping(suite["optimizer"]) and matched.label_smoothing == 0.0
+    assert matched.optimizer == Optimizer.from_mapping(suite.optimizer) and matched.label_smoothing == 0.0
     assert matched.epochs == 100 and matched.length.recipe_epochs is None
     assert "ignored" in matched.recipe_source
     assert matched.method_config.update_interval == 1600  # the spacing follows the batch either way
@@ -130,12 +130,12 @@ def test_str_target_without_entry_is_an_error_unless_the_suite_opts_into_a_fallb
 def test_every_listed_target_of_the_imagenet_suites_has_its_str_entry():
     for name in ("imagenet-resnet50", "imagenet-mobilenetv1"):
         suite = load_suite(name)
-        for target in suite["reproduce"]["sparsities"]:
+        for target in suite.reproduce["sparsities"]:
             assert run_config(suite, "str", target).method_options["lam"] > 0
 
 
 def test_recipe_keys_of_a_method_are_checked(tmp_path):
-    data = yaml.safe_load(open(load_suite("fashion-mnist")["_path"]).read())
+    data = yaml.safe_load(open(load_suite("fashion-mnist").path).read())
 
     def load(recipe):
         changed = dict(data, methods=dict(data["methods"], gmp=dict(data["methods"]["gmp"], recipe=recipe)))
@@ -144,7 +144,7 @@ def test_recipe_keys_of_a_method_are_checked(tmp_path):
         return load_suite(path)
 
     suite = load({"label_smoothing": 0.1, "targets": {0.95: {"label_smoothing": 0.0}}})
-    assert "recipe" not in suite["methods"]["gmp"]  # the method's own options only
+    assert "recipe" not in suite.methods["gmp"]  # the method's own options only
     assert run_config(suite, "gmp", 0.9).label_smoothing == 0.1
     assert run_config(suite, "gmp", 0.95).label_smoothing == 0.0
     for recipe, words in [

@@ -273,7 +273,7 @@ def test_rigl_resnet50_plan_matches_published_training_cost(options, multiplier,
     from acdc_bench.budget.plan import plan
 
     suite = load_suite("imagenet-resnet50")
-    suite["methods"] = dict(suite["methods"], rigl=dict(options, update_interval=100, epochs_multiplier=multiplier))
+    suite = suite.replace(methods={**suite.methods, "rigl": dict(options, update_interval=100, epochs_multiplier=multiplier)})
     config = run_config(suite, "rigl", 0.8)
     assert config.epochs == 100 * multiplier and config.variant == f"{multiplier}x"
     report = plan(config)

@@ -168,7 +168,7 @@ def test_str_chain_is_rederived_from_the_finished_runs(tmp_path):
     assert second.epochs == math.ceil(second.train_steps / 235)  # 60,000 / 256 steps an epoch
     expected_steps, expected_lam, expected_flops = next_point(
         [Observation(first.train_steps, 0.004, 0.5 * budget, 0.89)], budget, 0.9,
-        get_method("str").calibration_jacobian(make_config(get_method("str"), suite["methods"]["str"])),
+        get_method("str").calibration_jacobian(make_config(get_method("str"), suite.methods["str"])),
         min_steps=235)
     assert (second.train_steps, calibration["value"]) == (expected_steps, pytest.approx(expected_lam))
     assert second.budget.estimated_training_flops == pytest.approx(expected_flops)
@@ -395,7 +395,7 @@ def test_a_chain_starts_at_the_calibrated_point_the_suite_ships(tmp_path):
     write_result(tmp_path, acdc, training_flops=1.0e12, actual_sparsity=0.9)
     first = resolve_budget(suite, "str", 0.9, 0, "matched", store=RunStore(tmp_path))
     calibration = first.budget.calibration
-    shipped = suite["budget"]["calibration"]["start"]["str"][0.9]  # seed 0's: the target's own point
+    shipped = suite.budget["calibration"]["start"]["str"][0.9]  # seed 0's: the target's own point
     assert (first.train_steps, calibration["value"]) == (shipped["steps"], shipped["value"])
     assert calibration["started_from"] == "suite budget.calibration.start" and calibration["iteration"] == 0
     assert first.method_config.targets[0.9]["lam"] == shipped["value"]

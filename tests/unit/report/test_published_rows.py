@@ -76,6 +76,6 @@ def test_every_configuration_the_references_page_names_is_listed():
 def test_a_bad_official_entry_is_a_clear_error(tmp_path, text, words):
     suite = load_suite("imagenet-resnet50")
     cell = {"cell": "x", "method": "acdc", "sparsities": [0.9], **yaml.safe_load(text)}
-    suite = {**suite, "reproduce": {**suite["reproduce"], "variants": [cell]}}
+    suite = suite.replace(reproduce={**suite.reproduce, "variants": [cell]})
     with pytest.raises(ConfigError, match=words):
         suite_cells(suite)

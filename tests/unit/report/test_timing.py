@@ -11,6 +11,7 @@ from acdc_bench import numerics
 from acdc_bench.config import load_suite
 from acdc_bench.models import build_model
 from acdc_bench.report.timing import flop_ideal_table, format_flop_ideal
+from acdc_bench.run.store import RunStore
 from helpers import needs_fashion
 
 
@@ -45,7 +46,7 @@ def test_the_dense_step_is_timed_as_a_run_trains_it():
     step = dense_step(suite, steps=20, warmup=2, block=10)
     assert torch.equal(torch.random.get_rng_state(), before) and torch.get_num_threads() == threads
     parameters = sum(p.numel() for p in build_model("lenet-300-100", 10).parameters() if p.dim() > 1)
-    assert step["flops"] == 3 * 2 * parameters * suite["batch_size"]  # multiply-add = 2 FLOPs, backward = 2x
+    assert step["flops"] == 3 * 2 * parameters * suite.batch_size  # multiply-add = 2 FLOPs, backward = 2x
     assert 0 < step["seconds"] <= step["median"] and step["rate"] == pytest.approx(step["flops"] / step["seconds"])
     assert step["threads"] == (1 if numerics.active() == "portable" else threads)
 
@@ -66,10 +67,10 @@ def test_a_dense_step_timed_on_this_cpu_is_reused_and_one_of_another_is_not(tmp_
     suite, args = load_suite("fashion-mnist-10"), argparse.Namespace(launcher="local", data_root=None)
     first = cli._dense_step(suite, args, tmp_path)
     assert timed == [1] and "GFLOP/s on 1 thread(s)" in capsys.readouterr().out
-    (tmp_path / cli.DENSE_STEP).write_text(json.dumps(first))
+    (tmp_path / RunStore.DENSE_STEP).write_text(json.dumps(first))
     assert cli._dense_step(suite, args, tmp_path) == first and timed == [1]
     assert "timed on this CPU by an earlier invocation" in capsys.readouterr().out
-    (tmp_path / cli.DENSE_STEP).write_text(json.dumps(dict(first, cpu="another CPU")))
+    (tmp_path / RunStore.DENSE_STEP).write_text(json.dumps(dict(first, cpu="another CPU")))
     cli._dense_step(suite, args, tmp_path)
     assert timed == [1, 1]
 
