@@ -280,4 +280,4 @@ def kernels(session: nox.Session) -> None:
 def bench_gpu(session: nox.Session) -> None:
     """ResNet50 training throughput (images/s) per method on a GPU; ``-- --smoke`` on CPU."""
     python = environment(session)
-    session.run(python, "-m", "acdc_bench.gpu_bench", *session.posargs, external=True)
+    session.run(python, "benchmarks/gpu_bench.py", *session.posargs, external=True)

@@ -2,7 +2,7 @@
 
 Every model is registered in :data:`MODELS` under the name used by the suite
 configs, with the structure and initialisation of the reference code the paper
-suites follow (a recipe may re-initialise it: :func:`acdc_bench.recipe.initialize`).
+suites follow (a recipe may re-initialise it: :func:`acdc_bench.config.recipe.initialize`).
 
 ==============  ==============  =======  ========================================
 name            input (C,H,W)   classes  notes

@@ -7,10 +7,10 @@
 One prepared script for a GPU session (about 6 minutes on one H100/H200, under 8):
 
 1. ``nox -s bench_gpu -- --json OUT_DIR/bench_gpu.json`` in a subprocess (ResNet50, every
-   registered method, the scenarios of :mod:`acdc_bench.gpu_bench`). The session runs on this
+   registered method, the scenarios of ``benchmarks/gpu_bench.py``). The session runs on this
    interpreter's environment (``ACDC_BENCH_VENV``); where nox is missing, or this environment's
    torch is not the noxfile's pin (the session would reinstall torch), or the session fails, the
-   command it runs, ``python -m acdc_bench.gpu_bench --json ...``, runs directly instead, and
+   command it runs, ``python benchmarks/gpu_bench.py --json ...``, runs directly instead, and
    the JSON says which ran and why.
 2. For each paper suite (``imagenet-resnet50``, ``imagenet-mobilenetv1``, ``cifar100-wrn28-10``)
    and each method (``dense``, ``acdc``, ``gmp``, ``rigl``, ``str``): the run config
@@ -33,7 +33,7 @@ One prepared script for a GPU session (about 6 minutes on one H100/H200, under 8
 A cell that fails is reported under ``skipped`` (with its error) and the others still run;
 past ``--time-budget`` seconds the remaining cells are skipped. Exit status 0 when every cell
 ran. ``--smoke``: the CPU, batch 2, 32x32 inputs for the ImageNet models, 1 warm-up and 2 timed
-steps (RigL: 1 update step), and bench_gpu as ``python -m acdc_bench.gpu_bench --smoke --methods
+steps (RigL: 1 update step), and bench_gpu as ``python benchmarks/gpu_bench.py --smoke --methods
 dense --steps 1 --warmup 0`` (no nox): every path in a CI-sized run.
 """
 
@@ -56,7 +56,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from acdc_bench.gpu_bench import Bench
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_bench import Bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("imagenet-resnet50", "imagenet-mobilenetv1", "cifar100-wrn28-10")
@@ -71,7 +73,7 @@ class Cell:
     """One method attached to a fresh model of the suite, set up as ``train()`` sets it up."""
 
     def __init__(self, suite_name: str, method: str, args, device: torch.device):
-        from acdc_bench import recipe
+        from acdc_bench.config import recipe
         from acdc_bench.api import sparsify
         from acdc_bench.config import load_suite, run_config
         from acdc_bench.data import DATASETS
@@ -221,11 +223,11 @@ def _torch_matches_noxfile() -> tuple[bool, str]:
 def run_bench_gpu(out: Path, args, seconds_left: float) -> dict:
     """``nox -s bench_gpu`` (or, where it cannot run, the gpu_bench command it runs) into OUT/bench_gpu.json."""
     json_path = out / "bench_gpu.json"
-    direct = [sys.executable, "-m", "acdc_bench.gpu_bench", "--json", str(json_path)]
+    direct = [sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "--json", str(json_path)]
     attempts: list[tuple[str, list[str]]] = []
     notes = []
     if args.smoke:
-        attempts.append(("python -m acdc_bench.gpu_bench --smoke (smoke: no nox)",
+        attempts.append(("python benchmarks/gpu_bench.py --smoke (smoke: no nox)",
                          direct + ["--smoke", "--methods", "dense", "--steps", "1", "--warmup", "0"]))
     else:
         nox = _nox_command()
@@ -237,7 +239,7 @@ def run_bench_gpu(out: Path, args, seconds_left: float) -> dict:
         else:
             attempts.append(("nox -s bench_gpu", nox + ["-f", str(ROOT / "noxfile.py"), "-s", "bench_gpu", "--",
                                                         "--json", str(json_path)]))
-        attempts.append(("python -m acdc_bench.gpu_bench", direct))
+        attempts.append(("python benchmarks/gpu_bench.py", direct))
     env = dict(os.environ, ACDC_BENCH_VENV=sys.prefix, PYTHONUNBUFFERED="1")
     # The session's set-up installs the Fashion-MNIST Debian package when the data are missing and it
     # runs as root; the benchmark needs no data: a data root keeps it from touching the machine.

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from acdc_bench.config import ConfigError, Suite, method_options_config, run_budget, run_config
-from acdc_bench.runconfig import RunConfig
+from acdc_bench.config.cells import RunSpec
+from acdc_bench.config.run import RunConfig
 
 def run_chain(resolve: Callable[[], RunConfig], store, first: RunConfig | None = None) -> Iterator[RunConfig]:
     """The runs one planned run takes, in order, for the caller to train: ``resolve()``'s config
@@ -115,7 +116,7 @@ def _accepted_elsewhere(suite: Suite, base: RunConfig, store) -> RunConfig | Non
     Only chains that started from the recipe count (each is re-derived with ``warm_start=False``),
     so the answer does not depend on the order in which warm-started chains ran.
     """
-    from acdc_bench.runconfig import run_id_seed
+    from acdc_bench.config.run import run_id_seed
 
     method, sparsity, seed = base.method, base.sparsity, base.seed
     found = (run_id_seed(name, method, sparsity) for name in store.run_ids())
@@ -232,3 +233,15 @@ def _calibrated(suite: Suite, base: RunConfig, budget: dict, planner, steps: int
             steps, value, estimate = next_point(observations, budget_flops, sparsity, jacobian,
                                                 min_steps=planner.steps_per_epoch)
     return config
+
+
+def spec_config(suite: Suite, spec: RunSpec, store=None) -> RunConfig:
+    """The run config of one :class:`RunSpec` under its budget (``store``:
+    the runs already there, a :class:`acdc_bench.run.store.RunStore` or None).
+
+    A spec without a cell (a plain ``reproduce.methods`` run) gets exactly what
+    :func:`acdc_bench.budget.matching.resolve_budget` gives; a cell's run gets its options and
+    recipe keys, and its variant tag.
+    """
+    return resolve_budget(suite.for_cell(spec.method, spec.options, spec.recipe), spec.method, spec.sparsity,
+                          spec.seed, spec.budget, None, store, variant=spec.variant)

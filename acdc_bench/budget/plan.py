@@ -11,7 +11,7 @@ from acdc_bench.core.flops import measure_layer_flops
 from acdc_bench.methods import get_method
 from acdc_bench.models import build_model, model_spec
 from acdc_bench.core.sparsity import prunable_layers
-from acdc_bench.runconfig import RunConfig, as_run_config
+from acdc_bench.config.run import RunConfig, as_run_config
 
 MATCH_TOLERANCE = 0.02
 
@@ -61,7 +61,7 @@ class Planner:
 
     The model, its prunable layers and their FLOPs are measured once; :meth:`for_length`
     re-plans the same method for another run length cheaply (used by budget matching).
-    ``config``: a :class:`~acdc_bench.runconfig.RunConfig` (or a ``config.yaml`` mapping).
+    ``config``: a :class:`~acdc_bench.config.run.RunConfig` (or a ``config.yaml`` mapping).
     """
 
     def __init__(self, config: RunConfig, num_classes: int | None = None):

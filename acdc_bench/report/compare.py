@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from acdc_bench.budget.cells import LENGTH_WORD, length_key
-from acdc_bench.config import RUN_PROTOCOL_FIELDS
+from acdc_bench.config.cells import LENGTH_WORD, length_key
+from acdc_bench.report.protocol import RUN_PROTOCOL_FIELDS
 from acdc_bench.core.io import atomic_write_text
 from acdc_bench.methods import SparsityMethod, find_method, get_method, method_names
 from acdc_bench.report import stats

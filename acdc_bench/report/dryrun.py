@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 
-from acdc_bench.budget.cells import length_key, spec_config, suite_cells
+from acdc_bench.budget.matching import spec_config
+from acdc_bench.config.cells import length_key, suite_cells
 from acdc_bench.config import Suite
 
 
@@ -23,7 +24,7 @@ def dry_run(suite: Suite, waves, store=None, reference=None) -> dict:
     layer set (:func:`acdc_bench.budget.plan._layer_flops`).
     """
     from acdc_bench.budget.plan import plan
-    from acdc_bench.config import run_protocol
+    from acdc_bench.report.protocol import run_protocol
     from acdc_bench.report.compare import match_published, protocol_differences, protocol_summary
     from acdc_bench.report.results import load_reference
 

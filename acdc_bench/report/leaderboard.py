@@ -67,7 +67,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from acdc_bench.config import PROTOCOL_FIELDS
+from acdc_bench.report.protocol import PROTOCOL_FIELDS
 from acdc_bench.report.compare import citation, compare_table, display_name, name_key, protocol_summary, run_protocol_of
 from acdc_bench.core.io import atomic_write_text
 

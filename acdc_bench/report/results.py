@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from acdc_bench.config import run_protocol
+from acdc_bench.report.protocol import run_protocol
 from acdc_bench.core.io import flatten
 from acdc_bench.run import folder
 from acdc_bench.run.store import RunStore

@@ -130,7 +130,7 @@ class RecordStore:
 
 
 def plan_against_record(suite: Suite, waves: list, record: pd.DataFrame) -> tuple[list, list[str], list[str]]:
-    """The planned runs (``waves`` of :class:`acdc_bench.budget.cells.RunSpec`) that re-make recorded
+    """The planned runs (``waves`` of :class:`acdc_bench.config.cells.RunSpec`) that re-make recorded
     runs, and what does not match: ``(kept waves, recorded run ids no planned run re-makes, planned
     run ids the record lacks)``.
 
@@ -140,7 +140,7 @@ def plan_against_record(suite: Suite, waves: list, record: pd.DataFrame) -> tupl
     record does not hold); a recorded run that no planned run re-makes means that the options (a
     ``--set``, say) give runs of other ids than the record's.
     """
-    from acdc_bench.budget.cells import spec_config
+    from acdc_bench.budget.matching import spec_config
 
     store = RecordStore(record)
     kept, planned, unrecorded = [], set(), []

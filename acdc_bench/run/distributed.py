@@ -50,7 +50,7 @@ def all_reduce(*tensors: torch.Tensor) -> None:
 
 
 def configure_cuda(device: torch.device) -> None:
-    """Speed settings for CUDA training (also used by ``acdc_bench.gpu_bench``).
+    """Speed settings for CUDA training (also used by ``benchmarks/gpu_bench.py``).
 
     cuDNN autotuning picks the fastest convolution algorithms for the run's fixed input
     shapes (the first steps pay for the search). Numerics stay PyTorch's defaults (cuDNN

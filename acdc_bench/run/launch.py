@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from acdc_bench.budget.cells import RunSpec
+from acdc_bench.config.cells import RunSpec
 from acdc_bench.config import Suite
 from acdc_bench.run.store import RunStore, store_at
-from acdc_bench.runconfig import RunConfig
+from acdc_bench.config.run import RunConfig
 
 
 def plan_runs(suite: Suite, methods=None, sparsities=None, seeds=None, budget=None, cells=None) -> list[list[RunSpec]]:
@@ -28,7 +28,7 @@ def plan_runs(suite: Suite, methods=None, sparsities=None, seeds=None, budget=No
 
     A suite with ``reproduce.variants`` runs its cells (``cells``: only those named); ``methods``
     keeps the cells of those methods (a method without a cell runs plain at the sparsities) and
-    ``sparsities`` each cell's listed sparsities among those given. See :mod:`acdc_bench.budget.cells`.
+    ``sparsities`` each cell's listed sparsities among those given. See :mod:`acdc_bench.config.cells`.
     """
     from acdc_bench.config import check_sparsity
     from acdc_bench.methods import get_method
@@ -60,7 +60,7 @@ def plan_runs(suite: Suite, methods=None, sparsities=None, seeds=None, budget=No
 
 def _plan_cells(suite: Suite, methods, sparsities, seeds, budget, names) -> list[list[RunSpec]]:
     """:func:`plan_runs` for a suite with ``reproduce.variants``: one run per cell, sparsity and seed."""
-    from acdc_bench.budget.cells import suite_cells, variant_length
+    from acdc_bench.config.cells import suite_cells, variant_length
     from acdc_bench.config import check_sparsity
     from acdc_bench.methods import get_method
 
@@ -107,7 +107,7 @@ def _plan_cells(suite: Suite, methods, sparsities, seeds, budget, names) -> list
 
 def _config(suite: Suite, spec: RunSpec, out: Path) -> "RunConfig":
     """The resolved config of ``spec`` (its cell's options and variant tag; its budget)."""
-    from acdc_bench.budget.cells import spec_config
+    from acdc_bench.budget.matching import spec_config
 
     return spec_config(suite, spec, store_at(out))
 
@@ -180,7 +180,7 @@ def _chain_runs(store: RunStore, config: "RunConfig") -> list[str] | None:
 
     if not (config.budget.mode == "matched" and get_method(config.method).calibration_option):
         return None
-    from acdc_bench.runconfig import run_id_prefix
+    from acdc_bench.config.run import run_id_prefix
 
     prefix = run_id_prefix(config.method, config.sparsity, config.seed)
     return [run_id for run_id in store.run_ids(prefix) if store.started(run_id)]

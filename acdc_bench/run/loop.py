@@ -21,7 +21,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from acdc_bench import numerics, recipe
+from acdc_bench import numerics
+from acdc_bench.config import recipe
 from acdc_bench.api import Sparsifier, sparsify
 from acdc_bench.config import dump_yaml
 from acdc_bench.core import blas
@@ -32,7 +33,7 @@ from acdc_bench.methods.registry import load_plugins
 from acdc_bench.models import build_model
 from acdc_bench.run import distributed, folder
 from acdc_bench.run.store import RunStore, store_at
-from acdc_bench.runconfig import RunConfig, as_run_config
+from acdc_bench.config.run import RunConfig, as_run_config
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,7 +79,7 @@ class Run:
 def train(config: RunConfig | Mapping, out_dir: str | Path | RunStore, *, data_root: str | None = None,
           progress: bool = True, tracker=None, log=print) -> dict:
     """Train (or resume, or report) the run described by ``config`` (a
-    :class:`~acdc_bench.runconfig.RunConfig`, or a ``config.yaml`` mapping) in its folder of
+    :class:`~acdc_bench.config.run.RunConfig`, or a ``config.yaml`` mapping) in its folder of
     ``out_dir`` (a folder, or its :class:`~acdc_bench.run.store.RunStore`); returns its result dict."""
     config = as_run_config(config)
     store = store_at(out_dir)
@@ -313,7 +314,7 @@ def train_step(model: nn.Module, sparsifier: Sparsifier, optimizer, scaler, crit
     and in ``optimizer.step()`` (wrapped by :meth:`Sparsifier.wrap`). ``examples`` is the step's
     number of training examples over all ranks (for the FLOP meter). Nothing here reads a
     device value on the host; fp16's GradScaler reads its inf check once per step.
-    ``acdc_bench.gpu_bench`` times exactly this function.
+    ``benchmarks/gpu_bench.py`` times exactly this function.
     """
     sparsifier.step_examples(examples)
     if channels_last and inputs.dim() == 4:

@@ -11,7 +11,7 @@ from acdc_bench.config import load_suite, run_config
 from acdc_bench.run.launch import RunJob, RunSpec, plan_runs
 from acdc_bench.methods.dense import Dense
 from acdc_bench.methods.registry import _REGISTRY
-from acdc_bench.runconfig import RunConfig
+from acdc_bench.config.run import RunConfig
 
 from helpers import SHORT, needs_fashion
 

@@ -82,30 +82,73 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-#: The layers of the package, lowest first: a module may import its own layer and lower ones only.
-FLOORS = ("acdc_bench.core", "acdc_bench.methods", "acdc_bench.baselines", "acdc_bench.budget", "acdc_bench.run",
-          "acdc_bench.report", "acdc_bench.cli")
+#: The floors of the package, lowest first: a module may import its own floor and lower ones only.
+#: Every module of the package stands on one (the root ``acdc_bench/__init__.py`` aside: it loads
+#: its public names from the api and methods floors on first use).
+FLOORS = (
+    ("acdc_bench.core", "acdc_bench.numerics", "acdc_bench.models"),  # tensors, kernels, FLOPs, models
+    ("acdc_bench.data",),
+    ("acdc_bench.methods",),  # the method contract, the registry, dense and AC/DC
+    ("acdc_bench.baselines", "acdc_bench.api", "acdc_bench.integrations", "acdc_bench.testing"),
+    ("acdc_bench.config",),  # suites, resolved runs, cells, recipes
+    ("acdc_bench.budget",),
+    ("acdc_bench.run",),
+    ("acdc_bench.report",),
+    ("acdc_bench.cli", "acdc_bench.__main__"),
+)
 
 
 def _floor(name: str) -> int | None:
-    return next((i for i, floor in enumerate(FLOORS) if name == floor or name.startswith(floor + ".")), None)
+    return next((i for i, floor in enumerate(FLOORS)
+                 if any(name == place or name.startswith(place + ".") for place in floor)), None)
 
 
-def test_the_layers_import_downwards_only():
-    """core < methods < baselines < budget < run < report < cli: the budget code reads the runs already
-    there through a store it is given (acdc_bench.run.store.RunStore), never acdc_bench.run itself."""
+def _loaded_by_name() -> dict[str, set[str]]:
+    """The package modules loaded by name (``importlib.import_module``), which no import statement
+    shows: the registry's built-in methods and the root's public names."""
+    import acdc_bench
+    from acdc_bench.methods import registry
+
+    return {"acdc_bench.methods.registry": set(registry.BUILTIN.values()), "acdc_bench": set(acdc_bench._EXPORTS.values())}
+
+
+def test_every_module_of_the_package_stands_on_a_floor():
+    unplaced = sorted(name for name in _modules() if name != "acdc_bench" and _floor(name) is None)
+    assert not unplaced, f"modules on no floor of FLOORS (add each to the floor it belongs to): {unplaced}"
+
+
+def test_the_modules_loaded_by_name_exist_and_register_what_they_are_listed_for():
+    from acdc_bench.methods import get_method, registry
+
     modules = _modules()
+    for loader, targets in _loaded_by_name().items():
+        assert targets and targets <= set(modules), f"{loader} loads modules that do not exist: {targets - set(modules)}"
+    for name, module in registry.BUILTIN.items():
+        assert get_method(name).__module__ == module, f"{module} does not register the method {name!r}"
+
+
+def test_the_floors_import_downwards_only():
+    """core < data < methods < baselines, api < config < budget < run < report < cli: the budget code
+    reads the runs already there through a store it is given (acdc_bench.run.store.RunStore), never
+    acdc_bench.run itself. The modules loaded by name count as imports, except the registry's loads of
+    the built-in methods: those are plugins, registered as any user's plugin method is."""
+    modules = _modules()
+    plugins = _loaded_by_name()["acdc_bench.methods.registry"]
+    edges = {name: _imports(path, name, modules) for name, path in modules.items()}
+    for loader, targets in _loaded_by_name().items():
+        edges[loader] |= targets - (plugins if loader == "acdc_bench.methods.registry" else set())
     upward = []
-    for name, path in modules.items():
+    for name, targets in edges.items():
         mine = _floor(name)
         if mine is None:
             continue
-        for target in _imports(path, name, modules):
+        for target in targets:
             theirs = _floor(target)
             if theirs is not None and theirs > mine and not name.startswith(target + "."):
                 upward.append(f"{name} -> {target}")
-    assert not upward, "imports up the layers: " + ", ".join(sorted(upward))
+    assert not upward, "imports up the floors: " + ", ".join(sorted(upward))
     assert _floor("acdc_bench.budget.matching") < _floor("acdc_bench.run.store") < _floor("acdc_bench.report.dryrun")
+    assert all(_floor(module) <= _floor("acdc_bench.baselines") for module in plugins)
 
 
 def test_builtin_methods_come_from_this_package_even_beside_another_baselines(tmp_path, monkeypatch):

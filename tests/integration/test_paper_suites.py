@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from acdc_bench.budget.cells import spec_config, suite_cells, variant_length
+from acdc_bench.budget.matching import spec_config
+from acdc_bench.config.cells import suite_cells, variant_length
 from acdc_bench.cli import main
-from acdc_bench.config import ConfigError, load_suite, run_config, run_protocol
+from acdc_bench.config import ConfigError, load_suite, run_config
+from acdc_bench.report.protocol import run_protocol
 from acdc_bench.core.sparsity import nm_group_nonzeros
 from acdc_bench.report.compare import match_published, protocol_differences
 from acdc_bench.report.dryrun import format_dry_run

@@ -96,7 +96,7 @@ def test_run_id_is_stable_and_changes_with_what_the_run_computes():
     assert a.run_id == run_config(load_suite("fashion-mnist", ["data_root=/elsewhere"]), "acdc", 0.9).run_id
     assert a.run_id.startswith("acdc-s0.9-seed0-e20-")
     # one place spells the readable part, and reads a run's seed back from it
-    from acdc_bench.runconfig import run_id_prefix, run_id_seed
+    from acdc_bench.config.run import run_id_prefix, run_id_seed
 
     assert a.run_id.startswith(run_id_prefix("acdc", 0.9, 0)) and run_id_seed(a.run_id, "acdc", 0.9) == 0
     assert run_id_seed(a.run_id, "acdc", 0.95) is None and run_id_seed(a.run_id, "gmp", 0.9) is None
@@ -109,7 +109,7 @@ def test_run_id_is_stable_and_changes_with_what_the_run_computes():
 def test_a_run_config_is_frozen_and_reads_back_from_its_config_yaml_with_the_same_id():
     import dataclasses
 
-    from acdc_bench.runconfig import RunConfig
+    from acdc_bench.config.run import RunConfig
 
     for suite, method, sparsity in [("fashion-mnist", "gmp", 0.9), ("imagenet-resnet50", "rigl", 0.8),
                                     ("imagenet-resnet50", "str", 0.95), ("cifar100-wrn28-10", "acdc", 0.5)]:
@@ -131,7 +131,7 @@ def test_the_fields_declare_their_checks_and_a_run_config_holds_to_them():
     import dataclasses
     import re
 
-    from acdc_bench.runconfig import Length, LrSchedule, Optimizer, check_fields
+    from acdc_bench.config.run import Length, LrSchedule, Optimizer, check_fields
 
     config = run_config(load_suite("fashion-mnist"), "gmp", 0.9)
     for change, words in [({"amp": "fp8"}, "amp 'fp8' is unknown"), ({"batch_size": -2}, "batch_size must be"),
@@ -152,7 +152,7 @@ def test_the_run_id_hashes_only_what_differs_from_the_defaults():
     id of a run is the id of the same run with the new field at its default."""
     import dataclasses
 
-    from acdc_bench.runconfig import Budget
+    from acdc_bench.config.run import Budget
 
     config = run_config(load_suite("fashion-mnist"), "rigl", 0.9)
     identity = config.identity()
@@ -175,7 +175,7 @@ def test_the_planned_runs_are_each_resolved_once(monkeypatch):
     from collections import Counter
 
     from acdc_bench.budget import matching
-    from acdc_bench.budget.cells import spec_config
+    from acdc_bench.budget.matching import spec_config
     from acdc_bench.run.launch import plan_runs
 
     calls = Counter()

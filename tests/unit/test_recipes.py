@@ -10,8 +10,8 @@ from torch import nn
 
 from acdc_bench.cli import main
 from acdc_bench.config import ConfigError, load_suite, run_config
-from acdc_bench.runconfig import Optimizer
-from acdc_bench.recipe import build_optimizer, initialize, no_decay_parameters
+from acdc_bench.config.run import Optimizer
+from acdc_bench.config.recipe import build_optimizer, initialize, no_decay_parameters
 
 
 def plan_json(capsys, suite: str, method: str, sparsity: float, *extra: str) -> dict:

@@ -11,8 +11,10 @@ import pytest
 import torch
 import yaml
 
-from acdc_bench.budget.cells import spec_config, suite_cells
-from acdc_bench.config import ConfigError, load_suite, run_config, run_protocol
+from acdc_bench.budget.matching import spec_config
+from acdc_bench.config.cells import suite_cells
+from acdc_bench.config import ConfigError, load_suite, run_config
+from acdc_bench.report.protocol import run_protocol
 from acdc_bench.methods import get_method, make_config
 from acdc_bench.methods.acdc import PRESETS, acdc_phases
 from acdc_bench.report.compare import compare_table, format_compare, protocol_differences
@@ -238,7 +240,7 @@ def test_acdc_finetune_dense_trains_the_pairs_dense_model_to_the_end():
 
 def test_tf_resnet_init_is_the_tensorflow_resnets():
     from acdc_bench.models import build_model
-    from acdc_bench.recipe import TRUNCATED_NORMAL_STD, initialize
+    from acdc_bench.config.recipe import TRUNCATED_NORMAL_STD, initialize
 
     torch.manual_seed(0)
     model = initialize(build_model("resnet50", num_classes=1000), "tf-resnet")
@@ -258,7 +260,7 @@ def test_tf_resnet_init_is_the_tensorflow_resnets():
 
 def test_tf_mobilenet_init_is_rigls_tensorflow_mobilenet():
     from acdc_bench.models import build_model
-    from acdc_bench.recipe import TRUNCATED_NORMAL_STD, initialize
+    from acdc_bench.config.recipe import TRUNCATED_NORMAL_STD, initialize
 
     torch.manual_seed(0)
     model = initialize(build_model("mobilenetv1", num_classes=1000), "tf-mobilenet")

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from acdc_bench.budget.cells import suite_cells
+from acdc_bench.config.cells import suite_cells
 from acdc_bench.config import ConfigError, load_suite
 from acdc_bench.report.results import DEFAULT_REFERENCE_PATH, REFERENCE_SELECTIONS, load_reference
 from helpers import ROOT

@@ -48,8 +48,8 @@ import copy
 import re
 from dataclasses import dataclass
 
-from acdc_bench.config import RECIPE_KEYS, ConfigError, Suite, check_sparsity, validate_method_recipe
-from acdc_bench.runconfig import RunConfig, default_variant
+from acdc_bench.config.suite import RECIPE_KEYS, ConfigError, Suite, check_sparsity, validate_method_recipe
+from acdc_bench.config.run import default_variant
 
 CELL_KEYS = ("cell", "method", "options", "recipe", "recipe_of", "sparsities", "variant", "published", "official",
              "note")
@@ -178,7 +178,7 @@ def suite_cells(suite: Suite) -> list[dict]:
 @dataclass(frozen=True)
 class RunSpec:
     """One planned run. A run of a paper-suite cell (``reproduce.variants``,
-    :mod:`acdc_bench.budget.cells`) also carries the cell's name, its variant tag (None: the
+    :mod:`acdc_bench.config.cells`) also carries the cell's name, its variant tag (None: the
     run's own) and its method options and recipe keys over the suite's."""
 
     method: str
@@ -192,17 +192,3 @@ class RunSpec:
 
     def __hash__(self) -> int:  # options and recipe are dicts: the cell's name stands for them
         return hash((self.method, self.sparsity, self.seed, self.budget, self.cell, self.variant))
-
-
-def spec_config(suite: Suite, spec: RunSpec, store=None) -> RunConfig:
-    """The run config of one :class:`RunSpec` under its budget (``store``:
-    the runs already there, a :class:`acdc_bench.run.store.RunStore` or None).
-
-    A spec without a cell (a plain ``reproduce.methods`` run) gets exactly what
-    :func:`acdc_bench.budget.matching.resolve_budget` gives; a cell's run gets its options and
-    recipe keys, and its variant tag.
-    """
-    from acdc_bench.budget.matching import resolve_budget
-
-    return resolve_budget(suite.for_cell(spec.method, spec.options, spec.recipe), spec.method, spec.sparsity,
-                          spec.seed, spec.budget, None, store, variant=spec.variant)

@@ -1,6 +1,6 @@
 """ResNet50 training throughput (images/s) per sparse-training method, through the training loop's own step.
 
-    python -m acdc_bench.gpu_bench [--smoke] [--batch 128] [--steps 30] [--warmup 10]
+    python benchmarks/gpu_bench.py [--smoke] [--batch 128] [--steps 30] [--warmup 10]
                                    [--amp bf16|fp16|none] [--channels-last] [--compile]
                                    [--methods dense acdc ...] [--sparsity 0.9] [--json PATH]
 
@@ -97,7 +97,7 @@ class Bench:
     """One method attached to a fresh ResNet50, set up as ``train()`` does, with synthetic data."""
 
     def __init__(self, scenario: Scenario, args, device: torch.device):
-        from acdc_bench import recipe
+        from acdc_bench.config import recipe
         from acdc_bench.api import sparsify
         from acdc_bench.config import load_suite, run_config
         from acdc_bench.data import DATASETS
@@ -307,7 +307,7 @@ def format_table(results: list[Result]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m acdc_bench.gpu_bench", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python benchmarks/gpu_bench.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="CPU, batch 2 at 64x64, 1 warm-up and 2 timed steps")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default 128; smoke 2)")

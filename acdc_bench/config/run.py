@@ -35,9 +35,9 @@ def _outside_id(default: Any = dataclasses.MISSING, **kwargs) -> Any:
 
 # --------------------------------------------------------------------------- declared checks
 
-#: ``optimizer.no_decay`` categories (:func:`acdc_bench.recipe.no_decay_parameters`).
+#: ``optimizer.no_decay`` categories (:func:`acdc_bench.config.recipe.no_decay_parameters`).
 NO_DECAY_CATEGORIES = ("bias", "bn", "depthwise")
-#: ``init`` schemes (:func:`acdc_bench.recipe.initialize`; null or "default": the model's own initialisation).
+#: ``init`` schemes (:func:`acdc_bench.config.recipe.initialize`; null or "default": the model's own initialisation).
 INIT_SCHEMES = ("default", "kaiming_normal_fan_in", "tf-resnet", "tf-mobilenet")
 LR_SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -142,7 +142,7 @@ class Optimizer:
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
-    #: Parameters without weight decay (:func:`acdc_bench.recipe.no_decay_parameters`).
+    #: Parameters without weight decay (:func:`acdc_bench.config.recipe.no_decay_parameters`).
     no_decay: tuple[str, ...] = _checked(
         lambda v: None if isinstance(v or [], (list, tuple)) and not set(v or []) - set(NO_DECAY_CATEGORIES)
         else f"optimizer.no_decay must be a list of {', '.join(NO_DECAY_CATEGORIES)}, got {(v or [])!r}", ())

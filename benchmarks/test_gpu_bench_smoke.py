@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from acdc_bench import gpu_bench
+import gpu_bench
 from acdc_bench.methods import get_method, method_names
 
 

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import yaml
 
 from acdc_bench import numerics
-from acdc_bench.runconfig import (
+from acdc_bench.config.run import (
     Budget,
     Length,
     LrSchedule,
@@ -25,7 +24,7 @@ from acdc_bench.runconfig import (
     default_variant,
 )
 
-SUITES_DIR = Path(__file__).resolve().parent / "suites"
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
 BUDGET_MODES = ("paper", "matched")
 BUDGET_KEYS = {"mode", "reference", "calibration"}
@@ -310,7 +309,7 @@ def check_sparsity(value: Any, where: str) -> float:
 
 def validate_recipe(data: dict, where: str) -> None:
     """Check the recipe keys of a suite (or of a suite with a method's recipe applied) with the checks
-    the fields of :class:`~acdc_bench.runconfig.RunConfig` and its parts declare."""
+    the fields of :class:`~acdc_bench.config.run.RunConfig` and its parts declare."""
     try:
         check_fields(Length, {"epochs": data["epochs"]})
         check_fields(RunConfig, {"batch_size": data["batch_size"], "amp": data["amp"],
@@ -455,7 +454,7 @@ def run_config(
     method_options: dict | None = None,
     variant: str | None = None,
 ) -> RunConfig:
-    """The resolved configuration of one run (:class:`~acdc_bench.runconfig.RunConfig`; what
+    """The resolved configuration of one run (:class:`~acdc_bench.config.run.RunConfig`; what
     ``config.yaml`` holds).
 
     ``method_options`` replaces the suite's ``methods.<method>`` options (budget calibration);
@@ -592,44 +591,6 @@ def cell_id(suite: Suite, method: str, sparsity: float, budget_mode: str, epochs
         inputs["variant"] = variant
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{method}-s{float(sparsity):g}-{digest}"
-
-
-#: What a published number's protocol says, beside what it measured (``published.csv`` columns).
-PROTOCOL_FIELDS = ("recipe", "denominator", "label_smoothing", "length", "batch_size")
-#: A run's protocol adds ``extrapolated``: its method values are not a published run's (a suite's
-#: ``unofficial: true`` entry, e.g. STR's lambda at a target its authors published no config for).
-RUN_PROTOCOL_FIELDS = (*PROTOCOL_FIELDS, "extrapolated")
-
-
-def run_protocol(config: dict | RunConfig) -> dict:
-    """The protocol a run was trained under, in the terms of ``published.csv``.
-
-    ``recipe``: the family of the recipe it ran (``recipe.family``: the ``family`` of the
-    ``methods.<name>.recipe`` it ran on, else the suite's ``recipe_family``; '' when neither says);
-    ``denominator``: ``all`` when its target counts every prunable weight, ``pruned layers`` when
-    layers are left dense (``keep_dense``, ``exclude``, ``include``) and out of it ('' for dense);
-    ``label_smoothing``;
-    ``length``: its epochs over the suite's (RigL 5x: 5); ``batch_size``; ``extrapolated``: its
-    method options are marked ``unofficial`` (no published row is then the same protocol).
-    """
-    if isinstance(config, RunConfig):
-        config = config.as_dict()
-    recipe = config.get("recipe") or {}
-    options = config.get("method_options") or config.get("method_config") or {}
-    if config.get("method") == "dense":
-        denominator = ""
-    else:
-        left_out = options.get("keep_dense") or options.get("exclude") or options.get("include")
-        denominator = "pruned layers" if left_out else "all"
-    epochs, suite_epochs = config.get("epochs"), config.get("suite_epochs") or config.get("epochs")
-    return {
-        "recipe": str(recipe.get("family") or ""),
-        "denominator": denominator,
-        "label_smoothing": float(recipe.get("label_smoothing", config.get("label_smoothing", 0.0)) or 0.0),
-        "length": round(float(epochs) / float(suite_epochs), 4) if epochs and suite_epochs else math.nan,
-        "batch_size": int(recipe.get("batch_size", config.get("batch_size", 0)) or 0),
-        "extrapolated": bool(options.get("unofficial", False)),
-    }
 
 
 def dump_yaml(data: dict) -> str:

@@ -1,6 +1,6 @@
 """A run's training recipe, applied: optimizer, learning rate, weight initialisation.
 
-The resolved run (:class:`acdc_bench.runconfig.RunConfig`) holds the recipe: ``optimizer``,
+The resolved run (:class:`acdc_bench.config.run.RunConfig`) holds the recipe: ``optimizer``,
 ``lr_schedule`` (its rate: :meth:`RunConfig.lr_at`), ``label_smoothing``, ``batch_size``,
 ``amp`` and ``init`` (a method's own ``recipe`` under ``budget: paper``, the suite's shared one
 under ``budget: matched``; see :func:`acdc_bench.config.run_config`); these functions turn
@@ -14,8 +14,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from acdc_bench.runconfig import INIT_SCHEMES, NO_DECAY_CATEGORIES
-from acdc_bench.runconfig import Optimizer
+from acdc_bench.config.run import INIT_SCHEMES, NO_DECAY_CATEGORIES, Optimizer
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -55,7 +54,7 @@ def no_decay_parameters(model: nn.Module, categories: Sequence[str]) -> set[int]
 def build_optimizer(model: nn.Module, optimizer: Optimizer | Mapping, groups: Sequence[dict] | None = None
                     ) -> torch.optim.Optimizer:
     """SGD over ``groups`` (a method's parameter groups) or all of ``model``'s parameters.
-    ``optimizer``: a run's :class:`~acdc_bench.runconfig.Optimizer`, or a recipe's ``optimizer``
+    ``optimizer``: a run's :class:`~acdc_bench.config.run.Optimizer`, or a recipe's ``optimizer``
     mapping (``lr``, ``momentum``, ``nesterov``, ``weight_decay``, ``no_decay``).
 
     ``optimizer.no_decay`` (e.g. ``[bias, bn]``) splits every group into the parameters that
