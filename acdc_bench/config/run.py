@@ -48,6 +48,45 @@ def _checked(check, default: Any = dataclasses.MISSING, **kwargs) -> Any:
     return field(default=default, metadata={"check": check}, **kwargs)
 
 
+def _from_suite(default: Any = dataclasses.MISSING, *, check=None, outside_id: bool = False, **kwargs) -> Any:
+    """A field that the suite key of the same name gives as it is, and that ``config.yaml`` holds
+    under that name: declared here and as a :class:`~acdc_bench.config.suite.Suite` key, nothing else
+    (:func:`~acdc_bench.config.suite.run_config`, :meth:`RunConfig.as_dict` and
+    :meth:`RunConfig.from_dict` read the declaration). ``check`` vets its values (the suite's too,
+    when it is loaded); ``outside_id``: it does not change what a run computes."""
+    metadata = {"suite": True, "check": check} if check is not None else {"suite": True}
+    if outside_id:
+        metadata["id"] = False
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def suite_fields(cls) -> list[dataclasses.Field]:
+    """The fields of ``cls`` (:class:`RunConfig`) that a suite key of the same name gives (:func:`_from_suite`)."""
+    return [item for item in dataclasses.fields(cls) if item.metadata.get("suite")]
+
+
+def _has_default(item: dataclasses.Field) -> bool:
+    return item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING
+
+
+def as_declared(item: dataclasses.Field, value: Any) -> Any:
+    """``value`` (a suite key's, or a ``config.yaml`` entry's) as the field ``item`` declares it:
+    None is the field's default where it has one; ``int``, ``float``, ``bool``, tuple and mapping
+    fields are converted to their type; anything else is kept as it is."""
+    if value is None:
+        if item.default is not dataclasses.MISSING:
+            return item.default
+        return item.default_factory() if item.default_factory is not dataclasses.MISSING else None
+    kind = str(item.type)
+    if kind in ("bool", "int", "float"):
+        return {"bool": bool, "int": int, "float": float}[kind](value)
+    if kind.startswith("tuple"):
+        return tuple(value)
+    if kind == "Mapping":
+        return dict(value)
+    return value
+
+
 def check_fields(cls, values: Mapping) -> None:
     """Raise ValueError with the message of the first field of ``cls`` whose declared check
     ``values`` fails; a field missing from ``values`` is checked at its default (None if it has none)."""
@@ -298,43 +337,43 @@ def run_id_seed(run_id: str, method: str, sparsity: float) -> int | None:
     return int(digits) if dash and digits.isdigit() else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """One run, resolved: what it computes (hashed into :attr:`run_id`) and where and how it runs."""
 
     suite: str
-    dataset: str
-    model: str
+    dataset: str = _from_suite()
+    model: str = _from_suite()
     method: str
     sparsity: float
     seed: int
     length: Length
-    batch_size: int = _checked(_positive_int("batch_size"))
+    batch_size: int = _from_suite(check=_positive_int("batch_size"))
     optimizer: Optimizer
     lr_schedule: LrSchedule
     #: The method's options (its ``Config``), resolved for this run's batch size.
     method_config: Any
-    numerics: str
-    label_smoothing: float = _checked(
-        lambda v: None if _number(v) and 0.0 <= v < 1.0 else f"label_smoothing must be a number in [0, 1), got {v!r}",
-        0.0)
-    amp: str = _checked(_one_of("amp '{value}' is unknown; allowed: " + ", ".join(AMP_MODES), AMP_MODES), "none")
-    init: str | None = _checked(_one_of("init {value!r} is unknown; allowed: " + ", ".join(INIT_SCHEMES)
-                                        + " (or null: the model's own)", (None, *INIT_SCHEMES)), None)
-    train_subset: int | None = None
-    channels_last: bool = False
-    compile: bool = False
+    numerics: str = _from_suite()
+    label_smoothing: float = _from_suite(0.0, check=lambda v: None if _number(v) and 0.0 <= v < 1.0
+                                         else f"label_smoothing must be a number in [0, 1), got {v!r}")
+    amp: str = _from_suite("none", check=_one_of("amp '{value}' is unknown; allowed: " + ", ".join(AMP_MODES),
+                                                 AMP_MODES))
+    init: str | None = _from_suite(None, check=_one_of("init {value!r} is unknown; allowed: " + ", ".join(INIT_SCHEMES)
+                                                       + " (or null: the model's own)", (None, *INIT_SCHEMES)))
+    train_subset: int | None = _from_suite(None)
+    channels_last: bool = _from_suite(False)
+    compile: bool = _from_suite(False)
     #: The run's variant tag (``2x``, ``5x uniform``; '' for the method's standard run).
     variant: str = ""
     budget: Budget = field(default_factory=Budget)
     # ---- outside the run id
-    description: str = _outside_id("")
-    data_root: str | None = _outside_id(None)
-    num_workers: int = _outside_id(0)
-    kernels: str = _outside_id("auto")
-    plugins: tuple[str, ...] = _outside_id(())
-    wandb: Any = _outside_id(False)
-    resources: Mapping = _outside_id(default_factory=dict)
+    description: str = _from_suite("", outside_id=True)
+    data_root: str | None = _from_suite(None, outside_id=True)
+    num_workers: int = _from_suite(0, outside_id=True)
+    kernels: str = _from_suite("auto", outside_id=True)
+    plugins: tuple[str, ...] = _from_suite((), outside_id=True)
+    wandb: Any = _from_suite(False, outside_id=True)
+    resources: Mapping = _from_suite(outside_id=True, default_factory=dict)
     #: The code whose recipe the run trains on (``rigl``, ``acdc``; '' when not said).
     recipe_family: str = _outside_id("")
     #: Where the recipe came from (``suite``, ``methods.rigl.recipe``, with any ``--set``).
@@ -420,26 +459,21 @@ class RunConfig:
                 "family": self.recipe_family}
 
     def as_dict(self) -> dict:
-        """What ``config.yaml`` holds: the recipe keys and the length at the top level, the method's
-        options (``method_config``; ``method_options`` at this target), the recipe echo, the id."""
-        out = {
-            "suite": self.suite, "description": self.description, "dataset": self.dataset,
-            "data_root": self.data_root, "num_workers": self.num_workers, "train_subset": self.train_subset,
-            "model": self.model, "epochs": self.epochs, "batch_size": self.batch_size,
+        """What ``config.yaml`` holds: the suite's keys as the run resolved them (every
+        :func:`_from_suite` field under its name; the recipe and its length at the top level), the
+        method's options (``method_config``; ``method_options`` at this target), the recipe echo, the id."""
+        out = {"suite": self.suite, **{item.name: _plain(getattr(self, item.name)) for item in suite_fields(self)}}
+        out.update({
+            "epochs": self.epochs, "suite_epochs": self.suite_epochs, "train_steps": self.train_steps,
             "optimizer": _plain(self.optimizer), "lr_schedule": _plain(self.lr_schedule),
-            "label_smoothing": self.label_smoothing, "amp": self.amp, "init": self.init,
-            "recipe_family": self.suite_recipe_family, "channels_last": self.channels_last, "compile": self.compile,
-            "kernels": self.kernels, "numerics": self.numerics, "budget": self.budget.as_dict(),
-            "plugins": list(self.plugins), "wandb": self.wandb, "resources": dict(self.resources),
-            "suite_epochs": self.suite_epochs,
-        }
+            "recipe_family": self.suite_recipe_family, "budget": self.budget.as_dict(),
+        })
         if self.length.recipe_epochs is not None:
             out["recipe_epochs"] = self.length.recipe_epochs
         out.update({
-            "variant": self.variant, "train_steps": self.train_steps, "method": self.method,
-            "method_config": dataclasses.asdict(self.method_config), "method_options": self.method_options,
-            "sparsity": self.sparsity, "seed": self.seed, "recipe": self.recipe(), "overrides": list(self.overrides),
-            "cell": self.cell, "run_id": self.run_id,
+            "variant": self.variant, "method": self.method, "method_config": dataclasses.asdict(self.method_config),
+            "method_options": self.method_options, "sparsity": self.sparsity, "seed": self.seed,
+            "recipe": self.recipe(), "overrides": list(self.overrides), "cell": self.cell, "run_id": self.run_id,
         })
         return out
 
@@ -452,24 +486,19 @@ class RunConfig:
         data = dict(data)
         load_plugins(data.get("plugins") or [])
         recipe = data.get("recipe") or {}
+        given = {item.name: as_declared(item, data.get(item.name) if _has_default(item) else data[item.name])
+                 for item in suite_fields(cls) if item.name != "numerics"}  # numerics: below
         config = cls(
-            suite=data["suite"], dataset=data["dataset"], model=data["model"], method=data["method"],
-            sparsity=float(data["sparsity"]), seed=int(data["seed"]),
+            **given, suite=data["suite"], method=data["method"], sparsity=float(data["sparsity"]),
+            seed=int(data["seed"]), numerics=data.get("numerics") or "native",
             length=Length(epochs=int(data["epochs"]), suite_epochs=int(data.get("suite_epochs") or data["epochs"]),
                           train_steps=data.get("train_steps"), recipe_epochs=data.get("recipe_epochs")),
-            batch_size=int(data["batch_size"]), optimizer=Optimizer.from_mapping(data["optimizer"]),
-            lr_schedule=LrSchedule.from_mapping(data["lr_schedule"]),
+            optimizer=Optimizer.from_mapping(data["optimizer"]), lr_schedule=LrSchedule.from_mapping(data["lr_schedule"]),
             method_config=make_config(get_method(data["method"]), data.get("method_config")),
-            numerics=data.get("numerics") or "native", label_smoothing=float(data.get("label_smoothing", 0.0) or 0.0),
-            amp=data.get("amp", "none") or "none", init=data.get("init"), train_subset=data.get("train_subset"),
-            channels_last=bool(data.get("channels_last", False)), compile=bool(data.get("compile", False)),
             variant=data.get("variant", "") or "", budget=Budget.from_mapping(data.get("budget")),
-            description=data.get("description", "") or "", data_root=data.get("data_root"),
-            num_workers=int(data.get("num_workers", 0) or 0), kernels=data.get("kernels", "auto") or "auto",
-            plugins=tuple(data.get("plugins") or ()), wandb=data.get("wandb", False),
-            resources=dict(data.get("resources") or {}), recipe_family=recipe.get("family") or "",
-            recipe_source=recipe.get("source", "suite"), suite_recipe_family=data.get("recipe_family"),
-            overrides=tuple(data.get("overrides") or ()), cell=data.get("cell"),
+            recipe_family=recipe.get("family") or "", recipe_source=recipe.get("source", "suite"),
+            suite_recipe_family=data.get("recipe_family"), overrides=tuple(data.get("overrides") or ()),
+            cell=data.get("cell"),
         )
         if data.get("run_id") is not None and data["run_id"] != config.run_id:
             raise ValueError(f"config run_id {data['run_id']!r} is not the id of what it describes ({config.run_id}): "

@@ -20,8 +20,10 @@ from acdc_bench.config.run import (
     LrSchedule,
     Optimizer,
     RunConfig,
+    as_declared,
     check_fields,
     default_variant,
+    suite_fields,
 )
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -308,12 +310,11 @@ def check_sparsity(value: Any, where: str) -> float:
 
 
 def validate_recipe(data: dict, where: str) -> None:
-    """Check the recipe keys of a suite (or of a suite with a method's recipe applied) with the checks
-    the fields of :class:`~acdc_bench.config.run.RunConfig` and its parts declare."""
+    """Check the keys of a suite (or of a suite with a method's recipe applied) that a run takes with
+    the checks the fields of :class:`~acdc_bench.config.run.RunConfig` and its parts declare."""
     try:
         check_fields(Length, {"epochs": data["epochs"]})
-        check_fields(RunConfig, {"batch_size": data["batch_size"], "amp": data["amp"],
-                                 "label_smoothing": data.get("label_smoothing", 0.0), "init": data.get("init")})
+        check_fields(RunConfig, {item.name: data[item.name] for item in suite_fields(RunConfig) if item.name in data})
         Optimizer.from_mapping(data["optimizer"])
         LrSchedule.from_mapping(data["lr_schedule"])
     except ValueError as error:
@@ -512,24 +513,18 @@ def run_config(
     except ValueError as error:
         raise ConfigError(f"{where}: methods.{method}: {error}") from error
     tagged = variant if variant is not None and variant != own_variant else None
+    given = {item.name: as_declared(item, config.get(item.name)) for item in suite_fields(RunConfig)}
     return RunConfig(
-        suite=config["suite"], dataset=config["dataset"], model=config["model"], method=method, sparsity=sparsity,
-        seed=int(seed),
+        **given, suite=config["suite"], method=method, sparsity=sparsity, seed=int(seed),
         length=Length(epochs=int(epochs), suite_epochs=suite_epochs, train_steps=int(train_steps) if train_steps else None,
                       recipe_epochs=recipe_epochs),
-        batch_size=batch_size, optimizer=Optimizer.from_mapping(config["optimizer"]),
-        lr_schedule=LrSchedule.from_mapping(config["lr_schedule"]), method_config=method_config,
-        numerics=config["numerics"], label_smoothing=float(config.get("label_smoothing", 0.0)),
-        amp=config.get("amp", "none"), init=config.get("init"), train_subset=config.get("train_subset"),
-        channels_last=bool(config.get("channels_last")), compile=bool(config.get("compile")),
-        variant=tagged if tagged is not None else own_variant, budget=budget,
-        description=config.get("description") or "", data_root=config.get("data_root"),
-        num_workers=int(config.get("num_workers") or 0), kernels=config.get("kernels", "auto"),
-        plugins=tuple(config.get("plugins") or ()), wandb=config.get("wandb", False),
-        resources=dict(config.get("resources") or {}), recipe_family=family, recipe_source=source,
-        suite_recipe_family=config.get("recipe_family"), overrides=suite.overrides,
+        optimizer=Optimizer.from_mapping(config["optimizer"]), lr_schedule=LrSchedule.from_mapping(config["lr_schedule"]),
+        method_config=method_config, variant=tagged if tagged is not None else own_variant, budget=budget,
+        recipe_family=family, recipe_source=source, suite_recipe_family=config.get("recipe_family"),
+        overrides=suite.overrides,
         cell=cell_id(suite, method, sparsity, budget.mode, int(epochs) if budget.mode != "matched" else None, tagged),
     )
+
 
 
 def method_options_config(suite: Suite, method: str, options: dict, batch_size: int):

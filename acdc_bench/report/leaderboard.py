@@ -79,17 +79,21 @@ OUR_SOURCE = "acdc_bench"
 OUR_SOURCE_STATUS = "measured"
 SOURCE_STATUSES = (OUR_SOURCE_STATUS, "verified", "reported", "unverified", "aggregator")
 
-LEADERBOARD_COLUMNS = [
-    "task", "dataset", "model", "method", "variant", "distribution", "metric", "value", "value_std",
-    "value_ci_low", "value_ci_high", "value_best", "selection", "sparsity",
-    "training_flops_multiplier", "inference_flops_multiplier", "epochs", "seeds", "source",
-    "source_status", "run_ids", "train_subset", "overrides", "protocol", "note",
-]
-STRING_COLUMNS = ["task", "dataset", "model", "method", "variant", "distribution", "metric", "selection",
-                  "source", "source_status", "run_ids", "overrides", "protocol", "note"]
+#: Every column, in order, with its dtype: declared once (the module docstring's table describes each,
+#: and a test holds the two equal).
+LEADERBOARD_SCHEMA = {
+    "task": "str", "dataset": "str", "model": "str", "method": "str", "variant": "str", "distribution": "str",
+    "metric": "str", "value": "float", "value_std": "float", "value_ci_low": "float", "value_ci_high": "float",
+    "value_best": "float", "selection": "str", "sparsity": "float", "training_flops_multiplier": "float",
+    "inference_flops_multiplier": "float", "epochs": "Int64", "seeds": "Int64", "source": "str",
+    "source_status": "str", "run_ids": "str", "train_subset": "Int64", "overrides": "str", "protocol": "str",
+    "note": "str",
+}
+LEADERBOARD_COLUMNS = list(LEADERBOARD_SCHEMA)
+STRING_COLUMNS = [column for column, dtype in LEADERBOARD_SCHEMA.items() if dtype == "str"]
 INTERVAL_COLUMNS = ["value_std", "value_ci_low", "value_ci_high"]
-FLOAT_COLUMNS = ["value", *INTERVAL_COLUMNS, "value_best", "sparsity", "training_flops_multiplier", "inference_flops_multiplier"]
-INTEGER_COLUMNS = ["epochs", "seeds", "train_subset"]
+FLOAT_COLUMNS = [column for column, dtype in LEADERBOARD_SCHEMA.items() if dtype == "float"]
+INTEGER_COLUMNS = [column for column, dtype in LEADERBOARD_SCHEMA.items() if dtype == "Int64"]
 NON_EMPTY_COLUMNS = ["task", "dataset", "model", "method", "metric", "source", "source_status"]
 
 

@@ -118,6 +118,46 @@ def test_the_pages_tell_no_history():
     assert HISTORY.search("run folders written before 2026-12-06 carry ids of the former scheme")
 
 
+FIGURE = re.compile(r"<!-- figure: ([\w-]+) -->")
+FIGURE_KEYS = {"value", "unit", "what", "machine", "date", "command"}
+
+
+def _figures() -> dict:
+    from acdc_bench.config.suite import parse_yaml
+
+    path = ROOT / "docs" / "figures.yaml"
+    return parse_yaml(path.read_text(), str(path))
+
+
+def test_every_figure_a_page_cites_is_the_registered_one():
+    """docs/figures.yaml gives each measured figure once, with what it measures, the machine, the
+    date and the command; every citation of one in the pages (its value, then ``<!-- figure: NAME
+    -->``) gives that value, and every registered figure is cited: one figure per quantity."""
+    figures = _figures()
+    assert figures and all(isinstance(name, str) for name in figures)
+    for name, entry in figures.items():
+        assert isinstance(entry, dict) and set(entry) == FIGURE_KEYS, f"{name}: keys must be {sorted(FIGURE_KEYS)}"
+        assert all(isinstance(entry[key], str) for key in FIGURE_KEYS), f"{name}: every key holds text"
+        assert all(entry[key].strip() for key in FIGURE_KEYS - {"unit"}), f"{name}: an empty key"
+    pages = [*PAGES, ROOT / "leaderboards" / "reference" / "README.md", ROOT / "benchmarks" / "README.md"]
+    wrong, cited = [], set()
+    for page in pages:
+        for number, line in enumerate(page.read_text().splitlines(), start=1):
+            for match in FIGURE.finditer(line):
+                name, before = match.group(1), line[:match.start()].rstrip()
+                where = f"{page.relative_to(ROOT)}:{number}"
+                if name not in figures:
+                    wrong.append(f"{where}: {name} is not in docs/figures.yaml")
+                    continue
+                cited.add(name)
+                value, unit = figures[name]["value"], figures[name]["unit"]
+                if not (before.endswith(value) or before.endswith(f"{value} {unit}".strip())):
+                    wrong.append(f"{where}: {name} is {value} {unit} in docs/figures.yaml, not {before[-40:]!r}")
+    assert not wrong, wrong
+    assert cited == set(figures), f"figures no page cites: {sorted(set(figures) - cited)}"
+    assert FIGURE.search("6.54 ms <!-- figure: reproduction-dense-step -->")
+
+
 def test_the_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],

@@ -197,3 +197,30 @@ def test_the_planned_runs_are_each_resolved_once(monkeypatch):
         own = {key: n for key, n in calls.items() if not (budget == "matched" and key[0] == reference)}
         assert sorted(own.values()) == [1] * len(own) and len(own) == sum(s.method != reference or budget == "paper"
                                                                           for s in specs)
+
+
+def test_a_run_field_a_suite_key_gives_is_declared_as_one_key_with_one_default():
+    """A field that a suite key of the same name gives (``_from_suite``) is a Suite key with the
+    field's default (REQUIRED where the field has none; numerics: the machine's default mode): the
+    run config, config.yaml and the suite's validation are all derived from the two declarations."""
+    import dataclasses
+
+    from acdc_bench.config.run import RunConfig, suite_fields
+    from acdc_bench.config.suite import REQUIRED, Suite
+
+    keys = Suite.keys()
+    names = [item.name for item in suite_fields(RunConfig)]
+    assert {"dataset", "batch_size", "amp", "channels_last", "kernels", "resources"} <= set(names)
+    for item in suite_fields(RunConfig):
+        assert item.name in keys, f"RunConfig.{item.name} is given by a suite key, but Suite declares no such key"
+        if item.default is not dataclasses.MISSING:
+            assert keys[item.name] == item.default or (isinstance(item.default, tuple)
+                                                       and keys[item.name] == list(item.default)), item.name
+        elif item.default_factory is not dataclasses.MISSING:
+            assert keys[item.name] == item.default_factory(), item.name
+        else:
+            assert keys[item.name] is REQUIRED or item.name == "numerics", item.name
+    config = run_config(load_suite("fashion-mnist", ["channels_last=true", "num_workers=2"]), "acdc", 0.9)
+    written = config.as_dict()
+    assert written["channels_last"] is True and written["num_workers"] == 2
+    assert type(config).from_dict(written) == config

@@ -494,3 +494,14 @@ def test_tracker_without_wandb_warns_once_and_continues(tmp_path: Path, monkeypa
         second.log_epoch({"epoch": 0, "top1": 1.0})
         second.finish()
     assert not second.active
+
+
+def test_the_leaderboard_docstring_describes_every_column_of_the_schema_in_order():
+    """The schema is declared once (LEADERBOARD_SCHEMA); the module docstring's table, which a user
+    reads, lists the same columns with the same dtypes in the same order."""
+    from acdc_bench.report import leaderboard
+
+    table = leaderboard.__doc__.split("Columns, in this order", 1)[1].split("=\n\n", 1)[0]
+    rows = [line.split()[:2] for line in table.splitlines()
+            if line and not line.startswith((" ", "=")) and line.split()[0] != "column"]
+    assert rows == [[column, dtype] for column, dtype in leaderboard.LEADERBOARD_SCHEMA.items()]
