@@ -84,11 +84,11 @@ class Planner:
         from acdc_bench.api import sparsify
 
         self.total_steps = int(total_steps)
-        self.epochs_count = math.ceil(self.total_steps / self.steps_per_epoch)
         self.method = sparsify(self.model, self.config.method, sparsity=self.config.sparsity,
                                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                                batch_size=self.config.batch_size, flops=self.flops, check_schedule=False, planning=True,
                                **dataclasses.asdict(self.method_config)).method
+        self.epochs_count = self.method.epochs  # the length in epochs, as sparsify counts it (the last may be partial)
         return self
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import random
 import sys
@@ -212,7 +211,7 @@ def build_run(config: RunConfig, out: str | Path | RunStore, data_root: str | No
                scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
                amp_dtype=amp_dtype, channels_last=channels_last, kernels=kernels,
-               epochs=math.ceil(total_steps / data.steps_per_epoch), total_steps=total_steps)
+               epochs=sparsifier.method.epochs, total_steps=total_steps)
 
 
 def restore(run: Run, log=print) -> None:
