@@ -222,7 +222,7 @@ def _calibrated(suite: Suite, base: RunConfig, budget: dict, planner, steps: int
         try:
             measured = float(result["training_flops"]), float(result["actual_sparsity"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{store.folder(config.run_id) / 'result.json'} has no usable training_flops and "
+            raise ValueError(f"the result of run {config.run_id} in {store.root} has no usable training_flops and "
                              f"actual_sparsity, so the {method} budget calibration cannot go on; delete that run "
                              f"folder to run it again") from None
         observation = Observation(steps, value, *measured, config.run_id)

@@ -221,9 +221,8 @@ def run_parallel(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> i
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
-    from acdc_bench.run.folder import read_result
-
     jobs = int(args.jobs)
+    store = store_at(out)
     threads = 1 if one_thread_per_run(suite.numerics) else max(1, (os.cpu_count() or 1) // jobs)
     total = sum(len(wave) for wave in waves)
     environment = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -241,7 +240,7 @@ def run_parallel(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> i
                 planned = [(spec, _config(suite, spec, out)) for spec in wave]
                 planned.sort(key=lambda item: -(_steps(item[1]) or 0))
                 for spec, config in planned:
-                    if read_result(out / config.run_id) is not None:
+                    if store.finished(config.run_id):
                         done += 1
                         print(f"[{done}/{total}] {config.run_id}: finished already", flush=True)
                         continue

@@ -189,3 +189,21 @@ def test_the_docs_list_the_hooks_of_the_method_contract_in_call_order():
     assert _hooks_in_order(section) == contract
     for hook in contract:  # every hook listed is a member the loop can call
         assert callable(getattr(base.SparsityMethod, hook))
+
+
+RUN_FOLDER_ACCESS = __import__("re").compile(
+    r"folder\.(read_\w+|write_\w+|finish|lock_run|is_finished|finished_problems)\("  # the format's readers, writers
+    r"|/ folder\.[A-Z_]+\b"  # a path to one of its files
+    r"|/ [\"'](config\.yaml|result\.json|metrics\.csv|checkpoint\.pt|failed\.txt|predictions\.npz|\.lock)[\"']"
+    r"|from acdc_bench\.run\.folder import [^\n]*\b(read_\w+|write_\w+|lock_run|finish|is_finished)\b")
+
+
+def test_run_folders_are_read_and_written_through_the_store_only():
+    """acdc_bench/run/folder.py holds the run folder's formats and acdc_bench/run/store.py, the RunStore,
+    every read and write of one: no other module of the package opens a run folder's files."""
+    allowed = {"acdc_bench.run.folder", "acdc_bench.run.store"}
+    found = [f"{name}: {match.group(0)}" for name, path in sorted(_modules().items()) if name not in allowed
+             for match in RUN_FOLDER_ACCESS.finditer(path.read_text())]
+    assert not found, "run-folder access outside the RunStore: " + "; ".join(found)
+    assert RUN_FOLDER_ACCESS.search('metrics = run_dir / "metrics.csv"')
+    assert RUN_FOLDER_ACCESS.search("folder.read_config(run_dir)")
