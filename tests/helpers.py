@@ -1,7 +1,6 @@
 """Shared by the test modules (the one place for them): the repository's root, the Fashion-MNIST skip
 mark, a short AC/DC suite, and the drivers that run a method's hooks by hand on a tiny model."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,14 +9,17 @@ from torch import nn
 
 from acdc_bench.api import sparsify
 from acdc_bench.config import load_suite, run_config
-from acdc_bench.data import user_cache
+from acdc_bench.data import DATASETS, user_cache
 
 #: The repository (tests/ is one folder below it) and the tests' support folder.
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+#: The data is there: the Debian package's folder, or the per-user cache ($ACDC_BENCH_DATA or the XDG
+#: cache) holding every file (a download that failed leaves the cache folder without them).
 needs_fashion = pytest.mark.skipif(
-    not FASHION.exists() and not os.environ.get("ACDC_BENCH_DATA") and not user_cache("fashion-mnist").exists(),
+    not any(DATASETS["fashion-mnist"].is_present(folder) for folder in (FASHION, user_cache("fashion-mnist"))
+            if folder.is_dir()),
     reason="Fashion-MNIST not on disk (the tests download nothing: run ./nox -s reproduce once, or "
            "apt-get install dataset-fashion-mnist)")
 #: --set overrides for a short AC/DC on 2,000 examples: dense 0, sparse 1, dense 2, sparse 3

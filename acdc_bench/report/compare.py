@@ -104,7 +104,7 @@ def _distribution_key(distribution: str) -> str:
 
 
 def protocol_differences(ours: dict | None, row) -> list[str]:
-    """How a published row's protocol differs from a run's (:func:`acdc_bench.config.run_protocol`).
+    """How a published row's protocol differs from a run's (:func:`acdc_bench.report.protocol.run_protocol`).
 
     Recipe family, sparsity denominator, label smoothing and training length must agree; a field
     the row does not publish is a difference ("label smoothing not published"). The batch size is

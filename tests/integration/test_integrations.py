@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from framework_models import TokenData, _lightning_module, _loader, tiny_bert
-from helpers import TESTS
+from helpers import TESTS, needs_fashion
 
 
 # --------------------------------------------------------------------------- Hugging Face Trainer
@@ -270,6 +270,7 @@ def test_every_method_trains_a_compiled_model_without_a_graph_break_per_step(met
 
 
 @pytest.mark.slow
+@needs_fashion
 def test_a_suite_with_compile_true_trains_to_its_target(tmp_path):
     from acdc_bench.cli import main
     from helpers import SHORT
