@@ -13,11 +13,11 @@ from acdc_bench import numerics
 from acdc_bench.config import ConfigError, Suite, load_suite, suite_names, suite_numerics
 from acdc_bench.core.io import staged
 from acdc_bench.run.folder import RunLocked
-from acdc_bench.run.launch import JobsFailed
+from acdc_bench.run.launch import JobsFailed, Launch
 from acdc_bench.run.store import RunStore
 
 
-#: The suite every command uses unless told otherwise: three seeds in about 10 minutes on 2 CPU cores.
+#: The suite every command uses unless told otherwise: three seeds on 2 CPU cores (its time: docs/results.md).
 DEFAULT_SUITE = "fashion-mnist-10"
 
 
@@ -156,7 +156,7 @@ def resolve_jobs(args) -> None:
     """``--jobs auto``: one per core (at most 8) on a CPU machine, 1 with a GPU."""
     import os
 
-    if getattr(args, "jobs", None) == "auto":
+    if args.jobs == "auto":
         import torch
 
         args.jobs = 1 if torch.cuda.is_available() else max(1, min(8, os.cpu_count() or 1))
@@ -177,9 +177,9 @@ def _suite(args) -> Suite:
     first: a suite may name the methods they register)."""
     from acdc_bench.methods import load_plugins
 
-    load_plugins(list(getattr(args, "plugin", []) or []))
+    load_plugins(list(args.plugin))
     suite = load_suite(args.suite, args.overrides)
-    suite = suite.replace(plugins=[*suite.plugins, *(getattr(args, "plugin", []) or [])])
+    suite = suite.replace(plugins=[*suite.plugins, *args.plugin])
     load_plugins(suite.plugins)
     return suite
 
@@ -190,7 +190,7 @@ def _budgeted_config(args, suite: Suite, out: Path | None):
     from acdc_bench.run.store import store_at
 
     get_method(args.method)  # an unknown name is said as such, before any budget is planned
-    mode = getattr(args, "budget", None) or suite.budget_mode
+    mode = args.budget or suite.budget_mode
     return resolve_budget(suite, args.method, args.sparsity, args.seed, mode, args.epochs, store_at(out))
 
 
@@ -453,10 +453,10 @@ def cmd_reproduce(args) -> int:
         sparsities=args.sparsities,
         seeds=args.seeds,
         budget=args.budget,
-        cells=getattr(args, "cells", None),
+        cells=args.cells,
     )
-    dry = getattr(args, "dry_run", False)
-    if getattr(args, "json", False) and not dry:
+    dry = args.dry_run
+    if args.json and not dry:
         raise ConfigError("--json lists the plan: use it with --dry-run")
     if dry:  # before anything trains or writes: the plan only
         from acdc_bench.report.dryrun import dry_run, format_dry_run
@@ -466,17 +466,18 @@ def cmd_reproduce(args) -> int:
         print(json.dumps(listing, indent=2) if args.json else format_dry_run(listing))
         return 0
     resolve_jobs(args)
-    step = _dense_step(suite, args, out)
+    launch = Launch.from_args(args)
+    step = _dense_step(suite, launch, out)
     started = time.perf_counter()
     with removed_if_left_empty(out):
-        trained = run_all(suite, runs, out, args)
+        trained = run_all(suite, runs, out, launch)
     elapsed = time.perf_counter() - started
     if step is not None and out.is_dir():
         RunStore(out).write_dense_step(step)
     leaderboard_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else Path("leaderboards")
     finished = load_runs(out)
     report(suite.name, finished, load_reference(), out, leaderboard_dir)
-    print_timing(finished, (trained, elapsed), args, step)
+    print_timing(finished, (trained, elapsed), launch, step)
     return 0
 
 
@@ -485,7 +486,6 @@ def cmd_verify(args) -> int:
     shipped one (``acdc_bench/records``), else ``--record``. Options under which a recorded run
     would get another id are refused before anything trains."""
     import tempfile
-    from argparse import Namespace
 
     from acdc_bench import __version__
     from acdc_bench.report.results import load_runs
@@ -519,9 +519,7 @@ def cmd_verify(args) -> int:
     resolve_jobs(args)
     with tempfile.TemporaryDirectory(prefix="acdc-verify-") as scratch:
         out = Path(args.keep) if args.keep else Path(scratch)
-        run_args = Namespace(launcher="local", jobs=args.jobs, data_root=args.data_root, wandb=False,
-                             no_progress=True, status_every=30)
-        run_all(suite, waves, out, run_args)
+        run_all(suite, waves, out, Launch(jobs=args.jobs, data_root=args.data_root, progress=False))
         runs = load_runs(out)
         for row in runs[runs["status"] != "finished"].itertuples():  # never held to the record in silence
             print(f"skipped {row.run_dir}: {row.status}: {row.error}", file=sys.stderr)
@@ -532,7 +530,7 @@ def cmd_verify(args) -> int:
 
 #: Beside a reproduction's run folders: its dense step as timed on this machine (reused by a later
 #: invocation on the same CPU, numerics, threads and torch, so that its table does not move).
-def _dense_step(suite: Suite, args, out: Path) -> dict | None:
+def _dense_step(suite: Suite, launch: Launch, out: Path) -> dict | None:
     """The dense step timed on this machine before the runs start (the FLOP-ideal table's rate),
     for local runs on the CPU, or as an earlier invocation timed it into ``out``; None where the
     runs train elsewhere or it cannot be built here."""
@@ -541,7 +539,7 @@ def _dense_step(suite: Suite, args, out: Path) -> dict | None:
     from acdc_bench.run.launch import one_thread_per_run
     from acdc_bench.run.steptime import dense_step
 
-    if getattr(args, "launcher", "local") != "local" or torch.cuda.is_available():
+    if launch.launcher != "local" or torch.cuda.is_available():
         return None
     here = {"suite": suite.name, "model": suite.model, "batch_size": suite.batch_size,
             "cpu": numerics.cpu_model(), "numerics": numerics.active(), "torch": str(torch.__version__),
@@ -554,7 +552,7 @@ def _dense_step(suite: Suite, args, out: Path) -> dict | None:
               f"(timed on this CPU by an earlier invocation: {store.root / store.DENSE_STEP})", flush=True)
         return recorded
     try:
-        step = dense_step(suite, args.data_root)
+        step = dense_step(suite, launch.data_root)
     except (OSError, RuntimeError, ValueError) as error:  # the runs will say so themselves
         print(f"dense step not timed ({error}); the FLOP-ideal table uses the dense runs' rate", flush=True)
         return None
@@ -568,7 +566,8 @@ def _dense_step(suite: Suite, args, out: Path) -> dict | None:
     return dict(here, **step)
 
 
-def print_timing(runs, invocation: tuple[int, float] | None = None, args=None, step: dict | None = None) -> None:
+def print_timing(runs, invocation: tuple[int, float] | None = None, launch: Launch | None = None,
+                 step: dict | None = None) -> None:
     """The reproduction's calibration chains, its runs' time against the FLOP-ideal time, and what
     this invocation trained: ``invocation`` is (runs trained, elapsed seconds); ``step``, the
     timed dense step whose rate the FLOP-ideal times take (else the dense runs' rate)."""
@@ -584,8 +583,9 @@ def print_timing(runs, invocation: tuple[int, float] | None = None, args=None, s
         print(f"  (of these, {len(runs) - len(kept)} calibration run(s) were superseded by a later run of their chain)")
     if invocation is not None:
         trained, elapsed = invocation
-        jobs = getattr(args, "jobs", 1) or 1
-        how = (f"as {args.launcher} jobs" if getattr(args, "launcher", "local") != "local"
+        launch = launch or Launch()
+        jobs = launch.jobs
+        how = (f"as {launch.launcher} jobs" if launch.launcher != "local"
                else "in 1 job" if jobs == 1 else f"in {jobs} jobs side by side")
         now = (f"this invocation trained {trained} run(s) in {format_duration(elapsed)} elapsed, {how}" if trained
                else "this invocation trained nothing: every run had finished before")

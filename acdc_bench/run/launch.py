@@ -12,15 +12,17 @@ chain is accepted or has run ``budget.calibration.max_runs`` runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from acdc_bench.config.cells import RunSpec
 from acdc_bench.config import Suite
-from acdc_bench.run.store import RunStore, store_at
+from acdc_bench.config.cells import RunSpec
 from acdc_bench.config.run import RunConfig
+from acdc_bench.run.store import RunStore, store_at
 
 
 def plan_runs(suite: Suite, methods=None, sparsities=None, seeds=None, budget=None, cells=None) -> list[list[RunSpec]]:
@@ -125,14 +127,44 @@ def _chain_note(config: "RunConfig") -> str:
     return f" ({note})" if note else ""
 
 
-def run_all(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
+@dataclass(frozen=True)
+class Launch:
+    """How a suite's runs are launched: the runner, the runs side by side, the data, tracking,
+    progress, and a Slurm job's resources (None: the suite's ``resources``, else the default).
+    Read once from a command's options by :meth:`from_args`."""
+
+    launcher: str = "local"  # local, slurm or submitit-local
+    jobs: int = 1
+    data_root: str | None = None
+    wandb: bool = False
+    progress: bool = True
+    status_every: float = 30.0  # seconds between status lines (jobs > 1)
+    slurm_partition: str | None = None
+    gpus_per_node: int | None = None
+    nodes: int | None = None
+    tasks_per_node: int | None = None
+    cpus_per_task: int | None = None
+    timeout_min: int | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "Launch":
+        """The options of a parsed command line (``--no-progress`` as ``progress``); those its
+        command does not take keep their defaults. ``--jobs auto`` must be resolved first."""
+        given = {key: value for key, value in vars(args).items() if value is not None}
+        values = {item.name: given[item.name] for item in dataclasses.fields(cls) if item.name in given}
+        if "no_progress" in given:
+            values["progress"] = not given["no_progress"]
+        return cls(**values)
+
+
+def run_all(suite: Suite, waves: list[list[RunSpec]], out: Path, launch: Launch) -> int:
     """Run every unfinished run of ``waves``; returns how many runs this call trained (a calibration
     chain's further runs included)."""
-    if args.launcher != "local":
-        return run_submitit(suite, waves, out, args)
-    if (getattr(args, "jobs", 1) or 1) > 1:
-        return run_parallel(suite, waves, out, args)
-    return run_local(suite, waves, out, args)
+    if launch.launcher != "local":
+        return run_submitit(suite, waves, out, launch)
+    if launch.jobs > 1:
+        return run_parallel(suite, waves, out, launch)
+    return run_local(suite, waves, out, launch)
 
 
 # --------------------------------------------------------------------------- side by side on one machine
@@ -206,7 +238,7 @@ def _cell_progress(out: Path | RunStore, config: "RunConfig") -> str:
     return f"run {len(runs)} epoch {store.epochs_done(latest)}/{epochs}"
 
 
-def run_parallel(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
+def run_parallel(suite: Suite, waves: list[list[RunSpec]], out: Path, launch: Launch) -> int:
     """``--jobs N``: N runs side by side, each in its own process with cores / N threads (1 under
     portable numerics on a CPU: :func:`one_thread_per_run`)
     (``OMP_WAIT_POLICY=PASSIVE``: a spinning OpenMP pool slows the other processes 5-20x).
@@ -221,7 +253,7 @@ def run_parallel(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> i
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
-    jobs = int(args.jobs)
+    jobs = int(launch.jobs)
     store = store_at(out)
     threads = 1 if one_thread_per_run(suite.numerics) else max(1, (os.cpu_count() or 1) // jobs)
     total = sum(len(wave) for wave in waves)
@@ -244,10 +276,10 @@ def run_parallel(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> i
                         done += 1
                         print(f"[{done}/{total}] {config.run_id}: finished already", flush=True)
                         continue
-                    future = pool.submit(_run_spec, suite, config.as_dict(), spec, out, args.data_root)
+                    future = pool.submit(_run_spec, suite, config.as_dict(), spec, out, launch.data_root)
                     running[future] = (spec, config)
                 while running:
-                    finished, _ = wait(running, timeout=getattr(args, "status_every", 30), return_when=FIRST_COMPLETED)
+                    finished, _ = wait(running, timeout=launch.status_every, return_when=FIRST_COMPLETED)
                     for future in finished:
                         spec, config = running.pop(future)
                         result, runs = future.result()  # a failed run stops the reproduction with its error
@@ -298,7 +330,7 @@ def _steps(config: "RunConfig") -> int | None:
         return None
 
 
-def run_local(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
+def run_local(suite: Suite, waves: list[list[RunSpec]], out: Path, launch: Launch) -> int:
     """Every run in this process, in order, with overall progress and an estimate of the time left.
 
     The estimate is the time per optimizer step so far times the steps still to train, from
@@ -342,8 +374,8 @@ def run_local(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
                   f"({index - 1} done, {remaining + 1} to go, {format_duration(time.perf_counter() - started)} elapsed{eta})",
                   flush=True)
             run_started = time.perf_counter()
-            tracker = Tracker(enabled=args.wandb or bool(suite.wandb))
-            train(config, out, data_root=args.data_root, progress=not args.no_progress, tracker=tracker)
+            tracker = Tracker(enabled=launch.wandb or bool(suite.wandb))
+            train(config, out, data_root=launch.data_root, progress=launch.progress, tracker=tracker)
             trained_time += time.perf_counter() - run_started
             trained_steps, trained = trained_steps + (_steps(config) or 0), trained + 1
     print(f"all {len(specs)} runs of suite {suite.name} finished in {format_duration(time.perf_counter() - started)} -> {out}")
@@ -384,12 +416,12 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.config, self.out, self.data_root))
 
 
-def slurm_parameters(suite: Suite, args) -> dict:
+def slurm_parameters(suite: Suite, launch: Launch) -> dict:
     """The submitit parameters of one run's Slurm job, from the suite's ``resources`` and the options."""
     resources = dict(suite.resources)
 
     def option(name: str, default):  # the command line's value, even 0, else the suite's, else the default
-        value = getattr(args, name, None)
+        value = dataclasses.asdict(launch).get(name)
         return value if value is not None else resources.get(name, default)
 
     gpus = int(option("gpus_per_node", 1))
@@ -412,23 +444,23 @@ def slurm_parameters(suite: Suite, args) -> dict:
         cache = "${TMPDIR:-/tmp}/" + INDUCTOR_CACHE_NAME.format(user="${USER}")
         parameters["slurm_setup"] = [f"export {key}={value}" for key, value in PORTABLE_ENV.items()] + [
             f'export {INDUCTOR_CACHE}="${{{INDUCTOR_CACHE}:-{cache}}}"']
-    if args.slurm_partition or resources.get("partition"):
-        parameters["slurm_partition"] = args.slurm_partition or resources["partition"]
+    if launch.slurm_partition or resources.get("partition"):
+        parameters["slurm_partition"] = launch.slurm_partition or resources["partition"]
     return parameters
 
 
-def _executor(suite: Suite, out: Path, args):
+def _executor(suite: Suite, out: Path, launch: Launch):
     try:
         import submitit
     except ImportError as error:
         raise ValueError("--launcher slurm needs submitit: pip install 'acdc-bench[slurm]'") from error
     folder = out / "submitit" / "%j"
-    if args.launcher == "submitit-local":
+    if launch.launcher == "submitit-local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=args.timeout_min or 60)
+        executor.update_parameters(timeout_min=launch.timeout_min or 60)
         return executor
     executor = submitit.AutoExecutor(folder=folder)
-    parameters = slurm_parameters(suite, args)
+    parameters = slurm_parameters(suite, launch)
     executor.update_parameters(**parameters)
     return executor
 
@@ -477,7 +509,7 @@ FIX = ("set --gpus-per-node (0 on a CPU partition), --tasks-per-node, --cpus-per
        "lists its nodes, CPUs, memory, GPUs and time limit")
 
 
-def _submit(executor, job: RunJob, run_id: str, request: str, args):
+def _submit(executor, job: RunJob, run_id: str, request: str, launch: Launch):
     """Submit one job; an sbatch refusal is one clear line naming the request and the options to change."""
     import contextlib
     import io
@@ -487,7 +519,7 @@ def _submit(executor, job: RunJob, run_id: str, request: str, args):
         with contextlib.redirect_stderr(said):  # submitit prints sbatch's complaint: it goes into our line
             return executor.submit(job)
     except Exception as error:  # noqa: BLE001 - submitit raises FailedJobError(sbatch's stderr)
-        if getattr(args, "launcher", "") != "slurm" or type(error).__name__ != "FailedJobError":
+        if launch.launcher != "slurm" or type(error).__name__ != "FailedJobError":
             sys.stderr.write(said.getvalue())
             raise
         said = " ".join(line.removeprefix("sbatch: error: ") for line in str(error).strip().splitlines()[-2:])
@@ -533,14 +565,14 @@ def _watch_slurm(jobs: list, request: str, number: int) -> None:
             time.sleep(POLL_S)
 
 
-def run_submitit(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> int:
+def run_submitit(suite: Suite, waves: list[list[RunSpec]], out: Path, launch: Launch) -> int:
     """Each run as its own job; a wave is submitted once the wave before it (the budget references) is
     done. A calibration chain's next run is submitted once its last one finished: every chain of the
     wave goes one run per round, through the generator every runner walks
     (:func:`acdc_bench.budget.matching.run_chain`). Returns the number of jobs submitted."""
     from acdc_bench.budget.matching import run_chain
 
-    executor = _executor(suite, out, args)
+    executor = _executor(suite, out, launch)
     store = store_at(out)
     trained = 0
     for number, wave in enumerate(waves, 1):
@@ -556,18 +588,19 @@ def run_submitit(suite: Suite, waves: list[list[RunSpec]], out: Path, args) -> i
             chains = [chain for chain, config in round_ if config is not None]
             configs = [config for _, config in round_ if config is not None]
             if configs:
-                _submit_and_wait(executor, suite, number, configs, out, args, store)
+                _submit_and_wait(executor, suite, number, configs, out, launch, store)
                 trained += len(configs)
     return trained
 
 
-def _submit_and_wait(executor, suite: Suite, number: int, configs: list["RunConfig"], out: Path, args, store) -> None:
+def _submit_and_wait(executor, suite: Suite, number: int, configs: list["RunConfig"], out: Path, launch: Launch,
+                     store) -> None:
     """Submit one job per run config and wait for them all; every failure is named, with its logs."""
-    slurm = getattr(args, "launcher", "") == "slurm"
-    request = _request(slurm_parameters(suite, args)) if slurm else ""
+    slurm = launch.launcher == "slurm"
+    request = _request(slurm_parameters(suite, launch)) if slurm else ""
     jobs = []
     for config in configs:
-        job = _submit(executor, RunJob(config, str(out), args.data_root), config.run_id, request, args)
+        job = _submit(executor, RunJob(config, str(out), launch.data_root), config.run_id, request, launch)
         print(f"wave {number}: submitted {config.run_id}{_chain_note(config)} as job {job.job_id}")
         jobs.append((config.run_id, job))
     if slurm and jobs:

@@ -213,21 +213,19 @@ def test_a_matched_run_says_when_its_reference_cannot_be_planned(capsys):
 
 
 def test_slurm_jobs_on_a_cpu_partition_ask_for_no_gpu():
-    from argparse import Namespace
 
     from acdc_bench.config import load_suite
-    from acdc_bench.run.launch import slurm_parameters
+    from acdc_bench.run.launch import Launch, slurm_parameters
 
     suite = load_suite("fashion-mnist-10")
     args = cli.build_parser().parse_args(["reproduce", "--launcher", "slurm", "--gpus-per-node", "0",
                                           "--cpus-per-task", "2", "--slurm-partition", "cpu"])
-    cpu = slurm_parameters(suite, args)
+    cpu = slurm_parameters(suite, Launch.from_args(args))
     assert "gpus_per_node" not in cpu and cpu["tasks_per_node"] == 1 and cpu["cpus_per_task"] == 2
     assert cpu["slurm_partition"] == "cpu"
-    default = slurm_parameters(suite, Namespace(gpus_per_node=None, nodes=None, timeout_min=None, slurm_partition=None))
+    default = slurm_parameters(suite, Launch())
     assert (default["gpus_per_node"], default["tasks_per_node"], default["cpus_per_task"]) == (1, 1, 8)
-    two = slurm_parameters(suite.replace(resources={"gpus_per_node": 2}), Namespace(gpus_per_node=None, nodes=None,
-                                                                                   timeout_min=None, slurm_partition=None))
+    two = slurm_parameters(suite.replace(resources={"gpus_per_node": 2}), Launch())
     assert (two["gpus_per_node"], two["tasks_per_node"]) == (2, 2)  # one DDP task per GPU
 
 

@@ -93,11 +93,9 @@ def test_a_run_folder_never_resumes_under_other_numerics(tmp_path):
 
 
 def test_the_slurm_job_script_pins_portable_numerics():
-    from argparse import Namespace
+    from acdc_bench.run.launch import Launch, slurm_parameters
 
-    from acdc_bench.run.launch import slurm_parameters
-
-    args = Namespace(gpus_per_node=None, nodes=None, timeout_min=None, slurm_partition=None)
+    args = Launch()
     setup = slurm_parameters(load_suite("fashion-mnist-10", ["numerics=portable"]), args)["slurm_setup"]
     assert setup[:len(numerics.PORTABLE_ENV)] == [f"export {k}={v}" for k, v in numerics.PORTABLE_ENV.items()]
     assert setup[len(numerics.PORTABLE_ENV)].startswith("export TORCHINDUCTOR_CACHE_DIR=") and "aten-avx2" in setup[len(numerics.PORTABLE_ENV)]

@@ -241,14 +241,14 @@ def test_matched_runs_measure_within_two_percent_of_the_acdc_run(tmp_path, one_t
 def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thread):
     """A two-run chain through run_local; the comparison table holds only the chain's last run."""
     from acdc_bench.report.compare import compare_table, format_compare_markdown
-    from acdc_bench.run.launch import plan_runs, run_local
+    from acdc_bench.run.launch import Launch, plan_runs, run_local
     from acdc_bench.report.results import load_runs
 
     # 4 epochs of STR do not reach 90%: the sparsity check is opened, the chain then runs on the FLOPs
     suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=2",
                                                                "budget.calibration.sparsity_tolerance=0.95"])
     waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
-    args = Namespace(wandb=False, data_root=None, no_progress=True)
+    args = Launch(progress=False)
     run_local(suite, waves, tmp_path, args)
     runs = load_runs(tmp_path)
     chain = runs[runs["method"] == "str"].sort_values("budget_calibration_iteration")
@@ -273,13 +273,13 @@ def test_reproduce_runs_the_str_chain_and_reports_its_last_run(tmp_path, one_thr
 @needs_fashion
 def test_a_chain_whose_last_run_misses_the_target_is_an_error(tmp_path, one_thread):
     """A calibration run with runs left is a step of its chain; the last one allowed must hit the target."""
-    from acdc_bench.run.launch import plan_runs, run_local
+    from acdc_bench.run.launch import Launch, plan_runs, run_local
     from acdc_bench.run.loop import TargetMissed
 
     suite = load_suite("fashion-mnist", RECIPE_START + SHORT + ["budget.calibration.max_runs=1"])
     waves = plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
     with pytest.raises(TargetMissed, match="str promises 0.9000"):
-        run_local(suite, waves, tmp_path, Namespace(wandb=False, data_root=None, no_progress=True))
+        run_local(suite, waves, tmp_path, Launch(progress=False))
     runs = load_runs(tmp_path).set_index("method")
     assert runs.loc["acdc", "status"] == "finished" and runs.loc["str", "status"] == "failed"
 
@@ -323,7 +323,7 @@ def test_cluster_launcher_runs_the_str_chain_wave_by_wave(tmp_path, one_thread, 
     waves = launch.plan_runs(suite, methods=["acdc", "str"], sparsities=[0.9], seeds=[0])
     executor = InlineExecutor()
     monkeypatch.setattr(launch, "_executor", lambda *a: executor)
-    launch.run_submitit(suite, waves, tmp_path, Namespace(data_root=None))
+    launch.run_submitit(suite, waves, tmp_path, launch.Launch())
     assert executor.submitted[0].startswith("acdc-") and len(executor.submitted) == 3  # AC/DC, then 2 STR runs
     assert all((tmp_path / run_id / "result.json").exists() for run_id in executor.submitted)
 
@@ -335,7 +335,7 @@ def test_cluster_launcher_stops_when_a_job_writes_no_result(tmp_path, monkeypatc
     monkeypatch.setattr(launch, "_executor", lambda *a: InlineExecutor(run=False))
     with pytest.raises(RuntimeError, match="no result.json"):
         launch.run_submitit(suite, launch.plan_runs(suite, methods=["acdc"], sparsities=[0.9], seeds=[0]), tmp_path,
-                            Namespace(data_root=None))
+                            launch.Launch())
 
 
 def test_a_zero_calibration_option_is_a_clear_error():

@@ -11,6 +11,7 @@ from acdc_bench import numerics
 from acdc_bench.config import load_suite
 from acdc_bench.models import build_model
 from acdc_bench.report.timing import flop_ideal_table, format_flop_ideal
+from acdc_bench.run.launch import Launch
 from acdc_bench.run.store import RunStore
 from helpers import needs_fashion
 
@@ -55,7 +56,6 @@ def test_a_dense_step_timed_on_this_cpu_is_reused_and_one_of_another_is_not(tmp_
     """``reproduce`` keeps the dense step it timed in ``<out>/dense-step.json``; a later invocation on
     the same CPU, numerics, threads and torch reuses it (the FLOP-ideal table does not move), one
     under any other of these times it again."""
-    import argparse
     import json
 
     from acdc_bench import cli
@@ -64,7 +64,7 @@ def test_a_dense_step_timed_on_this_cpu_is_reused_and_one_of_another_is_not(tmp_
     timed = []
     monkeypatch.setattr(steptime, "dense_step", lambda suite, data_root=None: timed.append(1) or
                         {"seconds": 0.005, "median": 0.006, "rate": 7e10, "steps": 300, "threads": 1, "flops": 3.5e8})
-    suite, args = load_suite("fashion-mnist-10"), argparse.Namespace(launcher="local", data_root=None)
+    suite, args = load_suite("fashion-mnist-10"), Launch()
     first = cli._dense_step(suite, args, tmp_path)
     assert timed == [1] and "GFLOP/s on 1 thread(s)" in capsys.readouterr().out
     (tmp_path / RunStore.DENSE_STEP).write_text(json.dumps(first))
@@ -76,11 +76,10 @@ def test_a_dense_step_timed_on_this_cpu_is_reused_and_one_of_another_is_not(tmp_
 
 
 def test_an_invocation_says_what_it_trained(capsys):
-    import argparse
 
     from acdc_bench.cli import print_timing
 
-    print_timing(_runs(), (0, 0.0), argparse.Namespace(jobs=2, launcher="local"))
+    print_timing(_runs(), (0, 0.0), Launch(jobs=2))
     assert "this invocation trained nothing: every run had finished before" in capsys.readouterr().out
-    print_timing(_runs(), (2, 75.0), argparse.Namespace(jobs=2, launcher="local"))
+    print_timing(_runs(), (2, 75.0), Launch(jobs=2))
     assert "this invocation trained 2 run(s) in 1m15s elapsed, in 2 jobs side by side" in capsys.readouterr().out
