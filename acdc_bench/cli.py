@@ -560,8 +560,8 @@ def _dense_step(suite: Suite, launch: Launch, out: Path) -> dict | None:
         print(f"dense step of {suite.name} not timed (a step this large takes seconds on a CPU); the FLOP-ideal "
               "table uses the dense runs' rate", flush=True)
         return None
-    print(f"dense step of {suite.name}: {step['seconds'] * 1e3:.2f} ms (the fastest block of {step['steps']} steps; "
-          f"median {step['median'] * 1e3:.2f} ms), "
+    print(f"dense step of {suite.name}: {step['seconds'] * 1e3:.2f} ms (the fastest block among {step['steps']} "
+          f"timed steps; median {step['median'] * 1e3:.2f} ms), "
           f"{step['rate'] / 1e9:.1f} GFLOP/s on {step['threads']} thread(s)", flush=True)
     return dict(here, **step)
 

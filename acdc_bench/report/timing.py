@@ -44,9 +44,9 @@ def format_flop_ideal(table: pd.DataFrame, step: dict | None = None) -> str:
                  "runs' FLOP rate on this machine)"]
     else:
         lines = [f"time per method: wall time vs the FLOP-ideal time (metered training FLOPs at the rate of the "
-                 f"dense training step timed before the runs: {step['seconds'] * 1e3:.2f} ms, the fastest block of "
-                 f"{step['steps']} steps, {step['rate'] / 1e9:.1f} GFLOP/s, {step['threads']} thread(s); evaluation "
-                 f"is outside it)"]
+                 f"dense training step timed before the runs: {step['seconds'] * 1e3:.2f} ms, the fastest block "
+                 f"among {step['steps']} timed steps, {step['rate'] / 1e9:.1f} GFLOP/s, {step['threads']} thread(s); "
+                 f"evaluation is outside it)"]
     for row in table.itertuples():
         ideal = "-" if row.flop_ideal_s != row.flop_ideal_s else _duration(row.flop_ideal_s)
         ratio = "-" if row.ratio != row.ratio else f"{row.ratio:.2f}x"

@@ -13,6 +13,12 @@ a second or more (measured on a 2-core AMD EPYC VM: one invocation's blocks 6.3 
 ms for five blocks, then 6.2 ms again), and the fastest block is what the machine does without
 one. It leaves out what a run does besides training steps (evaluation, checkpoints) and the
 slow spells the runs meet, so a dense run's own ratio is above 1, and says how much.
+
+Why 1500 steps: the fastest block of a longer timing moves less between invocations. On that
+VM, six invocations each (LeNet-300-100, portable numerics, one thread, 2026-12-07, `python -c
+"...dense_step(load_suite('fashion-mnist-10'), steps=N)"`): 300 steps gave 4.90-6.20 ms (the
+largest 27% above the smallest; two of the three triples spread more than 10%), 1500 steps
+4.80-5.34 ms (11%; each triple within 7%), for about 8 s instead of 2 s once per output folder.
 """
 
 from __future__ import annotations
@@ -27,11 +33,11 @@ import torch
 from acdc_bench.config import Suite
 
 WARMUP = 30
-STEPS = 300
+STEPS = 1500
 BLOCK = 30
 #: At most this long (s) for the timed steps (a large model's step on a CPU takes seconds): fewer
 #: steps, in blocks of a tenth of them; the warm-up likewise stops after a tenth of it.
-SECONDS = 3.0
+SECONDS = 12.0
 #: A dense step of more training FLOPs than this (about a third of a second on one CPU core) is not
 #: timed: the paper suites' models on a CPU take seconds a step, and the table then takes the dense
 #: runs' own rate (:func:`dense_step` returns None).

@@ -34,7 +34,7 @@ def test_the_ideal_time_is_the_metered_flops_at_the_given_rate():
     assert flop_ideal_table(_runs()).set_index("method").loc["dense", "ratio"] == 1.0
     text = format_flop_ideal(flop_ideal_table(_runs(), rate=10.0),
                              {"seconds": 0.1, "rate": 10.0, "steps": 300, "threads": 1})
-    assert "the fastest block of 300 steps" in text and "ratio 6.00x" in text
+    assert "the fastest block among 300 timed steps" in text and "ratio 6.00x" in text
 
 
 @needs_fashion
