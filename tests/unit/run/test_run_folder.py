@@ -104,3 +104,33 @@ def test_config_yaml_has_one_reader_that_names_a_broken_file(tmp_path):
     (tmp_path / "config.yaml").write_text("- a list\n")
     with pytest.raises(UnreadableConfig, match="not a mapping"):
         read_config(tmp_path)
+
+
+def test_the_store_reads_what_the_loop_writes_through_it(tmp_path):
+    """The RunStore is the one door to a run folder: what a run writes through it (config, progress,
+    failure note, result) it reads back, and what it cannot read it says rather than raises."""
+    from acdc_bench.run.store import RunStore
+
+    store, run_id = RunStore(tmp_path / "runs"), "gmp-s0.9-seed0-e2-0123456789"
+    assert not store.started(run_id) and store.result_as_written(run_id) is None and store.epochs_done(run_id) == 0
+    assert store.checkpoint_path(run_id) is None and store.dense_step() is None and store.run_ids() == []
+    store.folder(run_id).mkdir(parents=True)
+    store.write_config(run_id, "method: gmp\nsparsity: 0.9\n")
+    store.save_progress(run_id, {"state": {"epoch": 1}}, [{"epoch": 0, "phase": "sparse", "top1": 50.0}])
+    assert store.started(run_id) and store.config(run_id) == {"method": "gmp", "sparsity": 0.9}
+    assert store.epochs_done(run_id) == 1 and store.checkpoint_path(run_id) is not None
+    assert store.run_ids("gmp-") == [run_id] and store.run_ids("acdc-") == []
+    located, named = RunStore.locate(store.folder(run_id))
+    assert RunStore.find(tmp_path) == [store.folder(run_id)] and (located.root, named) == (store.root, run_id)
+    store.write_failure(run_id, "missed its target")
+    assert store.failure(run_id) == "missed its target"
+    (store.folder(run_id) / "result.json").write_text("{not json")
+    result, problems = store.result_as_written(run_id)
+    assert result is None and problems and "result.json unreadable" in problems[0]
+    (store.folder(run_id) / "result.json").write_text(json.dumps({"top1": 50.0}))
+    result, problems = store.result_as_written(run_id)
+    assert result == {"top1": 50.0} and problems  # parsed, kept for the listing, and not a finished run
+    path = store.write_dense_step({"seconds": 0.005, "rate": 7e10})
+    assert path.parent == store.root and store.dense_step() == {"seconds": 0.005, "rate": 7e10}
+    store.remove(run_id)
+    assert not store.exists(run_id)
