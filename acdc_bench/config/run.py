@@ -65,8 +65,11 @@ def suite_fields(cls) -> list[dataclasses.Field]:
     return [item for item in dataclasses.fields(cls) if item.metadata.get("suite")]
 
 
-def _has_default(item: dataclasses.Field) -> bool:
-    return item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING
+def field_default(item: dataclasses.Field) -> Any:
+    """The default of the dataclass field ``item`` (a fresh one where it has a factory), else MISSING."""
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
 def as_declared(item: dataclasses.Field, value: Any) -> Any:
@@ -74,9 +77,8 @@ def as_declared(item: dataclasses.Field, value: Any) -> Any:
     None is the field's default where it has one; ``int``, ``float``, ``bool``, tuple and mapping
     fields are converted to their type; anything else is kept as it is."""
     if value is None:
-        if item.default is not dataclasses.MISSING:
-            return item.default
-        return item.default_factory() if item.default_factory is not dataclasses.MISSING else None
+        default = field_default(item)
+        return None if default is dataclasses.MISSING else default
     kind = str(item.type)
     if kind in ("bool", "int", "float"):
         return {"bool": bool, "int": int, "float": float}[kind](value)
@@ -141,12 +143,7 @@ def _non_default(value: Any) -> Any:
             if not item.metadata.get("id", True):
                 continue
             current = getattr(value, item.name)
-            if item.default is not dataclasses.MISSING:
-                default = item.default
-            elif item.default_factory is not dataclasses.MISSING:
-                default = item.default_factory()
-            else:
-                default = dataclasses.MISSING
+            default = field_default(item)
             if default is dataclasses.MISSING or not _same(current, default):
                 out[item.name] = _non_default(current)
         return out
@@ -486,7 +483,8 @@ class RunConfig:
         data = dict(data)
         load_plugins(data.get("plugins") or [])
         recipe = data.get("recipe") or {}
-        given = {item.name: as_declared(item, data.get(item.name) if _has_default(item) else data[item.name])
+        given = {item.name: as_declared(item, data[item.name] if field_default(item) is dataclasses.MISSING
+                                        else data.get(item.name))
                  for item in suite_fields(cls) if item.name != "numerics"}  # numerics: below
         config = cls(
             **given, suite=data["suite"], method=data["method"], sparsity=float(data["sparsity"]),

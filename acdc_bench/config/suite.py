@@ -23,6 +23,7 @@ from acdc_bench.config.run import (
     as_declared,
     check_fields,
     default_variant,
+    field_default,
     suite_fields,
 )
 
@@ -114,13 +115,8 @@ class Suite:
         for item in dataclasses.fields(cls):
             if item.metadata.get("loaded"):
                 continue
-            if item.default is not dataclasses.MISSING:
-                default = item.default
-            elif item.default_factory is not dataclasses.MISSING:
-                default = item.default_factory()
-            else:
-                default = REQUIRED
-            out[item.metadata.get("key") or item.name] = default
+            default = field_default(item)
+            out[item.metadata.get("key") or item.name] = REQUIRED if default is dataclasses.MISSING else default
         return out
 
     @classmethod

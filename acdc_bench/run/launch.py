@@ -421,7 +421,7 @@ def slurm_parameters(suite: Suite, launch: Launch) -> dict:
     resources = dict(suite.resources)
 
     def option(name: str, default):  # the command line's value, even 0, else the suite's, else the default
-        value = dataclasses.asdict(launch).get(name)
+        value = getattr(launch, name)  # a field of Launch
         return value if value is not None else resources.get(name, default)
 
     gpus = int(option("gpus_per_node", 1))
