@@ -63,7 +63,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     out = _Linear.apply(flat, weight.contiguous())
     if bias is not None:
         out = out + bias
-    return out.view(*x.shape[:-1], weight.shape[0])
+    # Not a view where the shape stays: an in-place op after the layer (ReLU(inplace=True)) on a
+    # view would make autograd copy the gradient through CopySlices and AsStridedBackward.
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
 
 
 @torch.compiler.disable  # dynamo would trace numpy's product into torch's own (MKL's) product

@@ -71,8 +71,9 @@ def _compiled() -> tuple[ctypes.CDLL | None, str]:
             return None, f"scipy and ATen (compiling {SOURCE.name} failed: {detail.strip().splitlines()[-1]})"
     library = ctypes.CDLL(str(target))
     pointer, int64 = ctypes.c_void_p, ctypes.c_int64
-    library.csr_rows.argtypes = [int64, pointer, pointer, pointer, pointer, int64, pointer]
-    library.sampled_dots.argtypes = [int64, pointer, pointer, pointer, pointer, int64, pointer]
+    library.csr_rows.argtypes = [int64, pointer, pointer, pointer, pointer, pointer, int64, pointer]
+    library.sampled_dots.argtypes = [int64, pointer, pointer, pointer, pointer, pointer, int64, pointer]
+    library.transpose.argtypes = [int64, int64, pointer, pointer]
     return library, f"compiled kernels ({target})"
 
 
@@ -115,25 +116,43 @@ def _pointer(tensor: torch.Tensor) -> int:
     return tensor.data_ptr()
 
 
-def csr_rows(indptr: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, x_t: torch.Tensor,
-             rows: int) -> torch.Tensor:
-    """``y^T`` (rows x batch): each row the in-order sum of ``values[k] * x_t[columns[k]]``."""
+def transpose(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix.t()`` as a contiguous tensor (a 2-D float32 CPU tensor; an exact copy, in tiles)."""
     library = _compiled()[0]
-    batch = x_t.shape[1]
+    matrix = matrix.contiguous()
     if library is None:
-        import scipy.sparse
-
-        matrix = scipy.sparse.csr_matrix((values.numpy(), columns.numpy(), indptr.numpy()), shape=(rows, x_t.shape[0]))
-        return torch.from_numpy(matrix @ x_t.numpy())
-    out = torch.empty(rows, batch)
-    library.csr_rows(rows, _pointer(indptr), _pointer(columns), _pointer(values), _pointer(x_t), batch, _pointer(out))
+        return matrix.t().contiguous()
+    rows, columns = matrix.shape
+    out = torch.empty(columns, rows)
+    library.transpose(rows, columns, _pointer(matrix), _pointer(out))
     return out
 
 
-def sampled_dots(rows: torch.Tensor, columns: torch.Tensor, g_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-    """``sum_b g_t[rows[k], b] * x_t[columns[k], b]`` for every k, in the lane order above."""
+def csr_rows(indptr: torch.Tensor, columns: torch.Tensor, flat: torch.Tensor, weight: torch.Tensor,
+             x_t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``y^T`` (rows x batch): each row the in-order sum of ``weight.flatten()[flat[k]] * x_t[columns[k]]``."""
     library = _compiled()[0]
     batch = x_t.shape[1]
+    weight = weight.detach().contiguous()
+    if library is None:
+        import scipy.sparse
+
+        values = weight.reshape(-1).index_select(0, flat)
+        matrix = scipy.sparse.csr_matrix((values.numpy(), columns.numpy(), indptr.numpy()), shape=(rows, x_t.shape[0]))
+        return torch.from_numpy(matrix @ x_t.numpy())
+    out = torch.empty(rows, batch)
+    library.csr_rows(rows, _pointer(indptr), _pointer(columns), _pointer(flat), _pointer(weight), _pointer(x_t),
+                     batch, _pointer(out))
+    return out
+
+
+def sampled_dots(rows: torch.Tensor, columns: torch.Tensor, flat: torch.Tensor, g_t: torch.Tensor,
+                 x_t: torch.Tensor, numel: int) -> torch.Tensor:
+    """A flat gradient of ``numel`` zeros holding ``sum_b g_t[rows[k], b] * x_t[columns[k], b]`` at
+    ``flat[k]`` for every k, each sum in the lane order above."""
+    library = _compiled()[0]
+    batch = x_t.shape[1]
+    grad = torch.zeros(numel)
     if library is None:
         products = g_t.index_select(0, rows) * x_t.index_select(0, columns)
         full = batch // 8 * 8
@@ -143,37 +162,37 @@ def sampled_dots(rows: torch.Tensor, columns: torch.Tensor, g_t: torch.Tensor, x
         if full < batch:
             lanes[:, :batch - full] = lanes[:, :batch - full] + products[:, full:]
         lane = lanes.unbind(1)
-        return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
-    out = torch.empty(len(rows))
-    library.sampled_dots(len(rows), _pointer(rows), _pointer(columns), _pointer(g_t), _pointer(x_t), batch,
-                         _pointer(out))
-    return out
+        grad[flat] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+        return grad
+    library.sampled_dots(len(rows), _pointer(rows), _pointer(columns), _pointer(flat), _pointer(g_t), _pointer(x_t),
+                         batch, _pointer(grad))
+    return grad
 
 
 class _SparseLinear(torch.autograd.Function):
-    """``y^T = (w * mask) x^T`` and its gradients on the mask's non-zeros (transposed batches)."""
+    """``y = x (w * mask)^T`` and its gradients on the mask's non-zeros, computed on transposed
+    batches (one row per feature: the kernels' loops run along the batch)."""
 
     @staticmethod
-    def forward(ctx, x_t: torch.Tensor, weight: torch.Tensor, structure: Structure) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, structure: Structure) -> torch.Tensor:
+        x_t = transpose(x)
         ctx.save_for_backward(x_t, weight)
         ctx.structure = structure
-        values = weight.detach().reshape(-1).index_select(0, structure.flat)
-        return csr_rows(structure.indptr, structure.columns, values, x_t, structure.shape[0])
+        return transpose(csr_rows(structure.indptr, structure.columns, structure.flat, weight, x_t, structure.shape[0]))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_t: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor):
         x_t, weight = ctx.saved_tensors
         structure = ctx.structure
-        g_t = g_t.contiguous()
+        g_t = transpose(grad)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            values_t = weight.reshape(-1).index_select(0, structure.t_flat)
-            grad_x = csr_rows(structure.t_indptr, structure.t_rows, values_t, g_t, structure.shape[1])
+            grad_x = transpose(csr_rows(structure.t_indptr, structure.t_rows, structure.t_flat, weight, g_t,
+                                        structure.shape[1]))
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros(weight.numel())
-            grad_weight[structure.flat] = sampled_dots(structure.rows, structure.columns, g_t, x_t)
-            grad_weight = grad_weight.view_as(weight)
+            grad_weight = sampled_dots(structure.rows, structure.columns, structure.flat, g_t, x_t,
+                                       weight.numel()).view_as(weight)
         return grad_x, grad_weight, None
 
 
@@ -183,10 +202,9 @@ def forward(module: nn.Linear, structure: Structure, x: torch.Tensor) -> torch.T
     dtype or device than the layer's float32 CPU weight: torch's product of the masked weight)."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return nn.functional.linear(x, module.weight, module.bias)
-    flat = x.reshape(-1, x.shape[-1])
-    # In and out of the transposed layout here: element-wise layers after this one (ReLU and its
-    # backward) run several times slower on a transposed view than the two copies cost.
-    y = _SparseLinear.apply(flat.t().contiguous(), module.weight, structure).t().contiguous()
+    # In and out of the transposed layout inside: element-wise layers after this one (ReLU and its
+    # backward) run several times slower on a transposed view than the tiled copies cost.
+    y = _SparseLinear.apply(x.reshape(-1, x.shape[-1]), module.weight, structure)
     if module.bias is not None:
         y = y + module.bias
-    return y.reshape(*x.shape[:-1], module.out_features)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], module.out_features)  # no view: as blas.linear

@@ -49,6 +49,28 @@ def test_compiled_kernels_and_the_no_compiler_path_give_the_same_bits(monkeypatc
         assert torch.equal(a, b), what
 
 
+@pytest.mark.parametrize("shape", [(256, 784), (37, 90), (90, 37), (8, 8), (1, 5), (5, 1), (17, 23)])
+def test_the_compiled_transpose_is_an_exact_copy_at_every_edge(shape):
+    if not sparse.implementation().startswith("compiled"):
+        pytest.skip(f"no compiled kernels on this machine: {sparse.implementation()}")
+    x = torch.randn(*shape)
+    assert torch.equal(sparse.transpose(x), x.t().contiguous())
+    assert torch.equal(sparse.transpose(x.t()), x)  # a non-contiguous input is read as its values
+
+
+def test_a_layer_on_a_2d_batch_gives_no_view_so_an_in_place_relu_adds_no_copies():
+    from acdc_bench.core import blas
+
+    layer, mask = _layer(60, 90, 0.1)
+    for y in (sparse.forward(layer, sparse.Structure(mask), torch.randn(16, 90)),
+              blas.linear(torch.randn(16, 90), layer.weight, layer.bias)):
+        assert not y._is_view()
+        y.relu_()
+        assert type(y.grad_fn).__name__ == "ReluBackward0"  # not CopySlices around a view's in-place op
+    y = sparse.forward(layer, sparse.Structure(mask), torch.randn(2, 8, 90))  # a 3-D batch keeps its shape
+    assert y.shape == (2, 8, 60)
+
+
 def test_the_products_are_the_masked_dense_ones_up_to_rounding():
     layer, mask = _layer(50, 120, 0.08, seed=1)
     x, grad = torch.randn(64, 120), torch.randn(64, 50)
