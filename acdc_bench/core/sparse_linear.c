@@ -54,7 +54,8 @@ static float lanes_sum(const float lane[8]) {
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-static float dot_lanes(const float *restrict g, const float *restrict x, int64_t batch, float lane[8]) {
+/* The last batch % 8 products into their lanes, then the lanes summed. */
+static float finish_lanes(const float *restrict g, const float *restrict x, int64_t batch, float lane[8]) {
     const int64_t full = batch / 8 * 8;
     for (int64_t b = full; b < batch; b++) {
         const float product = g[b] * x[b];
@@ -89,7 +90,7 @@ void sampled_dots(int64_t count, const int64_t *rows, const int64_t *columns, co
         _mm256_storeu_ps(lane[2], a2);
         _mm256_storeu_ps(lane[3], a3);
         for (int j = 0; j < 4; j++) {
-            grad[flat[k + j]] = dot_lanes(g[j], x[j], batch, lane[j]);
+            grad[flat[k + j]] = finish_lanes(g[j], x[j], batch, lane[j]);
         }
     }
     for (; k < count; k++) {
@@ -100,7 +101,7 @@ void sampled_dots(int64_t count, const int64_t *rows, const int64_t *columns, co
         }
         float lane[8];
         _mm256_storeu_ps(lane, a);
-        grad[flat[k]] = dot_lanes(g, x, batch, lane);
+        grad[flat[k]] = finish_lanes(g, x, batch, lane);
     }
 }
 #else
@@ -116,7 +117,7 @@ void sampled_dots(int64_t count, const int64_t *rows, const int64_t *columns, co
                 lane[l] = lane[l] + product;
             }
         }
-        grad[flat[k]] = dot_lanes(g, x, batch, lane);
+        grad[flat[k]] = finish_lanes(g, x, batch, lane);
     }
 }
 #endif
