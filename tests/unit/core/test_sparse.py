@@ -112,3 +112,43 @@ def test_without_a_compiler_the_run_says_which_path_it_takes(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("scipy and ATen (compiling sparse_linear.c failed"), done.stdout
+
+
+def test_the_kernels_built_without_avx2_give_the_same_bits(tmp_path):
+    """The vector paths (AVX2 intrinsics on x86) against the plain C loops a build without them runs
+    (as on another architecture): the sums' order is the source's, so the bits agree."""
+    import ctypes
+    import platform
+    import shutil
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the AVX2 build is x86's")
+    if not sparse.implementation().startswith("compiled") or not compiler:
+        pytest.skip(f"no compiled kernels to compare: {sparse.implementation()}")
+    plain = tmp_path / "plain.so"
+    subprocess.run([compiler, *sparse.FLAGS, str(sparse.SOURCE), "-o", str(plain)], check=True, timeout=120)
+    libraries = [sparse._compiled()[0], ctypes.CDLL(str(plain))]
+    pointer, int64 = ctypes.c_void_p, ctypes.c_int64
+    libraries[1].csr_rows.argtypes = [int64, pointer, pointer, pointer, pointer, pointer, int64, pointer]
+    libraries[1].sampled_dots.argtypes = [int64, pointer, pointer, pointer, pointer, pointer, int64, pointer]
+    libraries[1].transpose.argtypes = [int64, int64, pointer, pointer]
+    generator = torch.Generator().manual_seed(3)
+    for batch in (256, 37, 5):
+        mask = torch.rand(60, 90, generator=generator) < 0.1
+        structure = sparse.Structure(mask)
+        w, x, g = (torch.randn(*shape, generator=generator) for shape in ((60, 90), (batch, 90), (batch, 60)))
+        results = []
+        for library in libraries:
+            x_t, g_t, y_t = torch.empty(90, batch), torch.empty(60, batch), torch.empty(60, batch)
+            grad = torch.zeros(60 * 90)
+            library.transpose(batch, 90, x.data_ptr(), x_t.data_ptr())
+            library.transpose(batch, 60, g.data_ptr(), g_t.data_ptr())
+            library.csr_rows(60, structure.indptr.data_ptr(), structure.columns.data_ptr(), structure.flat.data_ptr(),
+                             w.data_ptr(), x_t.data_ptr(), batch, y_t.data_ptr())
+            library.sampled_dots(len(structure.rows), structure.rows.data_ptr(), structure.columns.data_ptr(),
+                                 structure.flat.data_ptr(), g_t.data_ptr(), x_t.data_ptr(), batch, grad.data_ptr())
+            results.append((x_t, y_t, grad))
+        for a, b, what in zip(*results, ("transpose", "output", "weight gradient")):
+            assert torch.equal(a, b), f"{what}, batch {batch}"
+
