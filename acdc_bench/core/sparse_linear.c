@@ -64,13 +64,28 @@ static float finish_lanes(const float *restrict g, const float *restrict x, int6
     return lanes_sum(lane);
 }
 
+/* One non-zero's sum, lane by lane in plain C. */
+static float sampled_dot(const float *restrict g, const float *restrict x, int64_t batch) {
+    const int64_t full = batch / 8 * 8;
+    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t b = 0; b < full; b += 8) {
+        for (int l = 0; l < 8; l++) {
+            const float product = g[b + l] * x[b + l];
+            lane[l] = lane[l] + product;
+        }
+    }
+    return finish_lanes(g, x, batch, lane);
+}
+
 #ifdef __AVX2__
 #include <immintrin.h>
+#endif
 
 void sampled_dots(int64_t count, const int64_t *rows, const int64_t *columns, const int64_t *flat,
                   const float *restrict g_t, const float *restrict x_t, int64_t batch, float *restrict grad) {
-    const int64_t full = batch / 8 * 8;
     int64_t k = 0;
+#ifdef __AVX2__
+    const int64_t full = batch / 8 * 8;
     for (; k + 4 <= count; k += 4) {
         const float *g[4], *x[4];
         for (int j = 0; j < 4; j++) {
@@ -93,34 +108,11 @@ void sampled_dots(int64_t count, const int64_t *rows, const int64_t *columns, co
             grad[flat[k + j]] = finish_lanes(g[j], x[j], batch, lane[j]);
         }
     }
-    for (; k < count; k++) {
-        const float *restrict g = g_t + rows[k] * batch, *restrict x = x_t + columns[k] * batch;
-        __m256 a = _mm256_setzero_ps();
-        for (int64_t b = 0; b < full; b += 8) {
-            a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_loadu_ps(g + b), _mm256_loadu_ps(x + b)));
-        }
-        float lane[8];
-        _mm256_storeu_ps(lane, a);
-        grad[flat[k]] = finish_lanes(g, x, batch, lane);
-    }
-}
-#else
-void sampled_dots(int64_t count, const int64_t *rows, const int64_t *columns, const int64_t *flat,
-                  const float *restrict g_t, const float *restrict x_t, int64_t batch, float *restrict grad) {
-    const int64_t full = batch / 8 * 8;
-    for (int64_t k = 0; k < count; k++) {
-        const float *restrict g = g_t + rows[k] * batch, *restrict x = x_t + columns[k] * batch;
-        float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t b = 0; b < full; b += 8) {
-            for (int l = 0; l < 8; l++) {
-                const float product = g[b + l] * x[b + l];
-                lane[l] = lane[l] + product;
-            }
-        }
-        grad[flat[k]] = finish_lanes(g, x, batch, lane);
-    }
-}
 #endif
+    for (; k < count; k++) {  /* without AVX2 every non-zero, with it the last count % 4 */
+        grad[flat[k]] = sampled_dot(g_t + rows[k] * batch, x_t + columns[k] * batch, batch);
+    }
+}
 
 /* out (cols x rows) = in (rows x cols) transposed: an exact copy, in 8 x 8 blocks (with AVX2,
  * eight loads, three rounds of shuffles, eight stores), the edges one element at a time. */
