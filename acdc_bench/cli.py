@@ -105,6 +105,9 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local runs side by side, each with cores / jobs threads (1 under portable numerics on a CPU); auto (default): one per "
                              "core (at most 8) on a CPU machine, 1 with a GPU")
     parser.add_argument("--status-every", type=float, default=30, help="seconds between status lines (--jobs > 1)")
+    parser.add_argument("--dense-step-seconds", type=_seconds, default=None, metavar="SECONDS",
+                        help="how long to time the suite's dense step before the runs start, the rate of the "
+                             "FLOP-ideal table (default 12; 0: not timed, the table takes the dense runs' own rate)")
     parser.add_argument("--slurm-partition", default=None, help="Slurm partition (default: the suite's resources.partition)")
     parser.add_argument("--gpus-per-node", type=int, default=None,
                         help="GPUs per node of a Slurm job, 0 for a CPU partition (default: the suite's "
@@ -120,6 +123,17 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], help="import this module to register a method (repeatable)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE decides online/offline)")
     parser.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+
+
+def _seconds(value: str) -> float:
+    """``--dense-step-seconds``: a number of seconds, 0 or more."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0.0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"--dense-step-seconds must be a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def _jobs(value: str) -> int | str:
@@ -467,7 +481,7 @@ def cmd_reproduce(args) -> int:
         return 0
     resolve_jobs(args)
     launch = Launch.from_args(args)
-    step = _dense_step(suite, launch, out)
+    step = _dense_step(suite, launch, out, args.dense_step_seconds)
     started = time.perf_counter()
     with removed_if_left_empty(out):
         trained = run_all(suite, runs, out, launch)
@@ -530,14 +544,15 @@ def cmd_verify(args) -> int:
 
 #: Beside a reproduction's run folders: its dense step as timed on this machine (reused by a later
 #: invocation on the same CPU, numerics, threads and torch, so that its table does not move).
-def _dense_step(suite: Suite, launch: Launch, out: Path) -> dict | None:
-    """The dense step timed on this machine before the runs start (the FLOP-ideal table's rate),
-    for local runs on the CPU, or as an earlier invocation timed it into ``out``; None where the
-    runs train elsewhere or it cannot be built here."""
+def _dense_step(suite: Suite, launch: Launch, out: Path, seconds: float | None = None) -> dict | None:
+    """The dense step timed on this machine before the runs start (the FLOP-ideal table's rate), for
+    at most ``seconds`` (None: :data:`acdc_bench.run.steptime.SECONDS`), for local runs on the CPU,
+    or as an earlier invocation timed it into ``out``; None where the runs train elsewhere, it cannot
+    be built here, or ``seconds`` is 0."""
     import torch
 
     from acdc_bench.run.launch import one_thread_per_run
-    from acdc_bench.run.steptime import dense_step
+    from acdc_bench.run.steptime import SECONDS, dense_step
 
     if launch.launcher != "local" or torch.cuda.is_available():
         return None
@@ -551,8 +566,12 @@ def _dense_step(suite: Suite, launch: Launch, out: Path) -> dict | None:
         print(f"dense step of {suite.name}: {recorded['seconds'] * 1e3:.2f} ms, {recorded['rate'] / 1e9:.1f} GFLOP/s "
               f"(timed on this CPU by an earlier invocation: {store.root / store.DENSE_STEP})", flush=True)
         return recorded
+    if seconds == 0:
+        print("dense step not timed (--dense-step-seconds 0); the FLOP-ideal table uses the dense runs' rate",
+              flush=True)
+        return None
     try:
-        step = dense_step(suite, launch.data_root)
+        step = dense_step(suite, launch.data_root, seconds=SECONDS if seconds is None else seconds)
     except (OSError, RuntimeError, ValueError) as error:  # the runs will say so themselves
         print(f"dense step not timed ({error}); the FLOP-ideal table uses the dense runs' rate", flush=True)
         return None

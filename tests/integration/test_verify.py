@@ -20,7 +20,7 @@ def test_verify_says_identical_for_a_rerun_and_names_what_differs(tmp_path, caps
     boards = tmp_path / "boards"
     assert main(["reproduce", *common, "--methods", "dense", "acdc", "--sparsities", "0.9", "--seeds", "0", "1",
                  "--out", str(tmp_path / "runs"), "--leaderboard-dir", str(boards), "--jobs", "1",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--dense-step-seconds=1"]) == 0
     path = boards / "fashion-mnist.runs.csv"
     record = read_record(path)
     assert sorted(record["seed"].astype(int)) == [0, 0, 1, 1] and set(record["numerics"]) == {numerics.default_mode()}

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -62,9 +64,11 @@ def test_a_dense_step_timed_on_this_cpu_is_reused_and_one_of_another_is_not(tmp_
     from acdc_bench.run import steptime
 
     timed = []
-    monkeypatch.setattr(steptime, "dense_step", lambda suite, data_root=None: timed.append(1) or
+    monkeypatch.setattr(steptime, "dense_step", lambda suite, data_root=None, seconds=None: timed.append(1) or
                         {"seconds": 0.005, "median": 0.006, "rate": 7e10, "steps": 300, "threads": 1, "flops": 3.5e8})
     suite, args = load_suite("fashion-mnist-10"), Launch()
+    assert cli._dense_step(suite, args, tmp_path, seconds=0) is None and timed == []
+    assert "dense step not timed (--dense-step-seconds 0)" in capsys.readouterr().out
     first = cli._dense_step(suite, args, tmp_path)
     assert timed == [1] and "GFLOP/s on 1 thread(s)" in capsys.readouterr().out
     (tmp_path / RunStore.DENSE_STEP).write_text(json.dumps(first))
@@ -73,6 +77,29 @@ def test_a_dense_step_timed_on_this_cpu_is_reused_and_one_of_another_is_not(tmp_
     (tmp_path / RunStore.DENSE_STEP).write_text(json.dumps(dict(first, cpu="another CPU")))
     cli._dense_step(suite, args, tmp_path)
     assert timed == [1, 1]
+
+
+def test_dense_step_seconds_bounds_the_timing_and_is_checked(monkeypatch, capsys):
+    """``reproduce --dense-step-seconds S`` times the dense step for at most S seconds (default
+    steptime.SECONDS, named in the help); a negative or non-numeric S is refused naming the option."""
+    from acdc_bench import cli
+    from acdc_bench.run import steptime
+
+    asked = []
+    monkeypatch.setattr(steptime, "dense_step", lambda suite, data_root=None, seconds=None: asked.append(seconds))
+    parser = cli.build_parser()
+    for given, expected in ((["--dense-step-seconds", "1.5"], 1.5), ([], steptime.SECONDS)):
+        args = parser.parse_args(["reproduce", *given])
+        cli._dense_step(load_suite("fashion-mnist-10"), Launch(), Path("unused"), args.dense_step_seconds)
+        assert asked[-1] == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["reproduce", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {steptime.SECONDS:g};" in help_text
+    for bad in ("-1", "soon", "inf"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["reproduce", "--dense-step-seconds", bad])
+        assert f"--dense-step-seconds must be a number of seconds >= 0, got '{bad}'" in capsys.readouterr().err
 
 
 def test_an_invocation_says_what_it_trained(capsys):
