@@ -132,18 +132,16 @@ def _cli(session: nox.Session, *args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (and the benchmarks once each in smoke mode).
+    """Run the test suite and every benchmark once on its short workload (pytest's ``testpaths``:
+    ``tests`` and ``benchmarks``; the timed benchmarks are ``nox -s bench``).
 
-    The tests run in one pytest-xdist worker per core (at most 4), each on one thread
+    They run in one pytest-xdist worker per core (at most 4), each on one thread
     (``tests/conftest.py``): most of them train on one thread, so two workers on two cores take
-    about half the time of one. ``nox -s tests -- -n 0 ...`` runs them in this process."""
+    about half the time of one; a worker out of tests takes queued ones from the other (``worksteal``),
+    so the longest tests do not end on one worker. ``nox -s tests -- -n 0 ...`` runs them in this process."""
     python = environment(session)
-    workers = ["-n", "auto", "--maxprocesses", "4"]
+    workers = ["-n", "auto", "--maxprocesses", "4", "--dist", "worksteal"]
     session.run(python, "-m", "pytest", "-q", *workers, *session.posargs, external=True)
-    if not session.posargs:
-        # every benchmark once, CI-sized (the timed run is `nox -s bench`)
-        session.run(python, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
-                    external=True, env={"ACDC_BENCH_SHORT": "1"})
 
 
 def _interpreter(version: str) -> str | None:

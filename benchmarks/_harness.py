@@ -83,7 +83,7 @@ def workloads(short: bool = SHORT) -> list[Workload]:
     default = _suite("fashion-mnist")
     if short:
         return [
-                Workload("default-suite", "fashion-mnist", default.batch_size, None, rounds=30, warmup=5),
+            Workload("default-suite", "fashion-mnist", default.batch_size, None, rounds=30, warmup=5),
             Workload("resnet50", "imagenet-resnet50", 2, 64, rounds=1, warmup=1),
         ]
     return [
