@@ -48,13 +48,33 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 _X86_FLAGS = ("-mavx2",)  # wider vectors along the batch; the order of every sum stays the source's
 
 
+def _flags() -> tuple[str, ...]:
+    """The compiler flags: AVX2 vectors on an x86 CPU that has AVX2 (torch asks the CPU itself,
+    whatever ATen's capability is capped to); the plain loops elsewhere, which give the same bits."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    has_avx2 = getattr(torch.cpu, "_is_avx2_supported", lambda: True)  # torch >= 2.1 has it
+    return FLAGS + (_X86_FLAGS if x86 and has_avx2() else ())
+
+
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of a failed compile's output (or of the error itself)."""
+    detail = getattr(error, "stderr", None) or ""
+    if isinstance(detail, bytes):  # subprocess.TimeoutExpired keeps bytes even under text=True
+        detail = detail.decode(errors="replace")
+    lines = (detail.strip() or str(error).strip() or type(error).__name__).splitlines()
+    return lines[-1]
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled() -> tuple[ctypes.CDLL | None, str]:
     """(the compiled kernels, what runs): compiled once per source and flag set, then reused."""
-    flags = FLAGS + (_X86_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else ())
+    flags = _flags()
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
-    target = user_cache_root() / "kernels" / f"sparse_linear-{platform.machine()}-{digest}.so"
+    try:
+        target = user_cache_root() / "kernels" / f"sparse_linear-{platform.machine()}-{digest}.so"
+    except RuntimeError as error:  # no home directory to expand ~ into, and no XDG_CACHE_HOME
+        return None, f"scipy and ATen (no cache folder for the compiled kernels: {error}; set XDG_CACHE_HOME)"
     if not target.exists():
         compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         if not compiler:
@@ -67,9 +87,11 @@ def _compiled() -> tuple[ctypes.CDLL | None, str]:
                                text=True, timeout=120)
                 os.replace(built, target)  # atomic: two processes compiling at once both end with one file
         except (OSError, subprocess.SubprocessError) as error:
-            detail = getattr(error, "stderr", None) or str(error)
-            return None, f"scipy and ATen (compiling {SOURCE.name} failed: {detail.strip().splitlines()[-1]})"
-    library = ctypes.CDLL(str(target))
+            return None, f"scipy and ATen (compiling {SOURCE.name} failed: {_last_line(error)})"
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as error:  # a cache folder mounted noexec, a damaged file: the same bits without it
+        return None, f"scipy and ATen (loading {target} failed: {_last_line(error)}; delete it to build it again)"
     pointer, int64 = ctypes.c_void_p, ctypes.c_int64
     library.csr_rows.argtypes = [int64, pointer, pointer, pointer, pointer, pointer, int64, pointer]
     library.sampled_dots.argtypes = [int64, pointer, pointer, pointer, pointer, pointer, int64, pointer]
@@ -123,7 +145,7 @@ def transpose(matrix: torch.Tensor) -> torch.Tensor:
     if library is None:
         return matrix.t().contiguous()
     rows, columns = matrix.shape
-    out = torch.empty(columns, rows)
+    out = torch.empty(columns, rows, dtype=torch.float32)
     library.transpose(rows, columns, _pointer(matrix), _pointer(out))
     return out
 
@@ -140,7 +162,7 @@ def csr_rows(indptr: torch.Tensor, columns: torch.Tensor, flat: torch.Tensor, we
         values = weight.reshape(-1).index_select(0, flat)
         matrix = scipy.sparse.csr_matrix((values.numpy(), columns.numpy(), indptr.numpy()), shape=(rows, x_t.shape[0]))
         return torch.from_numpy(matrix @ x_t.numpy())
-    out = torch.empty(rows, batch)
+    out = torch.empty(rows, batch, dtype=torch.float32)
     library.csr_rows(rows, _pointer(indptr), _pointer(columns), _pointer(flat), _pointer(weight), _pointer(x_t),
                      batch, _pointer(out))
     return out
@@ -152,11 +174,11 @@ def sampled_dots(rows: torch.Tensor, columns: torch.Tensor, flat: torch.Tensor, 
     ``flat[k]`` for every k, each sum in the lane order above."""
     library = _compiled()[0]
     batch = x_t.shape[1]
-    grad = torch.zeros(numel)
+    grad = torch.zeros(numel, dtype=torch.float32)
     if library is None:
         products = g_t.index_select(0, rows) * x_t.index_select(0, columns)
         full = batch // 8 * 8
-        lanes = torch.zeros(len(rows), 8)
+        lanes = torch.zeros(len(rows), 8, dtype=torch.float32)
         for start in range(0, full, 8):
             lanes = lanes + products[:, start:start + 8]
         if full < batch:
@@ -199,8 +221,9 @@ class _SparseLinear(torch.autograd.Function):
 @torch.compiler.disable
 def forward(module: nn.Linear, structure: Structure, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` with the mask's structure: a batch (..., in) in, (..., out) out (another
-    dtype or device than the layer's float32 CPU weight: torch's product of the masked weight)."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
+    dtype or device than the layer's float32 CPU weight, or a batch of another width: torch's product
+    of the masked weight, which raises torch's own error for a width that does not fit)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() == 0 or x.shape[-1] != module.in_features:
         return nn.functional.linear(x, module.weight, module.bias)
     # In and out of the transposed layout inside: element-wise layers after this one (ReLU and its
     # backward) run several times slower on a transposed view than the tiled copies cost.

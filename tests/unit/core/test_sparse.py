@@ -152,3 +152,75 @@ def test_the_kernels_built_without_avx2_give_the_same_bits(tmp_path):
         for a, b, what in zip(*results, ("transpose", "output", "weight gradient")):
             assert torch.equal(a, b), f"{what}, batch {batch}"
 
+
+
+def test_a_batch_of_another_width_gets_torchs_own_error_and_nothing_is_read_past_it():
+    layer, mask = _layer(60, 90, 0.1)
+    structure = sparse.Structure(mask)
+    for width in (50, 120):  # narrower: the kernels would read past the batch; wider: use part of it
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            sparse.forward(layer, structure, torch.randn(4, width))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_products_are_float32_whatever_the_default_dtype(monkeypatch, compiled):
+    if compiled and not sparse.implementation().startswith("compiled"):
+        pytest.skip(f"no compiled kernels on this machine: {sparse.implementation()}")
+    if not compiled:
+        monkeypatch.setattr(sparse, "_compiled", lambda: (None, "scipy and ATen (test)"))
+    layer, mask = _layer(60, 90, 0.1)
+    structure = sparse.Structure(mask)
+    x, grad = torch.randn(37, 90), torch.randn(37, 60)
+    expected = _products(layer, structure, x, grad)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        under_float64 = _products(layer, structure, x, grad)
+    finally:
+        torch.set_default_dtype(default)
+    for a, b, what in zip(expected, under_float64, ("output", "input gradient", "weight gradient")):
+        assert b.dtype == torch.float32 and torch.equal(a, b), what
+
+
+def test_kernels_that_do_not_load_leave_the_same_bits_to_scipy_and_aten(monkeypatch):
+    """A cache folder mounted noexec or a damaged library: the run goes on without them, saying why."""
+    import ctypes
+
+    if not sparse.implementation().startswith("compiled"):
+        pytest.skip(f"no compiled kernels on this machine: {sparse.implementation()}")
+    layer, mask = _layer(60, 90, 0.1)
+    structure = sparse.Structure(mask)
+    x, grad = torch.randn(37, 90), torch.randn(37, 60)
+    compiled = _products(layer, structure, x, grad)
+
+    def refuse(path, *args, **kwargs):
+        raise OSError(f"{path}: failed to map segment from shared object")
+
+    monkeypatch.setattr(ctypes, "CDLL", refuse)
+    sparse._compiled.cache_clear()
+    try:
+        said = sparse.implementation()
+        fallback = _products(layer, structure, x, grad)
+    finally:
+        monkeypatch.undo()
+        sparse._compiled.cache_clear()
+    assert said.startswith("scipy and ATen (loading ") and "failed to map segment" in said and "delete it" in said
+    for a, b, what in zip(compiled, fallback, ("output", "input gradient", "weight gradient")):
+        assert torch.equal(a, b), what
+    assert sparse.implementation().startswith("compiled")
+
+
+def test_a_failed_compile_is_named_by_its_last_line():
+    quiet = subprocess.CalledProcessError(1, ["cc"], stderr=" \n")  # a compiler that printed nothing
+    assert sparse._last_line(quiet) == str(quiet)
+    slow = subprocess.TimeoutExpired(["cc"], 120, stderr=b"sparse_linear.c:1: error: stopped\n")  # bytes, always
+    assert sparse._last_line(slow) == "sparse_linear.c:1: error: stopped"
+
+
+def test_avx2_vectors_only_where_the_cpu_has_avx2(monkeypatch):
+    import platform
+
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: False)
+    assert "-mavx2" not in sparse._flags() and set(sparse.FLAGS) <= set(sparse._flags())
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: True)
+    assert ("-mavx2" in sparse._flags()) == (platform.machine().lower() in ("x86_64", "amd64"))
