@@ -295,7 +295,9 @@ class Sparsifier:
                 "started_epoch": self._started_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where :meth:`state_dict` was taken (load the model and optimizer too)."""
+        """Continue exactly where :meth:`state_dict` was taken (load the model and optimizer too, the
+        model after :func:`sparsify`: it applies the method's starting masks to the weights it finds,
+        so RigL's or SET's weights loaded before it would lose those grown since)."""
         self.method.load_state_dict(state["method"])
         self.meter.load_state_dict(state["meter"])
         self._step = int(state["step"])

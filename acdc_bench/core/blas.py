@@ -27,6 +27,7 @@ import functools
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn import functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
@@ -40,9 +41,12 @@ class _Linear(torch.autograd.Function):
         return torch.from_numpy(x.detach().numpy() @ weight.detach().numpy().T)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # backward(create_graph=True): gradients that are differentiable themselves
+            grad_x = grad.matmul(weight) if ctx.needs_input_grad[0] else None
+            grad_weight = grad.t().matmul(x) if ctx.needs_input_grad[1] else None
+            return grad_x, grad_weight
         grad = grad.contiguous().numpy()
         grad_x = torch.from_numpy(grad @ weight.detach().numpy()) if ctx.needs_input_grad[0] else None
         grad_weight = torch.from_numpy(grad.T @ x.detach().numpy()) if ctx.needs_input_grad[1] else None
@@ -50,14 +54,19 @@ class _Linear(torch.autograd.Function):
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``linear(x, weight)`` takes the portable path (the rule of the module docstring)."""
+    """Whether ``linear(x, weight)`` takes the portable path (the rule of the module docstring;
+    besides: a batch of the weight's width, else torch says what does not fit, and no functorch
+    transform such as ``vmap`` and no forward-mode AD, which a numpy product cannot follow)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.dim() == 2
-            and not torch.is_autocast_enabled("cpu") and _get_current_dispatch_mode() is None)
+            and x.dim() > 0 and x.shape[-1] == weight.shape[1]
+            and not torch.is_autocast_enabled("cpu") and _get_current_dispatch_mode() is None
+            and not torch._C._are_functorch_transforms_active() and forward_ad._current_level < 0)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` with its products on the portable path where it applies."""
-    if not applies(x, weight):
+    """``F.linear`` with its products on the portable path where it applies. Second-order gradients
+    (``backward(create_graph=True)``) are torch's products of the saved tensors: right, not pinned."""
+    if not applies(x, weight) or (bias is not None and bias.dtype != x.dtype):
         return F.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     out = _Linear.apply(flat, weight.contiguous())

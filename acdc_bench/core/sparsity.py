@@ -469,7 +469,7 @@ class MaskSet:
         missing = [layer.name for layer in self.layers if layer.name not in state]
         if missing:
             raise KeyError(f"mask state lacks layers {missing[:5]}")
-        self.set([state[layer.name] for layer in self.layers])
+        self.set([state[layer.name].clone() for layer in self.layers])  # a method may change them in place
 
 
 def weight_sparsity(layers: Sequence[PrunableLayer]) -> tuple[float, dict[str, float]]:

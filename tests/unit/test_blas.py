@@ -105,3 +105,62 @@ def test_numpy_on_another_core_type_refuses_portable_numerics_with_the_reason():
     mode, message = done.stdout.splitlines()[:2]
     assert mode == "native"
     assert "core type Sandybridge with 1 thread(s), not Haswell with 1" in message and "--numerics native" in message
+
+
+def _twins(in_features: int = 30, out_features: int = 20):
+    """A layer on the portable path and its copy on torch's own."""
+    torch.manual_seed(0)
+    portable = nn.Linear(in_features, out_features)
+    plain = nn.Linear(in_features, out_features)
+    plain.load_state_dict(portable.state_dict())
+    assert blas.install(portable) == 1
+    return portable, plain
+
+
+def test_second_order_gradients_follow_the_products():
+    """backward(create_graph=True) gives gradients that are differentiable themselves: a Hessian-vector
+    product and a gradient penalty as torch's own layer gives them (up to the rounding of their sums)."""
+    portable, plain = _twins()
+    x, v = torch.randn(8, 30), torch.randn(8, 30)
+    _, hvp = torch.autograd.functional.hvp(lambda x: portable(x).pow(2).sum(), x, v)
+    weight = portable.weight.detach().double()
+    expected = 2 * (v.double() @ weight.T) @ weight  # the Hessian of sum(y^2) in x is 2 W^T W
+    magnitude = 2 * (v.double().abs() @ weight.abs().T) @ weight.abs()
+    assert hvp.abs().sum() > 0
+    assert bool(((hvp.double() - expected).abs() <= reduction_bound(magnitude, 30 + 20)).all())
+    for layer in (portable, plain):  # a gradient penalty: d/dW of |d sum(y) / dx|^2
+        x = torch.randn(8, 30, requires_grad=True)
+        (grad,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+        grad.pow(2).sum().backward()
+    column_sums = portable.weight.detach().double().sum(0)
+    bound = reduction_bound(portable.weight.detach().double().abs().sum(0).expand(20, 30), 20 * 8)
+    for layer in (portable, plain):
+        expected = (2 * 8 * column_sums).expand(20, 30)  # 8 examples, each with gradient W^T 1
+        assert bool(((layer.weight.grad.double() - expected).abs() <= 8 * bound).all())
+
+
+# torch's forward-mode AD loads a TorchScript helper of its own, which warns of TorchScript's deprecation
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_vmap_and_forward_mode_take_torchs_product():
+    """functorch transforms and forward-mode AD cannot see through a numpy product: torch's own runs."""
+    from torch.func import functional_call, grad, jvp, vmap
+
+    portable, _ = _twins()
+    params = {name: p.detach() for name, p in portable.named_parameters()}
+    x = torch.randn(5, 30)
+    per_example = vmap(grad(lambda p, x: functional_call(portable, p, (x,)).sum()), in_dims=(None, 0))(params, x)
+    for index in range(5):  # the weight gradient of sum(W x + b) is 1 x^T: exact
+        assert torch.equal(per_example["weight"][index], torch.ones(20, 1) * x[index])
+    tangent = torch.randn(5, 30)
+    _, derivative = jvp(portable, (x,), (tangent,))
+    magnitude = tangent.double().abs() @ portable.weight.detach().double().abs().T
+    assert bool(((derivative.double() - tangent.double() @ portable.weight.detach().double().T).abs()
+                 <= reduction_bound(magnitude, 30)).all())
+
+
+def test_what_does_not_fit_gets_torchs_own_error():
+    portable, _ = _twins()
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        portable(torch.randn(4, 31))
+    with pytest.raises(RuntimeError):  # a float64 bias on a float32 layer, as F.linear refuses it
+        blas.linear(torch.randn(4, 30), portable.weight, portable.bias.detach().double())

@@ -224,3 +224,31 @@ def test_avx2_vectors_only_where_the_cpu_has_avx2(monkeypatch):
     assert "-mavx2" not in sparse._flags() and set(sparse.FLAGS) <= set(sparse._flags())
     monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: True)
     assert ("-mavx2" in sparse._flags()) == (platform.machine().lower() in ("x86_64", "amd64"))
+
+
+def test_masks_without_a_version_counter_and_a_forward_set_by_the_user():
+    """Masks made under inference_mode keep no version counter: the kernels still run them; a
+    forward the user set while the kernels ran is the user's to keep when the kernels go."""
+    layer, mask = _layer(300, 100, 0.05)
+    with torch.inference_mode():
+        frozen = mask.clone()
+    kernels = SparseKernels([layer], "portable")
+    density = float(mask.float().mean())
+    for _ in range(2):  # the second sync finds the same mask and rebuilds nothing
+        kernels.sync([frozen], [density], enabled=True)
+    assert kernels.active == [True]
+
+    def mine(x):
+        return x
+
+    layer.forward = mine
+    kernels.remove()
+    assert kernels.active == [False] and vars(layer)["forward"] is mine
+
+
+def test_sparseprops_forward_gives_torchs_error_for_a_batch_of_another_width():
+    from acdc_bench.core import kernels
+
+    layer, mask = _layer(300, 100, 0.05)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        kernels._sparse_linear_forward(layer, mask, kernels._csr_structure(mask), torch.randn(4, 50))

@@ -107,6 +107,10 @@ def test_masks_apply_to_gradients_and_weights_through_an_optimizer_step():
     fresh = MaskSet(layers)
     fresh.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(fresh.masks, masks.masks))
+    # the loaded masks are copies: a method that changes its masks in place (RigL, SET) leaves the
+    # checkpoint it was loaded from as it was
+    fresh.masks[0].fill_(False)
+    assert torch.equal(state[layers[0].name], masks.masks[0])
 
 
 def test_mask_overlap_is_intersection_over_union():
