@@ -33,8 +33,9 @@ def finished(out):
 def test_kill_midway_then_rerun_keeps_finished_runs_and_completes(tmp_path):
     out, leaderboards = tmp_path / "runs", tmp_path / "lb"
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    process = subprocess.Popen(command(out, leaderboards), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    # one job: the runs train in the command's own process, one after the other (side by side: below)
+    process = subprocess.Popen(command(out, leaderboards) + ["--jobs", "1"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and len(list(out.glob("*/result.json"))) < 1:
         time.sleep(0.05)
@@ -43,7 +44,8 @@ def test_kill_midway_then_rerun_keeps_finished_runs_and_completes(tmp_path):
     before = finished(out)
     assert 1 <= len(before) < 3, "the kill should land midway"
 
-    rerun = subprocess.run(command(out, leaderboards), env=env, capture_output=True, text=True, check=True)
+    rerun = subprocess.run(command(out, leaderboards) + ["--jobs", "1"], env=env, capture_output=True, text=True,
+                           check=True)
     after = finished(out)
     assert len(after) == 3  # dense once + AC/DC at 90% and 95%
     assert all(after[name] == stamp for name, stamp in before.items()), "a finished run was retrained"
