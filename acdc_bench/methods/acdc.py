@@ -235,8 +235,10 @@ class ACDC(MaskedMethod):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["previous_sparse_masks"] = self.previous_sparse_masks
+        state["last_overlap"] = self.last_overlap  # the epoch's metric, for a resume within the epoch
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.previous_sparse_masks = state.get("previous_sparse_masks")
+        self.last_overlap = state.get("last_overlap")

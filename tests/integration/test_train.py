@@ -80,6 +80,9 @@ def test_acdc_phases_masks_and_momentum():
 
     method.on_epoch_start(3)
     assert method.on_epoch_end(3)["mask_overlap"] is not None
+    _, _, resumed, _ = tiny_acdc()  # a resume within the epoch reports the same overlap at its end
+    resumed.load_state_dict(method.state_dict())
+    assert resumed.on_epoch_end(3) == method.on_epoch_end(3)
     assert method.step_training_flops(9) == 3 * method.flops.sparse_forward(method.masks.nonzeros)
     assert method.dense_pair_epoch() == 2
 
