@@ -130,8 +130,8 @@ def _seconds(value: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        seconds = -1.0
-    if not seconds >= 0.0 or seconds == float("inf"):
+        seconds = float("nan")
+    if not 0.0 <= seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"--dense-step-seconds must be a number of seconds >= 0, got {value!r}")
     return seconds
 

@@ -53,12 +53,17 @@ class _Linear(torch.autograd.Function):
         return grad_x, grad_weight
 
 
+def fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x`` is a batch of ``weight``'s input width (else torch's own product raises its error)."""
+    return x.dim() > 0 and x.shape[-1] == weight.shape[-1]
+
+
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``linear(x, weight)`` takes the portable path (the rule of the module docstring;
     besides: a batch of the weight's width, else torch says what does not fit, and no functorch
     transform such as ``vmap`` and no forward-mode AD, which a numpy product cannot follow)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.dim() == 2
-            and x.dim() > 0 and x.shape[-1] == weight.shape[1]
+            and fits(x, weight)
             and not torch.is_autocast_enabled("cpu") and _get_current_dispatch_mode() is None
             and not torch._C._are_functorch_transforms_active() and forward_ad._current_level < 0)
 

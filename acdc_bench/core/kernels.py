@@ -29,7 +29,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from acdc_bench.core import sparse
+from acdc_bench.core import blas, sparse
+from acdc_bench.core.sparsity import tensor_version
 
 #: The rule measured on the default suite's model (see the module docstring).
 MIN_WEIGHTS = 200_000
@@ -67,7 +68,7 @@ def _csr_structure(mask: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor
 
 
 def _sparse_linear_forward(module: nn.Linear, mask: torch.Tensor, structure, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != module.weight.dtype or x.dim() == 0 or x.shape[-1] != module.in_features:
+    if x.dtype != module.weight.dtype or not blas.fits(x, module.weight):
         return nn.functional.linear(x, module.weight, module.bias)  # torch's own product, or its error
     from sparseprop.modules.functions import SparseLinearFunction
 
@@ -76,15 +77,6 @@ def _sparse_linear_forward(module: nn.Linear, mask: torch.Tensor, structure, x: 
     out = SparseLinearFunction.apply(x, values, csr, module.bias, module.out_features)
     # Its output can be a transposed view, which autograd forbids modifying in place (ReLU(inplace=True)).
     return out.clone(memory_format=torch.contiguous_format) if out._is_view() else out
-
-
-def _version(mask: torch.Tensor) -> int | None:
-    """The mask's version counter (None for an inference tensor, which keeps none: then only a
-    replaced mask is seen, as in :meth:`acdc_bench.core.sparsity.MaskSet._factors`)."""
-    try:
-        return mask._version
-    except RuntimeError:
-        return None
 
 
 def _ours(forward) -> bool:
@@ -128,7 +120,7 @@ class SparseKernels:
                             module.forward = self._before[index]
                     self._installed[index] = self._before[index] = None
                 continue
-            if installed is not None and installed[0] is mask and installed[1] == _version(mask):
+            if installed is not None and installed[0] is mask and installed[1] == tensor_version(mask):
                 continue
             if installed is None:
                 self._before[index] = vars(module).get("forward")
@@ -136,7 +128,7 @@ class SparseKernels:
                 module.forward = functools.partial(sparse.forward, module, sparse.Structure(mask))
             else:
                 module.forward = functools.partial(_sparse_linear_forward, module, mask, _csr_structure(mask))
-            self._installed[index] = (mask, _version(mask))
+            self._installed[index] = (mask, tensor_version(mask))
 
     def remove(self) -> None:
         """Every layer back to its dense forward pass."""

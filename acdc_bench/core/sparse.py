@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from acdc_bench.core import blas
 from acdc_bench.core.io import user_cache_root
 
 #: The rule: a layer of at least this many weights whose mask keeps at most this fraction runs
@@ -223,7 +224,7 @@ def forward(module: nn.Linear, structure: Structure, x: torch.Tensor) -> torch.T
     """``module(x)`` with the mask's structure: a batch (..., in) in, (..., out) out (another
     dtype or device than the layer's float32 CPU weight, or a batch of another width: torch's product
     of the masked weight, which raises torch's own error for a width that does not fit)."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() == 0 or x.shape[-1] != module.in_features:
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not blas.fits(x, module.weight):
         return nn.functional.linear(x, module.weight, module.bias)
     # In and out of the transposed layout inside: element-wise layers after this one (ReLU and its
     # backward) run several times slower on a transposed view than the tiled copies cost.

@@ -371,6 +371,15 @@ def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float) -> 
 _FLOAT_FACTORS_MAX = 1 << 22
 
 
+def tensor_version(tensor: torch.Tensor) -> int | None:
+    """The tensor's version counter (it moves on every in-place change); None for an inference
+    tensor, which keeps none: then only a replaced tensor can be seen."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
 class MaskSet:
     """Boolean masks over prunable weights, with cached non-zero counts for FLOP accounting.
 
@@ -419,15 +428,12 @@ class MaskSet:
         seen: replace it, or use ``set``.)
         """
         masks = self.masks
-        try:
-            versions = [m._version for m in masks]
-        except RuntimeError:  # inference-mode tensors carry no version counter
-            versions = None
+        versions = [tensor_version(m) for m in masks]
         cached = self._factor_masks
         if (len(cached) == len(masks) and all(map(operator.is_, cached, masks))
                 and (versions == self._factor_versions or not self._factor_copies)):
             return self._factor_views
-        copies = versions is not None and sum(m.numel() for m in masks) <= _FLOAT_FACTORS_MAX
+        copies = None not in versions and sum(m.numel() for m in masks) <= _FLOAT_FACTORS_MAX
         views = []
         for mask, layer in zip(masks, self.layers):
             if mask.dtype != torch.bool:
