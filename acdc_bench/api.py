@@ -187,10 +187,25 @@ class Sparsifier:
         example = (tuple(first(a) for a in args), {k: first(v) for k, v in kwargs.items()})
         self.method.flops = measure_layer_flops(self._eager, self.layers, example=example)
 
+    def _follow_model(self) -> None:
+        """The weights as the model holds them now: masks follow a model moved after :func:`sparsify`
+        (``model.to("cuda")``); a weight replaced since (``load_state_dict(..., assign=True)``) is an
+        error, since the masks and the method's state act on the one they were made for."""
+        for layer in self.layers:
+            if layer.current_weight() is not layer.weight:
+                raise RuntimeError(
+                    f"sparsify: the weight of layer '{layer.name}' was replaced after sparsify(...) (by "
+                    "load_state_dict(..., assign=True) or a conversion that swaps parameters), so the method "
+                    "would mask the old tensor and train the new one dense. Load or convert the model first, "
+                    "then call sparsify and build the optimizer; or load without assign=True.")
+        if isinstance(self.method, MaskedMethod):
+            self.method.masks.follow_weights()
+
     def start_step(self) -> None:
         """Run the hooks due before this step's forward pass (idempotent within a step)."""
         if self._step_started:
             return
+        self._follow_model()
         steps_per_epoch = self.method.steps_per_epoch
         epoch = self._step // steps_per_epoch
         if epoch > self._started_epoch:
@@ -223,6 +238,7 @@ class Sparsifier:
                 "training forward calls a submodule, not the model given to sparsify: call "
                 "sparsifier.start_step() before each step's forward.", RuntimeWarning, stacklevel=3)
         self.start_step()
+        self._check_countable()
         step = self._step
         result = None
         if self.method.before_optimizer_step(step):
@@ -234,20 +250,25 @@ class Sparsifier:
         """A step whose optimizer update did not run (``GradScaler`` found inf/NaN gradients):
         the method's hooks and the meter still count it, so the schedules stay on time."""
         self.start_step()
+        self._check_countable()
         self.method.before_optimizer_step(self._step)
         self._end_step(self._step)
 
-    def _end_step(self, step: int) -> None:
-        method = self.method
-        method.after_optimizer_step(step)
-        if method.flops is None:
+    def _check_countable(self) -> None:
+        """Refuse a step whose FLOPs cannot be metered before any of it runs (the weights, masks and
+        step count stay as they were)."""
+        if self.method.flops is None:
             raise RuntimeError("sparsify: no training forward pass of the model ran before optimizer.step(), so "
                                "its FLOPs are unknown; pass input_shape= to sparsify (the hook that measures them "
                                "does not fire when the loop calls a submodule, or when the model was compiled "
                                "before wrap())")
-        examples = self._examples if self._examples is not None else self.batch_size
-        if examples is None:
+        if self._examples is None and self.batch_size is None:
             raise ValueError("sparsify: batch_size is unknown; pass batch_size= or call step_examples(n) every step")
+
+    def _end_step(self, step: int) -> None:
+        method = self.method
+        method.after_optimizer_step(step)
+        examples = self._examples if self._examples is not None else self.batch_size
         self.meter.add(method.step_training_flops(step), examples)
         self._examples = None
         self._step = step + 1

@@ -28,7 +28,8 @@ One prepared script for a GPU session (about 6 minutes on one H100/H200, under 8
      amortised over its interval of ``update_interval`` steps, one of them an update.
 3. ``OUT_DIR/gpu_suites.json`` and ``OUT_DIR/gpu_suites.md``: the GPU's name, images/s, ms/step,
    method/dense ratio within each suite, metered training FLOPs per image (and its ratio to
-   dense), peak memory; the bench_gpu table beside them.
+   dense), peak memory; the bench_gpu table beside them; and ``checks``: RigL and AC/DC on a small
+   MLP sparsified on the CPU, then moved to the device, train with their masks following it.
 
 A cell that fails is reported under ``skipped`` (with its error) and the others still run;
 past ``--time-budget`` seconds the remaining cells are skipped. Exit status 0 when every cell
@@ -271,6 +272,36 @@ def run_bench_gpu(out: Path, args, seconds_left: float) -> dict:
 # --------------------------------------------------------------------------- report
 
 
+def moved_after_sparsify(method: str, device: torch.device) -> dict:
+    """A check the CPU cannot make: a small MLP sparsified on the CPU, then moved with ``model.to(device)``,
+    trains 12 steps there; its masks must have followed it and every weight off its mask be zero."""
+    from torch import nn
+
+    from acdc_bench import sparsify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    sparsifier = sparsify(model, method, sparsity=0.9, epochs=3, steps_per_epoch=4, batch_size=32,
+                          **({"update_interval": 2} if method == "rigl" else {"schedule_epochs": 3, "warmup_epochs": 0,
+                                                                               "phase_epochs": 1,
+                                                                               "final_dense_epochs": 0,
+                                                                               "final_sparse_epochs": 1}))
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    model.to(device)
+    try:
+        for _ in range(12):
+            optimizer.zero_grad()
+            inputs = torch.randn(32, 64, device=device)
+            nn.functional.cross_entropy(model(inputs), inputs[:, :10].argmax(1)).backward()
+            optimizer.step()
+    except RuntimeError as error:
+        return {"method": method, "passed": False, "error": f"{type(error).__name__}: {error}"}
+    masks = sparsifier.method.masks.masks
+    on = sorted({mask.device.type for mask in masks})
+    masked = all(bool((layer.weight[~mask] == 0).all()) for layer, mask in zip(sparsifier.layers, masks))
+    return {"method": method, "passed": on == [device.type] and masked, "masks_on": on, "masked": masked}
+
+
 def device_info(device: torch.device) -> dict:
     import platform
 
@@ -378,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {suite} {method}: {row['images_per_s']:.1f} images/s", flush=True)
     finally:
         torch.set_num_threads(threads)
+    checks = [moved_after_sparsify(method, device) for method in ("rigl", "acdc")]
+    print(f"  masks follow a model moved after sparsify: {checks}", flush=True)
     for row in results:
         dense = next((r for r in results if r["suite"] == row["suite"] and r["method"] == "dense"), None)
         row["ratio_to_dense"] = row["images_per_s"] / dense["images_per_s"] if dense else None
@@ -385,12 +418,13 @@ def main(argv: list[str] | None = None) -> int:
                                        if dense else None)
     report = {"device": info, "smoke": args.smoke, "steps": args.steps, "warmup": args.warmup,
               "sparsity": args.sparsity, "seconds": time.perf_counter() - started, "results": results,
-              "skipped": skipped, "bench_gpu": bench}
+              "skipped": skipped, "bench_gpu": bench, "checks": checks}
     (out / "gpu_suites.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "gpu_suites.md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {out / 'gpu_suites.json'} and {out / 'gpu_suites.md'} in {report['seconds']:.0f} s")
-    return 0 if results and not skipped and (args.no_bench_gpu or bench.get("returncode") == 0) else 1
+    passed = all(check["passed"] for check in checks)
+    return 0 if results and not skipped and passed and (args.no_bench_gpu or bench.get("returncode") == 0) else 1
 
 
 if __name__ == "__main__":

@@ -32,6 +32,14 @@ class PrunableLayer:
     def numel(self) -> int:
         return self.weight.numel()
 
+    def current_weight(self) -> torch.Tensor | None:
+        """The module's weight parameter now (a parametrized module's raw one): :attr:`weight` unless
+        something replaced it since, as ``load_state_dict(..., assign=True)`` does."""
+        weight = self.module._parameters.get("weight")
+        if weight is None and parametrize.is_parametrized(self.module, "weight"):
+            weight = self.module.parametrizations["weight"].original
+        return weight
+
 
 def name_matches(name: str, patterns: Iterable[str]) -> bool:
     """Whether a layer's module name is one of ``patterns`` or matches one (fnmatch, case-sensitive):
@@ -401,6 +409,13 @@ class MaskSet:
     def weights(self) -> list[nn.Parameter]:
         return [layer.weight for layer in self.layers]
 
+    def follow_weights(self) -> None:
+        """Each mask onto its weight's device: a model moved (``model.to("cuda")``) after its masks
+        were made keeps training on them."""
+        for index, (mask, weight) in enumerate(zip(self.masks, self.weights)):
+            if mask.device != weight.device:
+                self.masks[index] = mask.to(weight.device)
+
     def set(self, masks: Sequence[torch.Tensor]) -> None:
         """Install new masks (any bool/0-1 tensors shaped like the weights) and refresh counts."""
         self.masks = [m.to(device=w.device, dtype=torch.bool) for m, w in zip(masks, self.weights)]
@@ -491,9 +506,10 @@ def weight_sparsity(layers: Sequence[PrunableLayer]) -> tuple[float, dict[str, f
 
 
 def mask_overlap(previous: Sequence[torch.Tensor], current: Sequence[torch.Tensor]) -> float:
-    """Intersection over union of the kept positions of two mask sets."""
-    inter = sum(int((a & b).sum()) for a, b in zip(previous, current))
-    union = sum(int((a | b).sum()) for a, b in zip(previous, current))
+    """Intersection over union of the kept positions of two mask sets (``previous`` on any device)."""
+    pairs = [(a.to(b.device), b) for a, b in zip(previous, current)]
+    inter = sum(int((a & b).sum()) for a, b in pairs)
+    union = sum(int((a | b).sum()) for a, b in pairs)
     return inter / union if union else 1.0
 
 

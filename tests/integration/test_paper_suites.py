@@ -334,6 +334,8 @@ def test_gpu_suites_smoke(tmp_path):
     assert rows["dense"]["ratio_to_dense"] == 1.0 and rows["acdc"]["flops_ratio_to_dense"] < 0.5
     assert rows["rigl"]["extra"]["updates_timed"] == 1 and rows["str"]["recipe"] == "methods.str.recipe"
     assert report["bench_gpu"]["returncode"] == 0 and (tmp_path / "gpu" / "bench_gpu.json").exists()
+    assert [(c["method"], c["passed"], c["masks_on"]) for c in report["checks"]] == [("rigl", True, ["cpu"]),
+                                                                                    ("acdc", True, ["cpu"])]
     table = (tmp_path / "gpu" / "gpu_suites.md").read_text()
     assert "| imagenet-mobilenetv1 | acdc |" in table and "vs dense" in table and "device:" in table
     assert "bench_gpu" in table and "| dense |" in table

@@ -193,6 +193,69 @@ def test_autocast_steps_run_on_the_masked_weights_and_resume_exactly(method, amp
             assert torch.equal(a, b), f"{name} differs after resuming at step {stop}"
 
 
+@pytest.mark.parametrize("method", ["rigl", "acdc"])
+def test_masks_follow_a_model_converted_after_sparsify(method, monkeypatch):
+    """``sparsify`` then ``model.to(...)``: a dtype change trains on the masks as before, and every
+    step's hooks first bring the masks onto their weights' devices (``MaskSet.follow_weights``,
+    tested in tests/unit/core/test_sparsity.py; no second device here to move the model to)."""
+    model, loader = user_model(), user_data()
+    options = {**OPTIONS[method], **({"warmup_epochs": 0} if method == "acdc" else {})}
+    sparsifier = acdc_bench.sparsify(model, method, sparsity=0.9, epochs=4, steps_per_epoch=len(loader),
+                                     batch_size=256, **options)
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    model.to(torch.float64)
+    follows = []
+    follow = type(sparsifier.method.masks).follow_weights
+    monkeypatch.setattr(type(sparsifier.method.masks), "follow_weights", lambda self: (follows.append(1), follow(self)))
+    for inputs, targets in loader:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs.double()), targets).backward()
+        optimizer.step()
+    assert len(follows) == len(loader)
+    masks = sparsifier.method.masks.masks
+    assert all(layer.weight.dtype == torch.float64 for layer in sparsifier.layers)
+    assert all(bool((layer.weight[~mask] == 0).all()) for layer, mask in zip(sparsifier.layers, masks))
+    assert sparsifier.method.masks.sparsity() == pytest.approx(0.9, abs=2e-3)
+
+
+def test_a_weight_replaced_after_sparsify_is_refused_before_the_step_runs():
+    model, loader = user_model(), user_data()
+    sparsifier = acdc_bench.sparsify(model, "rigl", sparsity=0.9, epochs=1, steps_per_epoch=len(loader),
+                                     batch_size=256, **OPTIONS["rigl"])
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model.load_state_dict(saved, assign=True)  # new Parameter objects: the masks act on the old ones
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+    inputs, targets = loader[0]
+    with pytest.raises(RuntimeError, match=r"weight of layer '1' was replaced after sparsify.*assign=True"):
+        nn.functional.cross_entropy(model(inputs), targets).backward()
+    assert sparsifier.step == 0 and all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("missing", ["batch_size", "flops"])
+def test_a_step_that_cannot_be_metered_is_refused_before_it_changes_anything(missing):
+    """No batch size, or FLOPs never measured (the loop calls a submodule): optimizer.step() raises
+    before the update, the masks or the step count move."""
+    model, loader = user_model(), user_data()
+    sparsifier = acdc_bench.sparsify(model, "gmp", sparsity=0.9, epochs=4, steps_per_epoch=len(loader),
+                                     batch_size=None if missing == "batch_size" else 256, **OPTIONS["gmp"])
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    inputs, targets = loader[0]
+    optimizer.zero_grad()
+    if missing == "flops":  # the model's forward pre-hook never fires
+        body = nn.Sequential(*model)
+        nn.functional.cross_entropy(body(inputs), targets).backward()
+        error = pytest.raises(RuntimeError, match="FLOPs are unknown; pass input_shape=")
+        with pytest.warns(RuntimeWarning, match="did not run before its forward pass"), error:
+            optimizer.step()
+    else:
+        nn.functional.cross_entropy(model(inputs), targets).backward()
+        with pytest.raises(ValueError, match="batch_size is unknown"):
+            optimizer.step()
+    assert sparsifier.step == 0 and not optimizer.state
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+
+
 def test_unknown_method_or_option_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown method 'rigl2'; allowed: .*rigl"):
         acdc_bench.sparsify(user_model(), "rigl2", sparsity=0.9, epochs=1, steps_per_epoch=1)

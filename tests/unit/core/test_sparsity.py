@@ -113,6 +113,24 @@ def test_masks_apply_to_gradients_and_weights_through_an_optimizer_step():
     assert torch.equal(state[layers[0].name], masks.masks[0])
 
 
+def test_masks_follow_their_weights_to_another_device():
+    """A model moved after its masks were made (``model.to("cuda")`` keeps each Parameter and moves its
+    data): ``follow_weights`` moves each mask to its weight's device and leaves the others as they are
+    (the same tensors). The meta device stands in for a GPU; masks can move onto it, not off it."""
+    model = small_model()
+    layers = prunable_layers(model)
+    masks = MaskSet(layers)
+    masks.set([torch.rand(layer.shape) < 0.5 for layer in layers])
+    first = masks.masks[0]
+    last = layers[-1]
+    moved = type(last)(last.name, last.module, nn.Parameter(last.weight.detach().to("meta")))
+    masks.layers[-1] = moved
+    masks.follow_weights()
+    assert masks.masks[0] is first
+    assert masks.masks[-1].device.type == "meta" and masks.masks[-1].shape == moved.weight.shape
+    assert masks.masks[-1].dtype == torch.bool
+
+
 def test_mask_overlap_is_intersection_over_union():
     a = [torch.tensor([True, True, False, False])]
     b = [torch.tensor([True, False, True, False])]
