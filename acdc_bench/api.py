@@ -241,7 +241,7 @@ class Sparsifier:
         self._check_countable()
         step = self._step
         result = None
-        if self.method.before_optimizer_step(step):
+        if self.method.before_optimizer_step(step) is not False:  # a hook that returns nothing steps
             result = inner(*args, **kwargs)
         self._end_step(step)
         return loss if closure is not None else result

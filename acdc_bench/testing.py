@@ -7,7 +7,8 @@ The built-in methods run it in the tests; a method of your own (a plugin) runs i
 
 On a small MLP and a synthetic task, through the public ``sparsify(...).wrap(optimizer)`` path:
 
-1. ``hooks``: the hooks run in the documented order, each step and epoch once;
+1. ``hooks``: the hooks run in the documented order, each step and epoch once, and a masked
+   method's mask counts (what the FLOP meter and the sparsity report read) match its masks;
 2. ``target``: the finished run holds what the method promises (``Sparsifier.finalize`` reports
    it); a method whose sparsity follows its options (``sparsity_options``, STR) must report the
    sparsity it reached beside the target;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 import tempfile
 
 import torch
@@ -137,6 +139,13 @@ def check_method(name: str, *, sparsity: float = 0.9, options: dict | None = Non
                                    f"expected {expected[where] if where < len(expected) else 'none'}")
     for hook in HOOKS:
         delattr(method, hook)
+    masks = getattr(method, "masks", None)
+    if masks is not None:
+        counted = [int(mask.sum()) for mask in masks.masks]
+        if counted != masks.nonzeros:
+            raise _fail(name, "hooks", f"the masks hold {counted} non-zeros, the counts the FLOP meter and the sparsity "
+                                       f"report read say {masks.nonzeros}: install masks with self.masks.set(...), or "
+                                       f"call self.masks.refresh_counts() after changing them")
     passed.append("hooks")
 
     # 2. target and 4. finalize (on a copy of the trained model: the resume check reuses it)
@@ -174,7 +183,11 @@ def check_method(name: str, *, sparsity: float = 0.9, options: dict | None = Non
     resumed, resumed_sparsifier, resumed_optimizer = _build(name, sparsity, options)
     resumed.load_state_dict(saved["model"])
     resumed_optimizer.load_state_dict(saved["optimizer"])
-    resumed_sparsifier.load_state_dict(saved["sparsifier"])
+    try:
+        resumed_sparsifier.load_state_dict(saved["sparsifier"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise _fail(name, "resume", f"load_state_dict of the state its state_dict saved raised {type(error).__name__}: "
+                                    f"{error} (override both, each calling super())") from error
     _train(resumed, resumed_optimizer, data, EPOCHS - EPOCHS // 2)
     for key, value in resumed.state_dict().items():
         if not torch.equal(value, reference_state[key]):
@@ -254,11 +267,18 @@ def _check_ranks(name: str, sparsity: float, options: dict, ranks: int) -> None:
         try:
             mp.start_processes(_rank_main, args=(ranks, folder, name, sparsity, options, module), nprocs=ranks,
                                join=True, start_method=_start_method())
-        except mp.ProcessExitedException:
+        except mp.ProcessExitedException as error:
             # a rank killed by a signal while tearing down gloo, after both saved their state, says
             # nothing about the method; before that, it does
             if not all(os.path.exists(file) for file in files):
-                raise
+                main = getattr(sys.modules.get("__main__"), "__file__", None)
+                if main is None:
+                    raise
+                raise RuntimeError(
+                    f"check_method: a data-parallel rank ended before saving its state ({error}). The ranks "
+                    f"start in new processes that import {main} first: a script that calls check_method "
+                    f"at its top level must do so under `if __name__ == \"__main__\":`; otherwise the "
+                    f"rank's own error is printed above (ranks=1 skips this clause)") from error
         states = [torch.load(file, weights_only=True) for file in files]
     for key, value in states[0].items():
         for rank, state in enumerate(states[1:], start=1):

@@ -162,14 +162,13 @@ class GMP(MaskedMethod):
     # ------------------------------------------------------------------ schedule
     def schedule_problem(self) -> str | None:
         """The pruning window must end inside the run: t0 < t1 <= the last step."""
-        problem = super().schedule_problem()
-        if problem is None and self.config.layer_sparsity:
+        if self.config.layer_sparsity:
             try:
                 self._final_layer_sparsities()
             except ValueError as error:
                 return f"{error}: change methods.gmp.layer_sparsity or the target"
-        if problem or self.end_step <= self.total_steps - 1:
-            return problem
+        if self.end_step <= self.total_steps - 1:
+            return super().schedule_problem()
         start_fraction, end_fraction, _ = self.config.resolve(self.target_sparsity)
         return (f"GMP's pruning window, steps {self.start_step}..{self.end_step} (start_fraction {start_fraction:g}, "
                 f"end_fraction {end_fraction:g} of the run), lies outside this run's {self.total_steps} step(s) "

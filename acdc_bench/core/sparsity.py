@@ -418,6 +418,14 @@ class MaskSet:
 
     def set(self, masks: Sequence[torch.Tensor]) -> None:
         """Install new masks (any bool/0-1 tensors shaped like the weights) and refresh counts."""
+        masks = list(masks)
+        if len(masks) != len(self.layers):
+            raise ValueError(f"masks: {len(masks)} given for {len(self.layers)} layers (one per prunable weight, "
+                             f"in the order of the method's layers)")
+        for mask, layer in zip(masks, self.layers):
+            if tuple(mask.shape) != layer.shape:
+                raise ValueError(f"masks: the mask for layer '{layer.name}' has shape {tuple(mask.shape)}, its "
+                                 f"weight {layer.shape}: give each mask its weight's shape")
         self.masks = [m.to(device=w.device, dtype=torch.bool) for m, w in zip(masks, self.weights)]
         self.refresh_counts()
 

@@ -10,6 +10,7 @@ it runs in the project's loop and in any user's loop through :func:`acdc_bench.s
     on_epoch_start(epoch)            before an epoch's first training forward pass
     on_step_start(step)              before each step's training forward pass
     before_optimizer_step(step)      after backward: mask gradients; return False to skip the step
+                                     (anything else, None included, lets the optimizer step)
     after_optimizer_step(step)       after the optimizer step (re-apply masks)
     step_training_flops(step)        training FLOPs per example of the step just taken
     on_epoch_end(epoch) -> dict      after an epoch's last step: extra metrics (mask overlap)
@@ -374,16 +375,27 @@ class MaskedMethod(SparsityMethod):
         return 1.0 - sum(d * layer.numel for d, layer in zip(densities, self.layers)) / total
 
     def schedule_problem(self) -> str | None:
-        """An N:M ``pattern`` that cannot reach the target (2:4 keeps half: it cannot reach 0.9)."""
+        """An N:M ``pattern`` that cannot reach the target (2:4 keeps half: it cannot reach 0.9), or
+        a schedule (not an estimate) whose masks never reach the target within the run's steps."""
         pattern = self.config.pattern
-        if pattern is None:
-            return None
-        from acdc_bench.core.sparsity import check_pattern_target
+        if pattern is not None:
+            from acdc_bench.core.sparsity import check_pattern_target
 
-        try:
-            check_pattern_target(pattern, self.target_sparsity)
-        except ValueError as error:
-            return f"{error} (methods.{self.name}.pattern, or sparsify's pattern=)"
+            try:
+                check_pattern_target(pattern, self.target_sparsity)
+            except ValueError as error:
+                return f"{error} (methods.{self.name}.pattern, or sparsify's pattern=)"
+        schedule = self.schedule
+        if schedule is None or schedule.estimated:
+            return None
+        within = [change for change in (schedule.initial, *schedule.changes) if change.step < self.total_steps]
+        highest = max(change.sparsity for change in within)
+        if highest < self.target_sparsity - 1e-9:
+            changes = [(change.step, change.sparsity) for change in schedule.changes]
+            return (f"{self.name}'s schedule holds sparsity {highest:g} at most within this run's {self.total_steps} "
+                    f"step(s), not the target {self.target_sparsity:g} (its changes, (step, sparsity): "
+                    f"{changes[:4]}{' ...' if len(changes) > 4 else ''}): a change to the target must come "
+                    f"before step {self.total_steps}")
         return None
 
     def final_sparsity(self) -> float:

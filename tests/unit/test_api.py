@@ -263,6 +263,64 @@ def test_unknown_method_or_option_is_a_clear_error():
         acdc_bench.sparsify(user_model(), "rigl", sparsity=0.9, epochs=1, steps_per_epoch=1, update_intervall=3)
     with pytest.raises(ValueError, match="epochs= or total_steps="):
         acdc_bench.sparsify(user_model(), "gmp", sparsity=0.9, steps_per_epoch=1)
+    with pytest.raises(ValueError, match=r"unknown method 'my-method'.*--plugin MODULE"):
+        acdc_bench.sparsify(user_model(), "my-method", sparsity=0.9, epochs=1, steps_per_epoch=1)
+    # a layer list given as one string would match its characters as names ("15": layers 1 and 5)
+    for key in ("keep_dense", "include", "exclude"):
+        with pytest.raises(ValueError, match=rf"{key} must be a list of layer names or patterns.*got '15'"):
+            acdc_bench.sparsify(user_model(), "rigl", sparsity=0.9, epochs=1, steps_per_epoch=1,
+                                **{"distribution": "erk", key: "15"})
+
+
+def test_a_plugin_module_that_registers_nothing_is_said(tmp_path, monkeypatch):
+    from acdc_bench.methods.registry import load_plugins
+
+    (tmp_path / "user_plugin_without_decorator.py").write_text(
+        "from acdc_bench.methods import MaskedMethod\n\nclass Mine(MaskedMethod):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match=r"'user_plugin_without_decorator' registered no method: decorate"):
+        load_plugins(["user_plugin_without_decorator"])
+
+
+def test_a_hook_that_returns_nothing_lets_the_optimizer_step_and_a_schedule_short_of_the_target_is_refused():
+    from acdc_bench.methods import MaskChange, MaskedMethod, Schedule, register_method
+
+    @register_method("api-returns-nothing")
+    class ReturnsNothing(MaskedMethod):
+        def __init__(self, config, **kwargs):
+            super().__init__(config, **kwargs)
+            self.schedule = Schedule(self.total_steps, self.steps_per_epoch,
+                                     changes=(MaskChange(0, self.target_sparsity),))
+
+        def on_step_start(self, step):
+            if self.schedule.change_at(step) is not None:
+                self.prune_by_magnitude(self.target_sparsity)
+
+        def before_optimizer_step(self, step):
+            super().before_optimizer_step(step)  # no return: the step still trains
+
+    model, loader = user_model(), user_data()
+    sparsifier = acdc_bench.sparsify(model, "api-returns-nothing", sparsity=0.9, epochs=1,
+                                     steps_per_epoch=len(loader), batch_size=256, distribution="uniform")
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+    inputs, targets = loader[0]
+    nn.functional.cross_entropy(model(inputs), targets).backward()
+    pruned = model[1].weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(model[1].weight, pruned) and bool((model[1].weight[pruned == 0] == 0).all())
+
+    @register_method("api-prunes-too-late")
+    class PrunesTooLate(ReturnsNothing):
+        def __init__(self, config, **kwargs):
+            super().__init__(config, **kwargs)
+            self.schedule = Schedule(self.total_steps, self.steps_per_epoch,
+                                     changes=(MaskChange(self.total_steps // 2, self.target_sparsity / 2),
+                                              MaskChange(self.total_steps + 5, self.target_sparsity)))
+
+    with pytest.raises(ValueError, match=r"api-prunes-too-late's schedule holds sparsity 0.45 at most within this "
+                                         r"run's 8 step\(s\), not the target 0.9"):
+        acdc_bench.sparsify(user_model(), "api-prunes-too-late", sparsity=0.9, epochs=1, steps_per_epoch=8,
+                            batch_size=256, distribution="uniform")
 
 
 def test_a_method_without_a_schedule_is_an_error_under_a_matched_budget_not_planned_dense():

@@ -131,6 +131,16 @@ def test_masks_follow_their_weights_to_another_device():
     assert masks.masks[-1].dtype == torch.bool
 
 
+def test_masks_of_the_wrong_shape_or_count_are_refused_naming_the_layer():
+    layers = prunable_layers(small_model())
+    masks = MaskSet(layers)
+    with pytest.raises(ValueError, match=r"mask for layer '4' has shape \(27040,\), its weight \(10, 2704\)"):
+        masks.set([torch.ones(layers[0].shape, dtype=torch.bool), torch.ones(layers[1].numel, dtype=torch.bool)])
+    with pytest.raises(ValueError, match="1 given for 2 layers"):
+        masks.set([torch.ones(layers[0].shape, dtype=torch.bool)])
+    assert masks.nonzeros == [layer.numel for layer in layers]  # nothing installed
+
+
 def test_mask_overlap_is_intersection_over_union():
     a = [torch.tensor([True, True, False, False])]
     b = [torch.tensor([True, False, True, False])]

@@ -82,7 +82,34 @@ class PerRank(MaskedMethod):
         return self.distribution_densities(self.target_sparsity)
 
 
+@register_method("contract-stale-counts")
+class StaleCounts(MaskedMethod):
+    """Writes its masks into the list itself, past ``MaskSet.set``: the counts stay dense."""
+
+    def on_epoch_start(self, epoch):
+        if epoch == 0:
+            for index, (layer, density) in enumerate(zip(self.layers, self.planned_densities(0))):
+                flat = layer.weight.detach().abs().flatten()
+                keep = torch.zeros_like(flat, dtype=torch.bool)
+                keep[flat.argsort(descending=True)[:round(density * layer.numel)]] = True
+                self.masks.masks[index] = keep.view(layer.weight.shape)
+            self.masks.apply_to_weights()
+            self.masking = True
+
+    def planned_densities(self, epoch):
+        return self.distribution_densities(self.target_sparsity)
+
+
+@register_method("contract-saves-nothing")
+class SavesNothing(Forgets):
+    """Its state_dict forgets the masks; its load_state_dict is the base's, which wants them."""
+
+    load_state_dict = MaskedMethod.load_state_dict
+
+
 @pytest.mark.parametrize("name, options, clause", [
+    ("contract-stale-counts", {"distribution": "uniform"}, "hooks"),
+    ("contract-saves-nothing", {"distribution": "uniform"}, "resume"),
     ("contract-never-prunes", {"distribution": "uniform"}, "target"),
     ("contract-forgets", {"distribution": "uniform"}, "resume"),
     ("contract-plans-dense", {"distribution": "uniform"}, "plan"),
@@ -117,3 +144,40 @@ def test_a_method_whose_options_do_not_declare_the_harness_features_is_refused_a
     assert (options.include, options.exclude, options.pattern, options.epochs_multiplier) == ((), (), None, None)
     assert options.for_batch_size(64) is options and options.options_for(0.9) == {"ramp": 0.5}
     assert [field.name for field in dataclasses.fields(Declared)] == ["ramp"]
+
+
+def test_registration_refuses_options_that_are_no_options_and_a_name_taken_by_another_file(tmp_path, monkeypatch):
+    import dataclasses
+    import sys
+
+    from acdc_bench.methods import MaskedConfig, MethodConfig, find_method
+
+    class Undecorated(MaskedConfig):  # its field is no dataclass field: `amount=` would be unknown
+        amount: float = 0.3
+
+    with pytest.raises(TypeError, match=r"declares \['amount'\] but is not decorated with @dataclasses.dataclass"):
+        @register_method("contract-undecorated")
+        class UsesUndecorated(MaskedMethod):
+            Config = Undecorated
+
+    @dataclasses.dataclass
+    class NotMasked(MethodConfig):
+        amount: float = 0.3
+
+    with pytest.raises(TypeError, match=r"is a MaskedMethod, so its Config must subclass .*MaskedConfig"):
+        @register_method("contract-not-masked")
+        class UsesNotMasked(MaskedMethod):
+            Config = NotMasked
+    assert find_method("contract-undecorated") is None and find_method("contract-not-masked") is None
+
+    # two plugin files whose classes share a name, registered under one method name: the second is refused
+    for package in ("contract_plugin_a", "contract_plugin_b"):
+        (tmp_path / f"{package}.py").write_text(
+            "from acdc_bench.methods import MaskedMethod, register_method\n\n"
+            "@register_method('contract-same-name')\nclass Method(MaskedMethod):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import contract_plugin_a  # noqa: F401
+    with pytest.raises(ValueError, match=r"'contract-same-name' is already registered by contract_plugin_a\.Method"):
+        import contract_plugin_b  # noqa: F401
+    assert find_method("contract-same-name").__module__ == "contract_plugin_a"
+    sys.modules.pop("contract_plugin_b", None)
