@@ -17,8 +17,8 @@ loop, the planner and the benchmarks use it too. The method's hooks run at fixed
 - ``sparsify``: the method is built from its validated options and attached
   (``setup``: masks, parametrizations); the model's conv/linear weights are found and their
   FLOPs measured (from ``input_shape``, else from the first training batch);
-- ``wrap(optimizer)``: ``bind_optimizer`` (STR moves its thresholds into a group of their own
-  with ``add_param_group``); from then on ``optimizer.step()`` runs the step's hooks;
+- ``wrap(optimizer)``: ``bind_optimizer`` (STR puts its thresholds in the optimizer's groups, or
+  with ``decay_all: false`` in one of their own); from then on ``optimizer.step()`` runs the step's hooks;
 - before the first *training* forward pass of a step (a forward pre-hook on the model that
   ignores ``model.eval()`` passes): ``on_epoch_start(epoch)`` at an epoch's first step, then
   ``on_step_start(step)``;
@@ -131,6 +131,10 @@ class Sparsifier:
         def step(*args, **kwargs):
             return self._optimizer_step(inner, args, kwargs)
 
+        # An lr scheduler built before marks the step it wrapped; ours calls that one, so it carries
+        # the mark on (Lightning warns of an unwrapped step otherwise).
+        if getattr(inner, "_wrapped_by_lr_sched", False):
+            step._wrapped_by_lr_sched = True
         optimizer.step = step
         self.optimizer = optimizer
         # Kept out of torch.compile's graphs (the hooks are Python with side effects). Applied here,
@@ -219,6 +223,8 @@ class Sparsifier:
         self._step_started = True
 
     def _optimizer_step(self, inner, args, kwargs):
+        if self._finalized:  # the optimizer trains on without the method (a second Trainer.train())
+            return inner(*args, **kwargs)
         # A closure (Lightning's automatic optimization, ``optimizer.step(closure)``) computes the
         # loss and its gradients: it runs first, so that the method's hooks see this step's
         # gradients; the optimizer then steps without it (an optimizer that re-evaluates its
@@ -287,8 +293,24 @@ class Sparsifier:
         allowed = method.sparsity_tolerance if method.sparsity_tolerance is not None else (
             DEFAULT_SPARSITY_TOLERANCE if tolerance is None else float(tolerance))
         within = abs(reached - promised) <= allowed
+        cause = None if within else method.miss_cause()
+        off = self._weights_off_the_masks()
+        if off:  # the masks say one thing, the weights another: the weights are what the model is
+            reached, within = weight_sparsity(self.layers)[0], False
+            cause = (f"{off} weights off the masks are non-zero, so the model's weights changed after its last "
+                     f"step (a checkpoint loaded over them, as the Trainer's load_best_model_at_end does); "
+                     f"reached is the weights' own exact zeros")
         return {"target": float(method.target_sparsity), "promised": promised, "reached": reached,
-                "tolerance": allowed, "within": within, "cause": None if within else method.miss_cause()}
+                "tolerance": allowed, "within": within, "cause": cause}
+
+    @torch.no_grad()
+    def _weights_off_the_masks(self) -> int:
+        """How many weights are non-zero where a mask in force says zero (0: none, or no masks in force)."""
+        method = self.method
+        if not isinstance(method, MaskedMethod) or not method.masking:
+            return 0
+        return sum(int(torch.count_nonzero(layer.weight[~mask.to(layer.weight.device)]))
+                   for layer, mask in zip(self.layers, method.masks.masks))
 
     def finalize(self, *, tolerance: float | None = None, warn: bool = True) -> nn.Module:
         """Plain dense tensors holding exact zeros (STR bakes its thresholds); hooks removed.

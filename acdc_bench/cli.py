@@ -65,7 +65,8 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _flops_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="resnet50", choices=MODEL_CHOICES, help="the model to measure")
+    parser.add_argument("--model", default=None, choices=MODEL_CHOICES,
+                        help="the model to measure (default: the model of --checkpoint's run folder, else resnet50)")
     parser.add_argument("--distribution", choices=["global", "uniform", "erk"], default="erk",
                         help="how the sparsity is spread over the layers")
     parser.add_argument("--sparsity", type=float, default=0.8, help="overall sparsity in [0, 1)")
@@ -311,13 +312,22 @@ def cmd_flops(args) -> int:
     from acdc_bench.models import build_model, model_spec
     from acdc_bench.core.sparsity import global_magnitude_masks, layer_densities, prunable_layers, weight_sparsity
 
+    name = args.model or (_run_model(Path(args.checkpoint)) if args.checkpoint else None) or "resnet50"
     torch.manual_seed(args.seed)
-    model = build_model(args.model)
+    model = build_model(name)
     layers = prunable_layers(model)
-    flops = measure_layer_flops(model, layers, model_spec(args.model).input_shape)
+    flops = measure_layer_flops(model, layers, model_spec(name).input_shape)
     if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
-        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        try:
+            state = load_checkpoint(args.checkpoint)
+        except RuntimeError as error:
+            raise ConfigError(f"--checkpoint {args.checkpoint}: {error.__cause__ or error}") from error
+        try:
+            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        except (RuntimeError, TypeError, AttributeError) as error:
+            raise ConfigError(f"--checkpoint {args.checkpoint} does not hold the weights of {name} (--model "
+                              f"{args.model or 'not given, ' + name + ' assumed'}): name the model it was trained "
+                              f"as, --model {{{','.join(MODEL_CHOICES)}}}") from error
         _, measured = weight_sparsity(layers)
         densities = [measured[layer.name] for layer in layers]
     else:
@@ -338,6 +348,18 @@ def cmd_flops(args) -> int:
     print(f"dense forward FLOPs {report['dense_forward_flops']:.4g}; sparse {report['sparse_forward_flops']:.4g}; "
           f"inference multiplier {report['inference_flops_multiplier']:.4f}")
     return 0
+
+
+def _run_model(checkpoint: Path) -> str | None:
+    """The model a run folder's ``config.yaml`` names, for a checkpoint inside one (None: no such file)."""
+    import yaml
+
+    config = checkpoint.parent / "config.yaml"
+    try:
+        model = (yaml.safe_load(config.read_text()) or {}).get("model")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return model if model in MODEL_CHOICES else None
 
 
 def _suite_name(suite: str) -> str:

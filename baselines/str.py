@@ -247,23 +247,36 @@ class STR(SparsityMethod):
             self.thresholds.append(existing)
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Move the thresholds into a group of their own with weight decay ``lam`` (``add_param_group``).
+        """Put the thresholds under weight decay ``lam``.
 
-        Whether the optimizer was built before the parametrization existed (no thresholds in it)
-        or after (over ``model.parameters()``, thresholds included), it ends with its groups
-        unchanged but for the thresholds, plus one threshold group. With ``decay_all`` (the
-        official STR) every other group's weight decay becomes ``lam`` as well.
+        With ``decay_all`` (the official STR: ``lam`` is every parameter's weight decay) every group's
+        weight decay becomes ``lam`` and the thresholds join the optimizer's groups: where it was
+        built over the parametrized model they are in its groups already, else they join its first
+        group. The groups stay as many as they were, so an lr scheduler built on the optimizer before
+        (the Hugging Face Trainer's, or one from ``configure_optimizers``) steps them all. Without
+        ``decay_all`` they move into a group of their own (``add_param_group``), which a scheduler
+        built before cannot know: that is refused, naming the fix.
         """
         super().bind_optimizer(optimizer)
         thresholds = [t.s for t in self.thresholds]
         ids = {id(p) for p in thresholds}
-        for group in optimizer.param_groups:
+        groups = optimizer.param_groups
+        for group in groups:
             if any(id(p) in ids and optimizer.state.get(p) for p in group["params"]):
                 raise ValueError("STR: bind the optimizer before its first step (its thresholds already have state)")
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-            if self.config.decay_all:
+        if self.config.decay_all:
+            for group in groups:
                 group["weight_decay"] = self.lam
-        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+            present = {id(p) for group in groups for p in group["params"]}
+            groups[0]["params"].extend(p for p in thresholds if id(p) not in present)
+            return
+        if "initial_lr" in groups[0]:  # set by every torch lr scheduler built on this optimizer
+            raise ValueError("STR with decay_all: false puts its thresholds in a parameter group of their own, which "
+                             "the lr scheduler already built on this optimizer would not step: build the scheduler "
+                             "after sparsify(...).wrap(optimizer), or use decay_all: true (the official STR)")
+        for group in groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        groups[:] = [g for g in groups if g["params"]]
         optimizer.add_param_group({"params": thresholds, "weight_decay": self.lam})
 
     # ------------------------------------------------------------------ hooks

@@ -10,8 +10,8 @@ from torch import nn
 class TokenData(torch.utils.data.Dataset):
     """Synthetic token classification data: 32 sequences of 16 ids, the label set by the first id."""
 
-    def __init__(self, n: int = 32, length: int = 16):
-        generator = torch.Generator().manual_seed(0)
+    def __init__(self, n: int = 32, length: int = 16, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(5, 100, (n, length), generator=generator)
         self.labels = (self.ids[:, 0] > 50).long()
 

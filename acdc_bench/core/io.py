@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -82,26 +83,55 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def staged(*folders: str | Path) -> Iterator[list[Path]]:
     """Temporary folders standing in for ``folders``, for output that is written whole or not at all.
 
-    The body writes into the folders yielded (one per folder given); when it returns, every file it
-    wrote is renamed to the same place under the real folder; when it raises, nothing is moved and
-    the temporary folders are removed. They lie beside the real folders (hidden, ``.staging-*``),
-    so the renames stay on one file system."""
+    The body writes into the folders yielded (one per folder given); when it returns, every target is
+    checked (no folder where a file goes, no file where a folder goes), then every file it wrote is
+    renamed to the same place under the real folder; when it or a check fails, nothing is moved, the
+    temporary folders are removed, and so are the real folders this call created. The temporary
+    folders lie inside the real ones (hidden, ``.staging-*``), so the renames stay on one file system
+    (a mount point or a Docker volume as ``--out``) and a folder whose parent is read-only works.
+    Errors name the user's path, never a temporary one."""
+    folders = [Path(folder) for folder in folders]
     stages: list[Path] = []
+    created: list[Path] = []
     try:
-        for folder in map(Path, folders):
-            anchor = folder.parent
-            while not anchor.is_dir() and anchor != anchor.parent:
-                anchor = anchor.parent
-            stages.append(Path(tempfile.mkdtemp(prefix=".staging-", dir=anchor)))
+        for folder in folders:
+            missing = [path for path in (folder, *folder.parents) if not path.exists()]
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                created += [path for path in missing if path.exists()]
+                stages.append(Path(tempfile.mkdtemp(prefix=".staging-", dir=folder)))
+            except OSError as error:
+                raise type(error)(error.errno, error.strerror, str(folder)) from error
         yield stages
-        for stage, folder in zip(stages, map(Path, folders)):
-            for source in sorted(p for p in stage.rglob("*") if p.is_file()):
-                target = folder / source.relative_to(stage)
+        moves = [(source, folder, folder / source.relative_to(stage)) for stage, folder in zip(stages, folders)
+                 for source in sorted(p for p in stage.rglob("*") if p.is_file())]
+        for _, folder, target in moves:
+            _check_target(target, folder)
+        for source, _, target in moves:
+            try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
+            except OSError as error:
+                raise type(error)(error.errno, error.strerror, str(target)) from error
+        created = []
     finally:
         for stage in stages:
             shutil.rmtree(stage, ignore_errors=True)
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            try:
+                path.rmdir()  # only if the failed call left it empty
+            except OSError:
+                pass
+
+
+def _check_target(target: Path, folder: Path) -> None:
+    """Refuse, before anything moves, a target that a folder occupies or whose folders are files."""
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is where this file is to be written", str(target))
+    for parent in target.relative_to(folder).parents:
+        path = folder / parent
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file is where a folder is to be written", str(path))
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:

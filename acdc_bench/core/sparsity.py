@@ -89,7 +89,7 @@ def prunable_layers(
             layers.append(PrunableLayer(name, module, weight))
     if not layers:
         raise ValueError(
-            f"no prunable conv/linear weights found in {type(model).__name__} "
+            f"no prunable conv/linear weights found in {type(model).__name__}{_unsupported_layers(model)} "
             f"(include={list(include)}, exclude={list(exclude)}); check the module names"
         )
     return layers
@@ -110,8 +110,16 @@ def transformer_block_layers(model: nn.Module) -> list[str]:
              if isinstance(module, nn.Linear) and any(name.startswith(f"{block}.") for block in blocks)]
     if not names:
         raise ValueError(f"{type(model).__name__}: no Linear layer inside a block (nn.ModuleList) of this "
-                         "transformer; name the layers to prune with include=[...]")
+                         f"transformer{_unsupported_layers(model)}; name the layers to prune with include=[...]")
     return names
+
+
+def _unsupported_layers(model: nn.Module) -> str:
+    """What a model holds in place of the layers this project prunes (GPT-2's transformers Conv1D)."""
+    kinds = sorted({type(module).__name__ for module in model.modules()
+                    if type(module).__name__ == "Conv1D" and not isinstance(module, nn.Conv1d)})
+    return (f" (its {', '.join(kinds)} layers, a Linear with the weight stored transposed, are not prunable "
+            f"here: only nn.Linear and nn.Conv1d/2d/3d are)") if kinds else ""
 
 
 def check_names_exist(layers: Sequence[PrunableLayer], names: Sequence[str], what: str) -> None:

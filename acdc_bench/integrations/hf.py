@@ -28,6 +28,30 @@ from acdc_bench.integrations import STATE_FILE, attach_resumed, logged_metrics, 
 transformers = require("transformers", "hf", "hf")
 
 
+def _fingerprint(weights: dict) -> str:
+    """What ties a sparsifier file to the checkpoint beside it: a digest of the first values of each
+    pruned layer's weight, as saved (the Trainer loads the checkpoint's weights before resuming)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().reshape(-1)[:1024].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _weights(model, names) -> dict:
+    """The raw weights of the named layers (a parametrized layer's original, as the sparsifier holds it)."""
+    from torch.nn.utils import parametrize
+
+    weights = {}
+    for name in names:
+        module = model.get_submodule(name)
+        parametrized = parametrize.is_parametrized(module, "weight")
+        weights[name] = module.parametrizations["weight"].original if parametrized else module.weight
+    return weights
+
+
 class SparsityCallback(transformers.TrainerCallback):
     """Attach ``method`` at ``sparsity`` (and its ``options``, as for :func:`acdc_bench.sparsify`)
     to a ``transformers.Trainer``'s model and optimizer."""
@@ -44,6 +68,7 @@ class SparsityCallback(transformers.TrainerCallback):
 
         if optimizer is None or model is None:
             raise RuntimeError("SparsityCallback: the Trainer passed no model or optimizer to on_train_begin")
+        self.final = None  # a second trainer.train() is a run of its own
         accumulation = args.gradient_accumulation_steps
         try:
             epoch_steps = steps_per_epoch(len(train_dataloader), accumulation)
@@ -55,9 +80,16 @@ class SparsityCallback(transformers.TrainerCallback):
             path = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}",
                                 STATE_FILE)
             if not os.path.exists(path):
-                raise FileNotFoundError(f"SparsityCallback: resuming at step {state.global_step} but {path} does not "
-                                        "exist; the checkpoint was not written with this callback")
+                raise FileNotFoundError(f"SparsityCallback: resuming at step {state.global_step}, the sparsifier's state "
+                                        f"is looked for in args.output_dir, at {path}, which does not exist: resume "
+                                        f"from a checkpoint folder inside output_dir written with this callback (a "
+                                        f"checkpoint kept elsewhere: copy it into output_dir)")
             saved = load_checkpoint(path)
+            if _fingerprint(_weights(model, saved["layers"])) != saved["fingerprint"]:
+                raise ValueError(f"SparsityCallback: {path} belongs to another run than the checkpoint the Trainer "
+                                 f"resumed from (the weights it was saved with differ from those loaded): resume from "
+                                 f"a checkpoint inside output_dir, or give this run an output_dir of its own")
+            saved = saved["sparsifier"]
 
         def attach():
             sparsifier = sparsify(model, self.method, sparsity=self.sparsity, steps_per_epoch=epoch_steps,
@@ -68,6 +100,12 @@ class SparsityCallback(transformers.TrainerCallback):
             return sparsifier
 
         self.sparsifier = attach_resumed(model, attach, saved)
+        scheduler = kwargs.get("lr_scheduler")
+        groups = len(getattr(optimizer, "optimizer", optimizer).param_groups)
+        if scheduler is not None and len(getattr(scheduler, "base_lrs", [None] * groups)) != groups:
+            raise ValueError(f"SparsityCallback: {self.method} added a parameter group to the Trainer's optimizer, "
+                             f"which the lr scheduler the Trainer built before does not step: use the method's "
+                             f"options that keep the groups (STR: decay_all=True)")
 
     def on_step_begin(self, args, state, control, **kwargs):
         # the step's hooks before its first forward pass even where the model's forward pre-hook does
@@ -81,7 +119,10 @@ class SparsityCallback(transformers.TrainerCallback):
         from acdc_bench.core.io import atomic_torch_save
 
         folder = os.path.join(args.output_dir, f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        atomic_torch_save(self.sparsifier.state_dict(), os.path.join(folder, STATE_FILE))
+        layers = [layer.name for layer in self.sparsifier.layers]
+        atomic_torch_save({"sparsifier": self.sparsifier.state_dict(), "layers": layers,
+                           "fingerprint": _fingerprint({layer.name: layer.weight for layer in self.sparsifier.layers})},
+                          os.path.join(folder, STATE_FILE))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.sparsifier is None or logs is None:

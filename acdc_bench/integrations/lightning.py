@@ -46,6 +46,9 @@ class SparsityCallback(pl.Callback):
 
         if len(trainer.optimizers) != 1:
             raise ValueError(f"SparsityCallback drives one optimizer; this module configures {len(trainer.optimizers)}")
+        self.final = None  # a second trainer.fit() is a run of its own
+        if trainer.train_dataloader is None:  # max_steps without max_epochs: Lightning has not loaded it yet
+            trainer.fit_loop.setup_data()
         total = int(trainer.estimated_stepping_batches)
         accumulation = trainer.accumulate_grad_batches
         batches = trainer.num_training_batches
@@ -63,6 +66,12 @@ class SparsityCallback(pl.Callback):
 
         self.sparsifier = attach_resumed(pl_module, attach, self._restored)
         self._restored = None
+        groups = len(getattr(optimizer, "optimizer", optimizer).param_groups)
+        for config in trainer.lr_scheduler_configs:
+            if len(getattr(config.scheduler, "base_lrs", [None] * groups)) != groups:
+                raise ValueError(f"SparsityCallback: {self.method} added a parameter group to the optimizer, which the "
+                                 f"lr scheduler from configure_optimizers does not step: use the method's options "
+                                 f"that keep the groups (STR: decay_all=True)")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """The step's hooks before its forward pass, whether ``training_step`` calls the module itself

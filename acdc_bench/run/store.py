@@ -38,9 +38,16 @@ class RunStore:
     def find(root: str | os.PathLike) -> list[Path]:
         """The run folders at any depth below ``root`` (``root`` itself included), sorted: folders
         holding a ``config.yaml`` or a ``result.json``. The walk does not descend into a run folder
-        (its ``wandb/`` tree holds ``config.yaml`` files of its own) nor into hidden folders."""
+        (its ``wandb/`` tree holds ``config.yaml`` files of its own) nor into hidden folders. A folder
+        that cannot be read (no permission) is listed too, so that reading it fails in the open and
+        the reports name it, rather than leave it out unsaid."""
         found = []
-        for path, subfolders, files in os.walk(root):
+
+        def unreadable(error: OSError) -> None:
+            if error.filename is not None:
+                found.append(Path(error.filename))
+
+        for path, subfolders, files in os.walk(root, onerror=unreadable):
             if folder.CONFIG in files or folder.RESULT in files:
                 found.append(Path(path))
                 subfolders.clear()

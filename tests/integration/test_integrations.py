@@ -74,6 +74,33 @@ def test_hf_trainer_reaches_the_target_logs_and_resumes_exactly(tmp_path, method
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_hf_trainer_str_under_its_scheduler_a_second_train_and_another_runs_checkpoint(tmp_path):
+    """STR's thresholds join the Trainer's optimizer without a group its lr scheduler would not step; a
+    second ``train()`` is a run of its own (the first sparsifier no longer steps the method); resuming
+    where output_dir holds another run's checkpoint of that step is refused, not trained on its masks."""
+    from acdc_bench.integrations.hf import SparsityCallback
+
+    callback = SparsityCallback("str", sparsity=0.9, s_init=-3.0, lam=1e-3)
+    trainer = _trainer(tmp_path / "str", callback, steps=8)
+    trainer.train()
+    first = callback.sparsifier
+    assert callback.final is not None and first.step == 8
+    assert len(trainer.optimizer.param_groups) == len(trainer.lr_scheduler.base_lrs)
+    trainer.train()  # the same Trainer, optimizer and scheduler again
+    assert callback.sparsifier is not first and callback.sparsifier.step == 8 and first.step == 8
+    assert callback.final is callback.sparsifier.final
+
+    with pytest.raises(Interrupt):
+        _trainer(tmp_path / "a", SparsityCallback("rigl", sparsity=0.9), stop_at=12).train()
+    other = _trainer(tmp_path / "b", SparsityCallback("rigl", sparsity=0.9), stop_at=12)
+    other.train_dataset = TokenData(seed=1)  # another run that also checkpointed at step 12
+    with pytest.raises(Interrupt):
+        other.train()
+    resumed = _trainer(tmp_path / "b", SparsityCallback("rigl", sparsity=0.9))
+    with pytest.raises(ValueError, match=r"belongs to another run than the checkpoint the Trainer resumed from"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-12"))
+
+
 def test_transformers_prune_the_linear_layers_of_their_blocks_by_default():
     from acdc_bench.core.sparsity import prunable_layers
 
@@ -143,6 +170,31 @@ def test_lightning_rigl_reaches_the_target_and_resumes_exactly(tmp_path):
     assert resumed.sparsifier.training_flops == whole.sparsifier.training_flops
     for key, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_lightning_max_steps_without_max_epochs_and_str_under_a_scheduler(tmp_path):
+    """``Trainer(max_steps=N)`` alone: the callback loads the training data to learn an epoch's steps
+    and the batch size (Lightning loads it later); STR's thresholds keep the optimizer's groups, so the
+    scheduler from configure_optimizers steps them all."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from acdc_bench.integrations.lightning import SparsityCallback
+
+    module = _lightning_module()
+
+    def with_scheduler():
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 5)}
+
+    module.configure_optimizers = with_scheduler
+    for method, options in (("gmp", dict(distribution="uniform", start_fraction=0.0, end_fraction=0.5)),
+                            ("str", dict(s_init=-3.0, lam=0.01))):
+        callback = SparsityCallback(method, sparsity=0.9, **options)
+        trainer = pl.Trainer(max_steps=20, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+        trainer.fit(module, _loader())
+        assert callback.sparsifier.step == 20 and callback.sparsifier.method.steps_per_epoch == 8
+        assert callback.sparsifier.meter.examples == 20 * _loader().batch_size
+        assert method == "str" or callback.final["within"]
 
 
 def test_lightning_module_without_forward_trains_as_the_same_network_with_one(tmp_path):

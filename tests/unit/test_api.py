@@ -218,6 +218,28 @@ def test_masks_follow_a_model_converted_after_sparsify(method, monkeypatch):
     assert sparsifier.method.masks.sparsity() == pytest.approx(0.9, abs=2e-3)
 
 
+def test_weights_loaded_over_the_masks_at_the_end_are_reported_as_they_are():
+    """A checkpoint loaded over the trained model after its last step (the Trainer's
+    load_best_model_at_end): the report gives the weights' own zeros and says why, never the masks'."""
+    model, loader = user_model(), user_data()
+    sparsifier = acdc_bench.sparsify(model, "gmp", sparsity=0.9, epochs=4, steps_per_epoch=len(loader),
+                                     batch_size=256, **OPTIONS["gmp"])
+    optimizer = sparsifier.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    early = None
+    for epoch in range(4):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+        early = early or {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    assert sparsifier.target_report()["within"]
+    model.load_state_dict(early)  # the first epoch's weights: dense, before GMP's ramp
+    with pytest.warns(UserWarning, match="weights off the masks are non-zero"):
+        sparsifier.finalize()
+    final = sparsifier.final
+    assert not final["within"] and final["reached"] == pytest.approx(sparsifier.sparsity) and final["reached"] < 0.5
+
+
 def test_a_weight_replaced_after_sparsify_is_refused_before_the_step_runs():
     model, loader = user_model(), user_data()
     sparsifier = acdc_bench.sparsify(model, "rigl", sparsity=0.9, epochs=1, steps_per_epoch=len(loader),

@@ -88,18 +88,36 @@ def test_str_setup_optimizer_groups_and_targets():
     assert len(model[0].parametrizations["weight"]) == 1
     assert [float(t.s.detach()) for t in method.thresholds] == [-7.0, -7.0]
     assert model[0].parametrizations["weight"].original is method.layers[0].weight
+    # decay_all (official): lam is every parameter's weight decay, the thresholds in the optimizer's groups
     groups = make_optimizer(method, model, weight_decay=1e-4).param_groups
-    assert [g["weight_decay"] for g in groups] == [2e-3, 2e-3]
-    assert groups[1]["params"] == [t.s for t in method.thresholds]
-    assert sorted(map(id, groups[0]["params"] + groups[1]["params"])) == sorted(map(id, model.parameters()))
-    # An optimizer built before the thresholds existed gets them as a group of their own.
+    assert [g["weight_decay"] for g in groups] == [2e-3]
+    assert sorted(map(id, groups[0]["params"])) == sorted(map(id, model.parameters()))
+    # built before the thresholds existed, with an lr scheduler on it (the Trainer's): they join its
+    # first group, so the scheduler still knows every group and steps
     early_model = tiny_mlp()
-    early = torch.optim.SGD(early_model.parameters(), lr=0.1, weight_decay=1e-4)
-    local = attach("str", dict(options, decay_all=False), early_model, sparsity=0.95)
+    early = torch.optim.SGD([{"params": [early_model[0].weight]}, {"params": [early_model[0].bias], "weight_decay": 0}],
+                            lr=0.1, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(early, lambda step: 1.0 / (1 + step))
+    joined = attach("str", options, early_model, sparsity=0.95)
+    joined.bind_optimizer(early)
+    assert [g["weight_decay"] for g in early.param_groups] == [3e-3, 3e-3]
+    assert early.param_groups[0]["params"][1:] == [t.s for t in joined.thresholds]
+    early.step()
+    scheduler.step()
+    assert [g["lr"] for g in early.param_groups] == [0.05, 0.05]
+    # decay_all false: a group of their own, with weight decay lam; refused where a scheduler is built
+    local_model = tiny_mlp()
+    local_optimizer = torch.optim.SGD(local_model.parameters(), lr=0.1, weight_decay=1e-4)
+    local = attach("str", dict(options, decay_all=False), local_model, sparsity=0.95)
     assert (local.s_init, local.lam) == (-5.0, 3e-3)
-    local.bind_optimizer(early)
-    assert [g["weight_decay"] for g in early.param_groups] == [1e-4, 3e-3]
-    assert early.param_groups[1]["params"] == [t.s for t in local.thresholds]
+    local.bind_optimizer(local_optimizer)
+    assert [g["weight_decay"] for g in local_optimizer.param_groups] == [1e-4, 3e-3]
+    assert local_optimizer.param_groups[1]["params"] == [t.s for t in local.thresholds]
+    scheduled_model = tiny_mlp()
+    scheduled = torch.optim.SGD(scheduled_model.parameters(), lr=0.1)
+    torch.optim.lr_scheduler.StepLR(scheduled, 10)
+    with pytest.raises(ValueError, match=r"decay_all: false .* build the scheduler after sparsify\(...\).wrap"):
+        attach("str", dict(options, decay_all=False), scheduled_model, sparsity=0.95).bind_optimizer(scheduled)
     default = attach("str", dict(options, fallback=True), tiny_mlp(), sparsity=0.8)
     assert (default.s_init, default.lam) == (-5.0, 1e-3)
     assert make_config(STR, {}).resolve(0.9) == (-3200.0, 2.251757813e-5)  # official ResNet50 config

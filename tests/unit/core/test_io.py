@@ -57,3 +57,42 @@ def test_staged_output_lands_whole_or_not_at_all(tmp_path):
     assert (first / "compare.csv").read_text() == "a" and (second / "plots" / "x.svg").read_text() == "b"
     assert (first / "old.txt").read_text() == "kept"
     assert not [p for p in tmp_path.rglob(".staging-*")]
+
+
+def test_staged_output_checks_every_target_before_moving_and_names_the_users_path(tmp_path):
+    """A folder where a file goes (or a file where a folder goes) is found before any file moves, and
+    the error names that path, not a temporary one; staging inside the output folder keeps the
+    renames on its file system and works where only the output folder is writable."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "compare.md").write_text("old")
+    (out / "compare.csv").mkdir()  # a folder where compare.csv goes
+    with pytest.raises(IsADirectoryError) as error:
+        with staged(out) as (stage,):
+            atomic_write_text(stage / "compare.md", "new")
+            atomic_write_text(stage / "compare.csv", "new")
+    assert error.value.filename == str(out / "compare.csv")
+    assert (out / "compare.md").read_text() == "old"  # nothing moved
+    (out / "plots").write_text("a file")  # a file where the plots folder goes
+    with pytest.raises(NotADirectoryError) as error:
+        with staged(out) as (stage,):
+            atomic_write_text(stage / "compare.md", "new")
+            atomic_write_text(stage / "plots" / "x.svg", "new")
+    assert error.value.filename == str(out / "plots") and (out / "compare.md").read_text() == "old"
+    # a failed call removes the folders it created; the stage lies inside the output folder
+    fresh = tmp_path / "a" / "b"
+    with pytest.raises(RuntimeError):
+        with staged(fresh) as (stage,):
+            assert stage.parent == fresh
+            raise RuntimeError("failed")
+    assert not (tmp_path / "a").exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        (locked / "mine").mkdir(parents=True)
+        locked.chmod(0o555)
+        try:
+            with staged(locked / "mine") as (stage,):
+                atomic_write_text(stage / "compare.md", "new")
+            assert (locked / "mine" / "compare.md").read_text() == "new"
+        finally:
+            locked.chmod(0o755)

@@ -45,6 +45,27 @@ def test_load_runs_names_what_is_wrong(runs):
     assert edited["status"] == "corrupt" and "top1 95 lies above its top1_best 89" in edited["error"]
 
 
+def test_a_run_folder_that_cannot_be_read_is_named_not_left_out(runs, monkeypatch):
+    """A folder below --runs the user may not read (another user's, mode 700) is a skipped run with
+    the reason, never a seed silently missing from the tables. (Root reads every folder, so the
+    refusal is made by the directory listing here.)"""
+    import os
+
+    locked = runs["root"] / "someone-elses"
+    locked.mkdir()
+    listing = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    table = load_runs(runs["root"]).set_index("run_dir")
+    assert len(table) == 5 and table.loc[str(locked), "status"] != "finished"
+    assert table.loc[str(locked), "error"]  # named with its reasons, among the skipped
+
+
 def test_compare_skips_and_names_them(runs, tmp_path, capsys):
     out = tmp_path / "compare"
     assert main(["compare", "--suite", SUITE, "--runs", str(runs["root"]), "--out", str(out)]) == 0
