@@ -437,6 +437,13 @@ def report(suite_name: str, runs, reference, compare_dir: Path, leaderboard_dir:
         staged_files += plot_all(runs, reference, leaderboard_stage / "plots" / suite_name, suite_name)
         written = [_unstaged(path, (compare_stage, compare_dir), (leaderboard_stage, leaderboard_dir))
                    for path in staged_files]
+    # the suite's figures are this report's: one an earlier report drew and this one did not (a
+    # difference-to-AC/DC plot from runs since deleted) would pass for current, so it goes
+    plots = leaderboard_dir / "plots" / suite_name
+    for stale in sorted(set(plots.glob("*.png")) | set(plots.glob("*.svg")) if plots.is_dir() else ()):
+        if stale not in written:
+            stale.unlink()
+            print(f"note: removed {stale}, a figure of an earlier report that this one does not draw", file=sys.stderr)
     unfinished = runs[runs["status"] != "finished"] if not runs.empty else runs
     for _, row in unfinished.iterrows():
         print(f"note: {row['run_dir']} is {row['status']}{': ' + str(row['error']) if row.get('error') else ''}")

@@ -87,6 +87,18 @@ def test_the_leaderboard_skips_them_and_writes_every_file(runs, tmp_path, capsys
     assert list((out / "plots" / SUITE).glob("*.svg"))
 
 
+def test_a_leaderboard_made_again_removes_the_figures_it_no_longer_draws(runs, tmp_path, capsys):
+    out = tmp_path / "board"
+    plots = out / "plots" / SUITE
+    assert main(["leaderboard", "--suite", SUITE, "--runs", str(runs["root"]), "--out", str(out)]) == 0
+    old = plots / "delta_vs_acdc_old_name.svg"  # a figure only an earlier report drew
+    old.write_text("<svg/>")
+    (plots / "notes.txt").write_text("the user's own file")
+    assert main(["leaderboard", "--suite", SUITE, "--runs", str(runs["root"]), "--out", str(out)]) == 0
+    assert not old.exists() and (plots / "notes.txt").exists() and list(plots.glob("*.svg"))
+    assert f"removed {old}" in capsys.readouterr().err
+
+
 def test_a_leaderboard_that_fails_writes_nothing(runs, tmp_path, capsys, monkeypatch):
     from acdc_bench.report import verify
 
