@@ -34,8 +34,30 @@ class SparsityCallback(pl.Callback):
         self.method, self.sparsity, self.input_shape, self.options = method, float(sparsity), input_shape, options
         self.sparsifier = None
         self._restored: dict | None = None
+        self._parametrized: dict = {}  # a checkpoint's parametrization values, until on_fit_start
+        self._load_hook = None
         #: ``Sparsifier.final`` after training: target, sparsity reached, tolerance, whether it was met.
         self.final: dict | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Before Lightning restores a checkpoint (``ckpt_path``) into the module, whose parametrizations
+        (STR's thresholds) this callback adds only at ``on_fit_start``: a checkpoint's parametrized
+        keys are read as the plain module's, the parametrizations' own values kept for then."""
+        self._parametrized = {}
+        if getattr(self, "_load_hook", None) is None:
+            self._load_hook = pl_module.register_load_state_dict_pre_hook(self._unparametrize)
+
+    def _unparametrize(self, module, state_dict, prefix, *args) -> None:
+        plain = {name for name, _ in module.named_parameters()} | {name for name, _ in module.named_buffers()}
+        for key in [k for k in state_dict if ".parametrizations." in k]:
+            owner, _, rest = key.partition(".parametrizations.")
+            attribute, _, inner = rest.partition(".")
+            if f"{owner}.{attribute}" not in plain:
+                continue  # the module is parametrized already: nothing to translate
+            if inner == "original":
+                state_dict[f"{owner}.{attribute}"] = state_dict.pop(key)
+            else:  # a parametrization's own parameter (STR's threshold s): set once it exists again
+                self._parametrized[key] = state_dict.pop(key)
 
     @property
     def state_key(self) -> str:
@@ -66,6 +88,17 @@ class SparsityCallback(pl.Callback):
 
         self.sparsifier = attach_resumed(pl_module, attach, self._restored)
         self._restored = None
+        if self._parametrized:
+            import torch
+
+            current = pl_module.state_dict(keep_vars=True)
+            with torch.no_grad():
+                for key, value in self._parametrized.items():
+                    if key not in current:
+                        raise ValueError(f"SparsityCallback: the checkpoint holds {key}, which {self.method} at "
+                                         f"{self.sparsity:g} does not make: resume with the callback it was trained with")
+                    current[key].copy_(value)
+            self._parametrized = {}
         groups = len(getattr(optimizer, "optimizer", optimizer).param_groups)
         for config in trainer.lr_scheduler_configs:
             if len(getattr(config.scheduler, "base_lrs", [None] * groups)) != groups:

@@ -172,6 +172,27 @@ def test_lightning_rigl_reaches_the_target_and_resumes_exactly(tmp_path):
         assert torch.equal(value, again.state_dict()[key]), key
 
 
+def test_lightning_str_resumes_exactly_from_a_checkpoint_of_its_parametrized_module(tmp_path):
+    """STR's thresholds are parametrizations the callback adds at on_fit_start, after Lightning has
+    restored ``ckpt_path`` into the module: the checkpoint's parametrized keys are read as the plain
+    module's and the thresholds set once they exist, so the resumed run ends bit for bit where the
+    uninterrupted one does."""
+    from acdc_bench.integrations.lightning import SparsityCallback
+
+    options = dict(s_init=-3.0, lam=0.01)
+    whole = SparsityCallback("str", sparsity=0.9, **options)
+    model, _ = _fit(tmp_path / "whole", whole, epochs=4)
+    with pytest.raises(Interrupt):
+        _fit(tmp_path / "part", SparsityCallback("str", sparsity=0.9, **options), epochs=4, stop_at=2)
+    (checkpoint,) = [p for p in (tmp_path / "part").glob("epoch=1*.ckpt")]
+    resumed = SparsityCallback("str", sparsity=0.9, **options)
+    again, _ = _fit(tmp_path / "resumed", resumed, epochs=4, ckpt_path=str(checkpoint))
+    assert resumed.sparsifier.training_flops == whole.sparsifier.training_flops
+    assert model.state_dict().keys() == again.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
 def test_lightning_max_steps_without_max_epochs_and_str_under_a_scheduler(tmp_path):
     """``Trainer(max_steps=N)`` alone: the callback loads the training data to learn an epoch's steps
     and the batch size (Lightning loads it later); STR's thresholds keep the optimizer's groups, so the
