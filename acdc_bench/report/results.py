@@ -333,6 +333,15 @@ def _numbers(values: pd.Series, column: str, path) -> pd.Series:
     return numbers
 
 
+def read_text_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV file with every value as text; a file that is empty, not text or not CSV is a ValueError
+    naming it and ``what`` it should be."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a CSV {what} ({str(error).splitlines()[0]})") from None
+
+
 def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
     """Read the published reference table (default: ``leaderboards/reference/published.csv``).
 
@@ -341,7 +350,7 @@ def load_reference(path: str | os.PathLike | None = None) -> pd.DataFrame:
     or a status is not one of :data:`REFERENCE_STATUSES`.
     """
     path = Path(path) if path is not None else DEFAULT_REFERENCE_PATH
-    reference = pd.read_csv(path, dtype=str, keep_default_na=False)
+    reference = read_text_csv(path, "reference table")
     missing = [column for column in REFERENCE_COLUMNS if column not in reference.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")

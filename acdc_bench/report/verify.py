@@ -79,10 +79,19 @@ def read_record(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no run record to verify against (the leaderboard export writes it: "
                                 f"`acdc-bench leaderboard` or `nox -s reproduce`)")
-    record = pd.read_csv(path, dtype=str, keep_default_na=False)
+    from acdc_bench.report.results import read_text_csv
+
+    record = read_text_csv(path, "run record")
     missing = [column for column in RECORD_COLUMNS if column not in record]
     if missing:
         raise ValueError(f"{path}: not a run record, missing column(s) {', '.join(missing)}")
+    for column, kind, check in (("seed", "a whole number", int), *((column, "a number", float) for column in
+                                ("target_sparsity", "top1", "actual_sparsity", "training_flops", "steps"))):
+        for line, value in enumerate(record[column], start=2):
+            try:
+                check(value)
+            except ValueError:
+                raise ValueError(f"{path}:{line}: {column} {value!r} is not {kind}") from None
     return record
 
 

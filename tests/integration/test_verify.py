@@ -46,6 +46,14 @@ def test_verify_without_a_record_is_a_clear_error(tmp_path, capsys):
     pd.DataFrame({"run_id": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
     assert main(["verify", "--record", str(tmp_path / "bad.csv")]) == 2
     assert "not a run record" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("")
+    assert main(["verify", "--record", str(tmp_path / "empty.csv")]) == 2
+    assert f"{tmp_path / 'empty.csv'}: not a CSV run record" in capsys.readouterr().err
+    record = read_record(shipped_record("fashion-mnist-10")).head(2)
+    record.loc[1, "seed"] = "1.0"  # a value the record cannot mean: said with its file and line
+    record.to_csv(tmp_path / "seed.csv", index=False)
+    assert main(["verify", "--record", str(tmp_path / "seed.csv")]) == 2
+    assert f"{tmp_path / 'seed.csv'}:3: seed '1.0' is not a whole number" in capsys.readouterr().err
 
 
 def _no_training(monkeypatch) -> list:

@@ -505,3 +505,11 @@ def test_the_leaderboard_docstring_describes_every_column_of_the_schema_in_order
     rows = [line.split()[:2] for line in table.splitlines()
             if line and not line.startswith((" ", "=")) and line.split()[0] != "column"]
     assert rows == [[column, dtype] for column, dtype in leaderboard.LEADERBOARD_SCHEMA.items()]
+
+
+def test_a_reference_table_that_is_no_csv_is_named(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "binary.csv").write_bytes(b"\x80\x02\x8a\n\xfe" * 20)
+    for name in ("empty.csv", "binary.csv"):
+        with pytest.raises(ValueError, match=rf"{tmp_path / name}: not a CSV reference table \("):
+            load_reference(tmp_path / name)
