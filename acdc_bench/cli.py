@@ -560,10 +560,21 @@ def cmd_verify(args) -> int:
     print(f"verify: re-running {sum(len(w) for w in waves)} run(s) of {suite.name} (seeds {seeds}) under "
           f"{numerics.active()} numerics on {numerics.cpu_model()}", flush=True)
     resolve_jobs(args)
+    recorded = set(record["run_id"])
     with tempfile.TemporaryDirectory(prefix="acdc-verify-") as scratch:
         out = Path(args.keep) if args.keep else Path(scratch)
+        if args.keep and out.is_dir():
+            before = load_runs(out)
+            done = sorted(set(before.loc[before["status"] == "finished", "run_id"]) & recorded)
+            if done:
+                print(f"verify: {len(done)} of these run(s) finished in {out} already and are held to the record as "
+                      f"they are, not re-run (a --keep folder of its own re-runs them)", flush=True)
         run_all(suite, waves, out, Launch(jobs=args.jobs, data_root=args.data_root, progress=False))
         runs = load_runs(out)
+        others = runs[~runs["run_id"].isin(recorded)]
+        if len(others):  # a --keep folder's other runs: not what this verify holds to the record
+            print(f"verify: {len(others)} other run folder(s) in {out} left out", flush=True)
+            runs = runs[runs["run_id"].isin(recorded)]
         for row in runs[runs["status"] != "finished"].itertuples():  # never held to the record in silence
             print(f"skipped {row.run_dir}: {row.status}: {row.error}", file=sys.stderr)
         outcomes = compare_with_record(record, runs)

@@ -94,6 +94,21 @@ def test_verify_plans_exactly_the_recorded_runs_of_each_shipped_record(suite, mo
     assert f"{len(record)} missing" in capsys.readouterr().out
 
 
+def test_verify_keep_holds_only_the_recorded_runs_of_its_folder(tmp_path, monkeypatch, capsys):
+    """``--keep DIR`` holding other runs (a reproduction's seeds 1 and 2): they are left out and said,
+    never counted as extra; nothing is trained here, so every recorded run of seed 0 is missing."""
+    from run_folders import _config, _result, _write_run
+
+    keep = tmp_path / "keep"
+    _write_run(keep, "gmp-seed1", _config("gmp", 1), result=_result("gmp", 1, 88.0))
+    _no_training(monkeypatch)
+    assert main(["verify", "--keep", str(keep), "--jobs", "1"]) == 1
+    out = capsys.readouterr().out
+    record = read_record(shipped_record("fashion-mnist-10"))
+    assert f"1 other run folder(s) in {keep} left out" in out
+    assert f"{(record['seed'] == '0').sum()} missing" in out and "extra" not in out
+
+
 def _committed(path) -> bytes:
     """``path`` as the checkout's last commit holds it (a user's own reproduction rewrites the file
     in the work tree; the shipped record is the committed one), or as it is outside a git checkout."""
