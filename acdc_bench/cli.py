@@ -66,7 +66,8 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _flops_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, choices=MODEL_CHOICES,
-                        help="the model to measure (default: the model of --checkpoint's run folder, else resnet50)")
+                        help="the model to measure; with --checkpoint, the model its run folder's config.yaml "
+                             "names unless given (default: resnet50)")
     parser.add_argument("--distribution", choices=["global", "uniform", "erk"], default="erk",
                         help="how the sparsity is spread over the layers")
     parser.add_argument("--sparsity", type=float, default=0.8, help="overall sparsity in [0, 1)")
@@ -351,14 +352,16 @@ def cmd_flops(args) -> int:
 
 
 def _run_model(checkpoint: Path) -> str | None:
-    """The model a run folder's ``config.yaml`` names, for a checkpoint inside one (None: no such file)."""
-    import yaml
+    """The model a run folder's ``config.yaml`` names, for a checkpoint inside one (None: no such file,
+    or one that does not parse)."""
+    from acdc_bench.run.store import RunStore
 
-    config = checkpoint.parent / "config.yaml"
+    store, run_id = RunStore.locate(checkpoint.parent)
     try:
-        model = (yaml.safe_load(config.read_text()) or {}).get("model")
-    except (OSError, yaml.YAMLError, AttributeError):
+        config = store.config(run_id)
+    except (OSError, ValueError):
         return None
+    model = config.get("model") if isinstance(config, dict) else None
     return model if model in MODEL_CHOICES else None
 
 
