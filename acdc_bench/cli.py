@@ -66,8 +66,7 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _flops_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, choices=MODEL_CHOICES,
-                        help="the model to measure; with --checkpoint, the model its run folder's config.yaml "
-                             "names unless given (default: resnet50)")
+                        help="the model to measure; a --checkpoint's run names it (default: resnet50)")
     parser.add_argument("--distribution", choices=["global", "uniform", "erk"], default="erk",
                         help="how the sparsity is spread over the layers")
     parser.add_argument("--sparsity", type=float, default=0.8, help="overall sparsity in [0, 1)")
