@@ -155,6 +155,12 @@ class Sparsifier:
         """The number of training examples in the next step (over all ranks), for the FLOP meter."""
         self._examples = int(examples)
 
+    def add_examples(self, examples: int) -> None:
+        """Add one batch's training examples (over all ranks) to the step under way: a loop that
+        accumulates several batches a step, the last of an epoch perhaps shorter, calls it for each,
+        and the meter counts their sum instead of ``batch_size``."""
+        self._examples = (self._examples or 0) + int(examples)
+
     def _before_forward(self, module, args, kwargs) -> None:
         if not self._eager.training or self._finalized:
             return

@@ -33,6 +33,24 @@ def steps_per_epoch(batches: int, accumulation: int) -> int:
     return max(batches // accumulation + int(batches % accumulation > 0), 1)
 
 
+def batch_examples(*values) -> int | None:
+    """The examples in a batch: the first dimension of the first tensor found in ``values`` (a
+    model's positional and keyword inputs, or a data loader's batch), None where none is."""
+    import torch
+
+    stack = list(values)
+    while stack:
+        value = stack.pop(0)
+        if isinstance(value, torch.Tensor):
+            if value.dim() > 0:
+                return int(value.shape[0])
+        elif isinstance(value, dict):
+            stack[:0] = list(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack[:0] = list(value)
+    return None
+
+
 def logged_metrics(sparsifier) -> dict:
     """What the callbacks log: ``sparsity``, ``mask_sparsity``, ``sparsity_phase`` (1 sparse, 0
     dense) and ``training_flops``."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from acdc_bench.integrations import STATE_FILE, attach_resumed, logged_metrics, require, steps_per_epoch
+from acdc_bench.integrations import STATE_FILE, attach_resumed, batch_examples, logged_metrics, require, steps_per_epoch
 
 transformers = require("transformers", "hf", "hf")
 
@@ -61,6 +61,7 @@ class SparsityCallback(transformers.TrainerCallback):
         self.sparsifier = None
         #: ``Sparsifier.final`` after training: target, sparsity reached, tolerance, whether it was met.
         self.final: dict | None = None
+        self._counting = None  # the forward pre-hook that counts each step's examples
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         from acdc_bench import sparsify
@@ -100,12 +101,30 @@ class SparsityCallback(transformers.TrainerCallback):
             return sparsifier
 
         self.sparsifier = attach_resumed(model, attach, saved)
+        self._count_examples(model, max(args.world_size, 1))
         scheduler = kwargs.get("lr_scheduler")
         groups = len(getattr(optimizer, "optimizer", optimizer).param_groups)
         if scheduler is not None and len(getattr(scheduler, "base_lrs", [None] * groups)) != groups:
             raise ValueError(f"SparsityCallback: {self.method} added a parameter group to the Trainer's optimizer, "
                              f"which the lr scheduler the Trainer built before does not step: use the method's "
                              f"options that keep the groups (STR: decay_all=True)")
+
+    def _count_examples(self, model, world: int) -> None:
+        """Meter each step's examples as its batches hold them (the last step of an epoch under gradient
+        accumulation may have fewer batches): every training forward of the model adds its batch's,
+        times the processes. Where the hook does not fire (a model the Trainer compiled), the meter
+        counts the full batch."""
+        import torch
+
+        if self._counting is not None:
+            self._counting.remove()
+
+        def count(module, args, kwargs):
+            examples = batch_examples(args, kwargs) if module.training else None
+            if examples:
+                self.sparsifier.add_examples(examples * world)
+
+        self._counting = model.register_forward_pre_hook(torch.compiler.disable(count), with_kwargs=True)
 
     def on_step_begin(self, args, state, control, **kwargs):
         # the step's hooks before its first forward pass even where the model's forward pre-hook does
@@ -133,6 +152,9 @@ class SparsityCallback(transformers.TrainerCallback):
             state.log_history[-1].update(extra)  # the Trainer copied the line before the callbacks saw it
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._counting is not None:
+            self._counting.remove()
+            self._counting = None
         if self.sparsifier is not None and self.final is None:
             self.sparsifier.finalize()
             self.final = self.sparsifier.final

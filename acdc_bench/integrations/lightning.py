@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from acdc_bench.integrations import attach_resumed, logged_metrics, require, steps_per_epoch
+from acdc_bench.integrations import attach_resumed, batch_examples, logged_metrics, require, steps_per_epoch
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 
@@ -112,6 +112,9 @@ class SparsityCallback(pl.Callback):
         s = self.sparsifier
         if s.method.flops is None:
             self._measure_flops(pl_module, batch, batch_idx)
+        examples = batch_examples(batch)  # each batch's own (an epoch's last may be short); else the loader's
+        if examples:
+            s.add_examples(examples * trainer.world_size)
         s.start_step()
 
     def _measure_flops(self, pl_module, batch, batch_idx) -> None:

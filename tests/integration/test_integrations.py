@@ -236,7 +236,7 @@ def test_lightning_module_without_forward_trains_as_the_same_network_with_one(tm
 
 def test_gradient_accumulation_counts_optimizer_steps_in_both_frameworks(tmp_path):
     """With two batches a step the schedule runs on optimizer steps, and each step meters the
-    examples of both batches."""
+    examples of both batches; with three, an epoch's shorter last step meters its own."""
     from acdc_bench.integrations.hf import SparsityCallback as HFCallback
     from acdc_bench.integrations.lightning import SparsityCallback as LightningCallback
 
@@ -250,6 +250,14 @@ def test_gradient_accumulation_counts_optimizer_steps_in_both_frameworks(tmp_pat
     assert lightning.sparsifier.step == lightning.sparsifier.method.total_steps == 2 * 4
     assert lightning.sparsifier.method.steps_per_epoch == 4
     assert lightning.sparsifier.meter.examples == 2 * 4 * 2 * 16 and lightning.final["within"]
+
+    # three batches a step: an epoch's last step has fewer, and meters only the examples it trained on
+    hf = HFCallback("gmp", sparsity=0.9)
+    _trainer(tmp_path / "hf3", hf, steps=4, accumulation=3).train()  # 4 batches of 8 an epoch: steps of 3 and 1
+    assert hf.sparsifier.method.steps_per_epoch == 2 and hf.sparsifier.meter.examples == 2 * 32
+    lightning = LightningCallback("gmp", sparsity=0.9, distribution="uniform")
+    _fit(tmp_path / "lightning3", lightning, epochs=2, accumulation=3)  # steps of 3, 3 and 2 batches
+    assert lightning.sparsifier.step == 2 * 3 and lightning.sparsifier.meter.examples == 2 * 128
 
 
 # --------------------------------------------------------------------------- compiled models
