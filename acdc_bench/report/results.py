@@ -147,6 +147,8 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
         result, problems = written
         if isinstance(result, dict):  # a corrupt result keeps what it has, never counts as finished
             row.update(_flatten(result))
+        if config_error and not problems:  # its protocol unknown, it is compared with nothing
+            problems, config_error = [f"{config_error} (the run's protocol cannot be read)"], None
         if not problems:
             row.update({key: value for key, value in config_fields.items() if key.startswith("protocol_")})
             if "top1_best" not in result:  # written before runs recorded it: read it from metrics.csv

@@ -243,7 +243,8 @@ def finished_problems(run_dir: str | os.PathLike, result: dict) -> list[str]:
     """What makes a finished run's folder disagree with its ``result.json`` (parsed, and valid by
     :func:`validate_result`); empty if nothing. The reports skip such a run, naming these.
 
-    - ``metrics.csv`` holds a row per trained epoch: a finished run without one is not whole;
+    - ``metrics.csv`` holds a row per trained epoch, as many as ``epochs`` says: a finished run
+      without them is not whole;
     - ``top1`` (the final model's) is never above ``top1_best``, the best over the epochs that held
       the final sparsity, the last epoch among them: the final evaluation may differ from the last
       epoch's by one test example (its rounding differs where sparse kernels ran), the test-set
@@ -260,8 +261,12 @@ def finished_problems(run_dir: str | os.PathLike, result: dict) -> list[str]:
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         problems.append(f"{METRICS} unreadable ({error}; {fix})")
     else:
+        trained = result.get("epochs")
         if not epochs:
             problems.append(f"{METRICS} holds no epoch ({fix})")
+        elif isinstance(trained, int) and epochs != trained:
+            problems.append(f"{METRICS} holds {epochs} epoch(s), its {RESULT} says {trained} were trained: the "
+                            f"file was cut short or mixes two runs ({fix})")
     best = result.get("top1_best")
     if _is_number(best) and result["top1"] > best + 1e-9:  # only then is the test-set size read
         try:

@@ -40,6 +40,15 @@ def runs(tmp_path: Path) -> dict[str, Path]:
 def test_load_runs_names_what_is_wrong(runs):
     table = load_runs(runs["root"]).set_index("run_dir")
     assert (table["status"] == "finished").sum() == 2
+    broken = _finished(runs["root"], "gmp", 2, 86.0)
+    (broken / "config.yaml").write_text("method: [gmp\n")  # a finished run whose protocol cannot be read
+    row = load_runs(runs["root"]).set_index("run_dir").loc[str(broken)]
+    assert row["status"] == "corrupt" and "the run's protocol cannot be read" in row["error"]
+    short = _finished(runs["root"], "gmp", 3, 86.0)
+    metrics = (short / "metrics.csv").read_text().splitlines()
+    (short / "metrics.csv").write_text("\n".join(metrics[:-1]) + "\n")  # its last epoch's row lost
+    row = load_runs(runs["root"]).set_index("run_dir").loc[str(short)]
+    assert row["status"] == "corrupt" and "metrics.csv holds" in row["error"] and "cut short" in row["error"]
     missing, edited = table.loc[str(runs["no metrics"])], table.loc[str(runs["edited"])]
     assert missing["status"] == "corrupt" and "no metrics.csv" in missing["error"]
     assert edited["status"] == "corrupt" and "top1 95 lies above its top1_best 89" in edited["error"]
