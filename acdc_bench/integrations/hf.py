@@ -86,7 +86,9 @@ class SparsityCallback(transformers.TrainerCallback):
                                         f"from a checkpoint folder inside output_dir written with this callback (a "
                                         f"checkpoint kept elsewhere: copy it into output_dir)")
             saved = load_checkpoint(path)
-            if _fingerprint(_weights(model, saved["layers"])) != saved["fingerprint"]:
+            if "fingerprint" not in saved:  # written before files carried one: the sparsifier's state alone
+                saved = {"sparsifier": saved}
+            elif _fingerprint(_weights(model, saved["layers"])) != saved["fingerprint"]:
                 raise ValueError(f"SparsityCallback: {path} belongs to another run than the checkpoint the Trainer "
                                  f"resumed from (the weights it was saved with differ from those loaded): resume from "
                                  f"a checkpoint inside output_dir, or give this run an output_dir of its own")

@@ -44,7 +44,7 @@ class SparsityCallback(pl.Callback):
         (STR's thresholds) this callback adds only at ``on_fit_start``: a checkpoint's parametrized
         keys are read as the plain module's, the parametrizations' own values kept for then."""
         self._parametrized = {}
-        if getattr(self, "_load_hook", None) is None:
+        if self._load_hook is None:  # until on_fit_start, which attaches the method
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._unparametrize)
 
     def _unparametrize(self, module, state_dict, prefix, *args) -> None:
@@ -88,6 +88,9 @@ class SparsityCallback(pl.Callback):
 
         self.sparsifier = attach_resumed(pl_module, attach, self._restored)
         self._restored = None
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
         if self._parametrized:
             import torch
 
