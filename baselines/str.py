@@ -234,6 +234,8 @@ class STR(SparsityMethod):
         return [list(map(float, row)) for row in config.calibration_jacobian]
 
     # ------------------------------------------------------------------ set-up
+    adds_parameters = True
+
     def setup(self, model, layers, flops) -> None:
         """Register the STR parametrization on every prunable weight (once: a second call reuses it)."""
         super().setup(model, layers, flops)
@@ -261,15 +263,15 @@ class STR(SparsityMethod):
         thresholds = [t.s for t in self.thresholds]
         ids = {id(p) for p in thresholds}
         groups = optimizer.param_groups
-        for group in groups:
-            if any(id(p) in ids and optimizer.state.get(p) for p in group["params"]):
-                raise ValueError("STR: bind the optimizer before its first step (its thresholds already have state)")
-        if self.config.decay_all:
+        if self.config.decay_all:  # nothing moves: a state already loaded (a resumed Trainer's) stays
             for group in groups:
                 group["weight_decay"] = self.lam
             present = {id(p) for group in groups for p in group["params"]}
             groups[0]["params"].extend(p for p in thresholds if id(p) not in present)
             return
+        for group in groups:
+            if any(id(p) in ids and optimizer.state.get(p) for p in group["params"]):
+                raise ValueError("STR: bind the optimizer before its first step (its thresholds already have state)")
         if "initial_lr" in groups[0]:  # set by every torch lr scheduler built on this optimizer
             raise ValueError("STR with decay_all: false puts its thresholds in a parameter group of their own, which "
                              "the lr scheduler already built on this optimizer would not step: build the scheduler "

@@ -63,6 +63,18 @@ class SparsityCallback(transformers.TrainerCallback):
         self.final: dict | None = None
         self._counting = None  # the forward pre-hook that counts each step's examples
 
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        """A method whose set-up adds parameters (STR's thresholds) sets them up now, when the Trainer is
+        made: its optimizer, built at ``train()``, then holds them, and a checkpoint resumed from (which
+        holds them and their optimizer state) loads into a model that has them. ``on_train_begin``
+        attaches the method to the same ones (its set-up reuses them)."""
+        from acdc_bench import sparsify
+        from acdc_bench.methods import get_method
+
+        if model is not None and get_method(self.method).adds_parameters:
+            sparsify(model, self.method, sparsity=self.sparsity, total_steps=1, steps_per_epoch=1, batch_size=1,
+                     **self.options)
+
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         from acdc_bench import sparsify
         from acdc_bench.core.io import load_checkpoint

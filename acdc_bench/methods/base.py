@@ -123,6 +123,10 @@ class SparsityMethod:
     #: or a ``targets`` entry). :func:`acdc_bench.sparsify` refuses a call that gives none of them:
     #: the defaults are tuned for one recipe, and ``sparsity=`` alone would be a promise not kept.
     sparsity_options: ClassVar[tuple[str, ...]] = ()
+    #: True when :meth:`setup` adds parameters to the model (STR's thresholds): a framework that builds
+    #: its optimizer, or loads a checkpoint, before the method is attached must let them exist first
+    #: (the Hugging Face callback sets them up when the Trainer is made).
+    adds_parameters: ClassVar[bool] = False
     #: True when the method is attached only to plan a run (:class:`acdc_bench.budget.plan.Planner`,
     #: ``sparsify(..., planning=True)``): nothing trains it, so :meth:`setup` may skip what only
     #: training needs (RigL's random mask positions) as long as every ``planned_*`` answer is the

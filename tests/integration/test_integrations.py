@@ -74,6 +74,28 @@ def test_hf_trainer_reaches_the_target_logs_and_resumes_exactly(tmp_path, method
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_hf_trainer_str_resumes_exactly(tmp_path):
+    """STR's thresholds exist from the Trainer's making (``on_init_end``): its optimizer holds them and
+    a checkpoint with their values and optimizer state loads, so a resumed run ends bit for bit where
+    the uninterrupted one does."""
+    from acdc_bench.integrations.hf import SparsityCallback
+
+    options = dict(s_init=-3.0, lam=1e-3)
+    whole = SparsityCallback("str", sparsity=0.9, **options)
+    trainer = _trainer(tmp_path / "whole", whole)
+    trainer.train()
+    with pytest.raises(Interrupt):
+        _trainer(tmp_path / "resumed", SparsityCallback("str", sparsity=0.9, **options), stop_at=12).train()
+    resumed = SparsityCallback("str", sparsity=0.9, **options)
+    again = _trainer(tmp_path / "resumed", resumed)
+    again.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-12"))
+    assert resumed.sparsifier.training_flops == whole.sparsifier.training_flops
+    expected, got = trainer.model.state_dict(), again.model.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
 def test_hf_trainer_str_under_its_scheduler_a_second_train_and_another_runs_checkpoint(tmp_path):
     """STR's thresholds join the Trainer's optimizer without a group its lr scheduler would not step; a
     second ``train()`` is a run of its own (the first sparsifier no longer steps the method); resuming
