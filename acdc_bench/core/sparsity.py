@@ -33,12 +33,17 @@ class PrunableLayer:
         return self.weight.numel()
 
     def current_weight(self) -> torch.Tensor | None:
-        """The module's weight parameter now (a parametrized module's raw one): :attr:`weight` unless
-        something replaced it since, as ``load_state_dict(..., assign=True)`` does."""
-        weight = self.module._parameters.get("weight")
-        if weight is None and parametrize.is_parametrized(self.module, "weight"):
-            weight = self.module.parametrizations["weight"].original
-        return weight
+        """The module's weight now (:func:`raw_weight`): :attr:`weight` unless something replaced it
+        since, as ``load_state_dict(..., assign=True)`` does."""
+        return raw_weight(self.module)
+
+
+def raw_weight(module: nn.Module) -> torch.Tensor | None:
+    """A module's weight as a method holds it: a parametrized module's raw parameter (STR's
+    threshold acts on it), else ``module.weight`` (None where it has none)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations["weight"].original
+    return getattr(module, "weight", None)
 
 
 def name_matches(name: str, patterns: Iterable[str]) -> bool:
@@ -81,10 +86,7 @@ def prunable_layers(
             continue
         if exclude and name_matches(name, exclude):
             continue
-        if parametrize.is_parametrized(module, "weight"):  # e.g. STR's threshold: the raw parameter
-            weight = module.parametrizations["weight"].original
-        else:
-            weight = getattr(module, "weight", None)
+        weight = raw_weight(module)
         if isinstance(weight, nn.Parameter):
             layers.append(PrunableLayer(name, module, weight))
     if not layers:

@@ -51,6 +51,16 @@ def batch_examples(*values) -> int | None:
     return None
 
 
+def check_scheduled_groups(method: str, optimizer, schedulers, whose: str) -> None:
+    """Refuse a method that added a parameter group to an optimizer whose lr schedulers, built before it
+    was attached (``whose``), would not step that group (each keeps one base lr per group)."""
+    groups = len(getattr(optimizer, "optimizer", optimizer).param_groups)
+    for scheduler in schedulers:
+        if len(getattr(scheduler, "base_lrs", [None] * groups)) != groups:
+            raise ValueError(f"SparsityCallback: {method} added a parameter group to the optimizer, which {whose} "
+                             f"does not step: use the method's options that keep the groups (STR: decay_all=True)")
+
+
 def logged_metrics(sparsifier) -> dict:
     """What the callbacks log: ``sparsity``, ``mask_sparsity``, ``sparsity_phase`` (1 sparse, 0
     dense) and ``training_flops``."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from acdc_bench.integrations import STATE_FILE, attach_resumed, batch_examples, logged_metrics, require, steps_per_epoch
+from acdc_bench.integrations import (STATE_FILE, attach_resumed, batch_examples, check_scheduled_groups, logged_metrics,
+                                     require, steps_per_epoch)
 
 transformers = require("transformers", "hf", "hf")
 
@@ -38,18 +39,6 @@ def _fingerprint(weights: dict) -> str:
         digest.update(name.encode())
         digest.update(weights[name].detach().reshape(-1)[:1024].float().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _weights(model, names) -> dict:
-    """The raw weights of the named layers (a parametrized layer's original, as the sparsifier holds it)."""
-    from torch.nn.utils import parametrize
-
-    weights = {}
-    for name in names:
-        module = model.get_submodule(name)
-        parametrized = parametrize.is_parametrized(module, "weight")
-        weights[name] = module.parametrizations["weight"].original if parametrized else module.weight
-    return weights
 
 
 class SparsityCallback(transformers.TrainerCallback):
@@ -78,6 +67,7 @@ class SparsityCallback(transformers.TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         from acdc_bench import sparsify
         from acdc_bench.core.io import load_checkpoint
+        from acdc_bench.core.sparsity import raw_weight
 
         if optimizer is None or model is None:
             raise RuntimeError("SparsityCallback: the Trainer passed no model or optimizer to on_train_begin")
@@ -100,7 +90,8 @@ class SparsityCallback(transformers.TrainerCallback):
             saved = load_checkpoint(path)
             if "fingerprint" not in saved:  # written before files carried one: the sparsifier's state alone
                 saved = {"sparsifier": saved}
-            elif _fingerprint(_weights(model, saved["layers"])) != saved["fingerprint"]:
+            elif _fingerprint({name: raw_weight(model.get_submodule(name)) for name in saved["layers"]}) \
+                    != saved["fingerprint"]:
                 raise ValueError(f"SparsityCallback: {path} belongs to another run than the checkpoint the Trainer "
                                  f"resumed from (the weights it was saved with differ from those loaded): resume from "
                                  f"a checkpoint inside output_dir, or give this run an output_dir of its own")
@@ -117,11 +108,8 @@ class SparsityCallback(transformers.TrainerCallback):
         self.sparsifier = attach_resumed(model, attach, saved)
         self._count_examples(model, max(args.world_size, 1))
         scheduler = kwargs.get("lr_scheduler")
-        groups = len(getattr(optimizer, "optimizer", optimizer).param_groups)
-        if scheduler is not None and len(getattr(scheduler, "base_lrs", [None] * groups)) != groups:
-            raise ValueError(f"SparsityCallback: {self.method} added a parameter group to the Trainer's optimizer, "
-                             f"which the lr scheduler the Trainer built before does not step: use the method's "
-                             f"options that keep the groups (STR: decay_all=True)")
+        check_scheduled_groups(self.method, optimizer, [scheduler] if scheduler is not None else [],
+                               "the lr scheduler the Trainer built before")
 
     def _count_examples(self, model, world: int) -> None:
         """Meter each step's examples as its batches hold them (the last step of an epoch under gradient

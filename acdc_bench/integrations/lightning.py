@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from acdc_bench.integrations import attach_resumed, batch_examples, logged_metrics, require, steps_per_epoch
+from acdc_bench.integrations import (attach_resumed, batch_examples, check_scheduled_groups, logged_metrics, require,
+                                     steps_per_epoch)
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 
@@ -102,12 +103,8 @@ class SparsityCallback(pl.Callback):
                                          f"{self.sparsity:g} does not make: resume with the callback it was trained with")
                     current[key].copy_(value)
             self._parametrized = {}
-        groups = len(getattr(optimizer, "optimizer", optimizer).param_groups)
-        for config in trainer.lr_scheduler_configs:
-            if len(getattr(config.scheduler, "base_lrs", [None] * groups)) != groups:
-                raise ValueError(f"SparsityCallback: {self.method} added a parameter group to the optimizer, which the "
-                                 f"lr scheduler from configure_optimizers does not step: use the method's options "
-                                 f"that keep the groups (STR: decay_all=True)")
+        check_scheduled_groups(self.method, optimizer, [config.scheduler for config in trainer.lr_scheduler_configs],
+                               "the lr scheduler from configure_optimizers")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """The step's hooks before its forward pass, whether ``training_step`` calls the module itself
